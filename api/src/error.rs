@@ -1,0 +1,136 @@
+//! The one error type of every handler, rendered as `application/problem+json` (RFC 9457).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not `multipart/form-data`.
+    #[error("the request body must be multipart/form-data with a part named \"file\"")]
+    UnsupportedMediaType,
+    /// Malformed multipart, or no `file` part.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The upload is larger than `MAX_UPLOAD_BYTES`.
+    #[error("the upload is larger than the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// Unknown task id, or not a UUID.
+    #[error("task {0} was not found")]
+    NotFound(String),
+    /// `API_KEY` is set and the bearer token is missing or wrong.
+    #[error("a valid `Authorization: Bearer <key>` header is required")]
+    Unauthorized,
+    /// Postgres cannot be reached, or the api is at its upload limit.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The upload volume is full.
+    #[error("the upload volume is full")]
+    InsufficientStorage,
+    /// Anything unexpected; the cause is logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// Seconds a client is told to wait after a 503.
+pub const RETRY_AFTER_SECONDS: u64 = 5;
+
+/// RFC 9457 problem details.
+#[derive(Debug, Serialize, Clone)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What happened in this request.
+    pub detail: String,
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            ApiError::UnsupportedMediaType => "unsupported-media-type",
+            ApiError::BadRequest(_) => "bad-request",
+            ApiError::PayloadTooLarge { .. } => "payload-too-large",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unavailable(_) => "service-unavailable",
+            ApiError::InsufficientStorage => "insufficient-storage",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The problem document for this error.
+    pub fn problem(&self) -> Problem {
+        let status = self.status();
+        Problem {
+            kind: format!("/problems/{}", self.slug()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(err: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match err {
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            ) => ApiError::Unavailable("the database is unreachable; try again shortly".into()),
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<shared::db::PoolError> for ApiError {
+    fn from(err: shared::db::PoolError) -> Self {
+        tracing::warn!(error = %err, "no database connection");
+        ApiError::Unavailable("the database is unreachable; try again shortly".into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(error = format!("{cause:#}"), "request failed");
+        }
+        let problem = self.problem();
+        let mut response = (self.status(), axum::Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if matches!(self, ApiError::Unavailable(_)) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,107 @@
+//! `md5-api`: accepts uploads and hands out promise ids, serves results, the web page and health.
+//!
+//! It writes uploads to `UPLOAD_DIR`, rows to Postgres and jobs to the Redis stream; it never
+//! reads the stream and never hashes: that is the worker's job.
+
+pub mod config;
+pub mod error;
+pub mod notify;
+pub mod queue;
+pub mod routes;
+pub mod state;
+pub mod upload;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::http::HeaderName;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use config::Config;
+use state::AppState;
+
+/// How long start-up keeps retrying a Postgres that is not up yet, so any start order works.
+const STARTUP_DB_RETRY: Duration = Duration::from_secs(60);
+
+/// Serves the api on `listener` until `shutdown` completes, then lets in-flight requests finish
+/// (at most `SHUTDOWN_GRACE_SECONDS`).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.storage.upload_dir).with_context(|| {
+        format!("cannot create UPLOAD_DIR {}", config.storage.upload_dir.display())
+    })?;
+    migrate_with_retry(&config).await?;
+    let pool = shared::db::build_pool(&config.database, "md5-api")?;
+    let queue = queue::JobQueue::new(&config.redis.redis_url, config.stream.jobs_stream.clone())?;
+    let stop_listening = CancellationToken::new();
+    let finished =
+        notify::FinishedTasks::listen(config.database.database_url.clone(), stop_listening.clone());
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let state = AppState {
+        upload_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads as usize)),
+        config: Arc::new(config),
+        pool,
+        queue,
+        finished,
+    };
+    let app = app(state);
+    tracing::info!(addr = %listener.local_addr()?, "md5-api listening");
+
+    let shutdown_started = CancellationToken::new();
+    let signal = shutdown_started.clone();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        signal.cancel();
+    });
+    let serve = tokio::spawn(async move { serve.await });
+    let result = tokio::select! {
+        result = serve => result.context("server task failed")?.context("server failed"),
+        () = async { shutdown_started.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_seconds = grace.as_secs(), "in-flight requests outlived the grace period");
+            Ok(())
+        }
+    };
+    stop_listening.cancel();
+    result
+}
+
+/// The router with its middleware: request ids, tracing, panic safety.
+pub fn app(state: AppState) -> axum::Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    routes::router(state)
+        .layer(CatchPanicLayer::new())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let request_id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request.id = request_id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+async fn migrate_with_retry(config: &Config) -> anyhow::Result<()> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match shared::db::run_migrations(&config.database, "md5-api").await {
+            Ok(()) => return Ok(()),
+            Err(err) if started.elapsed() < STARTUP_DB_RETRY => {
+                tracing::warn!(error = format!("{err:#}"), "Postgres not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}

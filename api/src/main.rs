@@ -1,0 +1,14 @@
+//! The `md5-api` binary: parse the configuration, start telemetry, serve.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = api::Config::parse();
+    shared::telemetry::init(&config.telemetry)?;
+    let listener = tokio::net::TcpListener::bind(config.bind_addr)
+        .await
+        .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
+    api::run(config, listener, shared::telemetry::shutdown_signal()).await
+}

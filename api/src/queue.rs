@@ -1,0 +1,60 @@
+//! Adding jobs to the Redis stream. Failures are not fatal: the row is already committed, and
+//! the workers' sweeper re-enqueues any queued task that has no stream entry.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use shared::JobMessage;
+
+/// Bound on one XADD, so an unreachable Redis never holds an upload's answer for long.
+const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The api's handle on the jobs stream.
+#[derive(Clone)]
+pub struct JobQueue {
+    connection: ConnectionManager,
+    stream: String,
+}
+
+impl JobQueue {
+    /// A queue that connects lazily, so the api starts (and accepts uploads) while Redis is down.
+    pub fn new(redis_url: &str, stream: String) -> anyhow::Result<Self> {
+        let client = redis::Client::open(redis_url)
+            .map_err(|err| anyhow::anyhow!("invalid REDIS_URL {redis_url:?}: {err}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(ENQUEUE_TIMEOUT))
+            .set_response_timeout(Some(ENQUEUE_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|err| anyhow::anyhow!("cannot set up the Redis connection: {err}"))?;
+        Ok(JobQueue { connection, stream })
+    }
+
+    /// XADDs the job; an error means the sweeper will have to enqueue it later.
+    pub async fn enqueue(&self, job: &JobMessage) -> anyhow::Result<()> {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.stream).arg("*");
+        for (field, value) in job.to_fields() {
+            cmd.arg(field).arg(value);
+        }
+        let mut connection = self.connection.clone();
+        let add = cmd.query_async::<String>(&mut connection);
+        match tokio::time::timeout(ENQUEUE_TIMEOUT, add).await {
+            Ok(Ok(_entry_id)) => Ok(()),
+            Ok(Err(err)) => Err(err.into()),
+            Err(_) => Err(anyhow::anyhow!("XADD timed out after {ENQUEUE_TIMEOUT:?}")),
+        }
+    }
+
+    /// PING, for readiness.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let mut connection = self.connection.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut connection);
+        match tokio::time::timeout(ENQUEUE_TIMEOUT, ping).await {
+            Ok(result) => result.map(drop).map_err(Into::into),
+            Err(_) => Err(anyhow::anyhow!("PING timed out")),
+        }
+    }
+}

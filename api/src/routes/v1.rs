@@ -1,0 +1,164 @@
+//! `/api/v1/hashes`: what the web page and new clients use.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::upload;
+use shared::{Task, TaskStatus, queries};
+
+/// How often a waiting request re-reads its row even without a notification.
+const WAIT_RECHECK: Duration = Duration::from_secs(1);
+
+/// The task object of the v1 API.
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    /// The promise id.
+    pub id: Uuid,
+    /// `queued`, `processing`, `done` or `failed`.
+    pub status: TaskStatus,
+    /// The MD5 once `done`.
+    pub md5: Option<String>,
+    /// The client's file name, sanitized.
+    pub file_name: String,
+    /// Size of the upload.
+    pub size_bytes: i64,
+    /// Why the task failed.
+    pub error: Option<String>,
+    /// How many times a worker took the task.
+    pub attempts: i32,
+    /// When the upload was accepted.
+    #[serde(serialize_with = "shared::time::millis::serialize")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When a worker last started on it.
+    #[serde(serialize_with = "shared::time::option_millis::serialize")]
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the result was recorded.
+    #[serde(serialize_with = "shared::time::option_millis::serialize")]
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<Task> for TaskView {
+    fn from(task: Task) -> Self {
+        TaskView {
+            id: task.task_id,
+            status: task.status,
+            md5: task.result,
+            file_name: task.file_name,
+            size_bytes: task.size_bytes,
+            error: task.error,
+            attempts: task.attempts,
+            created_at: task.created_at,
+            started_at: task.started_at,
+            finished_at: task.finished_at,
+        }
+    }
+}
+
+/// `POST /api/v1/hashes`: 202 with the queued task and its `Location`.
+pub async fn create_hash(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let task = upload::receive(&state, &headers, body, super::request_id(&headers)).await?;
+    let location = format!("/api/v1/hashes/{}", task.task_id);
+    let mut response = (StatusCode::ACCEPTED, Json(TaskView::from(task))).into_response();
+    response.headers_mut().insert(
+        header::LOCATION,
+        HeaderValue::from_str(&location).map_err(|err| ApiError::Internal(err.into()))?,
+    );
+    Ok(response)
+}
+
+/// Query of `GET /api/v1/hashes/{id}`.
+#[derive(Debug, Deserialize)]
+pub struct WaitQuery {
+    /// Seconds to hold the request until the task finishes (0–60).
+    pub wait: Option<String>,
+}
+
+/// `GET /api/v1/hashes/{id}[?wait=S]`.
+pub async fn get_hash(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> Result<Json<TaskView>, ApiError> {
+    let task_id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(id.clone()))?;
+    let wait = parse_wait(query.wait.as_deref(), state.config.max_wait_seconds)?;
+    let task = if wait.is_zero() {
+        load(&state, task_id).await?
+    } else {
+        wait_for_finish(&state, task_id, wait).await?
+    };
+    Ok(Json(task.into()))
+}
+
+fn parse_wait(raw: Option<&str>, max_seconds: u64) -> Result<Duration, ApiError> {
+    let Some(raw) = raw else { return Ok(Duration::ZERO) };
+    let seconds: f64 = raw
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s <= max_seconds as f64)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("wait must be a number of seconds from 0 to {max_seconds}"))
+        })?;
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Loads a task or fails with 404.
+pub async fn load(state: &AppState, task_id: Uuid) -> Result<Task, ApiError> {
+    let mut conn = state.pool.get().await?;
+    queries::find_task(&mut conn, task_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(task_id.to_string()))
+}
+
+/// Answers as soon as the task is finished (woken by its notification), or after `wait`.
+async fn wait_for_finish(state: &AppState, task_id: Uuid, wait: Duration) -> Result<Task, ApiError> {
+    // Subscribe before the first read, so a finish between the read and the wait is not missed.
+    let mut finished = state.finished.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let task = load(state, task_id).await?;
+        if task.status.is_finished() || tokio::time::Instant::now() >= deadline {
+            return Ok(task);
+        }
+        let recheck_at = deadline.min(tokio::time::Instant::now() + WAIT_RECHECK);
+        loop {
+            match tokio::time::timeout_at(recheck_at, finished.recv()).await {
+                Ok(Ok(id)) if id != task_id => continue,
+                // Ours finished, we lagged behind, or it is time to look again.
+                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) | Err(_) => break,
+                Ok(Err(RecvError::Closed)) => {
+                    tokio::time::sleep_until(recheck_at).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_accepts_seconds_within_the_limit_only() {
+        assert_eq!(parse_wait(None, 60).unwrap(), Duration::ZERO);
+        assert_eq!(parse_wait(Some("2.5"), 60).unwrap(), Duration::from_millis(2500));
+        assert!(parse_wait(Some("61"), 60).is_err());
+        assert!(parse_wait(Some("-1"), 60).is_err());
+        assert!(parse_wait(Some("NaN"), 60).is_err());
+        assert!(parse_wait(Some("soon"), 60).is_err());
+    }
+}

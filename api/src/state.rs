@@ -1,0 +1,25 @@
+//! The state every handler shares: cheap to clone, everything behind `Arc`s.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::notify::FinishedTasks;
+use crate::queue::JobQueue;
+use shared::db::Pool;
+
+/// Shared handler state.
+#[derive(Clone)]
+pub struct AppState {
+    /// Settings, parsed once.
+    pub config: Arc<Config>,
+    /// Postgres connections.
+    pub pool: Pool,
+    /// Where uploads are announced to the workers.
+    pub queue: JobQueue,
+    /// Wakes `?wait=` requests when a task finishes.
+    pub finished: FinishedTasks,
+    /// One permit per upload being streamed, capped at `MAX_CONCURRENT_UPLOADS`.
+    pub upload_slots: Arc<Semaphore>,
+}

@@ -1,0 +1,100 @@
+//! The Postgres connection pool and the migration runner.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use diesel::connection::SimpleConnection as _;
+use diesel_async::AsyncPgConnection;
+use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _, embed_migrations};
+
+use crate::config::DatabaseArgs;
+
+/// The pool both binaries use.
+pub type Pool = diesel_async::pooled_connection::deadpool::Pool<AsyncPgConnection>;
+/// A connection borrowed from [`Pool`].
+pub type PooledConnection = diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>;
+/// Why a connection could not be had from the pool.
+pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
+
+/// The migrations in `shared/migrations`, compiled into both binaries.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// The channel a trigger notifies, with the task id as payload, when a task becomes `done` or `failed`.
+pub const TASK_FINISHED_CHANNEL: &str = "md5_task_finished";
+
+/// Key of the advisory lock that serializes migration runs across processes.
+const MIGRATION_LOCK_KEY: i64 = 0x6d64_355f_6d69_6772; // "md5_migr"
+
+/// Builds the pool: at most `db_pool_size` connections, each tagged with `application_name`,
+/// and no wait (for a connection or a free slot) longer than `db_timeout_ms`.
+pub fn build_pool(args: &DatabaseArgs, application_name: &str) -> anyhow::Result<Pool> {
+    let url = connection_url(&args.database_url, application_name, args.timeout());
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    let timeout = Some(args.timeout());
+    Pool::builder(manager)
+        .max_size(args.db_pool_size as usize)
+        .wait_timeout(timeout)
+        .create_timeout(timeout)
+        .recycle_timeout(timeout)
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .context("cannot build the Postgres pool (check DATABASE_URL)")
+}
+
+/// Applies pending migrations, once, even when several processes start together: each run
+/// holds a Postgres advisory lock, so the second process finds nothing left to apply.
+pub async fn run_migrations(args: &DatabaseArgs, application_name: &str) -> anyhow::Result<()> {
+    let url = connection_url(&args.database_url, application_name, args.timeout());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use diesel::Connection as _;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
+            .context("cannot connect to Postgres to apply migrations (check DATABASE_URL)")?;
+        conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+            .context("cannot take the migration lock")?;
+        let applied = conn.run_pending_migrations(MIGRATIONS).map(|versions| versions.len());
+        // The lock is released with the session too; unlocking explicitly keeps it short.
+        let _ = conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"));
+        let applied = applied.map_err(|err| anyhow::anyhow!("cannot apply migrations: {err}"))?;
+        if applied > 0 {
+            tracing::info!(migrations.applied = applied, "database schema migrated");
+        }
+        Ok(())
+    })
+    .await
+    .context("migration thread panicked")?
+}
+
+/// Adds `application_name` and a connect timeout to `database_url` unless it sets them itself.
+fn connection_url(database_url: &str, application_name: &str, timeout: Duration) -> String {
+    let mut url = database_url.to_owned();
+    let mut separator = if url.contains('?') { '&' } else { '?' };
+    if !url.contains("application_name=") {
+        url.push_str(&format!("{separator}application_name={application_name}"));
+        separator = '&';
+    }
+    if !url.contains("connect_timeout=") {
+        let seconds = timeout.as_secs().max(1);
+        url.push_str(&format!("{separator}connect_timeout={seconds}"));
+    }
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_url_keeps_what_the_user_set() {
+        let t = Duration::from_secs(3);
+        assert_eq!(
+            connection_url("postgres://h/db", "md5-api", t),
+            "postgres://h/db?application_name=md5-api&connect_timeout=3"
+        );
+        assert_eq!(
+            connection_url("postgres://h/db?application_name=x", "md5-api", t),
+            "postgres://h/db?application_name=x&connect_timeout=3"
+        );
+    }
+}

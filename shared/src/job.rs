@@ -1,0 +1,83 @@
+//! The stream message: the only contract between the api (which adds it) and the worker (which reads it).
+
+use uuid::Uuid;
+
+/// A job on the Redis stream: "hash the upload stored for this task".
+///
+/// It carries ids only; the row in Postgres holds everything else, so a message
+/// that is lost, duplicated or replayed can do no harm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobMessage {
+    /// The task to hash.
+    pub task_id: Uuid,
+    /// The request id of the upload, to follow the task into the worker's logs.
+    pub request_id: Option<String>,
+}
+
+/// Why a stream entry is not a valid [`JobMessage`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobParseError {
+    /// The entry has no `task_id` field.
+    #[error("stream entry has no task_id field")]
+    MissingTaskId,
+    /// The `task_id` field is not a UUID.
+    #[error("stream entry task_id {0:?} is not a uuid")]
+    InvalidTaskId(String),
+}
+
+impl JobMessage {
+    /// Field holding the task id.
+    pub const TASK_ID: &'static str = "task_id";
+    /// Field holding the request id.
+    pub const REQUEST_ID: &'static str = "request_id";
+
+    /// The entry's field/value pairs, in the order they are added to the stream.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![(Self::TASK_ID, self.task_id.to_string())];
+        if let Some(request_id) = &self.request_id {
+            fields.push((Self::REQUEST_ID, request_id.clone()));
+        }
+        fields
+    }
+
+    /// Reads a message back from a stream entry's field/value pairs; unknown fields are ignored.
+    pub fn from_fields<'a>(
+        fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Self, JobParseError> {
+        let mut task_id = None;
+        let mut request_id = None;
+        for (name, value) in fields {
+            let value = String::from_utf8_lossy(value).into_owned();
+            match name {
+                Self::TASK_ID => task_id = Some(value),
+                Self::REQUEST_ID => request_id = Some(value),
+                _ => {}
+            }
+        }
+        let raw = task_id.ok_or(JobParseError::MissingTaskId)?;
+        let task_id = Uuid::parse_str(&raw).map_err(|_| JobParseError::InvalidTaskId(raw))?;
+        Ok(JobMessage { task_id, request_id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_round_trips_through_fields() {
+        let message = JobMessage { task_id: Uuid::now_v7(), request_id: Some("req-1".into()) };
+        let fields = message.to_fields();
+        let parsed =
+            JobMessage::from_fields(fields.iter().map(|(k, v)| (*k, v.as_bytes()))).unwrap();
+        assert_eq!(parsed, message);
+    }
+
+    #[test]
+    fn entry_without_task_id_is_rejected() {
+        let err = JobMessage::from_fields([("request_id", b"x".as_slice())]).unwrap_err();
+        assert_eq!(err, JobParseError::MissingTaskId);
+        let err = JobMessage::from_fields([("task_id", b"42".as_slice())]).unwrap_err();
+        assert_eq!(err, JobParseError::InvalidTaskId("42".into()));
+    }
+}

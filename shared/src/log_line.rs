@@ -1,0 +1,69 @@
+//! One line of the results log.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::TaskStatus;
+
+/// A results-log line: `{"ts", "task_id", "status", "md5", "size_bytes", "worker", "error"}`.
+///
+/// Serialized with `serde_json`, so every string (the error text may quote a path or an OS
+/// message) is escaped and a line never contains a raw newline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When the line was written, RFC 3339 UTC with milliseconds.
+    pub ts: String,
+    /// The task the line is about.
+    pub task_id: Uuid,
+    /// `done` or `failed`.
+    pub status: TaskStatus,
+    /// The MD5, for `done`.
+    pub md5: Option<String>,
+    /// Size of the hashed upload.
+    pub size_bytes: i64,
+    /// Consumer name of the worker that wrote the line.
+    pub worker: String,
+    /// Why the task failed, for `failed`.
+    pub error: Option<String>,
+}
+
+impl LogLine {
+    /// The line as written to the file: compact JSON followed by `\n`.
+    pub fn to_json_line(&self) -> String {
+        let mut line = serde_json::to_string(self).expect("a LogLine always serializes");
+        line.push('\n');
+        line
+    }
+
+    /// The `ts` field parsed back, if it is well formed.
+    pub fn timestamp(&self) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(&self.ts).ok().map(|at| at.with_timezone(&Utc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_has_the_spec_field_order_and_escapes_text() {
+        let line = LogLine {
+            ts: "2026-11-27T19:00:01.456Z".into(),
+            task_id: Uuid::nil(),
+            status: TaskStatus::Failed,
+            md5: None,
+            size_bytes: 3,
+            worker: "w1".into(),
+            error: Some("bad\n\"name\"".into()),
+        }
+        .to_json_line();
+        assert_eq!(
+            line,
+            "{\"ts\":\"2026-11-27T19:00:01.456Z\",\"task_id\":\"00000000-0000-0000-0000-000000000000\",\
+             \"status\":\"failed\",\"md5\":null,\"size_bytes\":3,\"worker\":\"w1\",\
+             \"error\":\"bad\\n\\\"name\\\"\"}\n"
+        );
+        assert_eq!(line.matches('\n').count(), 1);
+    }
+}

@@ -1,0 +1,206 @@
+//! Every query the api and the workers run, each taking the connection first.
+//!
+//! State changes are conditional updates, so a duplicate or late delivery of a job is a no-op
+//! rather than a second result.
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::now;
+use diesel::pg::data_types::PgInterval;
+use diesel::prelude::*;
+use diesel::sql_types::Timestamptz;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::models::{NewTask, Task, TaskStatus};
+use crate::schema::md5_tasks::dsl;
+
+/// The result a worker records for a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Hashed: the MD5 as 32 lowercase hex digits.
+    Done {
+        /// The digest.
+        md5: String,
+    },
+    /// Could not be hashed, for this reason.
+    Failed {
+        /// A message for the client.
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// The status this outcome leaves the task in.
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            Outcome::Done { .. } => TaskStatus::Done,
+            Outcome::Failed { .. } => TaskStatus::Failed,
+        }
+    }
+}
+
+fn interval(duration: Duration) -> PgInterval {
+    PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Inserts a new `queued` task and returns the committed row.
+pub async fn insert_task(conn: &mut AsyncPgConnection, new: &NewTask<'_>) -> QueryResult<Task> {
+    diesel::insert_into(dsl::md5_tasks)
+        .values(new)
+        .returning(Task::as_returning())
+        .get_result(conn)
+        .await
+}
+
+/// Loads a task by id; `None` if there is no such task.
+pub async fn find_task(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<Option<Task>> {
+    dsl::md5_tasks.find(task_id).select(Task::as_select()).first(conn).await.optional()
+}
+
+/// Claims a task for `worker` until `lease` from now: a `queued` task, or a `processing` one
+/// whose previous holder let its lease pass. Returns `None` when the task is not claimable
+/// (finished, held by a live worker, or unknown), which makes duplicate deliveries no-ops.
+pub async fn claim_task(
+    conn: &mut AsyncPgConnection,
+    task_id: Uuid,
+    worker: &str,
+    lease: Duration,
+) -> QueryResult<Option<Task>> {
+    let claimable = dsl::status
+        .eq(TaskStatus::Queued)
+        .or(dsl::status.eq(TaskStatus::Processing).and(dsl::lease_until.lt(now.into_sql::<Timestamptz>().nullable())));
+    diesel::update(dsl::md5_tasks.find(task_id).filter(claimable))
+        .set((
+            dsl::status.eq(TaskStatus::Processing),
+            dsl::attempts.eq(dsl::attempts + 1),
+            dsl::started_at.eq(now.into_sql::<Timestamptz>().nullable()),
+            dsl::worker.eq(worker),
+            dsl::lease_until.eq((now.into_sql::<Timestamptz>() + interval(lease)).nullable()),
+        ))
+        .returning(Task::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// Extends `worker`'s lease on a task it is still processing; false if the lease was lost.
+pub async fn extend_lease(
+    conn: &mut AsyncPgConnection,
+    task_id: Uuid,
+    worker: &str,
+    lease: Duration,
+) -> QueryResult<bool> {
+    let updated = diesel::update(
+        dsl::md5_tasks
+            .find(task_id)
+            .filter(dsl::status.eq(TaskStatus::Processing))
+            .filter(dsl::worker.eq(worker)),
+    )
+    .set(dsl::lease_until.eq((now.into_sql::<Timestamptz>() + interval(lease)).nullable()))
+    .execute(conn)
+    .await?;
+    Ok(updated == 1)
+}
+
+/// Records `worker`'s outcome for a task it holds. Returns `None`, recording nothing, when the
+/// worker no longer holds the task (its lease passed and another worker took it over).
+pub async fn complete_task(
+    conn: &mut AsyncPgConnection,
+    task_id: Uuid,
+    worker: &str,
+    outcome: &Outcome,
+) -> QueryResult<Option<Task>> {
+    let (md5, error) = match outcome {
+        Outcome::Done { md5 } => (Some(md5.as_str()), None),
+        Outcome::Failed { error } => (None, Some(error.as_str())),
+    };
+    diesel::update(
+        dsl::md5_tasks
+            .find(task_id)
+            .filter(dsl::status.eq(TaskStatus::Processing))
+            .filter(dsl::worker.eq(worker)),
+    )
+    .set((
+        dsl::status.eq(outcome.status()),
+        dsl::result.eq(md5),
+        dsl::error.eq(error),
+        dsl::finished_at.eq(now.into_sql::<Timestamptz>().nullable()),
+        dsl::lease_until.eq(None::<DateTime<Utc>>),
+    ))
+    .returning(Task::as_returning())
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// Marks a task `failed` without a worker holding it (a job delivered too many times).
+/// Only an unfinished task changes; returns the finished row, or `None` if it was already finished.
+pub async fn fail_unfinished_task(
+    conn: &mut AsyncPgConnection,
+    task_id: Uuid,
+    error: &str,
+) -> QueryResult<Option<Task>> {
+    diesel::update(
+        dsl::md5_tasks
+            .find(task_id)
+            .filter(dsl::status.eq_any([TaskStatus::Queued, TaskStatus::Processing])),
+    )
+    .set((
+        dsl::status.eq(TaskStatus::Failed),
+        dsl::error.eq(error),
+        dsl::finished_at.eq(now.into_sql::<Timestamptz>().nullable()),
+        dsl::lease_until.eq(None::<DateTime<Utc>>),
+    ))
+    .returning(Task::as_returning())
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// Records that the task's line is in the results log.
+pub async fn mark_logged(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<()> {
+    diesel::update(dsl::md5_tasks.find(task_id).filter(dsl::logged_at.is_null()))
+        .set(dsl::logged_at.eq(now.into_sql::<Timestamptz>().nullable()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Ids of tasks that may have lost their stream entry: not yet logged, and either `queued`
+/// for longer than `grace`, `processing` past their lease, or finished longer than `grace` ago.
+/// Oldest first, at most `limit`.
+pub async fn tasks_to_sweep(
+    conn: &mut AsyncPgConnection,
+    grace: Duration,
+    limit: i64,
+) -> QueryResult<Vec<Uuid>> {
+    let cutoff = now.into_sql::<Timestamptz>() - interval(grace);
+    dsl::md5_tasks
+        .filter(dsl::logged_at.is_null())
+        .filter(
+            dsl::status
+                .eq(TaskStatus::Queued)
+                .and(dsl::created_at.lt(cutoff))
+                .or(dsl::status.eq(TaskStatus::Processing).and(dsl::lease_until.lt(now.into_sql::<Timestamptz>().nullable())))
+                .or(dsl::status
+                    .eq_any([TaskStatus::Done, TaskStatus::Failed])
+                    .and(dsl::finished_at.lt(cutoff.nullable()))),
+        )
+        .order(dsl::created_at.asc())
+        .limit(limit)
+        .select(dsl::task_id)
+        .load(conn)
+        .await
+}
+
+/// Counts tasks by status (for metrics and tests).
+pub async fn count_by_status(
+    conn: &mut AsyncPgConnection,
+) -> QueryResult<Vec<(TaskStatus, i64)>> {
+    dsl::md5_tasks
+        .group_by(dsl::status)
+        .select((dsl::status, diesel::dsl::count_star()))
+        .load(conn)
+        .await
+}

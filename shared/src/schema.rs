@@ -1,0 +1,29 @@
+// @generated automatically by Diesel CLI.
+
+pub mod sql_types {
+    #[derive(diesel::query_builder::QueryId, Clone, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "task_status"))]
+    pub struct TaskStatus;
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::sql_types::TaskStatus;
+
+    md5_tasks (task_id) {
+        task_id -> Uuid,
+        status -> TaskStatus,
+        result -> Nullable<Text>,
+        file_name -> Text,
+        size_bytes -> Int8,
+        error -> Nullable<Text>,
+        attempts -> Int4,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        logged_at -> Nullable<Timestamptz>,
+        worker -> Nullable<Text>,
+        lease_until -> Nullable<Timestamptz>,
+        request_id -> Nullable<Text>,
+    }
+}

@@ -1,0 +1,43 @@
+//! Tracing set-up shared by both binaries.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt;
+
+use crate::config::{LogFormat, TelemetryArgs};
+
+/// Installs the global subscriber: an `EnvFilter` from `RUST_LOG`, text or JSON lines on stderr.
+///
+/// Fails if the filter does not parse, so a typo in `RUST_LOG` is reported at start.
+pub fn init(args: &TelemetryArgs) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&args.log_filter)
+        .map_err(|err| anyhow::anyhow!("invalid RUST_LOG {:?}: {err}", args.log_filter))?;
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+    };
+    result.map_err(|err| anyhow::anyhow!("cannot install the tracing subscriber: {err}"))
+}
+
+/// Completes on SIGTERM or Ctrl-C, whichever comes first.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}
