@@ -15,7 +15,7 @@ pub struct JobMessage {
 }
 
 /// Why a stream entry is not a valid [`JobMessage`].
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum JobParseError {
     /// The entry has no `task_id` field.
     #[error("stream entry has no task_id field")]

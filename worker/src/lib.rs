@@ -1,0 +1,174 @@
+//! `md5-worker`: reads jobs from the Redis consumer group, hashes uploads, records results in
+//! Postgres and appends one line per task to the shared results log.
+//!
+//! It never speaks HTTP to clients and never writes an upload: that is the api's job.
+//! **Only this crate reads the stream.**
+
+pub mod config;
+pub mod fault;
+pub mod hash;
+pub mod job;
+pub mod results_log;
+pub mod stream;
+pub mod sweeper;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+use job::JobContext;
+use results_log::ResultsLog;
+use stream::Jobs;
+
+/// How long start-up keeps retrying a Postgres that is not up yet, so any start order works.
+const STARTUP_DB_RETRY: Duration = Duration::from_secs(60);
+
+/// Runs the worker until `shutdown` completes, then stops reading, lets in-flight jobs finish
+/// for at most `SHUTDOWN_GRACE_SECONDS`, and returns. Jobs still running then stay pending in
+/// the group and are taken over by another worker.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let consumer = config.consumer();
+    migrate_with_retry(&config).await?;
+    let concurrency = config.concurrency();
+    let mut pool_args = config.database.clone();
+    // Each job holds at most one connection at a time; the heartbeat and sweeper need a couple more.
+    pool_args.db_pool_size = pool_args.db_pool_size.max(concurrency as u32 + 2);
+    let pool = shared::db::build_pool(&pool_args, "md5-worker")?;
+    let block = Duration::from_millis(config.read_block_ms);
+    let mut jobs = Jobs::new(&config.redis.redis_url, &config.stream, consumer.clone(), block)?;
+    let log = ResultsLog::open(&config.log_file)
+        .with_context(|| format!("cannot create the folder of LOG_FILE {}", config.log_file.display()))?;
+    let stop = CancellationToken::new();
+    let ctx = Arc::new(JobContext {
+        config: config.clone(),
+        pool,
+        jobs: jobs.commands(),
+        log,
+        consumer: consumer.clone(),
+        shutdown: stop.clone(),
+    });
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
+    tracing::info!(consumer = %consumer, concurrency, stream = %jobs.stream, group = %jobs.group, "md5-worker started");
+    let sweeper = tokio::spawn(sweep_loop(ctx.clone(), stop.clone()));
+
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut running = JoinSet::new();
+    let takeover_every = (config.claim_idle() / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let mut next_takeover = tokio::time::Instant::now();
+    let mut group_ready = false;
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        while running.try_join_next().is_some() {}
+        if !group_ready {
+            match jobs.ensure_group().await {
+                Ok(()) => group_ready = true,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot reach the consumer group; retrying");
+                    pause(&stop, &mut backoff).await;
+                    continue;
+                }
+            }
+        }
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.context("job slots closed")?,
+            () = stop.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        let deliveries = if tokio::time::Instant::now() >= next_takeover {
+            next_takeover = tokio::time::Instant::now() + takeover_every;
+            match jobs.take_over_idle(config.claim_idle(), permits.len()).await {
+                Ok(taken) if !taken.is_empty() => {
+                    tracing::info!(jobs.taken_over = taken.len(), "took over idle jobs");
+                    Ok(taken)
+                }
+                Ok(_) => jobs.read_new(permits.len()).await,
+                Err(err) => Err(err),
+            }
+        } else {
+            jobs.read_new(permits.len()).await
+        };
+        match deliveries {
+            Ok(deliveries) => {
+                backoff = Duration::from_millis(100);
+                for delivery in deliveries {
+                    let permit = permits.pop().expect("never more entries than COUNT");
+                    let ctx = ctx.clone();
+                    running.spawn(async move {
+                        job::handle(ctx, delivery).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Err(err) if err.code() == Some("NOGROUP") => {
+                tracing::warn!("the consumer group is gone (Redis lost its data); recreating it");
+                group_ready = false;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the stream; retrying");
+                pause(&stop, &mut backoff).await;
+            }
+        }
+    }
+
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    tracing::info!(jobs.in_flight = running.len(), "stopping: finishing in-flight jobs");
+    let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(jobs.in_flight = running.len(), "grace period over; unfinished jobs are left to other workers");
+        running.abort_all();
+    }
+    sweeper.abort();
+    tracing::info!("md5-worker stopped");
+    Ok(())
+}
+
+async fn sweep_loop(ctx: Arc<JobContext>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(ctx.config.sweep_interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if let Err(err) = sweeper::sweep_once(&ctx).await {
+            tracing::warn!(error = format!("{err:#}"), "sweep failed; trying again next interval");
+        }
+    }
+}
+
+async fn pause(stop: &CancellationToken, backoff: &mut Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(*backoff) => {}
+        () = stop.cancelled() => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+}
+
+async fn migrate_with_retry(config: &Config) -> anyhow::Result<()> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match shared::db::run_migrations(&config.database, "md5-worker").await {
+            Ok(()) => return Ok(()),
+            Err(err) if started.elapsed() < STARTUP_DB_RETRY => {
+                tracing::warn!(error = format!("{err:#}"), "Postgres not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}

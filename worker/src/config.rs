@@ -1,0 +1,113 @@
+//! `md5-worker` configuration: every setting is a flag and an environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use shared::config::{DatabaseArgs, RedisArgs, StorageArgs, StreamArgs, TelemetryArgs};
+
+/// Default results log.
+pub const DEFAULT_LOG_FILE: &str = "./data/log/md5.log";
+
+/// The worker's whole configuration, parsed once at start.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "md5-worker",
+    version,
+    about = "Hashes uploads for the MD5 service: reads jobs from the Redis consumer group, records each \
+             result in Postgres and appends one line per task to the shared results log"
+)]
+pub struct Config {
+    /// The shared results log (JSON Lines); its folder must be shared by every worker.
+    #[arg(long, env = "LOG_FILE", default_value = DEFAULT_LOG_FILE)]
+    pub log_file: PathBuf,
+
+    /// Jobs this process hashes at once (default: the number of CPUs).
+    #[arg(long, env = "WORKER_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub worker_concurrency: Option<u32>,
+
+    /// A pending job idle this long (its worker dead, no heartbeat) is taken over by another worker; also the lease length.
+    #[arg(long, env = "CLAIM_IDLE_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub claim_idle_ms: u64,
+
+    /// After this many deliveries a job is marked failed and moved to the dead-letter stream.
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_deliveries: u32,
+
+    /// How often the sweeper looks for tasks that lost their stream entry; also how long a task
+    /// may sit queued without one before it is re-enqueued.
+    #[arg(long, env = "SWEEP_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    pub sweep_interval_ms: u64,
+
+    /// How long XREADGROUP blocks waiting for new jobs, in milliseconds.
+    #[arg(long, env = "READ_BLOCK_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub read_block_ms: u64,
+
+    /// Seconds in-flight jobs get to finish after SIGTERM; unfinished ones are handed back to the group.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+
+    /// Consumer name in the group (default: host-pid-random, unique per process).
+    #[arg(long, env = "CONSUMER_NAME")]
+    pub consumer_name: Option<String>,
+
+    /// Where the worker serves Prometheus `/metrics` (unset: no listener).
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Test builds only: abort the process at this step of a job (`after_claim`, `after_hash`,
+    /// `after_commit`, `after_log`, `before_ack`), as `kill -9` would.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, env = "FAULT_CRASH_AT", hide = true)]
+    pub fault_crash_at: Option<String>,
+
+    #[command(flatten)]
+    #[expect(missing_docs, reason = "documented on the flattened struct")]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    #[expect(missing_docs, reason = "documented on the flattened struct")]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    #[expect(missing_docs, reason = "documented on the flattened struct")]
+    pub stream: StreamArgs,
+
+    #[command(flatten)]
+    #[expect(missing_docs, reason = "documented on the flattened struct")]
+    pub storage: StorageArgs,
+
+    #[command(flatten)]
+    #[expect(missing_docs, reason = "documented on the flattened struct")]
+    pub telemetry: TelemetryArgs,
+}
+
+impl Config {
+    /// Jobs hashed at once.
+    pub fn concurrency(&self) -> usize {
+        self.worker_concurrency.map(|n| n as usize).unwrap_or_else(|| {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        })
+    }
+
+    /// The claim idle time, also the lease a worker holds on a task.
+    pub fn claim_idle(&self) -> Duration {
+        Duration::from_millis(self.claim_idle_ms)
+    }
+
+    /// The sweep interval.
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.sweep_interval_ms)
+    }
+
+    /// This process's consumer name.
+    pub fn consumer(&self) -> String {
+        self.consumer_name.clone().unwrap_or_else(|| {
+            let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+            let pid = std::process::id();
+            let nonce = &uuid::Uuid::new_v4().simple().to_string()[..6];
+            format!("{host}-{pid}-{nonce}")
+        })
+    }
+}

@@ -1,0 +1,256 @@
+//! One delivery, from claim to acknowledgement.
+//!
+//! Order per job: claim the row → hash → commit the result → append the log line → record that
+//! it is logged → XACK (+XDEL) → delete the upload. A crash anywhere leaves either an
+//! unacknowledged entry (taken over by another worker) or a row the sweeper re-enqueues; the
+//! conditional updates and the log search make every retry a no-op where work was already done.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shared::db::{Pool, PooledConnection};
+use shared::queries::{self, Outcome};
+use shared::{LogLine, Task};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::results_log::{Appended, ResultsLog};
+use crate::stream::{Delivery, JobsHandle};
+
+/// Longest a job keeps retrying Postgres, Redis or the log in place before it leaves its entry
+/// pending for a takeover.
+const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// What every job of a worker process shares.
+pub struct JobContext {
+    /// Settings.
+    pub config: Config,
+    /// Postgres.
+    pub pool: Pool,
+    /// Redis commands.
+    pub jobs: JobsHandle,
+    /// The results log.
+    pub log: ResultsLog,
+    /// This process's consumer name.
+    pub consumer: String,
+    /// Cancelled when the worker is shutting down: in-place retries stop early.
+    pub shutdown: CancellationToken,
+}
+
+/// Handles one delivery; failures are logged here, once, and leave the entry pending.
+pub async fn handle(ctx: Arc<JobContext>, delivery: Delivery) {
+    let task_id = delivery.job.as_ref().map(|job| job.task_id.to_string()).unwrap_or_default();
+    let request_id = delivery
+        .job
+        .as_ref()
+        .ok()
+        .and_then(|job| job.request_id.clone())
+        .unwrap_or_default();
+    let span = tracing::info_span!("job", task.id = %task_id, request.id = %request_id, entry.id = %delivery.entry_id);
+    async move {
+        if let Err(err) = process(&ctx, &delivery).await {
+            tracing::error!(error = format!("{err:#}"), "job left pending for a retry");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
+    let job = match &delivery.job {
+        Ok(job) => job,
+        Err(err) => {
+            tracing::warn!(error = %err, "dropping a malformed stream entry");
+            return retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await;
+        }
+    };
+    let lease = ctx.config.claim_idle();
+    let claimed = retry(ctx, "claim the task", || async {
+        let mut conn = connection(&ctx.pool).await?;
+        anyhow::Ok(queries::claim_task(&mut conn, job.task_id, &ctx.consumer, lease).await?)
+    })
+    .await?;
+    let Some(task) = claimed else {
+        return not_claimable(ctx, delivery, job.task_id).await;
+    };
+    crate::fault::point(&ctx.config, "after_claim");
+
+    let outcome = if task.attempts > ctx.config.max_deliveries as i32 {
+        let reason = format!(
+            "given up after {} attempts: the job kept failing or crashing its worker",
+            ctx.config.max_deliveries
+        );
+        if let Err(err) = ctx.jobs.dead_letter(&delivery.entry_id, task.task_id, &reason).await {
+            tracing::warn!(error = %err, "cannot copy the job to the dead-letter stream");
+        }
+        Outcome::Failed { error: reason }
+    } else {
+        hash_with_heartbeat(ctx, &task, &delivery.entry_id).await
+    };
+    crate::fault::point(&ctx.config, "after_hash");
+
+    let finished = retry(ctx, "record the result", || async {
+        let mut conn = connection(&ctx.pool).await?;
+        anyhow::Ok(queries::complete_task(&mut conn, task.task_id, &ctx.consumer, &outcome).await?)
+    })
+    .await?;
+    let Some(finished) = finished else {
+        // Our lease passed and another worker took the task over: it records and logs it.
+        tracing::warn!("lease lost while hashing; leaving the task to its new owner");
+        return Ok(());
+    };
+    crate::fault::point(&ctx.config, "after_commit");
+    tracing::info!(task.status = finished.status.as_str(), task.md5 = finished.result.as_deref().unwrap_or(""), "task finished");
+    finish(ctx, delivery, &finished, false).await
+}
+
+/// The task could not be claimed: it is finished, held by a live worker, or unknown.
+async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> anyhow::Result<()> {
+    let task = retry(ctx, "load the task", || async {
+        let mut conn = connection(&ctx.pool).await?;
+        anyhow::Ok(queries::find_task(&mut conn, task_id).await?)
+    })
+    .await?;
+    match task {
+        None => {
+            tracing::warn!("no such task; dropping the entry");
+            retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await
+        }
+        Some(task) if task.status.is_finished() && task.logged_at.is_some() => {
+            tracing::debug!("duplicate delivery of a finished task");
+            retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await
+        }
+        // A crash came between recording the result and recording the log line.
+        Some(task) if task.status.is_finished() => finish(ctx, delivery, &task, true).await,
+        Some(_) if delivery.taken_over => {
+            // Its previous holder's lease has not quite run out: leave the entry pending, so
+            // it is taken over again once the lease has passed.
+            tracing::debug!("task still leased; taking it over later");
+            Ok(())
+        }
+        Some(_) => {
+            // A second entry for a task a live worker holds (the sweeper re-added it).
+            tracing::debug!("task held by another worker; dropping the duplicate entry");
+            retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await
+        }
+    }
+}
+
+/// Appends the task's line (searching for an earlier one when `recovering`), records it,
+/// acknowledges the entry and deletes the upload.
+async fn finish(ctx: &JobContext, delivery: &Delivery, task: &Task, recovering: bool) -> anyhow::Result<()> {
+    let line = LogLine {
+        ts: shared::time::format_millis(chrono::Utc::now()),
+        task_id: task.task_id,
+        status: task.status,
+        md5: task.result.clone(),
+        size_bytes: task.size_bytes,
+        worker: ctx.consumer.clone(),
+        error: task.error.clone(),
+    };
+    let search_since = if recovering { task.finished_at } else { None };
+    let appended = retry(ctx, "append to the results log", || async {
+        anyhow::Ok(ctx.log.append(&line, search_since).await?)
+    })
+    .await?;
+    if appended == Appended::AlreadyPresent {
+        tracing::info!("the task's log line was already written; not writing it again");
+    }
+    crate::fault::point(&ctx.config, "after_log");
+    retry(ctx, "record the log line", || async {
+        let mut conn = connection(&ctx.pool).await?;
+        anyhow::Ok(queries::mark_logged(&mut conn, task.task_id).await?)
+    })
+    .await?;
+    crate::fault::point(&ctx.config, "before_ack");
+    retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await?;
+    if !ctx.config.storage.keep_uploads {
+        let path = shared::config::upload_path(&ctx.config.storage.upload_dir, task.task_id);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(error = %err, "cannot delete the stored upload"),
+        }
+    }
+    Ok(())
+}
+
+/// Hashes the stored upload while a heartbeat extends the lease and keeps the entry from
+/// looking idle, so a long hash is never taken over while this worker lives.
+async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> Outcome {
+    let path = shared::config::upload_path(&ctx.config.storage.upload_dir, task.task_id);
+    let started = std::time::Instant::now();
+    let hashing = tokio::task::spawn_blocking(move || crate::hash::md5_file(&path));
+    tokio::pin!(hashing);
+    let beat = ctx.config.claim_idle() / 3;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    let result = loop {
+        tokio::select! {
+            result = &mut hashing => break result,
+            _ = heartbeat.tick() => {
+                let lease = ctx.config.claim_idle();
+                let extended = match connection(&ctx.pool).await {
+                    Ok(mut conn) => queries::extend_lease(&mut conn, task.task_id, &ctx.consumer, lease).await.unwrap_or(true),
+                    Err(_) => true,
+                };
+                if extended {
+                    if let Err(err) = ctx.jobs.touch(entry_id).await {
+                        tracing::warn!(error = %err, "heartbeat could not touch the stream entry");
+                    }
+                } else {
+                    tracing::warn!("lease lost while hashing");
+                }
+            }
+        }
+    };
+    match result {
+        Ok(Ok((md5, size))) if size == task.size_bytes as u64 => {
+            tracing::info!(hash.duration_ms = started.elapsed().as_millis() as u64, hash.size_bytes = size, "hashed");
+            Outcome::Done { md5 }
+        }
+        Ok(Ok((_, size))) => Outcome::Failed {
+            error: format!("the stored upload is {size} bytes, expected {}", task.size_bytes),
+        },
+        Ok(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => Outcome::Failed {
+            error: "the uploaded file is missing from the upload volume".into(),
+        },
+        Ok(Err(err)) => Outcome::Failed { error: format!("the uploaded file cannot be read: {err}") },
+        Err(join) => Outcome::Failed { error: format!("hashing failed: {join}") },
+    }
+}
+
+async fn connection(pool: &Pool) -> anyhow::Result<PooledConnection> {
+    pool.get().await.map_err(|err| anyhow::anyhow!("no Postgres connection: {err}"))
+}
+
+/// Runs `step` until it succeeds, backing off from 100 ms to 5 s, for at most [`RETRY_FOR`]
+/// or until shutdown.
+async fn retry<T, E, F, Fut>(ctx: &JobContext, what: &str, mut step: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Into<anyhow::Error>,
+{
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(err) => {
+                let err: anyhow::Error = err.into();
+                if started.elapsed() >= RETRY_FOR || ctx.shutdown.is_cancelled() {
+                    return Err(err).with_context(|| format!("cannot {what}"));
+                }
+                tracing::warn!(error = format!("{err:#}"), retry.delay_ms = delay.as_millis() as u64, "cannot {what}; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = ctx.shutdown.cancelled() => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! The shared results log: one JSON line per finished task, appended under an exclusive lock.
+//!
+//! Writers on every host are serialized by a POSIX `fcntl` lock (the `file-lock` crate), which
+//! works on NFS and shared container volumes. That lock belongs to the process, and closing any
+//! handle to the file releases it, so writers inside one process are serialized by a mutex
+//! around the whole open-lock-write-unlock sequence, and all reading is done through the locked
+//! handle.
+
+use std::fs::File;
+use std::io::{self, Write as _};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use file_lock::{FileLock, FileOptions};
+use shared::LogLine;
+use uuid::Uuid;
+
+/// Clock skew tolerated between hosts when searching the log back to a task's `finished_at`.
+pub const CLOCK_SKEW_ALLOWANCE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// Bytes read at a time when scanning the log backwards.
+const SCAN_CHUNK_BYTES: u64 = 64 * 1024;
+
+/// Serializes appends inside this process. It is one lock for the whole process, not one per
+/// handle: the fcntl lock is the process's, so two handles (even on different log files that
+/// are the same file under two paths) must never hold it at once.
+static IN_PROCESS: Mutex<()> = Mutex::new(());
+
+/// Handle on the results log, shared by every job of a process.
+#[derive(Clone, Debug)]
+pub struct ResultsLog {
+    path: PathBuf,
+}
+
+/// What [`ResultsLog::append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The line was written and flushed to disk.
+    Written,
+    /// The task already had a line (a crash came between appending and recording it); nothing written.
+    AlreadyPresent,
+}
+
+impl ResultsLog {
+    /// A log at `path`; its folder is created if missing.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(ResultsLog { path: path.to_owned() })
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `line` with one write call and flushes it to disk, under both locks.
+    ///
+    /// A torn last line left by a crash mid-write is cut off first. With `search_since`, the log
+    /// is first searched backwards (as far as that time, less [`CLOCK_SKEW_ALLOWANCE`]) for a line
+    /// of the same task, and nothing is written if one is there: this is how a redelivered task
+    /// whose row says "finished, not yet logged" avoids a second line.
+    pub async fn append(
+        &self,
+        line: &LogLine,
+        search_since: Option<DateTime<Utc>>,
+    ) -> io::Result<Appended> {
+        let log = self.clone();
+        let text = line.to_json_line();
+        let task_id = line.task_id;
+        tokio::task::spawn_blocking(move || log.append_blocking(&text, task_id, search_since))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    fn append_blocking(
+        &self,
+        text: &str,
+        task_id: Uuid,
+        search_since: Option<DateTime<Utc>>,
+    ) -> io::Result<Appended> {
+        let _in_process = IN_PROCESS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let options = FileOptions::new().read(true).append(true).create(true);
+        let mut lock = FileLock::lock(&self.path, true, options)?;
+        let file = &mut lock.file;
+        repair_torn_tail(file, &self.path)?;
+        if let Some(since) = search_since
+            && contains_task_since(file, task_id, since - CLOCK_SKEW_ALLOWANCE)?
+        {
+            return Ok(Appended::AlreadyPresent);
+        }
+        file.write_all(text.as_bytes())?;
+        file.sync_data()?;
+        Ok(Appended::Written)
+        // The lock is released when `lock` drops, after the data is on disk.
+    }
+}
+
+/// Cuts off a last line that has no newline (a writer crashed mid-write; its task was never
+/// acknowledged and will be logged again).
+fn repair_torn_tail(file: &mut File, path: &Path) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut last = [0u8; 1];
+    file.read_exact_at(&mut last, len - 1)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    let keep = last_newline_before(file, len)?.map_or(0, |at| at + 1);
+    tracing::warn!(log.path = %path.display(), log.cut_bytes = len - keep, "cutting off a torn last line");
+    file.set_len(keep)?;
+    file.sync_data()
+}
+
+/// Offset of the last `\n` before `end`, if any.
+fn last_newline_before(file: &File, end: u64) -> io::Result<Option<u64>> {
+    let mut end = end;
+    let mut buffer = vec![0u8; SCAN_CHUNK_BYTES as usize];
+    while end > 0 {
+        let start = end.saturating_sub(SCAN_CHUNK_BYTES);
+        let chunk = &mut buffer[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(at) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(start + at as u64));
+        }
+        end = start;
+    }
+    Ok(None)
+}
+
+/// Whether a line for `task_id` appears among the lines written at or after `since`, reading
+/// backwards from the end and stopping at the first older line.
+fn contains_task_since(file: &File, task_id: Uuid, since: DateTime<Utc>) -> io::Result<bool> {
+    let needle = task_id.to_string();
+    let mut end = file.metadata()?.len();
+    let mut carry: Vec<u8> = Vec::new();
+    let mut buffer = vec![0u8; SCAN_CHUNK_BYTES as usize];
+    while end > 0 {
+        let start = end.saturating_sub(SCAN_CHUNK_BYTES);
+        let chunk = &mut buffer[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        let mut joined = chunk.to_vec();
+        joined.extend_from_slice(&carry);
+        // The first piece may be the tail of a line that starts in an earlier chunk.
+        let mut pieces: Vec<&[u8]> = joined.split(|&b| b == b'\n').collect();
+        let head = if start > 0 { pieces.remove(0).to_vec() } else { Vec::new() };
+        for piece in pieces.iter().rev().filter(|p| !p.is_empty()) {
+            let Ok(line) = serde_json::from_slice::<LogLine>(piece) else { continue };
+            if line.task_id.to_string() == needle {
+                return Ok(true);
+            }
+            if line.timestamp().is_some_and(|ts| ts < since) {
+                return Ok(false);
+            }
+        }
+        carry = head;
+        end = start;
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::TaskStatus;
+
+    fn line(task_id: Uuid, ts: &str) -> LogLine {
+        LogLine {
+            ts: ts.into(),
+            task_id,
+            status: TaskStatus::Done,
+            md5: Some("d41d8cd98f00b204e9800998ecf8427e".into()),
+            size_bytes: 0,
+            worker: "w".into(),
+            error: None,
+        }
+    }
+
+    fn temp_log(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("md5-log-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("md5.log")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn torn_tail_is_cut_before_the_next_append() {
+        let path = temp_log("torn");
+        let log = ResultsLog::open(&path).unwrap();
+        let first = line(Uuid::now_v7(), "2026-11-27T19:00:00.000Z");
+        log.append(&first, None).await.unwrap();
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"ts\":\"20").unwrap();
+        let second = line(Uuid::now_v7(), "2026-11-27T19:00:01.000Z");
+        log.append(&second, None).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("{}{}", first.to_json_line(), second.to_json_line()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_already_logged_is_not_logged_again() {
+        let path = temp_log("dup");
+        let log = ResultsLog::open(&path).unwrap();
+        let task = Uuid::now_v7();
+        let since = Utc::now();
+        let ts = shared::time::format_millis(since);
+        assert_eq!(log.append(&line(task, &ts), Some(since)).await.unwrap(), Appended::Written);
+        // Many later lines push it into an earlier scan chunk.
+        for _ in 0..2000 {
+            log.append(&line(Uuid::now_v7(), &ts), None).await.unwrap();
+        }
+        assert_eq!(log.append(&line(task, &ts), Some(since)).await.unwrap(), Appended::AlreadyPresent);
+        let other = Uuid::now_v7();
+        assert_eq!(log.append(&line(other, &ts), Some(since)).await.unwrap(), Appended::Written);
+    }
+}
