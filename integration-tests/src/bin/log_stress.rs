@@ -1,0 +1,46 @@
+//! Appends many lines to one results log, for the concurrent-writers test.
+//!
+//! `log-stress <log> <writer-name> <lines> locked` appends through the worker's `ResultsLog`
+//! (fcntl lock, one write call per line). `unlocked` is the control: no lock, and each line
+//! written in two halves, as a careless writer would; the test's checker must catch the damage.
+
+use std::io::Write as _;
+
+use shared::{LogLine, TaskStatus};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, path, writer, lines, mode] = args.as_slice() else {
+        anyhow::bail!("usage: log-stress <log> <writer> <lines> locked|unlocked");
+    };
+    let path = std::path::PathBuf::from(path);
+    let lines: usize = lines.parse()?;
+    let log = worker::results_log::ResultsLog::open(&path)?;
+    for _ in 0..lines {
+        let line = LogLine {
+            ts: shared::time::format_millis(chrono::Utc::now()),
+            task_id: uuid::Uuid::now_v7(),
+            status: TaskStatus::Done,
+            md5: Some("d41d8cd98f00b204e9800998ecf8427e".into()),
+            size_bytes: 0,
+            worker: writer.clone(),
+            error: None,
+        };
+        match mode.as_str() {
+            "locked" => {
+                log.append(&line, None).await?;
+            }
+            "unlocked" => {
+                let text = line.to_json_line();
+                let (head, tail) = text.as_bytes().split_at(text.len() / 2);
+                let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+                file.write_all(head)?;
+                std::thread::yield_now();
+                file.write_all(tail)?;
+            }
+            other => anyhow::bail!("unknown mode {other}"),
+        }
+    }
+    Ok(())
+}

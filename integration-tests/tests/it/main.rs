@@ -1,0 +1,13 @@
+//! Integration tests against real Postgres and Redis, compiled as one binary.
+//!
+//! Needs a Postgres that accepts `postgres@127.0.0.1:5432` (or `TEST_DATABASE_URL`) and a
+//! Redis at `127.0.0.1:6379` (or `TEST_REDIS_URL`); `.ci/run` starts both if they are down.
+//! Tests that start worker processes need `cargo build --release --bins` first (the README's
+//! test command does it).
+
+mod compat;
+mod errors;
+mod log_writers;
+mod raw_http;
+mod v1;
+mod workers;
