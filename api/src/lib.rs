@@ -37,7 +37,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.storage.upload_dir).with_context(|| {
-        format!("cannot create UPLOAD_DIR {}", config.storage.upload_dir.display())
+        format!(
+            "cannot create UPLOAD_DIR {}",
+            config.storage.upload_dir.display()
+        )
     })?;
     migrate_with_retry(&config).await?;
     let pool = shared::db::build_pool(&config.database, "md5-api")?;
@@ -47,7 +50,9 @@ pub async fn run(
         notify::FinishedTasks::listen(config.database.database_url.clone(), stop_listening.clone());
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let state = AppState {
-        upload_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads as usize)),
+        upload_slots: Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_uploads as usize,
+        )),
         config: Arc::new(config),
         pool,
         queue,

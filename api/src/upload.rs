@@ -41,9 +41,13 @@ pub async fn receive(
     {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let _slot = state.upload_slots.clone().try_acquire_owned().map_err(|_| {
-        ApiError::Unavailable("too many uploads in progress; try again shortly".into())
-    })?;
+    let _slot = state
+        .upload_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::Unavailable("too many uploads in progress; try again shortly".into())
+        })?;
     let upload_dir = &state.config.storage.upload_dir;
     check_free_space(upload_dir, state.config.min_free_bytes)?;
     // Fail before reading a byte of the body if Postgres is down: the client learns at once.
@@ -59,14 +63,16 @@ pub async fn receive(
             continue;
         }
         if stored.is_some() {
-            return Err(ApiError::BadRequest("only one part named \"file\" is accepted".into()));
+            return Err(ApiError::BadRequest(
+                "only one part named \"file\" is accepted".into(),
+            ));
         }
         let file_name = sanitize_file_name(field.file_name());
         let size = write_part(field, &files.partial, limit).await?;
         stored = Some((file_name, size));
     }
-    let (file_name, size) = stored
-        .ok_or_else(|| ApiError::BadRequest("the form has no part named \"file\"".into()))?;
+    let (file_name, size) =
+        stored.ok_or_else(|| ApiError::BadRequest("the form has no part named \"file\"".into()))?;
     files.promote().await?;
 
     let new_task = NewTask {
@@ -82,7 +88,10 @@ pub async fn receive(
     files.keep();
     tracing::info!(task.id = %task_id, upload.size_bytes = size, "upload stored");
 
-    let job = JobMessage { task_id, request_id: request_id.map(str::to_owned) };
+    let job = JobMessage {
+        task_id,
+        request_id: request_id.map(str::to_owned),
+    };
     if let Err(err) = state.queue.enqueue(&job).await {
         // The row is committed: the sweeper enqueues it once Redis answers again.
         tracing::warn!(task.id = %task_id, error = %err, "cannot enqueue job; the sweeper will retry");
@@ -105,18 +114,28 @@ fn multipart_boundary(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn check_free_space(upload_dir: &Path, reserve: u64) -> Result<(), ApiError> {
     if reserve == 0 {
         return Ok(());
     }
-    let stats = rustix::fs::statvfs(upload_dir)
-        .map_err(|err| ApiError::Internal(anyhow::anyhow!("statvfs {}: {err}", upload_dir.display())))?;
+    let stats = rustix::fs::statvfs(upload_dir).map_err(|err| {
+        ApiError::Internal(anyhow::anyhow!("statvfs {}: {err}", upload_dir.display()))
+    })?;
     let free = stats.f_bavail.saturating_mul(stats.f_frsize);
     if free < reserve {
-        tracing::warn!(storage.free_bytes = free, storage.reserve_bytes = reserve, "upload volume nearly full");
+        tracing::warn!(
+            storage.free_bytes = free,
+            storage.reserve_bytes = reserve,
+            "upload volume nearly full"
+        );
         return Err(ApiError::InsufficientStorage);
     }
     Ok(())
@@ -193,8 +212,11 @@ fn idle_timeout(
 pub fn sanitize_file_name(raw: Option<&str>) -> String {
     let raw = raw.unwrap_or("");
     let last = raw.rsplit(['/', '\\']).next().unwrap_or("");
-    let cleaned: String =
-        last.chars().filter(|c| !c.is_control()).take(MAX_FILE_NAME_CHARS).collect();
+    let cleaned: String = last
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_FILE_NAME_CHARS)
+        .collect();
     let cleaned = cleaned.trim();
     if cleaned.is_empty() || cleaned == "." || cleaned == ".." {
         "upload".to_owned()
@@ -224,7 +246,9 @@ impl UploadFiles {
 
     /// Renames the finished partial file to its final name and makes the rename durable.
     async fn promote(&self) -> Result<(), ApiError> {
-        tokio::fs::rename(&self.partial, &self.stored).await.map_err(io_error)?;
+        tokio::fs::rename(&self.partial, &self.stored)
+            .await
+            .map_err(io_error)?;
         let dir = self.upload_dir.clone();
         tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
             .await
@@ -253,7 +277,10 @@ mod tests {
     #[test]
     fn file_names_never_carry_a_path() {
         assert_eq!(sanitize_file_name(Some("../../etc/passwd")), "passwd");
-        assert_eq!(sanitize_file_name(Some("C:\\Users\\me\\report.pdf")), "report.pdf");
+        assert_eq!(
+            sanitize_file_name(Some("C:\\Users\\me\\report.pdf")),
+            "report.pdf"
+        );
         assert_eq!(sanitize_file_name(Some("a\nb\u{0}c.txt")), "abc.txt");
         assert_eq!(sanitize_file_name(Some("..")), "upload");
         assert_eq!(sanitize_file_name(None), "upload");

@@ -61,7 +61,9 @@ impl FromSql<sql_types::TaskStatus, Pg> for TaskStatus {
             b"processing" => Ok(TaskStatus::Processing),
             b"done" => Ok(TaskStatus::Done),
             b"failed" => Ok(TaskStatus::Failed),
-            other => Err(format!("unknown task_status {:?}", String::from_utf8_lossy(other)).into()),
+            other => {
+                Err(format!("unknown task_status {:?}", String::from_utf8_lossy(other)).into())
+            }
         }
     }
 }

@@ -55,7 +55,12 @@ pub async fn insert_task(conn: &mut AsyncPgConnection, new: &NewTask<'_>) -> Que
 
 /// Loads a task by id; `None` if there is no such task.
 pub async fn find_task(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<Option<Task>> {
-    dsl::md5_tasks.find(task_id).select(Task::as_select()).first(conn).await.optional()
+    dsl::md5_tasks
+        .find(task_id)
+        .select(Task::as_select())
+        .first(conn)
+        .await
+        .optional()
 }
 
 /// Claims a task for `worker` until `lease` from now: a `queued` task, or a `processing` one
@@ -67,9 +72,9 @@ pub async fn claim_task(
     worker: &str,
     lease: Duration,
 ) -> QueryResult<Option<Task>> {
-    let claimable = dsl::status
-        .eq(TaskStatus::Queued)
-        .or(dsl::status.eq(TaskStatus::Processing).and(dsl::lease_until.lt(now.into_sql::<Timestamptz>().nullable())));
+    let claimable = dsl::status.eq(TaskStatus::Queued).or(dsl::status
+        .eq(TaskStatus::Processing)
+        .and(dsl::lease_until.lt(now.into_sql::<Timestamptz>().nullable())));
     diesel::update(dsl::md5_tasks.find(task_id).filter(claimable))
         .set((
             dsl::status.eq(TaskStatus::Processing),
@@ -160,10 +165,14 @@ pub async fn fail_unfinished_task(
 
 /// Records that the task's line is in the results log.
 pub async fn mark_logged(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<()> {
-    diesel::update(dsl::md5_tasks.find(task_id).filter(dsl::logged_at.is_null()))
-        .set(dsl::logged_at.eq(now.into_sql::<Timestamptz>().nullable()))
-        .execute(conn)
-        .await?;
+    diesel::update(
+        dsl::md5_tasks
+            .find(task_id)
+            .filter(dsl::logged_at.is_null()),
+    )
+    .set(dsl::logged_at.eq(now.into_sql::<Timestamptz>().nullable()))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -182,7 +191,9 @@ pub async fn tasks_to_sweep(
             dsl::status
                 .eq(TaskStatus::Queued)
                 .and(dsl::created_at.lt(cutoff))
-                .or(dsl::status.eq(TaskStatus::Processing).and(dsl::lease_until.lt(now.into_sql::<Timestamptz>().nullable())))
+                .or(dsl::status
+                    .eq(TaskStatus::Processing)
+                    .and(dsl::lease_until.lt(now.into_sql::<Timestamptz>().nullable())))
                 .or(dsl::status
                     .eq_any([TaskStatus::Done, TaskStatus::Failed])
                     .and(dsl::finished_at.lt(cutoff.nullable()))),
@@ -195,9 +206,7 @@ pub async fn tasks_to_sweep(
 }
 
 /// Counts tasks by status (for metrics and tests).
-pub async fn count_by_status(
-    conn: &mut AsyncPgConnection,
-) -> QueryResult<Vec<(TaskStatus, i64)>> {
+pub async fn count_by_status(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(TaskStatus, i64)>> {
     dsl::md5_tasks
         .group_by(dsl::status)
         .select((dsl::status, diesel::dsl::count_star()))

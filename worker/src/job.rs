@@ -42,7 +42,11 @@ pub struct JobContext {
 
 /// Handles one delivery; failures are logged here, once, and leave the entry pending.
 pub async fn handle(ctx: Arc<JobContext>, delivery: Delivery) {
-    let task_id = delivery.job.as_ref().map(|job| job.task_id.to_string()).unwrap_or_default();
+    let task_id = delivery
+        .job
+        .as_ref()
+        .map(|job| job.task_id.to_string())
+        .unwrap_or_default();
     let request_id = delivery
         .job
         .as_ref()
@@ -83,7 +87,11 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
             "given up after {} attempts: the job kept failing or crashing its worker",
             ctx.config.max_deliveries
         );
-        if let Err(err) = ctx.jobs.dead_letter(&delivery.entry_id, task.task_id, &reason).await {
+        if let Err(err) = ctx
+            .jobs
+            .dead_letter(&delivery.entry_id, task.task_id, &reason)
+            .await
+        {
             tracing::warn!(error = %err, "cannot copy the job to the dead-letter stream");
         }
         Outcome::Failed { error: reason }
@@ -103,7 +111,11 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
         return Ok(());
     };
     crate::fault::point(&ctx.config, "after_commit");
-    tracing::info!(task.status = finished.status.as_str(), task.md5 = finished.result.as_deref().unwrap_or(""), "task finished");
+    tracing::info!(
+        task.status = finished.status.as_str(),
+        task.md5 = finished.result.as_deref().unwrap_or(""),
+        "task finished"
+    );
     finish(ctx, delivery, &finished, false).await
 }
 
@@ -141,7 +153,12 @@ async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> 
 
 /// Appends the task's line (searching for an earlier one when `recovering`), records it,
 /// acknowledges the entry and deletes the upload.
-async fn finish(ctx: &JobContext, delivery: &Delivery, task: &Task, recovering: bool) -> anyhow::Result<()> {
+async fn finish(
+    ctx: &JobContext,
+    delivery: &Delivery,
+    task: &Task,
+    recovering: bool,
+) -> anyhow::Result<()> {
     let line = LogLine {
         ts: shared::time::format_millis(chrono::Utc::now()),
         task_id: task.task_id,
@@ -208,22 +225,35 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
     };
     match result {
         Ok(Ok((md5, size))) if size == task.size_bytes as u64 => {
-            tracing::info!(hash.duration_ms = started.elapsed().as_millis() as u64, hash.size_bytes = size, "hashed");
+            tracing::info!(
+                hash.duration_ms = started.elapsed().as_millis() as u64,
+                hash.size_bytes = size,
+                "hashed"
+            );
             Outcome::Done { md5 }
         }
         Ok(Ok((_, size))) => Outcome::Failed {
-            error: format!("the stored upload is {size} bytes, expected {}", task.size_bytes),
+            error: format!(
+                "the stored upload is {size} bytes, expected {}",
+                task.size_bytes
+            ),
         },
         Ok(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => Outcome::Failed {
             error: "the uploaded file is missing from the upload volume".into(),
         },
-        Ok(Err(err)) => Outcome::Failed { error: format!("the uploaded file cannot be read: {err}") },
-        Err(join) => Outcome::Failed { error: format!("hashing failed: {join}") },
+        Ok(Err(err)) => Outcome::Failed {
+            error: format!("the uploaded file cannot be read: {err}"),
+        },
+        Err(join) => Outcome::Failed {
+            error: format!("hashing failed: {join}"),
+        },
     }
 }
 
 async fn connection(pool: &Pool) -> anyhow::Result<PooledConnection> {
-    pool.get().await.map_err(|err| anyhow::anyhow!("no Postgres connection: {err}"))
+    pool.get()
+        .await
+        .map_err(|err| anyhow::anyhow!("no Postgres connection: {err}"))
 }
 
 /// Runs `step` until it succeeds, backing off from 100 ms to 5 s, for at most [`RETRY_FOR`]
@@ -244,7 +274,11 @@ where
                 if started.elapsed() >= RETRY_FOR || ctx.shutdown.is_cancelled() {
                     return Err(err).with_context(|| format!("cannot {what}"));
                 }
-                tracing::warn!(error = format!("{err:#}"), retry.delay_ms = delay.as_millis() as u64, "cannot {what}; retrying");
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    retry.delay_ms = delay.as_millis() as u64,
+                    "cannot {what}; retrying"
+                );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = ctx.shutdown.cancelled() => {}

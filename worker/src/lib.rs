@@ -32,7 +32,10 @@ const STARTUP_DB_RETRY: Duration = Duration::from_secs(60);
 /// Runs the worker until `shutdown` completes, then stops reading, lets in-flight jobs finish
 /// for at most `SHUTDOWN_GRACE_SECONDS`, and returns. Jobs still running then stay pending in
 /// the group and are taken over by another worker.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let consumer = config.consumer();
     migrate_with_retry(&config).await?;
     let concurrency = config.concurrency();
@@ -41,9 +44,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     pool_args.db_pool_size = pool_args.db_pool_size.max(concurrency as u32 + 2);
     let pool = shared::db::build_pool(&pool_args, "md5-worker")?;
     let block = Duration::from_millis(config.read_block_ms);
-    let mut jobs = Jobs::new(&config.redis.redis_url, &config.stream, consumer.clone(), block)?;
-    let log = ResultsLog::open(&config.log_file)
-        .with_context(|| format!("cannot create the folder of LOG_FILE {}", config.log_file.display()))?;
+    let mut jobs = Jobs::new(
+        &config.redis.redis_url,
+        &config.stream,
+        consumer.clone(),
+        block,
+    )?;
+    let log = ResultsLog::open(&config.log_file).with_context(|| {
+        format!(
+            "cannot create the folder of LOG_FILE {}",
+            config.log_file.display()
+        )
+    })?;
     let stop = CancellationToken::new();
     let ctx = Arc::new(JobContext {
         config: config.clone(),
@@ -65,7 +77,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
 
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
-    let takeover_every = (config.claim_idle() / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let takeover_every =
+        (config.claim_idle() / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
     let mut next_takeover = tokio::time::Instant::now();
     let mut group_ready = false;
     let mut backoff = Duration::from_millis(100);
@@ -91,7 +104,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         }
         let deliveries = if tokio::time::Instant::now() >= next_takeover {
             next_takeover = tokio::time::Instant::now() + takeover_every;
-            match jobs.take_over_idle(config.claim_idle(), permits.len()).await {
+            match jobs
+                .take_over_idle(config.claim_idle(), permits.len())
+                .await
+            {
                 Ok(taken) if !taken.is_empty() => {
                     tracing::info!(jobs.taken_over = taken.len(), "took over idle jobs");
                     Ok(taken)
@@ -126,10 +142,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
 
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    tracing::info!(jobs.in_flight = running.len(), "stopping: finishing in-flight jobs");
-    let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
+    tracing::info!(
+        jobs.in_flight = running.len(),
+        "stopping: finishing in-flight jobs"
+    );
+    let drained = tokio::time::timeout(grace, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
-        tracing::warn!(jobs.in_flight = running.len(), "grace period over; unfinished jobs are left to other workers");
+        tracing::warn!(
+            jobs.in_flight = running.len(),
+            "grace period over; unfinished jobs are left to other workers"
+        );
         running.abort_all();
     }
     sweeper.abort();
@@ -146,7 +171,10 @@ async fn sweep_loop(ctx: Arc<JobContext>, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
         if let Err(err) = sweeper::sweep_once(&ctx).await {
-            tracing::warn!(error = format!("{err:#}"), "sweep failed; trying again next interval");
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "sweep failed; trying again next interval"
+            );
         }
     }
 }

@@ -37,7 +37,9 @@ pub async fn create_hash(
     body: Body,
 ) -> Result<Json<CreatedTask>, ApiError> {
     let task = upload::receive(&state, &headers, body, super::request_id(&headers)).await?;
-    Ok(Json(CreatedTask { task_id: task.task_id }))
+    Ok(Json(CreatedTask {
+        task_id: task.task_id,
+    }))
 }
 
 /// `GET /hashes/{task_id}`: 200 with the Celery-style result, or 404 `{"detail": ...}`.
@@ -49,13 +51,26 @@ pub async fn get_hash(
         let body = json!({ "detail": format!("Task {task_id} was not found") });
         (StatusCode::NOT_FOUND, Json(body)).into_response()
     };
-    let Ok(id) = Uuid::parse_str(&task_id) else { return Ok(not_found()) };
+    let Ok(id) = Uuid::parse_str(&task_id) else {
+        return Ok(not_found());
+    };
     let mut conn = state.pool.get().await?;
-    let Some(task) = queries::find_task(&mut conn, id).await? else { return Ok(not_found()) };
+    let Some(task) = queries::find_task(&mut conn, id).await? else {
+        return Ok(not_found());
+    };
     let result = match task.status {
-        TaskStatus::Queued | TaskStatus::Processing => TaskResult { status: "PENDING", result: None },
-        TaskStatus::Done => TaskResult { status: "SUCCESS", result: task.result },
-        TaskStatus::Failed => TaskResult { status: "ERROR", result: task.error },
+        TaskStatus::Queued | TaskStatus::Processing => TaskResult {
+            status: "PENDING",
+            result: None,
+        },
+        TaskStatus::Done => TaskResult {
+            status: "SUCCESS",
+            result: task.result,
+        },
+        TaskStatus::Failed => TaskResult {
+            status: "ERROR",
+            result: task.error,
+        },
     };
     Ok(Json(result).into_response())
 }

@@ -17,7 +17,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let postgres = match state.pool.get().await {
         Ok(mut conn) => {
             use diesel_async::RunQueryDsl as _;
-            diesel::sql_query("SELECT 1").execute(&mut conn).await.map(drop).map_err(|e| e.to_string())
+            diesel::sql_query("SELECT 1")
+                .execute(&mut conn)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
         }
         Err(err) => Err(err.to_string()),
     };

@@ -104,13 +104,17 @@ pub async fn get_hash(
 }
 
 fn parse_wait(raw: Option<&str>, max_seconds: u64) -> Result<Duration, ApiError> {
-    let Some(raw) = raw else { return Ok(Duration::ZERO) };
+    let Some(raw) = raw else {
+        return Ok(Duration::ZERO);
+    };
     let seconds: f64 = raw
         .parse()
         .ok()
         .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s <= max_seconds as f64)
         .ok_or_else(|| {
-            ApiError::BadRequest(format!("wait must be a number of seconds from 0 to {max_seconds}"))
+            ApiError::BadRequest(format!(
+                "wait must be a number of seconds from 0 to {max_seconds}"
+            ))
         })?;
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -124,7 +128,11 @@ pub async fn load(state: &AppState, task_id: Uuid) -> Result<Task, ApiError> {
 }
 
 /// Answers as soon as the task is finished (woken by its notification), or after `wait`.
-async fn wait_for_finish(state: &AppState, task_id: Uuid, wait: Duration) -> Result<Task, ApiError> {
+async fn wait_for_finish(
+    state: &AppState,
+    task_id: Uuid,
+    wait: Duration,
+) -> Result<Task, ApiError> {
     // Subscribe before the first read, so a finish between the read and the wait is not missed.
     let mut finished = state.finished.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
@@ -155,7 +163,10 @@ mod tests {
     #[test]
     fn wait_accepts_seconds_within_the_limit_only() {
         assert_eq!(parse_wait(None, 60).unwrap(), Duration::ZERO);
-        assert_eq!(parse_wait(Some("2.5"), 60).unwrap(), Duration::from_millis(2500));
+        assert_eq!(
+            parse_wait(Some("2.5"), 60).unwrap(),
+            Duration::from_millis(2500)
+        );
         assert!(parse_wait(Some("61"), 60).is_err());
         assert!(parse_wait(Some("-1"), 60).is_err());
         assert!(parse_wait(Some("NaN"), 60).is_err());

@@ -11,7 +11,12 @@ const UPLOADS: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_worker_processes_finish_every_upload_with_exactly_one_log_line_each() {
-    let mut app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let mut app = TestApp::spawn(TestOptions {
+        in_process_workers: 0,
+        ..TestOptions::default()
+    })
+    .await
+    .unwrap();
     for _ in 0..3 {
         app.start_worker_process(4).unwrap();
     }
@@ -43,16 +48,24 @@ async fn three_worker_processes_finish_every_upload_with_exactly_one_log_line_ea
     assert_eq!(logged.len(), UPLOADS, "no task logged twice");
     for line in &lines {
         let id = line.task_id.to_string();
-        assert_eq!(line.md5.as_deref(), Some(expected[&id].as_str()), "md5 of {id}");
+        assert_eq!(
+            line.md5.as_deref(),
+            Some(expected[&id].as_str()),
+            "md5 of {id}"
+        );
     }
     for (id, md5) in expected.iter().take(50) {
         let task = app.task(id, 0).await;
         assert_eq!(task["status"], "done");
         assert_eq!(task["md5"], md5.as_str());
     }
-    eventually(Duration::from_secs(10), "no pending entries and no upload files", || async {
-        (app.pending_count().await.ok()? == 0 && app.upload_files().is_empty()).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "no pending entries and no upload files",
+        || async {
+            (app.pending_count().await.ok()? == 0 && app.upload_files().is_empty()).then_some(())
+        },
+    )
     .await
     .unwrap();
     let workers: HashSet<&str> = lines.iter().map(|line| line.worker.as_str()).collect();

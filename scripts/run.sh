@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Runs the whole service on this machine: md5-api on BIND_ADDR (default 127.0.0.1:9000) and
+# WORKERS (default 2) md5-worker processes.
+#
+# With DATABASE_URL and REDIS_URL set, it uses those. Without them it starts a private Postgres
+# and Redis from the locally installed binaries, with their data under .run/ (ignored by git).
+# Ctrl-C stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+state="$root/.run"
+mkdir -p "$state"
+pids=()
+
+cleanup() {
+  trap - INT TERM EXIT
+  echo "stopping..."
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ -n "${private_pg:-}" ]]; then as_pg "$pg_bin/pg_ctl" -D "$state/pg" -m fast stop >/dev/null || true; fi
+  if [[ -n "${private_redis:-}" ]]; then redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; fi
+}
+trap cleanup INT TERM EXIT
+
+# Postgres refuses to run as root: run it as the `postgres` user when we are root.
+as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+if [[ -z "${DATABASE_URL:-}" ]]; then
+  pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+  [[ -x "$pg_bin/initdb" ]] || { echo "no Postgres server binaries found: apt-get install postgresql, or set DATABASE_URL" >&2; exit 1; }
+  pg_port=${PRIVATE_PG_PORT:-54329}
+  if [[ ! -f "$state/pg/PG_VERSION" ]]; then
+    mkdir -p "$state/pg"; [[ $(id -u) -eq 0 ]] && chown postgres "$state" "$state/pg"
+    as_pg "$pg_bin/initdb" -D "$state/pg" -U postgres --auth=trust >/dev/null
+  fi
+  [[ $(id -u) -eq 0 ]] && chown postgres "$state"
+  as_pg "$pg_bin/pg_ctl" -D "$state/pg" -l "$state/pg.log" -w \
+    -o "-p $pg_port -k $state -c listen_addresses=127.0.0.1" start >/dev/null
+  private_pg=1
+  as_pg "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='md5'" | grep -q 1 \
+    || as_pg "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres md5
+  export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/md5"
+  echo "private Postgres on port $pg_port (data in .run/pg)"
+fi
+
+if [[ -z "${REDIS_URL:-}" ]]; then
+  command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install redis-server, or set REDIS_URL" >&2; exit 1; }
+  redis_port=${PRIVATE_REDIS_PORT:-63799}
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$state" --appendonly yes --appendfsync everysec \
+    --save '' --daemonize yes --logfile "$state/redis.log" >/dev/null
+  private_redis=1
+  export REDIS_URL="redis://127.0.0.1:$redis_port"
+  echo "private Redis on port $redis_port (AOF in .run/)"
+fi
+
+export UPLOAD_DIR=${UPLOAD_DIR:-$root/data/uploads}
+export LOG_FILE=${LOG_FILE:-$root/data/log/md5.log}
+cargo build --release --bins
+"$root/target/release/md5-api" & pids+=($!)
+for _ in $(seq "${WORKERS:-2}"); do "$root/target/release/md5-worker" & pids+=($!); done
+echo "md5-api on http://${BIND_ADDR:-127.0.0.1:9000} with ${WORKERS:-2} workers; results log: $LOG_FILE; Ctrl-C stops"
+wait -n "${pids[@]}" || true

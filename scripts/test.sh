@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, clippy, one release build shared by all tests, then
+# unit and integration tests against the real Postgres and Redis (see README "Testing").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --release --all-targets --workspace -- -D warnings
+echo "== cargo build --release --bins"
+cargo build --release --bins
+echo "== cargo test --release --workspace"
+cargo test --release --workspace
