@@ -1,0 +1,20 @@
+# syntax=docker/dockerfile:1
+# md5-api image. Build from the repository root:
+#   docker build -f deploy/api.Dockerfile -t md5-api .
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+# Registry and target caches survive between builds, so a source edit rebuilds only our crates.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p api --bin md5-api \
+    && cp target/release/md5-api /usr/local/bin/md5-api
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --no-create-home md5 \
+    && mkdir -p /data/uploads && chown md5 /data/uploads
+COPY --from=build /usr/local/bin/md5-api /usr/local/bin/md5-api
+USER md5
+ENV BIND_ADDR=0.0.0.0:9000 UPLOAD_DIR=/data/uploads
+EXPOSE 9000
+ENTRYPOINT ["/usr/local/bin/md5-api"]
