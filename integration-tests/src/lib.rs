@@ -5,6 +5,8 @@
 //! Postgres and Redis are the local ones unless `TEST_DATABASE_URL` (a URL of a database the
 //! tests may create databases from) and `TEST_REDIS_URL` say otherwise.
 
+pub mod fault;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

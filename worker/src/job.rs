@@ -80,8 +80,6 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
     let Some(task) = claimed else {
         return not_claimable(ctx, delivery, job.task_id).await;
     };
-    crate::fault::point(&ctx.config, "after_claim");
-
     let outcome = if task.attempts > ctx.config.max_deliveries as i32 {
         let reason = format!(
             "given up after {} attempts: the job kept failing or crashing its worker",
@@ -96,6 +94,7 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
         }
         Outcome::Failed { error: reason }
     } else {
+        crate::fault::point(&ctx.config, "after_claim");
         hash_with_heartbeat(ctx, &task, &delivery.entry_id).await
     };
     crate::fault::point(&ctx.config, "after_hash");
@@ -132,7 +131,9 @@ async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> 
             retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await
         }
         Some(task) if task.status.is_finished() && task.logged_at.is_some() => {
-            tracing::debug!("duplicate delivery of a finished task");
+            // A duplicate, or a redelivery after a crash between logging and acknowledging.
+            tracing::debug!("delivery of a finished and logged task");
+            remove_upload(ctx, &task).await;
             retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await
         }
         // A crash came between recording the result and recording the log line.
@@ -182,17 +183,25 @@ async fn finish(
         anyhow::Ok(queries::mark_logged(&mut conn, task.task_id).await?)
     })
     .await?;
+    // The file goes before the acknowledgement: a crash between the two redelivers the job,
+    // which deletes it again (a no-op), rather than leaving a file nobody will delete.
+    remove_upload(ctx, task).await;
     crate::fault::point(&ctx.config, "before_ack");
     retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await?;
-    if !ctx.config.storage.keep_uploads {
-        let path = shared::config::upload_path(&ctx.config.storage.upload_dir, task.task_id);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => tracing::warn!(error = %err, "cannot delete the stored upload"),
-        }
-    }
     Ok(())
+}
+
+/// Deletes the stored upload of a finished task, unless `KEEP_UPLOADS`; a missing file is fine.
+async fn remove_upload(ctx: &JobContext, task: &Task) {
+    if ctx.config.storage.keep_uploads {
+        return;
+    }
+    let path = shared::config::upload_path(&ctx.config.storage.upload_dir, task.task_id);
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => tracing::warn!(error = %err, "cannot delete the stored upload"),
+    }
 }
 
 /// Hashes the stored upload while a heartbeat extends the lease and keeps the entry from

@@ -7,6 +7,7 @@
 
 mod compat;
 mod errors;
+mod faults;
 mod log_writers;
 mod raw_http;
 mod v1;
