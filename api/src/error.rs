@@ -40,7 +40,8 @@ pub enum ApiError {
 pub const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// RFC 9457 problem details.
-#[derive(Debug, Serialize, Clone)]
+#[derive(Debug, Serialize, Clone, utoipa::ToSchema)]
+#[schema(example = json!({"type": "/problems/payload-too-large", "title": "Payload Too Large", "status": 413, "detail": "the upload is larger than the limit of 1000 bytes"}))]
 pub struct Problem {
     /// A URI naming the problem type.
     #[serde(rename = "type")]

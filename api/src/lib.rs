@@ -6,8 +6,10 @@
 pub mod config;
 pub mod error;
 pub mod notify;
+pub mod openapi;
 pub mod queue;
 pub mod routes;
+pub mod serve;
 pub mod state;
 pub mod upload;
 
@@ -43,6 +45,7 @@ pub async fn run(
         )
     })?;
     migrate_with_retry(&config).await?;
+    let _ = shared::telemetry::metrics();
     let pool = shared::db::build_pool(&config.database, "md5-api")?;
     let queue = queue::JobQueue::new(&config.redis.redis_url, config.stream.jobs_stream.clone())?;
     let stop_listening = CancellationToken::new();
@@ -58,32 +61,20 @@ pub async fn run(
         queue,
         finished,
     };
+    let header_timeout = Duration::from_secs(state.config.header_timeout_seconds);
     let app = app(state);
     tracing::info!(addr = %listener.local_addr()?, "md5-api listening");
-
-    let shutdown_started = CancellationToken::new();
-    let signal = shutdown_started.clone();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: finishing in-flight requests");
-        signal.cancel();
-    });
-    let serve = tokio::spawn(async move { serve.await });
-    let result = tokio::select! {
-        result = serve => result.context("server task failed")?.context("server failed"),
-        () = async { shutdown_started.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace_seconds = grace.as_secs(), "in-flight requests outlived the grace period");
-            Ok(())
-        }
-    };
+    serve::serve(listener, app, header_timeout, grace, shutdown).await;
     stop_listening.cancel();
-    result
+    Ok(())
 }
 
 /// The router with its middleware: request ids, tracing, panic safety.
 pub fn app(state: AppState) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
     routes::router(state)
+        .merge(openapi::swagger_ui())
+        .layer(axum::middleware::from_fn(routes::metrics::track_requests))
         .layer(CatchPanicLayer::new())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {

@@ -47,6 +47,29 @@ impl JobQueue {
         }
     }
 
+    /// The stream's length and the group's pending entries (for metrics); a missing stream or
+    /// group counts as empty.
+    pub async fn stream_stats(&self, group: &str) -> anyhow::Result<(u64, u64)> {
+        let mut connection = self.connection.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN")
+            .arg(&self.stream)
+            .cmd("XPENDING")
+            .arg(&self.stream)
+            .arg(group);
+        let stats = pipe.query_async::<(u64, redis::Value)>(&mut connection);
+        match tokio::time::timeout(ENQUEUE_TIMEOUT, stats).await {
+            Ok(Ok((length, redis::Value::Array(summary)))) => match summary.as_slice() {
+                [redis::Value::Int(pending), ..] => Ok((length, *pending as u64)),
+                _ => Ok((length, 0)),
+            },
+            Ok(Ok((length, _))) => Ok((length, 0)),
+            Ok(Err(err)) if err.code() == Some("NOGROUP") => Ok((0, 0)),
+            Ok(Err(err)) => Err(err.into()),
+            Err(_) => Err(anyhow::anyhow!("stream stats timed out")),
+        }
+    }
+
     /// PING, for readiness.
     pub async fn ping(&self) -> anyhow::Result<()> {
         let mut connection = self.connection.clone();

@@ -86,6 +86,8 @@ pub async fn receive(
         queries::insert_task(&mut conn, &new_task).await?
     };
     files.keep();
+    metrics::counter!("md5_uploads_total").increment(1);
+    metrics::counter!("md5_upload_bytes_total").increment(size);
     tracing::info!(task.id = %task_id, upload.size_bytes = size, "upload stored");
 
     let job = JobMessage {

@@ -44,6 +44,10 @@ pub struct TestOptions {
     pub worker_concurrency: u32,
     /// `BODY_IDLE_TIMEOUT_SECONDS`.
     pub body_idle_timeout_seconds: u64,
+    /// `HEADER_TIMEOUT_SECONDS`.
+    pub header_timeout_seconds: u64,
+    /// The in-process workers' `METRICS_ADDR`.
+    pub worker_metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Default for TestOptions {
@@ -55,6 +59,8 @@ impl Default for TestOptions {
             in_process_workers: 1,
             worker_concurrency: 4,
             body_idle_timeout_seconds: 30,
+            header_timeout_seconds: 10,
+            worker_metrics_addr: None,
         }
     }
 }
@@ -134,7 +140,9 @@ impl TestApp {
         })));
         app.wait_ready().await?;
         for _ in 0..options.in_process_workers {
-            app.start_in_process_worker(options.worker_concurrency);
+            let mut config = app.worker_config(options.worker_concurrency);
+            config.metrics_addr = options.worker_metrics_addr;
+            app.start_worker_with(config);
         }
         Ok(app)
     }
@@ -147,6 +155,7 @@ impl TestApp {
         config.api_key = options.api_key.clone();
         config.min_free_bytes = options.min_free_bytes;
         config.body_idle_timeout_seconds = options.body_idle_timeout_seconds;
+        config.header_timeout_seconds = options.header_timeout_seconds;
         config.database.database_url = self.database_url.clone();
         config.database.db_pool_size = 8;
         config.redis.redis_url = self.redis_url.clone();
@@ -173,6 +182,11 @@ impl TestApp {
     /// Starts one more worker inside the test process.
     pub fn start_in_process_worker(&mut self, concurrency: u32) {
         let config = self.worker_config(concurrency);
+        self.start_worker_with(config);
+    }
+
+    /// Starts a worker inside the test process with this configuration.
+    pub fn start_worker_with(&mut self, config: worker::Config) {
         let stop = self.worker_stop.clone();
         self.worker_tasks
             .push(tokio::spawn(worker::run(config, async move {

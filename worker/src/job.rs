@@ -110,6 +110,14 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
         return Ok(());
     };
     crate::fault::point(&ctx.config, "after_commit");
+    metrics::counter!("md5_tasks_finished_total", "status" => finished.status.as_str())
+        .increment(1);
+    if let Some(finished_at) = finished.finished_at {
+        let latency = (finished_at - finished.created_at)
+            .to_std()
+            .unwrap_or_default();
+        metrics::histogram!("md5_upload_to_done_seconds").record(latency.as_secs_f64());
+    }
     tracing::info!(
         task.status = finished.status.as_str(),
         task.md5 = finished.result.as_deref().unwrap_or(""),
@@ -234,6 +242,9 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
     };
     match result {
         Ok(Ok((md5, size))) if size == task.size_bytes as u64 => {
+            metrics::histogram!("md5_hash_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("md5_hashed_bytes_total").increment(size);
             tracing::info!(
                 hash.duration_ms = started.elapsed().as_millis() as u64,
                 hash.size_bytes = size,

@@ -39,6 +39,8 @@ pub async fn run(
     let consumer = config.consumer();
     migrate_with_retry(&config).await?;
     let concurrency = config.concurrency();
+    // Install the recorder before any job records a metric.
+    let _ = shared::telemetry::metrics();
     let mut pool_args = config.database.clone();
     // Each job holds at most one connection at a time; the heartbeat and sweeper need a couple more.
     pool_args.db_pool_size = pool_args.db_pool_size.max(concurrency as u32 + 2);
@@ -74,6 +76,12 @@ pub async fn run(
     }
     tracing::info!(consumer = %consumer, concurrency, stream = %jobs.stream, group = %jobs.group, "md5-worker started");
     let sweeper = tokio::spawn(sweep_loop(ctx.clone(), stop.clone()));
+    if let Some(addr) = config.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))?;
+        tokio::spawn(serve_metrics(listener, stop.clone()));
+    }
 
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
@@ -109,6 +117,7 @@ pub async fn run(
                 .await
             {
                 Ok(taken) if !taken.is_empty() => {
+                    metrics::counter!("md5_jobs_taken_over_total").increment(taken.len() as u64);
                     tracing::info!(jobs.taken_over = taken.len(), "took over idle jobs");
                     Ok(taken)
                 }
@@ -160,6 +169,32 @@ pub async fn run(
     sweeper.abort();
     tracing::info!("md5-worker stopped");
     Ok(())
+}
+
+/// Serves `GET /metrics` (Prometheus text) until `stop`.
+async fn serve_metrics(listener: tokio::net::TcpListener, stop: CancellationToken) {
+    let handle = shared::telemetry::metrics();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(err) = served {
+        tracing::warn!(error = %err, "metrics listener failed");
+    }
 }
 
 async fn sweep_loop(ctx: Arc<JobContext>, stop: CancellationToken) {

@@ -42,6 +42,7 @@ pub async fn sweep_once(ctx: &Arc<JobContext>) -> anyhow::Result<usize> {
             .await?;
         enqueued += 1;
     }
+    metrics::counter!("md5_sweeper_requeued_total").increment(enqueued as u64);
     if enqueued > 0 {
         tracing::info!(
             sweep.enqueued = enqueued,

@@ -6,31 +6,54 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::json;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 use crate::upload;
 use shared::{TaskStatus, queries};
 
 /// `{"task_id": "<id>"}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedTask {
     /// The promise id.
     pub task_id: Uuid,
 }
 
 /// `{"status": "PENDING"|"SUCCESS"|"ERROR", "result": <md5, error text, or null>}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskResult {
     /// Celery-style state.
+    #[schema(value_type = String, pattern = "^(PENDING|SUCCESS|ERROR)$")]
     pub status: &'static str,
     /// The MD5, the error text, or null while pending.
     pub result: Option<String>,
 }
 
+/// `{"detail": "Task <id> was not found"}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NotFoundDetail {
+    /// What was not found.
+    pub detail: String,
+}
+
 /// `POST /hashes/`: 200 `{"task_id": ...}`.
+#[utoipa::path(
+    post,
+    path = "/hashes/",
+    tag = "compatibility",
+    request_body(content = crate::openapi::UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Stored and queued", body = CreatedTask),
+        (status = 400, description = "No `file` part, malformed multipart, or a body that stalled", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than MAX_UPLOAD_BYTES", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unreachable or too many uploads in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "The upload volume is full", body = Problem, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn create_hash(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -43,12 +66,27 @@ pub async fn create_hash(
 }
 
 /// `GET /hashes/{task_id}`: 200 with the Celery-style result, or 404 `{"detail": ...}`.
+#[utoipa::path(
+    get,
+    path = "/hashes/{task_id}",
+    tag = "compatibility",
+    params(("task_id" = String, Path, description = "The task id")),
+    responses(
+        (status = 200, description = "PENDING while queued or processing, then SUCCESS with the MD5 or ERROR with the error", body = TaskResult),
+        (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown or malformed id", body = NotFoundDetail),
+        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn get_hash(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let not_found = || {
-        let body = json!({ "detail": format!("Task {task_id} was not found") });
+        let body = NotFoundDetail {
+            detail: format!("Task {task_id} was not found"),
+        };
         (StatusCode::NOT_FOUND, Json(body)).into_response()
     };
     let Ok(id) = Uuid::parse_str(&task_id) else {

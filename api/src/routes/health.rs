@@ -8,11 +8,18 @@ use serde_json::{Value, json};
 use crate::state::AppState;
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = Object, example = json!({"status": "ok"}))))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: 200 when Postgres and Redis answer, else 503 naming what is down.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Postgres and Redis answer", body = Object, example = json!({"postgres": "ok", "redis": "ok"})),
+        (status = 503, description = "What is down, and why", body = Object, example = json!({"postgres": {"error": "connection refused"}, "redis": "ok"})),
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let postgres = match state.pool.get().await {
         Ok(mut conn) => {

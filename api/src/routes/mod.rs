@@ -2,6 +2,7 @@
 
 pub mod compat;
 pub mod health;
+pub mod metrics;
 pub mod v1;
 pub mod web;
 
@@ -34,6 +35,7 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/{file}", get(web::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .with_state(state)
 }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 use crate::upload;
 use shared::{Task, TaskStatus, queries};
@@ -20,13 +20,18 @@ use shared::{Task, TaskStatus, queries};
 const WAIT_RECHECK: Duration = Duration::from_secs(1);
 
 /// The task object of the v1 API.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskView {
     /// The promise id.
     pub id: Uuid,
     /// `queued`, `processing`, `done` or `failed`.
+    #[schema(schema_with = status_schema)]
     pub status: TaskStatus,
-    /// The MD5 once `done`.
+    /// The MD5 once `done`: 32 lowercase hex digits.
+    #[schema(
+        pattern = "^[0-9a-f]{32}$",
+        example = "5d41402abc4b2a76b9719d911017c592"
+    )]
     pub md5: Option<String>,
     /// The client's file name, sanitized.
     pub file_name: String,
@@ -47,6 +52,13 @@ pub struct TaskView {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+fn status_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["queued", "processing", "done", "failed"]))
+        .build()
+}
+
 impl From<Task> for TaskView {
     fn from(task: Task) -> Self {
         TaskView {
@@ -65,6 +77,24 @@ impl From<Task> for TaskView {
 }
 
 /// `POST /api/v1/hashes`: 202 with the queued task and its `Location`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/hashes",
+    tag = "v1",
+    request_body(content = crate::openapi::UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "Stored and queued; the body is the task, `Location` its URL", body = TaskView,
+            headers(("Location" = String, description = "/api/v1/hashes/{id}"))),
+        (status = 400, description = "No `file` part, malformed multipart, or a body that stalled", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Larger than MAX_UPLOAD_BYTES", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unreachable or too many uploads in progress", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 507, description = "The upload volume is full", body = Problem, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn create_hash(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -81,13 +111,30 @@ pub async fn create_hash(
 }
 
 /// Query of `GET /api/v1/hashes/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
-    /// Seconds to hold the request until the task finishes (0–60).
+    /// Seconds (0–60, decimals allowed) to hold the request until the task is finished.
+    #[param(value_type = Option<f64>, minimum = 0, maximum = 60)]
     pub wait: Option<String>,
 }
 
 /// `GET /api/v1/hashes/{id}[?wait=S]`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/hashes/{id}",
+    tag = "v1",
+    params(("id" = String, Path, description = "The promise id (a UUID)"), WaitQuery),
+    responses(
+        (status = 200, description = "The task", body = TaskView),
+        (status = 400, description = "`wait` out of range", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No task has this id, or it is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn get_hash(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -6,6 +6,7 @@
 //! test command does it).
 
 mod compat;
+mod edge;
 mod errors;
 mod faults;
 mod log_writers;

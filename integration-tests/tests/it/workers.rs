@@ -79,21 +79,34 @@ async fn an_unwritable_log_keeps_the_job_unacknowledged_until_it_can_be_written(
     // A folder where the log file should be: every append fails.
     std::fs::create_dir_all(&app.log_file).unwrap();
     let response = app.upload("a.txt", b"abc".to_vec()).await;
-    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let task = app.wait_finished(&id, Duration::from_secs(30)).await;
     assert_eq!(task["md5"], "900150983cd24fb0d6963f7d28e17f72");
     // The result is recorded, but nothing is acknowledged while the line cannot be written.
-    eventually(Duration::from_secs(10), "a failed append to be retried", || async {
-        (app.pending_count().await.ok()? == 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "a failed append to be retried",
+        || async { (app.pending_count().await.ok()? == 1).then_some(()) },
+    )
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.pending_count().await.unwrap(), 1, "still unacknowledged");
+    assert_eq!(
+        app.pending_count().await.unwrap(),
+        1,
+        "still unacknowledged"
+    );
     std::fs::remove_dir(&app.log_file).unwrap();
-    eventually(Duration::from_secs(30), "the line written and the job acknowledged", || async {
-        (app.log_lines().len() == 1 && app.pending_count().await.ok()? == 0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the line written and the job acknowledged",
+        || async {
+            (app.log_lines().len() == 1 && app.pending_count().await.ok()? == 0).then_some(())
+        },
+    )
     .await
     .unwrap();
     assert_eq!(app.log_lines()[0].task_id.to_string(), id);

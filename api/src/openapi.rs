@@ -1,0 +1,62 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations, and Swagger UI (its
+//! assets vendored into the binary at build time, so `/docs` works with no internet access).
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::error::Problem;
+use crate::routes::compat::{CreatedTask, NotFoundDetail, TaskResult};
+use crate::routes::v1::TaskView;
+
+/// The multipart form every upload route takes.
+#[derive(Debug, ToSchema)]
+pub struct UploadForm {
+    /// The file to hash; streamed to disk, never held in memory.
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+}
+
+/// The whole API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "MD5 service",
+        description = "Upload a file, get a promise id at once, fetch its MD5 when a worker has hashed it. \
+                       When the server runs with `API_KEY`, every `/api/` and `/hashes` route needs \
+                       `Authorization: Bearer <key>`. `POST /hashes` (no trailing slash) is an alias of `POST /hashes/`."
+    ),
+    paths(
+        crate::routes::v1::create_hash,
+        crate::routes::v1::get_hash,
+        crate::routes::compat::create_hash,
+        crate::routes::compat::get_hash,
+        crate::routes::health::healthz,
+        crate::routes::health::readyz,
+        crate::routes::metrics::metrics,
+    ),
+    components(schemas(TaskView, Problem, CreatedTask, TaskResult, NotFoundDetail, UploadForm)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "v1", description = "The API the web page and new clients use"),
+        (name = "compatibility", description = "The older Python service's interface, unchanged"),
+        (name = "operations", description = "Health and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Swagger UI at `/docs`, reading `/openapi.json`.
+pub fn swagger_ui() -> utoipa_swagger_ui::SwaggerUi {
+    utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())
+}
