@@ -12,3 +12,5 @@ echo "== cargo build --release --bins"
 cargo build --release --bins
 echo "== cargo test --release --workspace"
 cargo test --release --workspace
+echo "== schemathesis fuzz of the API from /openapi.json"
+./scripts/fuzz.sh

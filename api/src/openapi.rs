@@ -8,8 +8,9 @@ use crate::error::Problem;
 use crate::routes::compat::{CreatedTask, NotFoundDetail, TaskResult};
 use crate::routes::v1::TaskView;
 
-/// The multipart form every upload route takes.
-#[derive(Debug, ToSchema)]
+/// The multipart form every upload route takes: exactly one part, named `file`.
+#[derive(Debug, ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UploadForm {
     /// The file to hash; streamed to disk, never held in memory.
     #[schema(value_type = String, format = Binary)]

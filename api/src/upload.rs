@@ -60,7 +60,15 @@ pub async fn receive(
     let mut stored = None;
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         if field.name() != Some("file") {
-            continue;
+            let name = field
+                .name()
+                .unwrap_or("")
+                .chars()
+                .take(100)
+                .collect::<String>();
+            return Err(ApiError::BadRequest(format!(
+                "unexpected form part {name:?}: the form takes one part, named \"file\""
+            )));
         }
         if stored.is_some() {
             return Err(ApiError::BadRequest(

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -81,8 +82,11 @@ pub async fn create_hash(
 )]
 pub async fn get_hash(
     State(state): State<AppState>,
-    Path(task_id): Path<String>,
+    task_id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let task_id = task_id
+        .map(|Path(id)| id)
+        .unwrap_or_else(|_| "(invalid id)".to_owned());
     let not_found = || {
         let body = NotFoundDetail {
             detail: format!("Task {task_id} was not found"),

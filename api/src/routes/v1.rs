@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -137,9 +138,12 @@ pub struct WaitQuery {
 )]
 pub async fn get_hash(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(query): Query<WaitQuery>,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Json<TaskView>, ApiError> {
+    // A path that is not even text cannot name a task: 404, like any other unknown id.
+    let Path(id) = id.map_err(|_| ApiError::NotFound("(invalid id)".into()))?;
+    let Query(query) = query.map_err(|err| ApiError::BadRequest(err.body_text()))?;
     let task_id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(id.clone()))?;
     let wait = parse_wait(query.wait.as_deref(), state.config.max_wait_seconds)?;
     let task = if wait.is_zero() {
