@@ -14,3 +14,5 @@ echo "== cargo test --release --workspace"
 cargo test --release --workspace
 echo "== schemathesis fuzz of the API from /openapi.json"
 ./scripts/fuzz.sh
+echo "== browser tests (Chromium + playwright-core)"
+./scripts/browser-test.sh

@@ -1,0 +1,123 @@
+// Browser tests of the page, in Debian's Chromium driven by playwright-core, against a live
+// md5-api with a real worker (scripts/browser-test.sh starts them and sets MD5_BASE_URL).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const BASE = process.env.MD5_BASE_URL;
+const LIMIT = Number(process.env.MD5_MAX_UPLOAD_BYTES);
+const SHOTS = process.env.SCREENSHOT_DIR || 'test-results';
+const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+let browser;
+let context;
+let page;
+let uploadedId;
+const content = randomBytes(512 * 1024);
+const expectedMd5 = createHash('md5').update(content).digest('hex');
+
+before(async () => {
+  assert.ok(BASE, 'MD5_BASE_URL must name a running md5-api: run scripts/browser-test.sh');
+  assert.ok(LIMIT > 0, 'MD5_MAX_UPLOAD_BYTES must be the api\'s limit');
+  mkdirSync(SHOTS, { recursive: true });
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: FLAGS });
+  context = await browser.newContext({ viewport: { width: 1000, height: 820 } });
+  page = await context.newPage();
+});
+
+after(async () => {
+  await browser?.close();
+});
+
+test('uploading a file through the file input shows its MD5', async () => {
+  await page.goto(BASE);
+  await page.screenshot({ path: `${SHOTS}/idle.png` });
+  await page.getByLabel('Choose one or more files').setInputFiles({
+    name: 'report.bin', mimeType: 'application/octet-stream', buffer: content,
+  });
+  await page.getByRole('button', { name: 'Upload' }).click();
+  await page.locator('.task').first().waitFor();
+  await page.screenshot({ path: `${SHOTS}/uploading.png` });
+  const md5 = page.locator('.task .md5').first();
+  await md5.waitFor({ timeout: 30000 });
+  assert.equal(await md5.textContent(), expectedMd5);
+  assert.match(await page.locator('.task .status').first().textContent(), /done/);
+  uploadedId = await page.locator('.task').first().getAttribute('data-task-id');
+  assert.match(uploadedId, /^[0-9a-f-]{36}$/);
+  await page.screenshot({ path: `${SHOTS}/done.png` });
+});
+
+test('looking the task up by id in a fresh browser shows the same result', async () => {
+  const fresh = await browser.newContext();
+  const other = await fresh.newPage();
+  await other.goto(BASE);
+  assert.equal(await other.locator('.task').count(), 0, 'a new browser shows no one else\'s tasks');
+  await other.getByLabel('Promise id').fill(uploadedId);
+  await other.getByRole('button', { name: 'Look up' }).click();
+  const md5 = other.locator('.task .md5').first();
+  await md5.waitFor({ timeout: 10000 });
+  assert.equal(await md5.textContent(), expectedMd5);
+  await fresh.close();
+});
+
+test('an unknown id says not found plainly', async () => {
+  await page.getByLabel('Promise id').fill(randomUUID());
+  await page.getByRole('button', { name: 'Look up' }).click();
+  await page.locator('#lookup-message', { hasText: 'Not found' }).waitFor({ timeout: 10000 });
+});
+
+test('a file above the limit shows the size error with the limit', async () => {
+  await page.getByLabel('Choose one or more files').setInputFiles({
+    name: 'too-big.bin', mimeType: 'application/octet-stream', buffer: Buffer.alloc(LIMIT + 1, 1),
+  });
+  await page.getByRole('button', { name: 'Upload' }).click();
+  const error = page.locator('.task .error', { hasText: 'too large' }).first();
+  await error.waitFor({ timeout: 15000 });
+  assert.match(await error.textContent(), new RegExp(String(LIMIT)));
+});
+
+test('the recent list survives a reload', async () => {
+  await page.reload();
+  const card = page.locator(`.task[data-task-id="${uploadedId}"]`);
+  await card.locator('.md5').waitFor({ timeout: 10000 });
+  assert.equal(await card.locator('.md5').textContent(), expectedMd5);
+});
+
+test('the page works with the keyboard alone and fits a phone screen', async () => {
+  const phone = await browser.newContext({ viewport: { width: 375, height: 740 } });
+  const small = await phone.newPage();
+  await small.goto(BASE);
+  const width = await small.evaluate(() => document.documentElement.scrollWidth);
+  assert.ok(width <= 375, `no horizontal scrolling on a phone (${width}px)`);
+  // Tab to the lookup field, type an id, press Enter.
+  await small.keyboard.press('Tab');
+  await small.keyboard.press('Tab');
+  await small.keyboard.press('Tab');
+  assert.equal(await small.evaluate(() => document.activeElement.id), 'lookup-input');
+  await small.keyboard.type(uploadedId);
+  await small.keyboard.press('Enter');
+  await small.locator('.task .md5').first().waitFor({ timeout: 10000 });
+  await small.screenshot({ path: `${SHOTS}/phone.png` });
+  await phone.close();
+});
+
+test('/docs renders Swagger UI with the network cut off', async () => {
+  const offline = await browser.newContext();
+  const origin = new URL(BASE).origin;
+  const blocked = [];
+  await offline.route('**/*', (route) => {
+    if (route.request().url().startsWith(origin)) return route.continue();
+    blocked.push(route.request().url());
+    return route.abort();
+  });
+  const docs = await offline.newPage();
+  await docs.goto(`${BASE}/docs/`);
+  await docs.locator('.swagger-ui .info .title', { hasText: 'MD5 service' }).waitFor({ timeout: 15000 });
+  await docs.locator('.opblock-summary-path', { hasText: '/api/v1/hashes' }).first().waitFor();
+  await docs.screenshot({ path: `${SHOTS}/docs.png` });
+  assert.deepEqual(blocked, [], 'the docs asked for nothing outside the service');
+  await offline.close();
+});
