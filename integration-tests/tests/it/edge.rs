@@ -247,3 +247,25 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_while_others_are_se
     );
     assert!(app.upload_files().is_empty());
 }
+
+#[test]
+fn help_documents_every_setting_and_bad_settings_fail_naming_the_variable() {
+    let api = integration_tests::sibling_binary("md5-api").unwrap();
+    let worker = integration_tests::sibling_binary("md5-worker").unwrap();
+    let help = std::process::Command::new(&api).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for variable in ["DATABASE_URL", "REDIS_URL", "BIND_ADDR", "UPLOAD_DIR", "JOBS_STREAM", "JOBS_GROUP", "MAX_UPLOAD_BYTES", "API_KEY", "KEEP_UPLOADS", "RUST_LOG", "LOG_FORMAT", "MIN_FREE_BYTES", "HEADER_TIMEOUT_SECONDS", "BODY_IDLE_TIMEOUT_SECONDS", "MAX_CONCURRENT_UPLOADS"] {
+        assert!(help.contains(&format!("[env: {variable}")), "md5-api --help documents {variable}");
+    }
+    let help = std::process::Command::new(&worker).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for variable in ["DATABASE_URL", "REDIS_URL", "UPLOAD_DIR", "LOG_FILE", "JOBS_STREAM", "JOBS_GROUP", "WORKER_CONCURRENCY", "KEEP_UPLOADS", "CLAIM_IDLE_MS", "MAX_DELIVERIES", "SWEEP_INTERVAL_MS", "METRICS_ADDR", "RUST_LOG", "LOG_FORMAT"] {
+        assert!(help.contains(&format!("[env: {variable}")), "md5-worker --help documents {variable}");
+    }
+    for (binary, variable, value) in [(&api, "MAX_UPLOAD_BYTES", "ten"), (&api, "BIND_ADDR", "nowhere"), (&worker, "WORKER_CONCURRENCY", "0"), (&worker, "LOG_FORMAT", "xml")] {
+        let output = std::process::Command::new(binary).env(variable, value).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{variable}={value} is refused at start");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(variable), "the error names {variable}: {stderr}");
+    }
+}
