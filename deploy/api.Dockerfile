@@ -11,10 +11,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp target/release/md5-api /usr/local/bin/md5-api
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --no-create-home md5 \
+RUN groupadd --system --gid 10001 md5 && useradd --system --uid 10001 --gid 10001 --no-create-home md5 \
     && mkdir -p /data/uploads && chown md5 /data/uploads
 COPY --from=build /usr/local/bin/md5-api /usr/local/bin/md5-api
-USER md5
+USER 10001:10001
 ENV BIND_ADDR=0.0.0.0:9000 UPLOAD_DIR=/data/uploads
 EXPOSE 9000
 ENTRYPOINT ["/usr/local/bin/md5-api"]

@@ -11,10 +11,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp target/release/md5-worker /usr/local/bin/md5-worker
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --no-create-home md5 \
+RUN groupadd --system --gid 10001 md5 && useradd --system --uid 10001 --gid 10001 --no-create-home md5 \
     && mkdir -p /data/uploads /data/log && chown md5 /data/uploads /data/log
 COPY --from=build /usr/local/bin/md5-worker /usr/local/bin/md5-worker
-USER md5
+USER 10001:10001
 ENV UPLOAD_DIR=/data/uploads LOG_FILE=/data/log/md5.log
 
 ENTRYPOINT ["/usr/local/bin/md5-worker"]

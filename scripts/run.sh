@@ -55,7 +55,7 @@ fi
 
 export UPLOAD_DIR=${UPLOAD_DIR:-$root/data/uploads}
 export LOG_FILE=${LOG_FILE:-$root/data/log/md5.log}
-cargo build --release --bins
+cargo build --release -p api -p worker --bins
 "$root/target/release/md5-api" & pids+=($!)
 for _ in $(seq "${WORKERS:-2}"); do "$root/target/release/md5-worker" & pids+=($!); done
 echo "md5-api on http://${BIND_ADDR:-127.0.0.1:9000} with ${WORKERS:-2} workers; results log: $LOG_FILE; Ctrl-C stops"

