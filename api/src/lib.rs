@@ -38,12 +38,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.storage.upload_dir).with_context(|| {
-        format!(
-            "cannot create UPLOAD_DIR {}",
-            config.storage.upload_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&config.storage.upload_dir)
+        .with_context(|| format!("cannot create UPLOAD_DIR {}", config.storage.upload_dir.display()))?;
     migrate_with_retry(&config).await?;
     let _ = shared::telemetry::metrics();
     let pool = shared::db::build_pool(&config.database, "md5-api")?;
@@ -53,9 +49,7 @@ pub async fn run(
         notify::FinishedTasks::listen(config.database.database_url.clone(), stop_listening.clone());
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let state = AppState {
-        upload_slots: Arc::new(tokio::sync::Semaphore::new(
-            config.max_concurrent_uploads as usize,
-        )),
+        upload_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads as usize)),
         config: Arc::new(config),
         pool,
         queue,

@@ -50,9 +50,7 @@ impl FinishedTasks {
 
 async fn listen_once(database_url: &str, events: &broadcast::Sender<Uuid>) -> anyhow::Result<()> {
     let mut conn = AsyncPgConnection::establish(database_url).await?;
-    diesel::sql_query(format!("LISTEN {TASK_FINISHED_CHANNEL}"))
-        .execute(&mut conn)
-        .await?;
+    diesel::sql_query(format!("LISTEN {TASK_FINISHED_CHANNEL}")).execute(&mut conn).await?;
     let mut notifications = std::pin::pin!(conn.notifications_stream());
     while let Some(notification) = notifications.next().await {
         let notification = notification?;

@@ -52,11 +52,7 @@ impl JobQueue {
     pub async fn stream_stats(&self, group: &str) -> anyhow::Result<(u64, u64)> {
         let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
-        pipe.cmd("XLEN")
-            .arg(&self.stream)
-            .cmd("XPENDING")
-            .arg(&self.stream)
-            .arg(group);
+        pipe.cmd("XLEN").arg(&self.stream).cmd("XPENDING").arg(&self.stream).arg(group);
         let stats = pipe.query_async::<(u64, redis::Value)>(&mut connection);
         match tokio::time::timeout(ENQUEUE_TIMEOUT, stats).await {
             Ok(Ok((length, redis::Value::Array(summary)))) => match summary.as_slice() {

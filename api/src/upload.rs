@@ -45,9 +45,7 @@ pub async fn receive(
         .upload_slots
         .clone()
         .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::Unavailable("too many uploads in progress; try again shortly".into())
-        })?;
+        .map_err(|_| ApiError::Unavailable("too many uploads in progress; try again shortly".into()))?;
     let upload_dir = &state.config.storage.upload_dir;
     check_free_space(upload_dir, state.config.min_free_bytes)?;
     // Fail before reading a byte of the body if Postgres is down: the client learns at once.
@@ -60,20 +58,13 @@ pub async fn receive(
     let mut stored = None;
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         if field.name() != Some("file") {
-            let name = field
-                .name()
-                .unwrap_or("")
-                .chars()
-                .take(100)
-                .collect::<String>();
+            let name = field.name().unwrap_or("").chars().take(100).collect::<String>();
             return Err(ApiError::BadRequest(format!(
                 "unexpected form part {name:?}: the form takes one part, named \"file\""
             )));
         }
         if stored.is_some() {
-            return Err(ApiError::BadRequest(
-                "only one part named \"file\" is accepted".into(),
-            ));
+            return Err(ApiError::BadRequest("only one part named \"file\" is accepted".into()));
         }
         let file_name = sanitize_file_name(field.file_name());
         let size = write_part(field, &files.partial, limit).await?;
@@ -98,10 +89,7 @@ pub async fn receive(
     metrics::counter!("md5_upload_bytes_total").increment(size);
     tracing::info!(task.id = %task_id, upload.size_bytes = size, "upload stored");
 
-    let job = JobMessage {
-        task_id,
-        request_id: request_id.map(str::to_owned),
-    };
+    let job = JobMessage { task_id, request_id: request_id.map(str::to_owned) };
     if let Err(err) = state.queue.enqueue(&job).await {
         // The row is committed: the sweeper enqueues it once Redis answers again.
         tracing::warn!(task.id = %task_id, error = %err, "cannot enqueue job; the sweeper will retry");
@@ -124,21 +112,15 @@ fn multipart_boundary(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 fn check_free_space(upload_dir: &Path, reserve: u64) -> Result<(), ApiError> {
     if reserve == 0 {
         return Ok(());
     }
-    let stats = rustix::fs::statvfs(upload_dir).map_err(|err| {
-        ApiError::Internal(anyhow::anyhow!("statvfs {}: {err}", upload_dir.display()))
-    })?;
+    let stats = rustix::fs::statvfs(upload_dir)
+        .map_err(|err| ApiError::Internal(anyhow::anyhow!("statvfs {}: {err}", upload_dir.display())))?;
     let free = stats.f_bavail.saturating_mul(stats.f_frsize);
     if free < reserve {
         tracing::warn!(
@@ -152,17 +134,9 @@ fn check_free_space(upload_dir: &Path, reserve: u64) -> Result<(), ApiError> {
 }
 
 /// Streams one part to `path`, failing with 413 as soon as it passes `limit` bytes.
-async fn write_part(
-    mut field: multer::Field<'_>,
-    path: &Path,
-    limit: u64,
-) -> Result<u64, ApiError> {
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .await
-        .map_err(io_error)?;
+async fn write_part(mut field: multer::Field<'_>, path: &Path, limit: u64) -> Result<u64, ApiError> {
+    let file =
+        tokio::fs::OpenOptions::new().write(true).create_new(true).open(path).await.map_err(io_error)?;
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
     let mut size: u64 = 0;
     while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
@@ -207,10 +181,7 @@ fn idle_timeout(
             Ok(Some(Err(err))) => Some((Err(io::Error::other(err)), None)),
             Ok(None) => None,
             Err(_) => Some((
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no data for {} s", idle.as_secs()),
-                )),
+                Err(io::Error::new(io::ErrorKind::TimedOut, format!("no data for {} s", idle.as_secs()))),
                 None,
             )),
         }
@@ -222,11 +193,7 @@ fn idle_timeout(
 pub fn sanitize_file_name(raw: Option<&str>) -> String {
     let raw = raw.unwrap_or("");
     let last = raw.rsplit(['/', '\\']).next().unwrap_or("");
-    let cleaned: String = last
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_FILE_NAME_CHARS)
-        .collect();
+    let cleaned: String = last.chars().filter(|c| !c.is_control()).take(MAX_FILE_NAME_CHARS).collect();
     let cleaned = cleaned.trim();
     if cleaned.is_empty() || cleaned == "." || cleaned == ".." {
         "upload".to_owned()
@@ -256,9 +223,7 @@ impl UploadFiles {
 
     /// Renames the finished partial file to its final name and makes the rename durable.
     async fn promote(&self) -> Result<(), ApiError> {
-        tokio::fs::rename(&self.partial, &self.stored)
-            .await
-            .map_err(io_error)?;
+        tokio::fs::rename(&self.partial, &self.stored).await.map_err(io_error)?;
         let dir = self.upload_dir.clone();
         tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
             .await
@@ -287,10 +252,7 @@ mod tests {
     #[test]
     fn file_names_never_carry_a_path() {
         assert_eq!(sanitize_file_name(Some("../../etc/passwd")), "passwd");
-        assert_eq!(
-            sanitize_file_name(Some("C:\\Users\\me\\report.pdf")),
-            "report.pdf"
-        );
+        assert_eq!(sanitize_file_name(Some("C:\\Users\\me\\report.pdf")), "report.pdf");
         assert_eq!(sanitize_file_name(Some("a\nb\u{0}c.txt")), "abc.txt");
         assert_eq!(sanitize_file_name(Some("..")), "upload");
         assert_eq!(sanitize_file_name(None), "upload");

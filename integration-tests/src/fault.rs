@@ -39,10 +39,7 @@ fn pg_command(binary: &Path) -> Command {
 }
 
 fn run(mut command: Command, what: &str) -> anyhow::Result<()> {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {what}"))?;
+    let output = command.stdin(Stdio::null()).output().with_context(|| format!("cannot run {what}"))?;
     anyhow::ensure!(
         output.status.success(),
         "{what} failed: {}{}",
@@ -56,17 +53,23 @@ fn run(mut command: Command, what: &str) -> anyhow::Result<()> {
 pub struct PrivatePostgres {
     bin: PathBuf,
     dir: PathBuf,
+    durable: bool,
     /// Its port.
     pub port: u16,
 }
 
 impl PrivatePostgres {
-    /// `initdb`, start, and create the `md5` database.
+    /// `initdb`, start, and create the `md5` database; `fsync` off (fault tests kill the server,
+    /// never the machine).
     pub fn start_new(root: &Path) -> anyhow::Result<Self> {
+        Self::start_new_with(root, false)
+    }
+
+    /// As [`PrivatePostgres::start_new`]; `durable` keeps Postgres's default `fsync=on`, as the
+    /// benchmark must.
+    pub fn start_new_with(root: &Path, durable: bool) -> anyhow::Result<Self> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .context(
-                "no /usr/lib/postgresql: install the server with `apt-get install postgresql`",
-            )?
+            .context("no /usr/lib/postgresql: install the server with `apt-get install postgresql`")?
             .flatten()
             .map(|entry| entry.path().join("bin"))
             .filter(|bin| bin.join("initdb").exists())
@@ -85,19 +88,9 @@ impl PrivatePostgres {
             )?;
         }
         let mut initdb = pg_command(&bin.join("initdb"));
-        initdb
-            .arg("-D")
-            .arg(&dir)
-            .arg("-U")
-            .arg("postgres")
-            .arg("--auth=trust")
-            .arg("--no-sync");
+        initdb.arg("-D").arg(&dir).arg("-U").arg("postgres").arg("--auth=trust").arg("--no-sync");
         run(initdb, "initdb")?;
-        let pg = PrivatePostgres {
-            bin,
-            dir,
-            port: free_port(),
-        };
+        let pg = PrivatePostgres { bin, dir, durable, port: free_port() };
         pg.start()?;
         let mut createdb = pg_command(&pg.bin.join("createdb"));
         createdb
@@ -127,11 +120,12 @@ impl PrivatePostgres {
             .arg(self.dir.join("server.log"))
             .arg("-w")
             .arg("-o")
-            // fsync off: the OS does not crash in these tests, only the server process is killed.
+            // fsync off unless durable: the fault tests kill the server, never the machine.
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync={}",
                 self.port,
-                self.dir.display()
+                self.dir.display(),
+                if self.durable { "on" } else { "off" }
             ))
             .arg("start");
         run(start, "pg_ctl start")
@@ -140,11 +134,7 @@ impl PrivatePostgres {
     /// `pg_ctl stop -m immediate`: the server dies as in a crash.
     pub fn stop_immediate(&self) -> anyhow::Result<()> {
         let mut stop = pg_command(&self.bin.join("pg_ctl"));
-        stop.arg("-D")
-            .arg(&self.dir)
-            .arg("-m")
-            .arg("immediate")
-            .arg("stop");
+        stop.arg("-D").arg(&self.dir).arg("-m").arg("immediate").arg("stop");
         run(stop, "pg_ctl stop")
     }
 }
@@ -160,14 +150,21 @@ pub struct PrivateRedis {
     /// Its port.
     pub port: u16,
     child: std::sync::Mutex<Option<Child>>,
+    extra: Vec<String>,
 }
 
 impl PrivateRedis {
     /// Starts `redis-server --save ''` on a free port.
     pub fn start_new() -> anyhow::Result<Self> {
+        Self::start_new_with(&["--appendonly", "no"])
+    }
+
+    /// As [`PrivateRedis::start_new`], with these persistence arguments instead.
+    pub fn start_new_with(persistence: &[&str]) -> anyhow::Result<Self> {
         let redis = PrivateRedis {
             port: free_port(),
             child: std::sync::Mutex::new(None),
+            extra: persistence.iter().map(|s| (*s).to_owned()).collect(),
         };
         redis.start()?;
         Ok(redis)
@@ -181,16 +178,8 @@ impl PrivateRedis {
     /// Starts the server (again) on its port and waits for PING.
     pub fn start(&self) -> anyhow::Result<()> {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .spawn()
             .context("cannot start redis-server: `apt-get install redis-server`")?;
@@ -335,9 +324,7 @@ impl FaultEnv {
             upload_dir,
             log_file,
             api_url: format!("http://127.0.0.1:{api_port}"),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()?,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
             api: None,
             workers: std::sync::Mutex::new(Vec::new()),
             settings: all,
@@ -346,20 +333,9 @@ impl FaultEnv {
         env.start_api()?;
         let client = env.client.clone();
         let url = format!("{}/healthz", env.api_url);
-        eventually(
-            Duration::from_secs(30),
-            "the api process to answer",
-            || async {
-                client
-                    .get(&url)
-                    .send()
-                    .await
-                    .ok()?
-                    .status()
-                    .is_success()
-                    .then_some(())
-            },
-        )
+        eventually(Duration::from_secs(30), "the api process to answer", || async {
+            client.get(&url).send().await.ok()?.status().is_success().then_some(())
+        })
         .await?;
         Ok(env)
     }
@@ -373,14 +349,9 @@ impl FaultEnv {
         let stderr_path = self.root.join(format!("{name}.log"));
         let stderr = std::fs::File::create(&stderr_path)?;
         let mut command = Command::new(binary);
-        command
-            .env_clear()
-            .envs(self.settings.iter().map(|(k, v)| (k, v)));
+        command.env_clear().envs(self.settings.iter().map(|(k, v)| (k, v)));
         command.envs(extra.iter().copied());
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
         Ok((command, stderr_path))
     }
 
@@ -397,10 +368,7 @@ impl FaultEnv {
         let index = workers.len();
         let binary = sibling_binary("md5-worker-faulty")?;
         let (mut command, stderr) = self.command(&binary, &format!("worker-{index}"), extra)?;
-        workers.push(WorkerProcess {
-            child: command.spawn()?,
-            stderr,
-        });
+        workers.push(WorkerProcess { child: command.spawn()?, stderr });
         Ok(index)
     }
 
@@ -420,32 +388,20 @@ impl FaultEnv {
     }
 
     /// Waits for worker `index` to exit and returns its exit code (`None`: killed by a signal).
-    pub async fn wait_worker_exit(
-        &self,
-        index: usize,
-        timeout: Duration,
-    ) -> anyhow::Result<Option<i32>> {
+    pub async fn wait_worker_exit(&self, index: usize, timeout: Duration) -> anyhow::Result<Option<i32>> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.workers.lock().expect("workers lock")[index]
-                .child
-                .try_wait()?
-            {
+            if let Some(status) = self.workers.lock().expect("workers lock")[index].child.try_wait()? {
                 return Ok(status.code());
             }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "worker {index} did not exit within {timeout:?}"
-            );
+            anyhow::ensure!(Instant::now() < deadline, "worker {index} did not exit within {timeout:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// The stderr of worker `index` so far.
     pub fn worker_output(&self, index: usize) -> String {
-        let path = self.workers.lock().expect("workers lock")[index]
-            .stderr
-            .clone();
+        let path = self.workers.lock().expect("workers lock")[index].stderr.clone();
         std::fs::read_to_string(path).unwrap_or_default()
     }
 
@@ -460,49 +416,31 @@ impl FaultEnv {
     pub async fn done_count(&self) -> Option<i64> {
         let mut conn = AsyncPgConnection::establish(&self.pg.url()).await.ok()?;
         let counts = shared::queries::count_by_status(&mut conn).await.ok()?;
-        Some(
-            counts
-                .iter()
-                .filter(|(status, _)| *status == TaskStatus::Done)
-                .map(|(_, n)| *n)
-                .sum(),
-        )
+        Some(counts.iter().filter(|(status, _)| *status == TaskStatus::Done).map(|(_, n)| *n).sum())
     }
 
     /// Uploads `bytes`: `Some(id)` on 202, `None` on 503 (Postgres down); anything else panics.
     pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> Option<String> {
         let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
         let form = reqwest::multipart::Form::new().part("file", part);
-        let response = match self
-            .client
-            .post(format!("{}/api/v1/hashes", self.api_url))
-            .multipart(form)
-            .send()
-            .await
-        {
-            Ok(response) => response,
-            Err(err) => panic!("upload failed without an answer: {err}"),
-        };
+        let response =
+            match self.client.post(format!("{}/api/v1/hashes", self.api_url)).multipart(form).send().await {
+                Ok(response) => response,
+                Err(err) => panic!("upload failed without an answer: {err}"),
+            };
         match response.status().as_u16() {
-            202 => Some(
-                response.json::<Value>().await.ok()?["id"]
-                    .as_str()?
-                    .to_owned(),
-            ),
+            202 => Some(response.json::<Value>().await.ok()?["id"].as_str()?.to_owned()),
             503 => None,
-            other => panic!(
-                "unexpected upload status {other}: {}",
-                response.text().await.unwrap_or_default()
-            ),
+            other => {
+                panic!("unexpected upload status {other}: {}", response.text().await.unwrap_or_default())
+            }
         }
     }
 
     /// The row of a task, if Postgres answers.
     pub async fn task(&self, id: &str) -> Option<Task> {
         let mut conn = AsyncPgConnection::establish(&self.pg.url()).await.ok()?;
-        shared::queries::find_task(&mut conn, Uuid::parse_str(id).ok()?)
-            .await
-            .ok()?
+        shared::queries::find_task(&mut conn, Uuid::parse_str(id).ok()?).await.ok()?
     }
 
     /// Waits (up to `timeout`) until every expected task is finished and logged, nothing is
@@ -542,14 +480,8 @@ impl FaultEnv {
     async fn count(&self, expected: &HashMap<String, Expect>) -> anyhow::Result<Report> {
         use shared::schema::md5_tasks::dsl;
         let mut conn = AsyncPgConnection::establish(&self.pg.url()).await?;
-        let rows: Vec<Task> = dsl::md5_tasks
-            .select(Task::as_select())
-            .load(&mut conn)
-            .await?;
-        let rows: HashMap<String, Task> = rows
-            .into_iter()
-            .map(|t| (t.task_id.to_string(), t))
-            .collect();
+        let rows: Vec<Task> = dsl::md5_tasks.select(Task::as_select()).load(&mut conn).await?;
+        let rows: HashMap<String, Task> = rows.into_iter().map(|t| (t.task_id.to_string(), t)).collect();
         let lines = read_log(&self.log_file)?;
         let mut per_task: HashMap<String, usize> = HashMap::new();
         for line in &lines {
@@ -560,13 +492,9 @@ impl FaultEnv {
             match rows.get(id) {
                 None => report.lost += 1,
                 Some(row) => match (row.status, expect) {
-                    (TaskStatus::Done, Expect::Done(md5)) if row.result.as_deref() == Some(md5) => {
-                    }
+                    (TaskStatus::Done, Expect::Done(md5)) if row.result.as_deref() == Some(md5) => {}
                     (TaskStatus::Failed, Expect::Failed(text))
-                        if row
-                            .error
-                            .as_deref()
-                            .is_some_and(|e| e.contains(text.as_str())) => {}
+                        if row.error.as_deref().is_some_and(|e| e.contains(text.as_str())) => {}
                     (TaskStatus::Queued | TaskStatus::Processing, _) => report.lost += 1,
                     _ => report.wrong += 1,
                 },
@@ -593,11 +521,8 @@ impl FaultEnv {
         let mut conn = client.get_multiplexed_async_connection().await?;
         let group = self.setting("JOBS_GROUP").unwrap_or("md5-workers");
         let stream = self.setting("JOBS_STREAM").unwrap_or("md5:jobs");
-        let reply: redis::RedisResult<redis::Value> = redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(group)
-            .query_async(&mut conn)
-            .await;
+        let reply: redis::RedisResult<redis::Value> =
+            redis::cmd("XPENDING").arg(stream).arg(group).query_async(&mut conn).await;
         match reply {
             Ok(redis::Value::Array(items)) => match items.as_slice() {
                 [redis::Value::Int(n), ..] => Ok(*n as usize),
@@ -611,27 +536,17 @@ impl FaultEnv {
     }
 
     fn setting(&self, key: &str) -> Option<&str> {
-        self.settings
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.settings.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// Uploads `count` small files from `clients` concurrent clients; returns what each must end as.
-    pub async fn upload_many(
-        &self,
-        count: usize,
-        clients: usize,
-        seed: u64,
-    ) -> HashMap<String, Expect> {
+    pub async fn upload_many(&self, count: usize, clients: usize, seed: u64) -> HashMap<String, Expect> {
         use futures_util::StreamExt as _;
         futures_util::stream::iter(0..count)
             .map(|n| async move {
                 let bytes = crate::random_bytes(256 + n % 2048, seed * 1_000_000 + n as u64);
                 let md5 = crate::md5_hex(&bytes);
-                self.upload(&format!("f{n}"), bytes)
-                    .await
-                    .map(|id| (id, Expect::Done(md5)))
+                self.upload(&format!("f{n}"), bytes).await.map(|id| (id, Expect::Done(md5)))
             })
             .buffer_unordered(clients)
             .filter_map(|accepted| async move { accepted })

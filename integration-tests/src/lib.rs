@@ -99,14 +99,10 @@ impl TestApp {
         let id = Uuid::new_v4().simple().to_string();
         let database_name = format!("md5_test_{}", &id[..16]);
         let admin = admin_database_url();
-        let mut conn = AsyncPgConnection::establish(&admin)
-            .await
-            .with_context(|| {
-                format!("cannot reach Postgres at {admin} (start it, or set TEST_DATABASE_URL)")
-            })?;
-        diesel::sql_query(format!("CREATE DATABASE {database_name}"))
-            .execute(&mut conn)
-            .await?;
+        let mut conn = AsyncPgConnection::establish(&admin).await.with_context(|| {
+            format!("cannot reach Postgres at {admin} (start it, or set TEST_DATABASE_URL)")
+        })?;
+        diesel::sql_query(format!("CREATE DATABASE {database_name}")).execute(&mut conn).await?;
         let database_url = replace_database(&admin, &database_name);
         let root = std::env::temp_dir().join(format!("md5-it-{id}"));
         let upload_dir = root.join("uploads");
@@ -114,9 +110,7 @@ impl TestApp {
         std::fs::create_dir_all(&upload_dir)?;
         let mut app = TestApp {
             base_url: String::new(),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()?,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?,
             database_url,
             database_name,
             redis_url: redis_url(),
@@ -135,9 +129,7 @@ impl TestApp {
         app.base_url = format!("http://{}", listener.local_addr()?);
         let config = app.api_config(&options);
         let stop = app.api_stop.clone();
-        app.api_task = Some(tokio::spawn(api::run(config, listener, async move {
-            stop.cancelled().await
-        })));
+        app.api_task = Some(tokio::spawn(api::run(config, listener, async move { stop.cancelled().await })));
         app.wait_ready().await?;
         for _ in 0..options.in_process_workers {
             let mut config = app.worker_config(options.worker_concurrency);
@@ -188,10 +180,7 @@ impl TestApp {
     /// Starts a worker inside the test process with this configuration.
     pub fn start_worker_with(&mut self, config: worker::Config) {
         let stop = self.worker_stop.clone();
-        self.worker_tasks
-            .push(tokio::spawn(worker::run(config, async move {
-                stop.cancelled().await
-            })));
+        self.worker_tasks.push(tokio::spawn(worker::run(config, async move { stop.cancelled().await })));
     }
 
     /// Starts a `md5-worker` process (from the release or debug build next to this test).
@@ -214,19 +203,10 @@ impl TestApp {
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        eventually(
-            Duration::from_secs(30),
-            "the api to answer /healthz",
-            || async {
-                let response = self
-                    .client
-                    .get(format!("{}/healthz", self.base_url))
-                    .send()
-                    .await
-                    .ok()?;
-                response.status().is_success().then_some(())
-            },
-        )
+        eventually(Duration::from_secs(30), "the api to answer /healthz", || async {
+            let response = self.client.get(format!("{}/healthz", self.base_url)).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
         .await
     }
 
@@ -236,12 +216,7 @@ impl TestApp {
     }
 
     /// A multipart upload to `path`.
-    pub async fn upload_to(
-        &self,
-        path: &str,
-        file_name: &str,
-        bytes: Vec<u8>,
-    ) -> reqwest::Response {
+    pub async fn upload_to(&self, path: &str, file_name: &str, bytes: Vec<u8>) -> reqwest::Response {
         let part = reqwest::multipart::Part::bytes(bytes).file_name(file_name.to_owned());
         let form = reqwest::multipart::Form::new().part("file", part);
         self.client
@@ -255,10 +230,7 @@ impl TestApp {
     /// `GET /api/v1/hashes/{id}?wait=S` as JSON.
     pub async fn task(&self, id: &str, wait_seconds: u64) -> Value {
         self.client
-            .get(format!(
-                "{}/api/v1/hashes/{id}?wait={wait_seconds}",
-                self.base_url
-            ))
+            .get(format!("{}/api/v1/hashes/{id}?wait={wait_seconds}", self.base_url))
             .send()
             .await
             .expect("the api answers")
@@ -289,20 +261,14 @@ impl TestApp {
 
     /// A connection to the test's database.
     pub async fn db(&self) -> AsyncPgConnection {
-        AsyncPgConnection::establish(&self.database_url)
-            .await
-            .expect("test database reachable")
+        AsyncPgConnection::establish(&self.database_url).await.expect("test database reachable")
     }
 
     /// Number of rows in `md5_tasks`.
     pub async fn row_count(&self) -> i64 {
         use diesel::QueryDsl as _;
         use shared::schema::md5_tasks::dsl::md5_tasks;
-        md5_tasks
-            .count()
-            .get_result(&mut self.db().await)
-            .await
-            .expect("count rows")
+        md5_tasks.count().get_result(&mut self.db().await).await.expect("count rows")
     }
 
     /// Every line of the results log, parsed; panics on a line that is not a well-formed JSON object.
@@ -314,11 +280,8 @@ impl TestApp {
     pub async fn pending_count(&self) -> anyhow::Result<i64> {
         let client = redis::Client::open(self.redis_url.as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
-        let reply: redis::Value = redis::cmd("XPENDING")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .query_async(&mut conn)
-            .await?;
+        let reply: redis::Value =
+            redis::cmd("XPENDING").arg(&self.stream).arg(&self.group).query_async(&mut conn).await?;
         match reply {
             redis::Value::Array(items) => match items.as_slice() {
                 [redis::Value::Int(n), ..] => Ok(*n),
@@ -361,10 +324,7 @@ impl Drop for TestApp {
         // Dropping the database needs async I/O; do it on a thread of its own so Drop works
         // inside or outside a runtime.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
                 let mut conn = AsyncPgConnection::establish(&admin).await.ok()?;
                 diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -417,16 +377,12 @@ pub fn read_log(path: &Path) -> anyhow::Result<Vec<LogLine>> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(err) => return Err(err.into()),
     };
-    anyhow::ensure!(
-        text.is_empty() || text.ends_with('\n'),
-        "the log's last line is torn"
-    );
+    anyhow::ensure!(text.is_empty() || text.ends_with('\n'), "the log's last line is torn");
     text.lines()
         .enumerate()
         .map(|(n, line)| {
-            serde_json::from_str::<LogLine>(line).with_context(|| {
-                format!("log line {} is not a well-formed log line: {line:?}", n + 1)
-            })
+            serde_json::from_str::<LogLine>(line)
+                .with_context(|| format!("log line {} is not a well-formed log line: {line:?}", n + 1))
         })
         .collect()
 }
@@ -470,10 +426,7 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
 /// A binary of this workspace built in the same profile as the running test.
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary has no profile dir")?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("test binary has no profile dir")?;
     let path = profile_dir.join(name);
     anyhow::ensure!(
         path.exists(),

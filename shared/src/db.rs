@@ -53,9 +53,7 @@ pub async fn run_migrations(args: &DatabaseArgs, application_name: &str) -> anyh
             .context("cannot connect to Postgres to apply migrations (check DATABASE_URL)")?;
         conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
             .context("cannot take the migration lock")?;
-        let applied = conn
-            .run_pending_migrations(MIGRATIONS)
-            .map(|versions| versions.len());
+        let applied = conn.run_pending_migrations(MIGRATIONS).map(|versions| versions.len());
         // The lock is released with the session too; unlocking explicitly keeps it short.
         let _ = conn.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"));
         let applied = applied.map_err(|err| anyhow::anyhow!("cannot apply migrations: {err}"))?;

@@ -56,10 +56,7 @@ impl JobMessage {
         }
         let raw = task_id.ok_or(JobParseError::MissingTaskId)?;
         let task_id = Uuid::parse_str(&raw).map_err(|_| JobParseError::InvalidTaskId(raw))?;
-        Ok(JobMessage {
-            task_id,
-            request_id,
-        })
+        Ok(JobMessage { task_id, request_id })
     }
 }
 
@@ -69,13 +66,9 @@ mod tests {
 
     #[test]
     fn message_round_trips_through_fields() {
-        let message = JobMessage {
-            task_id: Uuid::now_v7(),
-            request_id: Some("req-1".into()),
-        };
+        let message = JobMessage { task_id: Uuid::now_v7(), request_id: Some("req-1".into()) };
         let fields = message.to_fields();
-        let parsed =
-            JobMessage::from_fields(fields.iter().map(|(k, v)| (*k, v.as_bytes()))).unwrap();
+        let parsed = JobMessage::from_fields(fields.iter().map(|(k, v)| (*k, v.as_bytes()))).unwrap();
         assert_eq!(parsed, message);
     }
 

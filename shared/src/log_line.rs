@@ -38,9 +38,7 @@ impl LogLine {
 
     /// The `ts` field parsed back, if it is well formed.
     pub fn timestamp(&self) -> Option<DateTime<Utc>> {
-        DateTime::parse_from_rfc3339(&self.ts)
-            .ok()
-            .map(|at| at.with_timezone(&Utc))
+        DateTime::parse_from_rfc3339(&self.ts).ok().map(|at| at.with_timezone(&Utc))
     }
 }
 

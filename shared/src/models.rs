@@ -14,9 +14,7 @@ use uuid::Uuid;
 use crate::schema::{md5_tasks, sql_types};
 
 /// Where a task is in its life: `queued` → `processing` → `done` or `failed`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize, Deserialize)]
 #[diesel(sql_type = sql_types::TaskStatus)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
@@ -61,9 +59,7 @@ impl FromSql<sql_types::TaskStatus, Pg> for TaskStatus {
             b"processing" => Ok(TaskStatus::Processing),
             b"done" => Ok(TaskStatus::Done),
             b"failed" => Ok(TaskStatus::Failed),
-            other => {
-                Err(format!("unknown task_status {:?}", String::from_utf8_lossy(other)).into())
-            }
+            other => Err(format!("unknown task_status {:?}", String::from_utf8_lossy(other)).into()),
         }
     }
 }

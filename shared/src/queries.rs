@@ -46,21 +46,12 @@ fn interval(duration: Duration) -> PgInterval {
 
 /// Inserts a new `queued` task and returns the committed row.
 pub async fn insert_task(conn: &mut AsyncPgConnection, new: &NewTask<'_>) -> QueryResult<Task> {
-    diesel::insert_into(dsl::md5_tasks)
-        .values(new)
-        .returning(Task::as_returning())
-        .get_result(conn)
-        .await
+    diesel::insert_into(dsl::md5_tasks).values(new).returning(Task::as_returning()).get_result(conn).await
 }
 
 /// Loads a task by id; `None` if there is no such task.
 pub async fn find_task(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<Option<Task>> {
-    dsl::md5_tasks
-        .find(task_id)
-        .select(Task::as_select())
-        .first(conn)
-        .await
-        .optional()
+    dsl::md5_tasks.find(task_id).select(Task::as_select()).first(conn).await.optional()
 }
 
 /// Claims a task for `worker` until `lease` from now: a `queued` task, or a `processing` one
@@ -147,9 +138,7 @@ pub async fn fail_unfinished_task(
     error: &str,
 ) -> QueryResult<Option<Task>> {
     diesel::update(
-        dsl::md5_tasks
-            .find(task_id)
-            .filter(dsl::status.eq_any([TaskStatus::Queued, TaskStatus::Processing])),
+        dsl::md5_tasks.find(task_id).filter(dsl::status.eq_any([TaskStatus::Queued, TaskStatus::Processing])),
     )
     .set((
         dsl::status.eq(TaskStatus::Failed),
@@ -165,14 +154,10 @@ pub async fn fail_unfinished_task(
 
 /// Records that the task's line is in the results log.
 pub async fn mark_logged(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<()> {
-    diesel::update(
-        dsl::md5_tasks
-            .find(task_id)
-            .filter(dsl::logged_at.is_null()),
-    )
-    .set(dsl::logged_at.eq(now.into_sql::<Timestamptz>().nullable()))
-    .execute(conn)
-    .await?;
+    diesel::update(dsl::md5_tasks.find(task_id).filter(dsl::logged_at.is_null()))
+        .set(dsl::logged_at.eq(now.into_sql::<Timestamptz>().nullable()))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -207,9 +192,5 @@ pub async fn tasks_to_sweep(
 
 /// Counts tasks by status (for metrics and tests).
 pub async fn count_by_status(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(TaskStatus, i64)>> {
-    dsl::md5_tasks
-        .group_by(dsl::status)
-        .select((dsl::status, diesel::dsl::count_star()))
-        .load(conn)
-        .await
+    dsl::md5_tasks.group_by(dsl::status).select((dsl::status, diesel::dsl::count_star())).load(conn).await
 }

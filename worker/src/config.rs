@@ -88,11 +88,7 @@ impl Config {
     pub fn concurrency(&self) -> usize {
         self.worker_concurrency
             .map(|n| n as usize)
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            })
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
     }
 
     /// The claim idle time, also the lease a worker holds on a task.
@@ -108,10 +104,7 @@ impl Config {
     /// This process's consumer name.
     pub fn consumer(&self) -> String {
         self.consumer_name.clone().unwrap_or_else(|| {
-            let host = rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned();
+            let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
             let pid = std::process::id();
             let nonce = &uuid::Uuid::new_v4().simple().to_string()[..6];
             format!("{host}-{pid}-{nonce}")

@@ -39,16 +39,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let empty = dir.join("empty");
         std::fs::write(&empty, b"").unwrap();
-        assert_eq!(
-            md5_file(&empty).unwrap(),
-            ("d41d8cd98f00b204e9800998ecf8427e".into(), 0)
-        );
+        assert_eq!(md5_file(&empty).unwrap(), ("d41d8cd98f00b204e9800998ecf8427e".into(), 0));
         let fox = dir.join("fox");
         std::fs::write(&fox, b"The quick brown fox jumps over the lazy dog").unwrap();
-        assert_eq!(
-            md5_file(&fox).unwrap().0,
-            "9e107d9d372bb6826bd81d3542a419d6"
-        );
+        assert_eq!(md5_file(&fox).unwrap().0, "9e107d9d372bb6826bd81d3542a419d6");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -42,17 +42,8 @@ pub struct JobContext {
 
 /// Handles one delivery; failures are logged here, once, and leave the entry pending.
 pub async fn handle(ctx: Arc<JobContext>, delivery: Delivery) {
-    let task_id = delivery
-        .job
-        .as_ref()
-        .map(|job| job.task_id.to_string())
-        .unwrap_or_default();
-    let request_id = delivery
-        .job
-        .as_ref()
-        .ok()
-        .and_then(|job| job.request_id.clone())
-        .unwrap_or_default();
+    let task_id = delivery.job.as_ref().map(|job| job.task_id.to_string()).unwrap_or_default();
+    let request_id = delivery.job.as_ref().ok().and_then(|job| job.request_id.clone()).unwrap_or_default();
     let span = tracing::info_span!("job", task.id = %task_id, request.id = %request_id, entry.id = %delivery.entry_id);
     async move {
         if let Err(err) = process(&ctx, &delivery).await {
@@ -85,11 +76,7 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
             "given up after {} attempts: the job kept failing or crashing its worker",
             ctx.config.max_deliveries
         );
-        if let Err(err) = ctx
-            .jobs
-            .dead_letter(&delivery.entry_id, task.task_id, &reason)
-            .await
-        {
+        if let Err(err) = ctx.jobs.dead_letter(&delivery.entry_id, task.task_id, &reason).await {
             tracing::warn!(error = %err, "cannot copy the job to the dead-letter stream");
         }
         Outcome::Failed { error: reason }
@@ -110,12 +97,9 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
         return Ok(());
     };
     crate::fault::point(&ctx.config, "after_commit");
-    metrics::counter!("md5_tasks_finished_total", "status" => finished.status.as_str())
-        .increment(1);
+    metrics::counter!("md5_tasks_finished_total", "status" => finished.status.as_str()).increment(1);
     if let Some(finished_at) = finished.finished_at {
-        let latency = (finished_at - finished.created_at)
-            .to_std()
-            .unwrap_or_default();
+        let latency = (finished_at - finished.created_at).to_std().unwrap_or_default();
         metrics::histogram!("md5_upload_to_done_seconds").record(latency.as_secs_f64());
     }
     tracing::info!(
@@ -162,12 +146,7 @@ async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> 
 
 /// Appends the task's line (searching for an earlier one when `recovering`), records it,
 /// acknowledges the entry and deletes the upload.
-async fn finish(
-    ctx: &JobContext,
-    delivery: &Delivery,
-    task: &Task,
-    recovering: bool,
-) -> anyhow::Result<()> {
+async fn finish(ctx: &JobContext, delivery: &Delivery, task: &Task, recovering: bool) -> anyhow::Result<()> {
     let line = LogLine {
         ts: shared::time::format_millis(chrono::Utc::now()),
         task_id: task.task_id,
@@ -242,8 +221,7 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
     };
     match result {
         Ok(Ok((md5, size))) if size == task.size_bytes as u64 => {
-            metrics::histogram!("md5_hash_duration_seconds")
-                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("md5_hash_duration_seconds").record(started.elapsed().as_secs_f64());
             metrics::counter!("md5_hashed_bytes_total").increment(size);
             tracing::info!(
                 hash.duration_ms = started.elapsed().as_millis() as u64,
@@ -253,27 +231,18 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
             Outcome::Done { md5 }
         }
         Ok(Ok((_, size))) => Outcome::Failed {
-            error: format!(
-                "the stored upload is {size} bytes, expected {}",
-                task.size_bytes
-            ),
+            error: format!("the stored upload is {size} bytes, expected {}", task.size_bytes),
         },
-        Ok(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => Outcome::Failed {
-            error: "the uploaded file is missing from the upload volume".into(),
-        },
-        Ok(Err(err)) => Outcome::Failed {
-            error: format!("the uploaded file cannot be read: {err}"),
-        },
-        Err(join) => Outcome::Failed {
-            error: format!("hashing failed: {join}"),
-        },
+        Ok(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => {
+            Outcome::Failed { error: "the uploaded file is missing from the upload volume".into() }
+        }
+        Ok(Err(err)) => Outcome::Failed { error: format!("the uploaded file cannot be read: {err}") },
+        Err(join) => Outcome::Failed { error: format!("hashing failed: {join}") },
     }
 }
 
 async fn connection(pool: &Pool) -> anyhow::Result<PooledConnection> {
-    pool.get()
-        .await
-        .map_err(|err| anyhow::anyhow!("no Postgres connection: {err}"))
+    pool.get().await.map_err(|err| anyhow::anyhow!("no Postgres connection: {err}"))
 }
 
 /// Runs `step` until it succeeds, backing off from 100 ms to 5 s, for at most [`RETRY_FOR`]

@@ -32,10 +32,7 @@ const STARTUP_DB_RETRY: Duration = Duration::from_secs(60);
 /// Runs the worker until `shutdown` completes, then stops reading, lets in-flight jobs finish
 /// for at most `SHUTDOWN_GRACE_SECONDS`, and returns. Jobs still running then stay pending in
 /// the group and are taken over by another worker.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let consumer = config.consumer();
     migrate_with_retry(&config).await?;
     let concurrency = config.concurrency();
@@ -46,18 +43,9 @@ pub async fn run(
     pool_args.db_pool_size = pool_args.db_pool_size.max(concurrency as u32 + 2);
     let pool = shared::db::build_pool(&pool_args, "md5-worker")?;
     let block = Duration::from_millis(config.read_block_ms);
-    let mut jobs = Jobs::new(
-        &config.redis.redis_url,
-        &config.stream,
-        consumer.clone(),
-        block,
-    )?;
-    let log = ResultsLog::open(&config.log_file).with_context(|| {
-        format!(
-            "cannot create the folder of LOG_FILE {}",
-            config.log_file.display()
-        )
-    })?;
+    let mut jobs = Jobs::new(&config.redis.redis_url, &config.stream, consumer.clone(), block)?;
+    let log = ResultsLog::open(&config.log_file)
+        .with_context(|| format!("cannot create the folder of LOG_FILE {}", config.log_file.display()))?;
     let stop = CancellationToken::new();
     let ctx = Arc::new(JobContext {
         config: config.clone(),
@@ -85,8 +73,7 @@ pub async fn run(
 
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
-    let takeover_every =
-        (config.claim_idle() / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let takeover_every = (config.claim_idle() / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
     let mut next_takeover = tokio::time::Instant::now();
     let mut group_ready = false;
     let mut backoff = Duration::from_millis(100);
@@ -112,10 +99,7 @@ pub async fn run(
         }
         let deliveries = if tokio::time::Instant::now() >= next_takeover {
             next_takeover = tokio::time::Instant::now() + takeover_every;
-            match jobs
-                .take_over_idle(config.claim_idle(), permits.len())
-                .await
-            {
+            match jobs.take_over_idle(config.claim_idle(), permits.len()).await {
                 Ok(taken) if !taken.is_empty() => {
                     metrics::counter!("md5_jobs_taken_over_total").increment(taken.len() as u64);
                     tracing::info!(jobs.taken_over = taken.len(), "took over idle jobs");
@@ -151,14 +135,8 @@ pub async fn run(
     }
 
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    tracing::info!(
-        jobs.in_flight = running.len(),
-        "stopping: finishing in-flight jobs"
-    );
-    let drained = tokio::time::timeout(grace, async {
-        while running.join_next().await.is_some() {}
-    })
-    .await;
+    tracing::info!(jobs.in_flight = running.len(), "stopping: finishing in-flight jobs");
+    let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             jobs.in_flight = running.len(),
@@ -180,18 +158,14 @@ async fn serve_metrics(listener: tokio::net::TcpListener, stop: CancellationToke
             let handle = handle.clone();
             async move {
                 (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
                     handle.render(),
                 )
             }
         }),
     );
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
+    let served =
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
     if let Err(err) = served {
         tracing::warn!(error = %err, "metrics listener failed");
     }
@@ -206,10 +180,7 @@ async fn sweep_loop(ctx: Arc<JobContext>, stop: CancellationToken) {
             () = stop.cancelled() => return,
         }
         if let Err(err) = sweeper::sweep_once(&ctx).await {
-            tracing::warn!(
-                error = format!("{err:#}"),
-                "sweep failed; trying again next interval"
-            );
+            tracing::warn!(error = format!("{err:#}"), "sweep failed; trying again next interval");
         }
     }
 }

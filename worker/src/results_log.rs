@@ -49,9 +49,7 @@ impl ResultsLog {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        Ok(ResultsLog {
-            path: path.to_owned(),
-        })
+        Ok(ResultsLog { path: path.to_owned() })
     }
 
     /// The log's path.
@@ -65,11 +63,7 @@ impl ResultsLog {
     /// is first searched backwards (as far as that time, less [`CLOCK_SKEW_ALLOWANCE`]) for a line
     /// of the same task, and nothing is written if one is there: this is how a redelivered task
     /// whose row says "finished, not yet logged" avoids a second line.
-    pub async fn append(
-        &self,
-        line: &LogLine,
-        search_since: Option<DateTime<Utc>>,
-    ) -> io::Result<Appended> {
+    pub async fn append(&self, line: &LogLine, search_since: Option<DateTime<Utc>>) -> io::Result<Appended> {
         let log = self.clone();
         let text = line.to_json_line();
         let task_id = line.task_id;
@@ -84,9 +78,7 @@ impl ResultsLog {
         task_id: Uuid,
         search_since: Option<DateTime<Utc>>,
     ) -> io::Result<Appended> {
-        let _in_process = IN_PROCESS
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _in_process = IN_PROCESS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let options = FileOptions::new().read(true).append(true).create(true);
         let mut lock = FileLock::lock(&self.path, true, options)?;
         let file = &mut lock.file;
@@ -152,11 +144,7 @@ fn contains_task_since(file: &File, task_id: Uuid, since: DateTime<Utc>) -> io::
         joined.extend_from_slice(&carry);
         // The first piece may be the tail of a line that starts in an earlier chunk.
         let mut pieces: Vec<&[u8]> = joined.split(|&b| b == b'\n').collect();
-        let head = if start > 0 {
-            pieces.remove(0).to_vec()
-        } else {
-            Vec::new()
-        };
+        let head = if start > 0 { pieces.remove(0).to_vec() } else { Vec::new() };
         for piece in pieces.iter().rev().filter(|p| !p.is_empty()) {
             let Ok(line) = serde_json::from_slice::<LogLine>(piece) else {
                 continue;
@@ -203,19 +191,11 @@ mod tests {
         let log = ResultsLog::open(&path).unwrap();
         let first = line(Uuid::now_v7(), "2026-11-27T19:00:00.000Z");
         log.append(&first, None).await.unwrap();
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(b"{\"ts\":\"20")
-            .unwrap();
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"ts\":\"20").unwrap();
         let second = line(Uuid::now_v7(), "2026-11-27T19:00:01.000Z");
         log.append(&second, None).await.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(
-            text,
-            format!("{}{}", first.to_json_line(), second.to_json_line())
-        );
+        assert_eq!(text, format!("{}{}", first.to_json_line(), second.to_json_line()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,22 +205,13 @@ mod tests {
         let task = Uuid::now_v7();
         let since = Utc::now();
         let ts = shared::time::format_millis(since);
-        assert_eq!(
-            log.append(&line(task, &ts), Some(since)).await.unwrap(),
-            Appended::Written
-        );
+        assert_eq!(log.append(&line(task, &ts), Some(since)).await.unwrap(), Appended::Written);
         // Many later lines push it into an earlier scan chunk.
         for _ in 0..2000 {
             log.append(&line(Uuid::now_v7(), &ts), None).await.unwrap();
         }
-        assert_eq!(
-            log.append(&line(task, &ts), Some(since)).await.unwrap(),
-            Appended::AlreadyPresent
-        );
+        assert_eq!(log.append(&line(task, &ts), Some(since)).await.unwrap(), Appended::AlreadyPresent);
         let other = Uuid::now_v7();
-        assert_eq!(
-            log.append(&line(other, &ts), Some(since)).await.unwrap(),
-            Appended::Written
-        );
+        assert_eq!(log.append(&line(other, &ts), Some(since)).await.unwrap(), Appended::Written);
     }
 }

@@ -107,11 +107,7 @@ impl Jobs {
             let config = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(COMMAND_TIMEOUT))
                 .set_response_timeout(Some(self.block + COMMAND_TIMEOUT));
-            self.reader = Some(
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?,
-            );
+            self.reader = Some(self.client.get_multiplexed_async_connection_with_config(&config).await?);
         }
         let reader = self.reader.as_mut().expect("connected above");
         let reply: RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
@@ -144,11 +140,7 @@ impl Jobs {
     }
 
     /// Takes over at most `count` entries that other consumers left idle for `min_idle`.
-    pub async fn take_over_idle(
-        &self,
-        min_idle: Duration,
-        count: usize,
-    ) -> RedisResult<Vec<Delivery>> {
+    pub async fn take_over_idle(&self, min_idle: Duration, count: usize) -> RedisResult<Vec<Delivery>> {
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(&self.stream)
             .arg(&self.group)
@@ -159,11 +151,7 @@ impl Jobs {
             .arg(count)
             .query_async(&mut self.commands.clone())
             .await?;
-        Ok(reply
-            .claimed
-            .into_iter()
-            .map(|entry| delivery(entry, true))
-            .collect())
+        Ok(reply.claimed.into_iter().map(|entry| delivery(entry, true)).collect())
     }
 }
 
@@ -178,11 +166,7 @@ fn delivery(entry: StreamId, taken_over: bool) -> Delivery {
         })
         .collect();
     let job = JobMessage::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
-    Delivery {
-        entry_id: entry.id,
-        job,
-        taken_over,
-    }
+    Delivery { entry_id: entry.id, job, taken_over }
 }
 
 /// The commands a running job needs, on the shared multiplexed connection.
@@ -227,12 +211,7 @@ impl JobsHandle {
     }
 
     /// Copies a job to the dead-letter stream with the reason it was given up.
-    pub async fn dead_letter(
-        &self,
-        entry_id: &str,
-        task_id: Uuid,
-        reason: &str,
-    ) -> RedisResult<()> {
+    pub async fn dead_letter(&self, entry_id: &str, task_id: Uuid, reason: &str) -> RedisResult<()> {
         redis::cmd("XADD")
             .arg(&self.dead_letter)
             .arg("*")
@@ -254,9 +233,7 @@ impl JobsHandle {
         for (field, value) in job.to_fields() {
             cmd.arg(field).arg(value);
         }
-        cmd.query_async::<String>(&mut self.commands.clone())
-            .await
-            .map(drop)
+        cmd.query_async::<String>(&mut self.commands.clone()).await.map(drop)
     }
 
     /// Task ids of every entry still in the stream (undelivered or pending).

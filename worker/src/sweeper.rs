@@ -21,11 +21,8 @@ pub async fn sweep_once(ctx: &Arc<JobContext>) -> anyhow::Result<usize> {
         return Ok(0);
     }
     let candidates = {
-        let mut conn = ctx
-            .pool
-            .get()
-            .await
-            .map_err(|err| anyhow::anyhow!("no Postgres connection: {err}"))?;
+        let mut conn =
+            ctx.pool.get().await.map_err(|err| anyhow::anyhow!("no Postgres connection: {err}"))?;
         queries::tasks_to_sweep(&mut conn, interval, SWEEP_BATCH).await?
     };
     if candidates.is_empty() {
@@ -34,20 +31,12 @@ pub async fn sweep_once(ctx: &Arc<JobContext>) -> anyhow::Result<usize> {
     let live = ctx.jobs.live_task_ids().await?;
     let mut enqueued = 0;
     for task_id in candidates.into_iter().filter(|id| !live.contains(id)) {
-        ctx.jobs
-            .enqueue(&JobMessage {
-                task_id,
-                request_id: None,
-            })
-            .await?;
+        ctx.jobs.enqueue(&JobMessage { task_id, request_id: None }).await?;
         enqueued += 1;
     }
     metrics::counter!("md5_sweeper_requeued_total").increment(enqueued as u64);
     if enqueued > 0 {
-        tracing::info!(
-            sweep.enqueued = enqueued,
-            "re-enqueued tasks that had no stream entry"
-        );
+        tracing::info!(sweep.enqueued = enqueued, "re-enqueued tasks that had no stream entry");
     }
     Ok(enqueued)
 }

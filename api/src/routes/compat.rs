@@ -61,9 +61,7 @@ pub async fn create_hash(
     body: Body,
 ) -> Result<Json<CreatedTask>, ApiError> {
     let task = upload::receive(&state, &headers, body, super::request_id(&headers)).await?;
-    Ok(Json(CreatedTask {
-        task_id: task.task_id,
-    }))
+    Ok(Json(CreatedTask { task_id: task.task_id }))
 }
 
 /// `GET /hashes/{task_id}`: 200 with the Celery-style result, or 404 `{"detail": ...}`.
@@ -84,13 +82,9 @@ pub async fn get_hash(
     State(state): State<AppState>,
     task_id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let task_id = task_id
-        .map(|Path(id)| id)
-        .unwrap_or_else(|_| "(invalid id)".to_owned());
+    let task_id = task_id.map(|Path(id)| id).unwrap_or_else(|_| "(invalid id)".to_owned());
     let not_found = || {
-        let body = NotFoundDetail {
-            detail: format!("Task {task_id} was not found"),
-        };
+        let body = NotFoundDetail { detail: format!("Task {task_id} was not found") };
         (StatusCode::NOT_FOUND, Json(body)).into_response()
     };
     let Ok(id) = Uuid::parse_str(&task_id) else {
@@ -101,18 +95,9 @@ pub async fn get_hash(
         return Ok(not_found());
     };
     let result = match task.status {
-        TaskStatus::Queued | TaskStatus::Processing => TaskResult {
-            status: "PENDING",
-            result: None,
-        },
-        TaskStatus::Done => TaskResult {
-            status: "SUCCESS",
-            result: task.result,
-        },
-        TaskStatus::Failed => TaskResult {
-            status: "ERROR",
-            result: task.error,
-        },
+        TaskStatus::Queued | TaskStatus::Processing => TaskResult { status: "PENDING", result: None },
+        TaskStatus::Done => TaskResult { status: "SUCCESS", result: task.result },
+        TaskStatus::Failed => TaskResult { status: "ERROR", result: task.error },
     };
     Ok(Json(result).into_response())
 }

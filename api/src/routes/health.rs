@@ -24,11 +24,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let postgres = match state.pool.get().await {
         Ok(mut conn) => {
             use diesel_async::RunQueryDsl as _;
-            diesel::sql_query("SELECT 1")
-                .execute(&mut conn)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+            diesel::sql_query("SELECT 1").execute(&mut conn).await.map(drop).map_err(|e| e.to_string())
         }
         Err(err) => Err(err.to_string()),
     };
@@ -38,10 +34,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         Err(err) => json!({ "error": err }),
     };
     let body = json!({ "postgres": check(&postgres), "redis": check(&redis) });
-    let status = if postgres.is_ok() && redis.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status =
+        if postgres.is_ok() && redis.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body))
 }

@@ -20,14 +20,9 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().to_string();
     let response = next.run(request).await;
-    let labels = [
-        ("route", route),
-        ("method", method),
-        ("status", response.status().as_u16().to_string()),
-    ];
+    let labels = [("route", route), ("method", method), ("status", response.status().as_u16().to_string())];
     metrics::counter!("md5_http_requests_total", &labels).increment(1);
-    metrics::histogram!("md5_http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("md5_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
     response
 }
 
@@ -49,28 +44,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             shared::TaskStatus::Done,
             shared::TaskStatus::Failed,
         ] {
-            let n = counts
-                .iter()
-                .find(|(s, _)| *s == status)
-                .map_or(0, |(_, n)| *n);
+            let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
             metrics::gauge!("md5_tasks", "status" => status.as_str()).set(n as f64);
         }
     }
-    if let Ok((length, pending)) = state
-        .queue
-        .stream_stats(&state.config.stream.jobs_group)
-        .await
-    {
+    if let Ok((length, pending)) = state.queue.stream_stats(&state.config.stream.jobs_group).await {
         metrics::gauge!("md5_stream_length").set(length as f64);
         metrics::gauge!("md5_stream_pending").set(pending as f64);
     }
     let body = shared::telemetry::metrics().render();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

@@ -25,10 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/hashes", post(compat::create_hash))
         .route("/hashes/", post(compat::create_hash))
         .route("/hashes/{task_id}", get(compat::get_hash))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_api_key,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .merge(protected)
         .route("/", get(web::index))
@@ -63,8 +60,5 @@ async fn require_api_key(
 
 /// The request id tower-http assigned (or the client sent), if it is printable.
 pub fn request_id(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| id.len() <= 200)
+    headers.get("x-request-id").and_then(|value| value.to_str().ok()).filter(|id| id.len() <= 200)
 }

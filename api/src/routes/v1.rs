@@ -29,10 +29,7 @@ pub struct TaskView {
     #[schema(schema_with = status_schema)]
     pub status: TaskStatus,
     /// The MD5 once `done`: 32 lowercase hex digits.
-    #[schema(
-        pattern = "^[0-9a-f]{32}$",
-        example = "5d41402abc4b2a76b9719d911017c592"
-    )]
+    #[schema(pattern = "^[0-9a-f]{32}$", example = "5d41402abc4b2a76b9719d911017c592")]
     pub md5: Option<String>,
     /// The client's file name, sanitized.
     pub file_name: String,
@@ -163,9 +160,7 @@ fn parse_wait(raw: Option<&str>, max_seconds: u64) -> Result<Duration, ApiError>
         .ok()
         .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s <= max_seconds as f64)
         .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "wait must be a number of seconds from 0 to {max_seconds}"
-            ))
+            ApiError::BadRequest(format!("wait must be a number of seconds from 0 to {max_seconds}"))
         })?;
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -173,17 +168,11 @@ fn parse_wait(raw: Option<&str>, max_seconds: u64) -> Result<Duration, ApiError>
 /// Loads a task or fails with 404.
 pub async fn load(state: &AppState, task_id: Uuid) -> Result<Task, ApiError> {
     let mut conn = state.pool.get().await?;
-    queries::find_task(&mut conn, task_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(task_id.to_string()))
+    queries::find_task(&mut conn, task_id).await?.ok_or_else(|| ApiError::NotFound(task_id.to_string()))
 }
 
 /// Answers as soon as the task is finished (woken by its notification), or after `wait`.
-async fn wait_for_finish(
-    state: &AppState,
-    task_id: Uuid,
-    wait: Duration,
-) -> Result<Task, ApiError> {
+async fn wait_for_finish(state: &AppState, task_id: Uuid, wait: Duration) -> Result<Task, ApiError> {
     // Subscribe before the first read, so a finish between the read and the wait is not missed.
     let mut finished = state.finished.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
@@ -214,10 +203,7 @@ mod tests {
     #[test]
     fn wait_accepts_seconds_within_the_limit_only() {
         assert_eq!(parse_wait(None, 60).unwrap(), Duration::ZERO);
-        assert_eq!(
-            parse_wait(Some("2.5"), 60).unwrap(),
-            Duration::from_millis(2500)
-        );
+        assert_eq!(parse_wait(Some("2.5"), 60).unwrap(), Duration::from_millis(2500));
         assert!(parse_wait(Some("61"), 60).is_err());
         assert!(parse_wait(Some("-1"), 60).is_err());
         assert!(parse_wait(Some("NaN"), 60).is_err());

@@ -20,12 +20,5 @@ pub async fn asset(Path(file): Path<String>) -> Response {
         "style.css" => ("text/css; charset=utf-8", STYLE_CSS),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }

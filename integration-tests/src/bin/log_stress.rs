@@ -34,10 +34,7 @@ async fn main() -> anyhow::Result<()> {
             "unlocked" => {
                 let text = line.to_json_line();
                 let (head, tail) = text.as_bytes().split_at(text.len() / 2);
-                let mut file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)?;
+                let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
                 file.write_all(head)?;
                 std::thread::yield_now();
                 file.write_all(tail)?;

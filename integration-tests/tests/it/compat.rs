@@ -9,17 +9,9 @@ use serde_json::{Value, json};
 async fn older_clients_get_404_for_unknown_ids_and_success_with_the_md5() {
     let app = TestApp::spawn(TestOptions::default()).await.unwrap();
 
-    let response = app
-        .client
-        .get(format!("{}/hashes/0", app.base_url))
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.get(format!("{}/hashes/0", app.base_url)).send().await.unwrap();
     assert_eq!(response.status(), 404);
-    assert_eq!(
-        response.text().await.unwrap(),
-        r#"{"detail":"Task 0 was not found"}"#
-    );
+    assert_eq!(response.text().await.unwrap(), r#"{"detail":"Task 0 was not found"}"#);
 
     let bytes = random_bytes(100 * 1024, 7);
     let expected = md5_hex(&bytes);

@@ -11,26 +11,10 @@ use crate::raw_http;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_covers_every_route_and_swagger_ui_is_served_offline() {
-    let app = TestApp::spawn(TestOptions {
-        in_process_workers: 0,
-        ..TestOptions::default()
-    })
-    .await
-    .unwrap();
-    let doc: Value = app
-        .client
-        .get(format!("{}/openapi.json", app.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        doc["openapi"].as_str().unwrap().starts_with("3.1"),
-        "{}",
-        doc["openapi"]
-    );
+    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let doc: Value =
+        app.client.get(format!("{}/openapi.json", app.base_url)).send().await.unwrap().json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
     for path in [
         "/api/v1/hashes",
         "/api/v1/hashes/{id}",
@@ -44,71 +28,35 @@ async fn the_openapi_document_covers_every_route_and_swagger_ui_is_served_offlin
     }
     let upload = &doc["paths"]["/api/v1/hashes"]["post"];
     for status in ["202", "400", "401", "413", "415", "503", "507"] {
-        assert!(
-            upload["responses"][status].is_object(),
-            "POST /api/v1/hashes documents {status}"
-        );
+        assert!(upload["responses"][status].is_object(), "POST /api/v1/hashes documents {status}");
     }
     assert!(upload["requestBody"]["content"]["multipart/form-data"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
-    let page = app
-        .client
-        .get(format!("{}/docs/", app.base_url))
-        .send()
-        .await
-        .unwrap();
+    let page = app.client.get(format!("{}/docs/", app.base_url)).send().await.unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains("swagger-ui"), "Swagger UI page");
-    assert!(
-        !html.contains("https://"),
-        "no asset is fetched from the internet"
-    );
-    let bundle = app
-        .client
-        .get(format!("{}/docs/swagger-ui-bundle.js", app.base_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        bundle.status(),
-        200,
-        "the Swagger UI bundle is served from the binary"
-    );
-    let config = app
-        .client
-        .get(format!("{}/docs/swagger-initializer.js", app.base_url))
-        .send()
-        .await
-        .unwrap();
+    assert!(!html.contains("https://"), "no asset is fetched from the internet");
+    let bundle = app.client.get(format!("{}/docs/swagger-ui-bundle.js", app.base_url)).send().await.unwrap();
+    assert_eq!(bundle.status(), 200, "the Swagger UI bundle is served from the binary");
+    let config =
+        app.client.get(format!("{}/docs/swagger-initializer.js", app.base_url)).send().await.unwrap();
     assert!(config.text().await.unwrap().contains("/openapi.json"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_uploads_requests_tasks_and_the_stream_in_api_and_worker() {
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let app = TestApp::spawn(TestOptions {
-        worker_metrics_addr: Some(metrics_addr),
-        ..TestOptions::default()
-    })
-    .await
-    .unwrap();
+    let app =
+        TestApp::spawn(TestOptions { worker_metrics_addr: Some(metrics_addr), ..TestOptions::default() })
+            .await
+            .unwrap();
     let response = app.upload("m.txt", b"metrics".to_vec()).await;
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     app.wait_finished(&id, Duration::from_secs(30)).await;
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text =
+        app.client.get(format!("{}/metrics", app.base_url)).send().await.unwrap().text().await.unwrap();
     for name in [
         "md5_uploads_total",
         "md5_upload_bytes_total",
@@ -120,26 +68,16 @@ async fn metrics_count_uploads_requests_tasks_and_the_stream_in_api_and_worker()
     ] {
         assert!(text.contains(name), "api /metrics has {name}");
     }
-    assert!(
-        text.contains("route=\"/api/v1/hashes\""),
-        "requests are labelled by route template"
-    );
+    assert!(text.contains("route=\"/api/v1/hashes\""), "requests are labelled by route template");
     let worker_text = eventually(Duration::from_secs(10), "the worker's metrics", || async {
-        let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = reqwest::get(format!("http://{metrics_addr}/metrics")).await.ok()?.text().await.ok()?;
         text.contains("md5_tasks_finished_total").then_some(text)
     })
     .await
     .unwrap();
-    for name in [
-        "md5_hash_duration_seconds_bucket",
-        "md5_upload_to_done_seconds_bucket",
-        "md5_hashed_bytes_total",
-    ] {
+    for name in
+        ["md5_hash_duration_seconds_bucket", "md5_upload_to_done_seconds_bucket", "md5_hashed_bytes_total"]
+    {
         assert!(worker_text.contains(name), "worker /metrics has {name}");
     }
     app.stop().await;
@@ -154,54 +92,17 @@ async fn with_an_api_key_the_page_docs_health_and_metrics_stay_open() {
     })
     .await
     .unwrap();
-    for path in [
-        "/",
-        "/docs/",
-        "/openapi.json",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-    ] {
-        let status = app
-            .client
-            .get(format!("{}{path}", app.base_url))
-            .send()
-            .await
-            .unwrap()
-            .status();
+    for path in ["/", "/docs/", "/openapi.json", "/healthz", "/readyz", "/metrics"] {
+        let status = app.client.get(format!("{}{path}", app.base_url)).send().await.unwrap().status();
         assert_eq!(status, 200, "{path} is open");
     }
     let url = format!("{}/api/v1/hashes/{}", app.base_url, uuid::Uuid::new_v4());
+    assert_eq!(app.client.get(&url).header("authorization", "Bearer k2").send().await.unwrap().status(), 401);
     assert_eq!(
-        app.client
-            .get(&url)
-            .header("authorization", "Bearer k2")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.client.get(&url).header("authorization", "Basic aw==").send().await.unwrap().status(),
         401
     );
-    assert_eq!(
-        app.client
-            .get(&url)
-            .header("authorization", "Basic aw==")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        app.client
-            .get(&url)
-            .header("authorization", "Bearer k")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(app.client.get(&url).header("authorization", "Bearer k").send().await.unwrap().status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,19 +115,11 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_while_others_are_se
     .await
     .unwrap();
     let mut slow = raw_http::connect(&app.base_url).await;
-    slow.write_all(b"POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Ty")
-        .await
-        .unwrap();
+    slow.write_all(b"POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Ty").await.unwrap();
     let started = Instant::now();
     // Meanwhile normal requests are served.
     for _ in 0..5 {
-        let status = app
-            .client
-            .get(format!("{}/healthz", app.base_url))
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = app.client.get(format!("{}/healthz", app.base_url)).send().await.unwrap().status();
         assert_eq!(status, 200);
     }
     let mut buffer = [0u8; 1024];
@@ -241,10 +134,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off_while_others_are_se
     .await;
     assert!(closed.is_ok(), "the connection was closed");
     let elapsed = started.elapsed();
-    assert!(
-        elapsed < Duration::from_secs(5),
-        "closed after about the 1 s header timeout, not {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_secs(5), "closed after about the 1 s header timeout, not {elapsed:?}");
     assert!(app.upload_files().is_empty());
 }
 
@@ -254,15 +144,51 @@ fn help_documents_every_setting_and_bad_settings_fail_naming_the_variable() {
     let worker = integration_tests::sibling_binary("md5-worker").unwrap();
     let help = std::process::Command::new(&api).arg("--help").output().unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    for variable in ["DATABASE_URL", "REDIS_URL", "BIND_ADDR", "UPLOAD_DIR", "JOBS_STREAM", "JOBS_GROUP", "MAX_UPLOAD_BYTES", "API_KEY", "KEEP_UPLOADS", "RUST_LOG", "LOG_FORMAT", "MIN_FREE_BYTES", "HEADER_TIMEOUT_SECONDS", "BODY_IDLE_TIMEOUT_SECONDS", "MAX_CONCURRENT_UPLOADS"] {
+    for variable in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "BIND_ADDR",
+        "UPLOAD_DIR",
+        "JOBS_STREAM",
+        "JOBS_GROUP",
+        "MAX_UPLOAD_BYTES",
+        "API_KEY",
+        "KEEP_UPLOADS",
+        "RUST_LOG",
+        "LOG_FORMAT",
+        "MIN_FREE_BYTES",
+        "HEADER_TIMEOUT_SECONDS",
+        "BODY_IDLE_TIMEOUT_SECONDS",
+        "MAX_CONCURRENT_UPLOADS",
+    ] {
         assert!(help.contains(&format!("[env: {variable}")), "md5-api --help documents {variable}");
     }
     let help = std::process::Command::new(&worker).arg("--help").output().unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    for variable in ["DATABASE_URL", "REDIS_URL", "UPLOAD_DIR", "LOG_FILE", "JOBS_STREAM", "JOBS_GROUP", "WORKER_CONCURRENCY", "KEEP_UPLOADS", "CLAIM_IDLE_MS", "MAX_DELIVERIES", "SWEEP_INTERVAL_MS", "METRICS_ADDR", "RUST_LOG", "LOG_FORMAT"] {
+    for variable in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "UPLOAD_DIR",
+        "LOG_FILE",
+        "JOBS_STREAM",
+        "JOBS_GROUP",
+        "WORKER_CONCURRENCY",
+        "KEEP_UPLOADS",
+        "CLAIM_IDLE_MS",
+        "MAX_DELIVERIES",
+        "SWEEP_INTERVAL_MS",
+        "METRICS_ADDR",
+        "RUST_LOG",
+        "LOG_FORMAT",
+    ] {
         assert!(help.contains(&format!("[env: {variable}")), "md5-worker --help documents {variable}");
     }
-    for (binary, variable, value) in [(&api, "MAX_UPLOAD_BYTES", "ten"), (&api, "BIND_ADDR", "nowhere"), (&worker, "WORKER_CONCURRENCY", "0"), (&worker, "LOG_FORMAT", "xml")] {
+    for (binary, variable, value) in [
+        (&api, "MAX_UPLOAD_BYTES", "ten"),
+        (&api, "BIND_ADDR", "nowhere"),
+        (&worker, "WORKER_CONCURRENCY", "0"),
+        (&worker, "LOG_FORMAT", "xml"),
+    ] {
         let output = std::process::Command::new(binary).env(variable, value).output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{variable}={value} is refused at start");
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -10,20 +10,13 @@ use tokio::io::AsyncWriteExt as _;
 use crate::raw_http;
 
 async fn no_api_app(options: TestOptions) -> TestApp {
-    TestApp::spawn(TestOptions {
-        in_process_workers: 0,
-        ..options
-    })
-    .await
-    .unwrap()
+    TestApp::spawn(TestOptions { in_process_workers: 0, ..options }).await.unwrap()
 }
 
 async fn assert_nothing_left(app: &TestApp) {
-    eventually(
-        Duration::from_secs(10),
-        "partial files to be removed",
-        || async { app.upload_files().is_empty().then_some(()) },
-    )
+    eventually(Duration::from_secs(10), "partial files to be removed", || async {
+        app.upload_files().is_empty().then_some(())
+    })
     .await
     .unwrap_or_else(|err| panic!("{err}: {:?}", app.upload_files()));
     assert_eq!(app.row_count().await, 0, "no row for a rejected upload");
@@ -31,17 +24,10 @@ async fn assert_nothing_left(app: &TestApp) {
 
 async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status(), status);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["status"], status);
-    assert!(
-        problem["title"].is_string()
-            && problem["detail"].is_string()
-            && problem["type"].is_string()
-    );
+    assert!(problem["title"].is_string() && problem["detail"].is_string() && problem["type"].is_string());
     problem
 }
 
@@ -57,13 +43,7 @@ async fn a_body_that_is_not_multipart_gets_415_and_leaves_nothing() {
         .await
         .unwrap();
     assert_problem(response, 415).await;
-    let response = app
-        .client
-        .post(format!("{}/api/v1/hashes", app.base_url))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let response = app.client.post(format!("{}/api/v1/hashes", app.base_url)).body("x").send().await.unwrap();
     assert_problem(response, 415).await;
     assert_nothing_left(&app).await;
 }
@@ -72,13 +52,8 @@ async fn a_body_that_is_not_multipart_gets_415_and_leaves_nothing() {
 async fn multipart_without_a_file_part_or_malformed_gets_400_and_leaves_nothing() {
     let app = no_api_app(TestOptions::default()).await;
     let form = reqwest::multipart::Form::new().text("other", "value");
-    let response = app
-        .client
-        .post(format!("{}/api/v1/hashes", app.base_url))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        app.client.post(format!("{}/api/v1/hashes", app.base_url)).multipart(form).send().await.unwrap();
     let problem = assert_problem(response, 400).await;
     assert!(problem["detail"].as_str().unwrap().contains("file"));
 
@@ -96,11 +71,7 @@ async fn multipart_without_a_file_part_or_malformed_gets_400_and_leaves_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_larger_than_the_limit_gets_413_early_and_while_streaming_and_leaves_nothing() {
-    let app = no_api_app(TestOptions {
-        max_upload_bytes: 1000,
-        ..TestOptions::default()
-    })
-    .await;
+    let app = no_api_app(TestOptions { max_upload_bytes: 1000, ..TestOptions::default() }).await;
     // From Content-Length, before any body byte is sent.
     let head = "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n\
                 Content-Length: 10000000000\r\n\r\n";
@@ -110,9 +81,10 @@ async fn an_upload_larger_than_the_limit_gets_413_early_and_while_streaming_and_
     let mut body = raw_http::multipart_head("B").into_bytes();
     body.extend_from_slice(&[b'a'; 5000]);
     body.extend_from_slice(b"\r\n--B--\r\n");
-    let mut request = b"POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n\
+    let mut request =
+        b"POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n\
                         Transfer-Encoding: chunked\r\n\r\n"
-        .to_vec();
+            .to_vec();
     request.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
     request.extend_from_slice(&body);
     request.extend_from_slice(b"\r\n0\r\n\r\n");
@@ -120,10 +92,7 @@ async fn an_upload_larger_than_the_limit_gets_413_early_and_while_streaming_and_
 
     let response = app.upload("big.bin", vec![1u8; 1001]).await;
     let problem = assert_problem(response, 413).await;
-    assert!(
-        problem["detail"].as_str().unwrap().contains("1000"),
-        "{problem}"
-    );
+    assert!(problem["detail"].as_str().unwrap().contains("1000"), "{problem}");
     // Exactly at the limit is fine.
     assert_eq!(app.upload("ok.bin", vec![1u8; 1000]).await.status(), 202);
     assert_eq!(app.row_count().await, 1);
@@ -132,24 +101,10 @@ async fn an_upload_larger_than_the_limit_gets_413_early_and_while_streaming_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_or_malformed_ids_get_404() {
     let app = no_api_app(TestOptions::default()).await;
-    for id in [
-        uuid::Uuid::new_v4().to_string(),
-        "42".to_owned(),
-        "not-a-uuid".to_owned(),
-    ] {
-        let response = app
-            .client
-            .get(format!("{}/api/v1/hashes/{id}", app.base_url))
-            .send()
-            .await
-            .unwrap();
+    for id in [uuid::Uuid::new_v4().to_string(), "42".to_owned(), "not-a-uuid".to_owned()] {
+        let response = app.client.get(format!("{}/api/v1/hashes/{id}", app.base_url)).send().await.unwrap();
         assert_problem(response, 404).await;
-        let response = app
-            .client
-            .get(format!("{}/hashes/{id}", app.base_url))
-            .send()
-            .await
-            .unwrap();
+        let response = app.client.get(format!("{}/hashes/{id}", app.base_url)).send().await.unwrap();
         assert_eq!(response.status(), 404);
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["detail"], format!("Task {id} was not found"));
@@ -158,76 +113,23 @@ async fn unknown_or_malformed_ids_get_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_api_key_requests_without_the_right_bearer_get_401() {
-    let app = no_api_app(TestOptions {
-        api_key: Some("s3cret".into()),
-        ..TestOptions::default()
-    })
-    .await;
+    let app = no_api_app(TestOptions { api_key: Some("s3cret".into()), ..TestOptions::default() }).await;
     let url = format!("{}/api/v1/hashes/{}", app.base_url, uuid::Uuid::new_v4());
     assert_problem(app.client.get(&url).send().await.unwrap(), 401).await;
-    assert_problem(
-        app.client
-            .get(&url)
-            .bearer_auth("wrong")
-            .send()
-            .await
-            .unwrap(),
-        401,
-    )
-    .await;
-    assert_eq!(
-        app.client
-            .get(&url)
-            .bearer_auth("s3cret")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        app.upload_to("/hashes/", "a", b"a".to_vec()).await.status(),
-        401
-    );
-    assert_eq!(
-        app.client
-            .get(format!("{}/hashes/x", app.base_url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_problem(app.client.get(&url).bearer_auth("wrong").send().await.unwrap(), 401).await;
+    assert_eq!(app.client.get(&url).bearer_auth("s3cret").send().await.unwrap().status(), 404);
+    assert_eq!(app.upload_to("/hashes/", "a", b"a".to_vec()).await.status(), 401);
+    assert_eq!(app.client.get(format!("{}/hashes/x", app.base_url)).send().await.unwrap().status(), 401);
     // The page and health stay open.
-    assert_eq!(
-        app.client
-            .get(format!("{}/healthz", app.base_url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        app.client
-            .get(format!("{}/", app.base_url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.client.get(format!("{}/healthz", app.base_url)).send().await.unwrap().status(), 200);
+    assert_eq!(app.client.get(format!("{}/", app.base_url)).send().await.unwrap().status(), 200);
     assert_nothing_left(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_upload_volume_gets_507_and_leaves_nothing() {
     // A reserve larger than any disk: the volume counts as full.
-    let app = no_api_app(TestOptions {
-        min_free_bytes: u64::MAX,
-        ..TestOptions::default()
-    })
-    .await;
+    let app = no_api_app(TestOptions { min_free_bytes: u64::MAX, ..TestOptions::default() }).await;
     assert_problem(app.upload("a.bin", vec![0u8; 10]).await, 507).await;
     assert_nothing_left(&app).await;
 }
@@ -236,55 +138,26 @@ async fn a_full_upload_volume_gets_507_and_leaves_nothing() {
 async fn an_unreachable_database_gets_503_with_retry_after_within_5_seconds() {
     let app = no_api_app(TestOptions::default()).await;
     // Take the database away under the running api.
-    let mut admin = AsyncPgConnection::establish(&admin_database_url())
-        .await
-        .unwrap();
-    let name = app
-        .database_url
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap()
-        .to_owned();
-    diesel::sql_query(format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    let mut admin = AsyncPgConnection::establish(&admin_database_url()).await.unwrap();
+    let name = app.database_url.rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+    diesel::sql_query(format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
 
     let started = Instant::now();
     let response = app.upload("a.bin", vec![0u8; 1000]).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "answered in {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "answered in {:?}", started.elapsed());
     assert_eq!(response.headers()["retry-after"], "5");
     assert_problem(response, 503).await;
     let response = app
         .client
-        .get(format!(
-            "{}/api/v1/hashes/{}",
-            app.base_url,
-            uuid::Uuid::new_v4()
-        ))
+        .get(format!("{}/api/v1/hashes/{}", app.base_url, uuid::Uuid::new_v4()))
         .send()
         .await
         .unwrap();
     assert_problem(response, 503).await;
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.base_url))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.client.get(format!("{}/readyz", app.base_url)).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();
-    assert!(
-        ready["postgres"]["error"].is_string() && ready["redis"] == "ok",
-        "{ready}"
-    );
+    assert!(ready["postgres"]["error"].is_string() && ready["redis"] == "ok", "{ready}");
     assert!(app.upload_files().is_empty());
 }
 
@@ -295,16 +168,11 @@ async fn a_client_that_disconnects_mid_body_leaves_no_file_and_no_row() {
     let head = "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n\
                 Content-Length: 50000000\r\n\r\n";
     stream.write_all(head.as_bytes()).await.unwrap();
-    stream
-        .write_all(raw_http::multipart_head("B").as_bytes())
-        .await
-        .unwrap();
+    stream.write_all(raw_http::multipart_head("B").as_bytes()).await.unwrap();
     stream.write_all(&vec![7u8; 2 * 1024 * 1024]).await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "the partial file to appear",
-        || async { (!app.upload_files().is_empty()).then_some(()) },
-    )
+    eventually(Duration::from_secs(10), "the partial file to appear", || async {
+        (!app.upload_files().is_empty()).then_some(())
+    })
     .await
     .unwrap();
     drop(stream);
@@ -313,19 +181,12 @@ async fn a_client_that_disconnects_mid_body_leaves_no_file_and_no_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stalls_is_cut_off_and_leaves_nothing() {
-    let app = no_api_app(TestOptions {
-        body_idle_timeout_seconds: 1,
-        ..TestOptions::default()
-    })
-    .await;
+    let app = no_api_app(TestOptions { body_idle_timeout_seconds: 1, ..TestOptions::default() }).await;
     let mut stream = raw_http::connect(&app.base_url).await;
     let head = "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n\
                 Content-Length: 5000000\r\n\r\n";
     stream.write_all(head.as_bytes()).await.unwrap();
-    stream
-        .write_all(raw_http::multipart_head("B").as_bytes())
-        .await
-        .unwrap();
+    stream.write_all(raw_http::multipart_head("B").as_bytes()).await.unwrap();
     stream.write_all(&[7u8; 1000]).await.unwrap();
     let status = raw_http::status_of(&mut stream).await;
     assert_eq!(status, 400);

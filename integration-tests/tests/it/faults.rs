@@ -26,10 +26,7 @@ async fn wait_status(env: &FaultEnv, id: &str, status: TaskStatus) {
 async fn upload_big(env: &FaultEnv) -> (String, Expect) {
     let bytes = random_bytes(BIG, 99);
     let md5 = md5_hex(&bytes);
-    (
-        env.upload("big.bin", bytes).await.expect("202"),
-        Expect::Done(md5),
-    )
+    (env.upload("big.bin", bytes).await.expect("202"), Expect::Done(md5))
 }
 
 fn assert_clean(report: &integration_tests::fault::Report) {
@@ -38,72 +35,41 @@ fn assert_clean(report: &integration_tests::fault::Report) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_hash_has_its_job_finished_by_another() {
-    let env = FaultEnv::start(&[("WORKER_CONCURRENCY", "1")])
-        .await
-        .unwrap();
+    let env = FaultEnv::start(&[("WORKER_CONCURRENCY", "1")]).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     let (id, expect) = upload_big(&env).await;
     wait_status(&env, &id, TaskStatus::Processing).await;
     env.kill_worker(0);
-    assert_eq!(
-        env.task(&id).await.unwrap().status,
-        TaskStatus::Processing,
-        "killed mid-hash"
-    );
+    assert_eq!(env.task(&id).await.unwrap().status, TaskStatus::Processing, "killed mid-hash");
     env.spawn_worker(&[]).unwrap();
-    let report = env
-        .check(
-            "kill -9 mid-hash",
-            &HashMap::from([(id.clone(), expect)]),
-            SETTLE,
-        )
-        .await;
+    let report = env.check("kill -9 mid-hash", &HashMap::from([(id.clone(), expect)]), SETTLE).await;
     assert_clean(&report);
     assert_eq!(env.task(&id).await.unwrap().attempts, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_at_any_step_boundary_leaves_one_result_and_one_line() {
-    let env = FaultEnv::start(&[("WORKER_CONCURRENCY", "1")])
-        .await
-        .unwrap();
+    let env = FaultEnv::start(&[("WORKER_CONCURRENCY", "1")]).await.unwrap();
     let mut expected = HashMap::new();
-    for (n, step) in [
-        "after_claim",
-        "after_hash",
-        "after_commit",
-        "after_log",
-        "before_ack",
-    ]
-    .iter()
-    .enumerate()
+    for (n, step) in
+        ["after_claim", "after_hash", "after_commit", "after_log", "before_ack"].iter().enumerate()
     {
         let worker = env.spawn_worker(&[("FAULT_CRASH_AT", step)]).unwrap();
         let bytes = random_bytes(10_000 + n, n as u64);
         let id = env.upload(step, bytes.clone()).await.expect("202");
-        let code = env
-            .wait_worker_exit(worker, Duration::from_secs(30))
-            .await
-            .unwrap();
+        let code = env.wait_worker_exit(worker, Duration::from_secs(30)).await.unwrap();
         assert_eq!(code, None, "the worker aborted at {step}");
-        assert!(
-            env.worker_output(worker)
-                .contains(&format!("aborting at {step}"))
-        );
+        assert!(env.worker_output(worker).contains(&format!("aborting at {step}")));
         expected.insert(id, Expect::Done(md5_hex(&bytes)));
     }
     env.spawn_worker(&[]).unwrap();
-    let report = env
-        .check("kill -9 at each step boundary", &expected, SETTLE)
-        .await;
+    let report = env.check("kill -9 at each step boundary", &expected, SETTLE).await;
     assert_clean(&report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_worker_that_wakes_after_a_takeover_records_nothing() {
-    let env = FaultEnv::start(&[("WORKER_CONCURRENCY", "1")])
-        .await
-        .unwrap();
+    let env = FaultEnv::start(&[("WORKER_CONCURRENCY", "1")]).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     let (id, expect) = upload_big(&env).await;
     wait_status(&env, &id, TaskStatus::Processing).await;
@@ -111,29 +77,19 @@ async fn a_stalled_worker_that_wakes_after_a_takeover_records_nothing() {
     env.spawn_worker(&[]).unwrap();
     wait_status(&env, &id, TaskStatus::Done).await;
     env.signal_worker(0, Signal::CONT);
-    eventually(
-        Duration::from_secs(30),
-        "the stalled worker to notice it lost the lease",
-        || async { env.worker_output(0).contains("lease lost").then_some(()) },
-    )
+    eventually(Duration::from_secs(30), "the stalled worker to notice it lost the lease", || async {
+        env.worker_output(0).contains("lease lost").then_some(())
+    })
     .await
     .unwrap();
     let report = env
-        .check(
-            "SIGSTOP past the lease, then SIGCONT",
-            &HashMap::from([(id.clone(), expect)]),
-            SETTLE,
-        )
+        .check("SIGSTOP past the lease, then SIGCONT", &HashMap::from([(id.clone(), expect)]), SETTLE)
         .await;
     assert_clean(&report);
     let task = env.task(&id).await.unwrap();
     assert_eq!(task.attempts, 2);
     let lines = integration_tests::read_log(&env.log_file).unwrap();
-    assert_eq!(
-        lines[0].worker,
-        task.worker.unwrap(),
-        "the line is the new owner's"
-    );
+    assert_eq!(lines[0].worker, task.worker.unwrap(), "the line is the new owner's");
 }
 
 /// Uploads `count` files in the background while `fault` runs once `trigger_rows` rows exist.
@@ -169,14 +125,8 @@ async fn redis_flushall_in_the_middle_of_a_load_loses_nothing() {
     let env = FaultEnv::start(&[]).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     env.spawn_worker(&[]).unwrap();
-    let expected = load_with_fault(&env, 300, 100, || async {
-        env.redis.flushall().await.unwrap()
-    })
-    .await;
-    assert_clean(
-        &env.check("Redis FLUSHALL mid-load", &expected, SETTLE)
-            .await,
-    );
+    let expected = load_with_fault(&env, 300, 100, || async { env.redis.flushall().await.unwrap() }).await;
+    assert_clean(&env.check("Redis FLUSHALL mid-load", &expected, SETTLE).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,10 +139,7 @@ async fn a_redis_restart_without_persistence_mid_load_loses_nothing() {
         env.redis.start().unwrap();
     })
     .await;
-    assert_clean(
-        &env.check("Redis restart without persistence", &expected, SETTLE)
-            .await,
-    );
+    assert_clean(&env.check("Redis restart without persistence", &expected, SETTLE).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,16 +148,9 @@ async fn uploads_while_redis_is_down_get_202_and_run_once_it_is_back() {
     env.spawn_worker(&[]).unwrap();
     env.redis.kill();
     let expected = env.upload_many(30, 4, 2).await;
-    assert_eq!(
-        expected.len(),
-        30,
-        "every upload accepted while Redis is down"
-    );
+    assert_eq!(expected.len(), 30, "every upload accepted while Redis is down");
     env.redis.start().unwrap();
-    assert_clean(
-        &env.check("Redis down during uploads", &expected, SETTLE)
-            .await,
-    );
+    assert_clean(&env.check("Redis down during uploads", &expected, SETTLE).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,24 +168,17 @@ async fn postgres_crashing_mid_load_loses_no_accepted_upload() {
     })
     .await;
     assert!(expected.len() >= 100);
-    assert_clean(
-        &env.check("Postgres stopped mid-load", &expected, SETTLE)
-            .await,
-    );
+    assert_clean(&env.check("Postgres stopped mid-load", &expected, SETTLE).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_crashes_every_worker_is_failed_after_max_deliveries_and_dead_lettered() {
-    let env = FaultEnv::start(&[("MAX_DELIVERIES", "2"), ("WORKER_CONCURRENCY", "1")])
-        .await
-        .unwrap();
+    let env = FaultEnv::start(&[("MAX_DELIVERIES", "2"), ("WORKER_CONCURRENCY", "1")]).await.unwrap();
     let id = env.upload("poison", b"poison".to_vec()).await.expect("202");
     // Act as a supervisor that restarts crashing workers, until the task is given up.
     let mut crashes = 0;
     loop {
-        let worker = env
-            .spawn_worker(&[("FAULT_CRASH_AT", "after_claim")])
-            .unwrap();
+        let worker = env.spawn_worker(&[("FAULT_CRASH_AT", "after_claim")]).unwrap();
         let exited = tokio::select! {
             code = env.wait_worker_exit(worker, Duration::from_secs(30)) => Some(code.unwrap()),
             () = wait_status(&env, &id, TaskStatus::Failed) => None,
@@ -257,18 +190,11 @@ async fn a_job_that_crashes_every_worker_is_failed_after_max_deliveries_and_dead
         assert!(crashes <= 2, "the job kept being retried");
     }
     assert_eq!(crashes, 2);
-    let expected = HashMap::from([(
-        id.clone(),
-        Expect::Failed("given up after 2 attempts".into()),
-    )]);
+    let expected = HashMap::from([(id.clone(), Expect::Failed("given up after 2 attempts".into()))]);
     assert_clean(&env.check("poison job", &expected, SETTLE).await);
     let client = redis::Client::open(env.redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let dead: usize = redis::cmd("XLEN")
-        .arg("md5:jobs:dead")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let dead: usize = redis::cmd("XLEN").arg("md5:jobs:dead").query_async(&mut conn).await.unwrap();
     assert_eq!(dead, 1);
 }
 
@@ -277,16 +203,8 @@ async fn sigterm_during_a_load_loses_no_job_and_exits_0() {
     let env = FaultEnv::start(&[]).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     env.spawn_worker(&[]).unwrap();
-    let expected = load_with_fault(&env, 200, 50, || async {
-        env.signal_worker(0, Signal::TERM)
-    })
-    .await;
-    assert_eq!(
-        env.wait_worker_exit(0, Duration::from_secs(30))
-            .await
-            .unwrap(),
-        Some(0)
-    );
+    let expected = load_with_fault(&env, 200, 50, || async { env.signal_worker(0, Signal::TERM) }).await;
+    assert_eq!(env.wait_worker_exit(0, Duration::from_secs(30)).await.unwrap(), Some(0));
     assert_clean(&env.check("SIGTERM mid-load", &expected, SETTLE).await);
     let mut env = env;
     let api = env.api.as_mut().unwrap();
@@ -346,24 +264,17 @@ async fn a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing
                 "Postgres crash"
             }
         };
-        let recovered = eventually(
-            Duration::from_secs(30),
-            "progress after the fault",
-            || async { (env.done_count().await? > before).then_some(()) },
-        )
+        let recovered = eventually(Duration::from_secs(30), "progress after the fault", || async {
+            (env.done_count().await? > before).then_some(())
+        })
         .await;
         if recovered.is_ok() {
             recoveries.push((fault, started.elapsed()));
         }
     };
-    let report = env
-        .check("soak with chaos", &expected, Duration::from_secs(120))
-        .await;
+    let report = env.check("soak with chaos", &expected, Duration::from_secs(120)).await;
     for (fault, took) in &recoveries {
-        println!(
-            "[soak] {fault}: progress again after {:.2}s",
-            took.as_secs_f64()
-        );
+        println!("[soak] {fault}: progress again after {:.2}s", took.as_secs_f64());
     }
     println!(
         "[soak] accepted={} faults={} lost={} duplicated={} stuck={}",
@@ -373,9 +284,6 @@ async fn a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing
         report.duplicated,
         report.stuck
     );
-    assert!(
-        recoveries.len() >= 3,
-        "the chaos loop applied every kind of fault"
-    );
+    assert!(recoveries.len() >= 3, "the chaos loop applied every kind of fault");
     assert_clean(&report);
 }

@@ -43,9 +43,6 @@ fn the_check_catches_interleaving_when_writers_skip_the_lock() {
     // Control: the same check on writers that do not lock and split each line in two writes.
     let log = run_writers("unlocked");
     let result = read_log(&log);
-    assert!(
-        result.is_err(),
-        "the checker must see interleaved lines from unlocked writers"
-    );
+    assert!(result.is_err(), "the checker must see interleaved lines from unlocked writers");
     std::fs::remove_dir_all(log.parent().unwrap()).unwrap();
 }

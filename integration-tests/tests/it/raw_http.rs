@@ -33,10 +33,7 @@ pub async fn status_of(stream: &mut TcpStream) -> u16 {
         buffer.extend_from_slice(&chunk[..read]);
     }
     let line = String::from_utf8_lossy(&buffer);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("a status line")
+    line.split_whitespace().nth(1).and_then(|code| code.parse().ok()).expect("a status line")
 }
 
 /// Start of a multipart body with one `file` part.

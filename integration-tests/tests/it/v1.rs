@@ -38,11 +38,9 @@ async fn a_multi_megabyte_upload_is_hashed_logged_once_and_its_file_deleted() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].task_id.to_string(), id);
     assert_eq!(lines[0].md5.as_deref(), Some(expected.as_str()));
-    integration_tests::eventually(
-        Duration::from_secs(10),
-        "the upload to be deleted",
-        || async { app.upload_files().is_empty().then_some(()) },
-    )
+    integration_tests::eventually(Duration::from_secs(10), "the upload to be deleted", || async {
+        app.upload_files().is_empty().then_some(())
+    })
     .await
     .unwrap();
     app.stop().await;
@@ -53,10 +51,7 @@ async fn an_empty_file_hashes_to_the_md5_of_nothing() {
     let app = TestApp::spawn(TestOptions::default()).await.unwrap();
     let response = app.upload("empty.txt", Vec::new()).await;
     assert_eq!(response.status(), 202);
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let task = app.wait_finished(&id, Duration::from_secs(30)).await;
     assert_eq!(task["md5"], "d41d8cd98f00b204e9800998ecf8427e");
     assert_eq!(task["size_bytes"], 0);
@@ -66,25 +61,15 @@ async fn an_empty_file_hashes_to_the_md5_of_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_answers_as_soon_as_the_task_finishes() {
     // No worker yet: the task stays queued, so `wait` must hold the request.
-    let mut app = TestApp::spawn(TestOptions {
-        in_process_workers: 0,
-        ..TestOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut app =
+        TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
     let response = app.upload("a.txt", b"hello".to_vec()).await;
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
 
     let started = std::time::Instant::now();
     let task = app.task(&id, 1).await;
     assert_eq!(task["status"], "queued");
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "wait=1 held the request about a second"
-    );
+    assert!(started.elapsed() >= Duration::from_millis(900), "wait=1 held the request about a second");
 
     let waiting = {
         let client = app.client.clone();
@@ -99,57 +84,35 @@ async fn wait_answers_as_soon_as_the_task_finishes() {
     assert_eq!(task["status"], "done");
     assert_eq!(task["md5"], "5d41402abc4b2a76b9719d911017c592");
     let elapsed = answered.duration_since(started);
-    assert!(
-        elapsed < Duration::from_secs(20),
-        "answered on completion, not at the 30 s limit: {elapsed:?}"
-    );
+    assert!(elapsed < Duration::from_secs(20), "answered on completion, not at the 30 s limit: {elapsed:?}");
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_deleted_before_its_job_runs_ends_failed_without_looping() {
-    let mut app = TestApp::spawn(TestOptions {
-        in_process_workers: 0,
-        ..TestOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut app =
+        TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
     let response = app.upload("gone.bin", b"soon gone".to_vec()).await;
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     for file in app.upload_files() {
         std::fs::remove_file(file).unwrap();
     }
     app.start_in_process_worker(1);
     let task = app.wait_finished(&id, Duration::from_secs(30)).await;
     assert_eq!(task["status"], "failed");
-    assert!(
-        task["error"].as_str().unwrap().contains("missing"),
-        "{task}"
-    );
+    assert!(task["error"].as_str().unwrap().contains("missing"), "{task}");
     assert_eq!(task["attempts"], 1);
-    integration_tests::eventually(
-        Duration::from_secs(10),
-        "the entry to be acknowledged",
-        || async { (app.pending_count().await.ok()? == 0).then_some(()) },
-    )
+    integration_tests::eventually(Duration::from_secs(10), "the entry to be acknowledged", || async {
+        (app.pending_count().await.ok()? == 0).then_some(())
+    })
     .await
     .unwrap();
     let lines = app.log_lines();
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].status, shared::TaskStatus::Failed);
 
-    let compat: Value = app
-        .client
-        .get(format!("{}/hashes/{id}", app.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let compat: Value =
+        app.client.get(format!("{}/hashes/{id}", app.base_url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(compat["status"], "ERROR");
     app.stop().await;
 }

@@ -11,12 +11,8 @@ const UPLOADS: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_worker_processes_finish_every_upload_with_exactly_one_log_line_each() {
-    let mut app = TestApp::spawn(TestOptions {
-        in_process_workers: 0,
-        ..TestOptions::default()
-    })
-    .await
-    .unwrap();
+    let mut app =
+        TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
     for _ in 0..3 {
         app.start_worker_process(4).unwrap();
     }
@@ -48,24 +44,16 @@ async fn three_worker_processes_finish_every_upload_with_exactly_one_log_line_ea
     assert_eq!(logged.len(), UPLOADS, "no task logged twice");
     for line in &lines {
         let id = line.task_id.to_string();
-        assert_eq!(
-            line.md5.as_deref(),
-            Some(expected[&id].as_str()),
-            "md5 of {id}"
-        );
+        assert_eq!(line.md5.as_deref(), Some(expected[&id].as_str()), "md5 of {id}");
     }
     for (id, md5) in expected.iter().take(50) {
         let task = app.task(id, 0).await;
         assert_eq!(task["status"], "done");
         assert_eq!(task["md5"], md5.as_str());
     }
-    eventually(
-        Duration::from_secs(10),
-        "no pending entries and no upload files",
-        || async {
-            (app.pending_count().await.ok()? == 0 && app.upload_files().is_empty()).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(10), "no pending entries and no upload files", || async {
+        (app.pending_count().await.ok()? == 0 && app.upload_files().is_empty()).then_some(())
+    })
     .await
     .unwrap();
     let workers: HashSet<&str> = lines.iter().map(|line| line.worker.as_str()).collect();
@@ -79,34 +67,21 @@ async fn an_unwritable_log_keeps_the_job_unacknowledged_until_it_can_be_written(
     // A folder where the log file should be: every append fails.
     std::fs::create_dir_all(&app.log_file).unwrap();
     let response = app.upload("a.txt", b"abc".to_vec()).await;
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let task = app.wait_finished(&id, Duration::from_secs(30)).await;
     assert_eq!(task["md5"], "900150983cd24fb0d6963f7d28e17f72");
     // The result is recorded, but nothing is acknowledged while the line cannot be written.
-    eventually(
-        Duration::from_secs(10),
-        "a failed append to be retried",
-        || async { (app.pending_count().await.ok()? == 1).then_some(()) },
-    )
+    eventually(Duration::from_secs(10), "a failed append to be retried", || async {
+        (app.pending_count().await.ok()? == 1).then_some(())
+    })
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        app.pending_count().await.unwrap(),
-        1,
-        "still unacknowledged"
-    );
+    assert_eq!(app.pending_count().await.unwrap(), 1, "still unacknowledged");
     std::fs::remove_dir(&app.log_file).unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "the line written and the job acknowledged",
-        || async {
-            (app.log_lines().len() == 1 && app.pending_count().await.ok()? == 0).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(30), "the line written and the job acknowledged", || async {
+        (app.log_lines().len() == 1 && app.pending_count().await.ok()? == 0).then_some(())
+    })
     .await
     .unwrap();
     assert_eq!(app.log_lines()[0].task_id.to_string(), id);
