@@ -18,3 +18,5 @@ echo "== browser tests (Chromium + playwright-core)"
 ./scripts/browser-test.sh
 echo "== deployment checks (compose, hadolint, Kubernetes schemas, Dockerfile builds)"
 ./scripts/deploy-check.sh
+echo "== benchmark smoke run (tiny sizes; checks every task, asserts no timing)"
+target/release/bench --smoke

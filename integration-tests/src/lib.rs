@@ -423,17 +423,19 @@ pub fn list_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// A binary of this workspace built in the same profile as the running test.
+/// A binary of this workspace built in the same profile as the running program: next to it
+/// (a binary in `target/<profile>/`) or one folder up (a test in `target/<profile>/deps/`).
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().and_then(Path::parent).context("test binary has no profile dir")?;
-    let path = profile_dir.join(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: build it first with `cargo build --release --bins` (the README's test command does)",
-        path.display()
-    );
-    Ok(path)
+    let here = exe.parent().context("the running program has no folder")?;
+    let candidates = [Some(here), here.parent()];
+    candidates.into_iter().flatten().map(|dir| dir.join(name)).find(|path| path.exists()).with_context(|| {
+        format!(
+            "{name} is missing next to {}: build it first with `cargo build --release --bins` \
+                 (the README's test command does)",
+            exe.display()
+        )
+    })
 }
 
 fn replace_database(url: &str, database: &str) -> String {

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use diesel::connection::SimpleConnection as _;
 use diesel_async::AsyncPgConnection;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness as _, embed_migrations};
 
 use crate::config::DatabaseArgs;
@@ -31,7 +31,11 @@ const MIGRATION_LOCK_KEY: i64 = 0x6d64_355f_6d69_6772; // "md5_migr"
 /// and no wait (for a connection or a free slot) longer than `db_timeout_ms`.
 pub fn build_pool(args: &DatabaseArgs, application_name: &str) -> anyhow::Result<Pool> {
     let url = connection_url(&args.database_url, application_name, args.timeout());
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    // No test query on every checkout (a round trip per query otherwise): a connection whose
+    // server went away is closed, is not recycled, and its first use fails like any other error.
+    let mut manager_config = ManagerConfig::default();
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
     let timeout = Some(args.timeout());
     Pool::builder(manager)
         .max_size(args.db_pool_size as usize)
