@@ -247,7 +247,7 @@ pub struct Report {
     pub unlogged: usize,
     /// Log lines for tasks that were never accepted.
     pub unknown_lines: usize,
-    /// Rows still `queued` or `processing`.
+    /// Rows still `queued` or `processing`, or finished without their "logged" mark.
     pub stuck: usize,
     /// Pending entries in the group.
     pub pending: usize,
@@ -510,7 +510,8 @@ impl FaultEnv {
             }
         }
         report.unknown_lines = per_task.keys().filter(|id| !rows.contains_key(*id)).count();
-        report.stuck = rows.values().filter(|t| !t.status.is_finished()).count();
+        // Settled means finished and recorded as logged (the mark may trail the line by a sweep).
+        report.stuck = rows.values().filter(|t| !t.status.is_finished() || t.logged_at.is_none()).count();
         report.pending = self.pending().await.unwrap_or(usize::MAX);
         report.stray_files = list_files(&self.upload_dir).len();
         Ok(report)

@@ -30,7 +30,25 @@ const MIGRATION_LOCK_KEY: i64 = 0x6d64_355f_6d69_6772; // "md5_migr"
 /// Builds the pool: at most `db_pool_size` connections, each tagged with `application_name`,
 /// and no wait (for a connection or a free slot) longer than `db_timeout_ms`.
 pub fn build_pool(args: &DatabaseArgs, application_name: &str) -> anyhow::Result<Pool> {
-    let url = connection_url(&args.database_url, application_name, args.timeout());
+    build_pool_with(args, application_name, false)
+}
+
+/// A pool whose transactions commit without waiting for the WAL flush
+/// (`synchronous_commit=off`). Only for state that is safe to lose in a Postgres crash because
+/// it is rebuilt from durable state: a worker's claim and lease, and the "logged" mark.
+pub fn build_bookkeeping_pool(args: &DatabaseArgs, application_name: &str) -> anyhow::Result<Pool> {
+    build_pool_with(args, application_name, true)
+}
+
+fn build_pool_with(
+    args: &DatabaseArgs,
+    application_name: &str,
+    asynchronous_commit: bool,
+) -> anyhow::Result<Pool> {
+    let mut url = connection_url(&args.database_url, application_name, args.timeout());
+    if asynchronous_commit {
+        url.push_str("&options=-c%20synchronous_commit%3Doff");
+    }
     // No test query on every checkout (a round trip per query otherwise): a connection whose
     // server went away is closed, is not recycled, and its first use fails like any other error.
     let mut manager_config = ManagerConfig::default();

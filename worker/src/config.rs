@@ -57,7 +57,7 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
 
     /// Test builds only: abort the process at this step of a job (`after_claim`, `after_hash`,
-    /// `after_commit`, `after_log`, `before_ack`), as `kill -9` would.
+    /// `after_commit`, `after_log`, `before_ack`, `before_mark`), as `kill -9` would.
     #[cfg(feature = "fault-injection")]
     #[arg(long, env = "FAULT_CRASH_AT", hide = true)]
     pub fault_crash_at: Option<String>,

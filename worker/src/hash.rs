@@ -6,8 +6,10 @@ use std::path::Path;
 
 use md5::{Digest as _, Md5};
 
-/// Read size: large enough that syscalls vanish next to the hash itself.
-const READ_BUFFER_BYTES: usize = 1024 * 1024;
+/// Read size. Measured on the 2-core machine (1 GiB in page cache, md-5 0.10 asm): 64 KiB reads
+/// hash at ~514 MB/s, 1 MiB reads at ~399 MB/s, because a buffer that outgrows the L2 cache is
+/// evicted between the copy from the page cache and the hash.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The MD5 of the file at `path` as 32 lowercase hex digits, and the bytes read.
 /// Blocking: call it from `spawn_blocking`.

@@ -28,8 +28,11 @@ const RETRY_FOR: Duration = Duration::from_secs(120);
 pub struct JobContext {
     /// Settings.
     pub config: Config,
-    /// Postgres.
+    /// Postgres, for durable state: the result.
     pub pool: Pool,
+    /// Postgres with asynchronous commit, for state rebuilt after a crash: claims, leases and
+    /// the "logged" mark (see `shared::db::build_bookkeeping_pool`).
+    pub bookkeeping: Pool,
     /// Redis commands.
     pub jobs: JobsHandle,
     /// The results log.
@@ -64,7 +67,7 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
     };
     let lease = ctx.config.claim_idle();
     let claimed = retry(ctx, "claim the task", || async {
-        let mut conn = connection(&ctx.pool).await?;
+        let mut conn = connection(&ctx.bookkeeping).await?;
         anyhow::Ok(queries::claim_task(&mut conn, job.task_id, &ctx.consumer, lease).await?)
     })
     .await?;
@@ -165,16 +168,19 @@ async fn finish(ctx: &JobContext, delivery: &Delivery, task: &Task, recovering: 
         tracing::info!("the task's log line was already written; not writing it again");
     }
     crate::fault::point(&ctx.config, "after_log");
-    retry(ctx, "record the log line", || async {
-        let mut conn = connection(&ctx.pool).await?;
-        anyhow::Ok(queries::mark_logged(&mut conn, task.task_id).await?)
-    })
-    .await?;
     // The file goes before the acknowledgement: a crash between the two redelivers the job,
     // which deletes it again (a no-op), rather than leaving a file nobody will delete.
     remove_upload(ctx, task).await;
     crate::fault::point(&ctx.config, "before_ack");
     retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await?;
+    crate::fault::point(&ctx.config, "before_mark");
+    // Last, and without waiting for the WAL flush: if this mark is lost, the sweeper finds the
+    // task finished but unmarked, re-enqueues it, and the log search finds its line.
+    retry(ctx, "record the log line", || async {
+        let mut conn = connection(&ctx.bookkeeping).await?;
+        anyhow::Ok(queries::mark_logged(&mut conn, task.task_id).await?)
+    })
+    .await?;
     Ok(())
 }
 
@@ -205,7 +211,7 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
             result = &mut hashing => break result,
             _ = heartbeat.tick() => {
                 let lease = ctx.config.claim_idle();
-                let extended = match connection(&ctx.pool).await {
+                let extended = match connection(&ctx.bookkeeping).await {
                     Ok(mut conn) => queries::extend_lease(&mut conn, task.task_id, &ctx.consumer, lease).await.unwrap_or(true),
                     Err(_) => true,
                 };

@@ -42,6 +42,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     // Each job holds at most one connection at a time; the heartbeat and sweeper need a couple more.
     pool_args.db_pool_size = pool_args.db_pool_size.max(concurrency as u32 + 2);
     let pool = shared::db::build_pool(&pool_args, "md5-worker")?;
+    let bookkeeping = shared::db::build_bookkeeping_pool(&pool_args, "md5-worker")?;
     let block = Duration::from_millis(config.read_block_ms);
     let mut jobs = Jobs::new(&config.redis.redis_url, &config.stream, consumer.clone(), block)?;
     let log = ResultsLog::open(&config.log_file)
@@ -50,6 +51,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let ctx = Arc::new(JobContext {
         config: config.clone(),
         pool,
+        bookkeeping,
         jobs: jobs.commands(),
         log,
         consumer: consumer.clone(),

@@ -511,16 +511,27 @@ fn machine() -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let smoke = std::env::args().any(|arg| arg == "--smoke");
+    // `--only N` runs scenario N alone (for profiling); it writes nothing.
+    let only: Option<u32> = std::env::args().skip_while(|arg| arg != "--only").nth(1).and_then(|n| n.parse().ok());
+    let wanted = |n: u32| only.is_none_or(|only| only == n);
     let sizes = if smoke { &SMOKE } else { &FULL };
     let root = std::env::temp_dir().join(format!("md5-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&root)?;
     let started = Instant::now();
     let mut rows = Vec::new();
     let result = async {
-        large_file(&root, sizes, &mut rows).await.context("scenario 1, large file")?;
-        small_files(&root, sizes, &mut rows).await.context("scenario 2, many small files")?;
-        memory(&root, sizes, &mut rows).await.context("scenario 3, memory")?;
-        scaling(&root, sizes, &mut rows).await.context("scenario 4, scaling")?;
+        if wanted(1) {
+            large_file(&root, sizes, &mut rows).await.context("scenario 1, large file")?;
+        }
+        if wanted(2) {
+            small_files(&root, sizes, &mut rows).await.context("scenario 2, many small files")?;
+        }
+        if wanted(3) {
+            memory(&root, sizes, &mut rows).await.context("scenario 3, memory")?;
+        }
+        if wanted(4) {
+            scaling(&root, sizes, &mut rows).await.context("scenario 4, scaling")?;
+        }
         anyhow::Ok(())
     }
     .await;
@@ -529,6 +540,9 @@ async fn main() -> anyhow::Result<()> {
     let table = table(&rows);
     println!("{table}");
     println!("finished in {:.0} s", started.elapsed().as_secs_f64());
+    if only.is_some() {
+        return Ok(());
+    }
     if smoke {
         println!("bench smoke: every scenario ran and every task finished with the right MD5");
         return Ok(());

@@ -51,8 +51,9 @@ async fn a_worker_killed_mid_hash_has_its_job_finished_by_another() {
 async fn a_worker_killed_at_any_step_boundary_leaves_one_result_and_one_line() {
     let env = FaultEnv::start(&[("WORKER_CONCURRENCY", "1")]).await.unwrap();
     let mut expected = HashMap::new();
-    for (n, step) in
-        ["after_claim", "after_hash", "after_commit", "after_log", "before_ack"].iter().enumerate()
+    for (n, step) in ["after_claim", "after_hash", "after_commit", "after_log", "before_ack", "before_mark"]
+        .iter()
+        .enumerate()
     {
         let worker = env.spawn_worker(&[("FAULT_CRASH_AT", step)]).unwrap();
         let bytes = random_bytes(10_000 + n, n as u64);
@@ -225,7 +226,17 @@ async fn a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing
     let env = FaultEnv::start(&[]).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     env.spawn_worker(&[]).unwrap();
-    let uploads = env.upload_many(2000, 16, 9);
+    // At least 2,000 uploads, and as many more as it takes for two full rounds of faults.
+    let faults_applied = std::sync::atomic::AtomicUsize::new(0);
+    let uploads = async {
+        let mut expected = HashMap::new();
+        let mut batch = 0;
+        while expected.len() < 2000 || faults_applied.load(std::sync::atomic::Ordering::SeqCst) < 6 {
+            expected.extend(env.upload_many(250, 16, 100 + batch).await);
+            batch += 1;
+        }
+        expected
+    };
     tokio::pin!(uploads);
     let mut rng_state: u64 = 0x2545_F491_4F6C_DD1D;
     let mut recoveries: Vec<(&str, Duration)> = Vec::new();
@@ -233,7 +244,7 @@ async fn a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing
     let expected = loop {
         tokio::select! {
             expected = &mut uploads => break expected,
-            () = tokio::time::sleep(Duration::from_millis(1500)) => {}
+            () = tokio::time::sleep(Duration::from_millis(1000)) => {}
         }
         rng_state ^= rng_state << 13;
         rng_state ^= rng_state >> 7;
@@ -271,6 +282,7 @@ async fn a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing
         if recovered.is_ok() {
             recoveries.push((fault, started.elapsed()));
         }
+        faults_applied.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     };
     let report = env.check("soak with chaos", &expected, Duration::from_secs(120)).await;
     for (fault, took) in &recoveries {
@@ -284,6 +296,6 @@ async fn a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing
         report.duplicated,
         report.stuck
     );
-    assert!(recoveries.len() >= 3, "the chaos loop applied every kind of fault");
+    assert!(recoveries.len() >= 6, "every kind of fault was applied twice, and progress resumed after each");
     assert_clean(&report);
 }
