@@ -512,7 +512,8 @@ fn machine() -> String {
 async fn main() -> anyhow::Result<()> {
     let smoke = std::env::args().any(|arg| arg == "--smoke");
     // `--only N` runs scenario N alone (for profiling); it writes nothing.
-    let only: Option<u32> = std::env::args().skip_while(|arg| arg != "--only").nth(1).and_then(|n| n.parse().ok());
+    let only: Option<u32> =
+        std::env::args().skip_while(|arg| arg != "--only").nth(1).and_then(|n| n.parse().ok());
     let wanted = |n: u32| only.is_none_or(|only| only == n);
     let sizes = if smoke { &SMOKE } else { &FULL };
     let root = std::env::temp_dir().join(format!("md5-bench-{}", uuid::Uuid::new_v4().simple()));
