@@ -28,9 +28,6 @@ use tower_http::trace::TraceLayer;
 pub use config::Config;
 use state::AppState;
 
-/// How long start-up keeps retrying a Postgres that is not up yet, so any start order works.
-const STARTUP_DB_RETRY: Duration = Duration::from_secs(60);
-
 /// Serves the api on `listener` until `shutdown` completes, then lets in-flight requests finish
 /// (at most `SHUTDOWN_GRACE_SECONDS`).
 pub async fn run(
@@ -40,7 +37,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.storage.upload_dir)
         .with_context(|| format!("cannot create UPLOAD_DIR {}", config.storage.upload_dir.display()))?;
-    migrate_with_retry(&config).await?;
+    shared::db::run_migrations_when_ready(&config.database, "md5-api").await?;
     let _ = shared::telemetry::metrics();
     let pool = shared::db::build_pool(&config.database, "md5-api")?;
     let queue = queue::JobQueue::new(&config.redis.redis_url, config.stream.jobs_stream.clone())?;
@@ -80,18 +77,4 @@ pub fn app(state: AppState) -> axum::Router {
             tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request.id = request_id)
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-}
-
-async fn migrate_with_retry(config: &Config) -> anyhow::Result<()> {
-    let started = tokio::time::Instant::now();
-    loop {
-        match shared::db::run_migrations(&config.database, "md5-api").await {
-            Ok(()) => return Ok(()),
-            Err(err) if started.elapsed() < STARTUP_DB_RETRY => {
-                tracing::warn!(error = format!("{err:#}"), "Postgres not ready; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(err) => return Err(err),
-        }
-    }
 }

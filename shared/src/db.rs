@@ -88,6 +88,25 @@ pub async fn run_migrations(args: &DatabaseArgs, application_name: &str) -> anyh
     .context("migration thread panicked")?
 }
 
+/// How long start-up keeps retrying a Postgres that is not up yet, so any start order works.
+const STARTUP_RETRY: Duration = Duration::from_secs(60);
+
+/// [`run_migrations`], retried every second for up to a minute while Postgres is not up yet,
+/// so the processes of a deployment can start in any order.
+pub async fn run_migrations_when_ready(args: &DatabaseArgs, application_name: &str) -> anyhow::Result<()> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match run_migrations(args, application_name).await {
+            Ok(()) => return Ok(()),
+            Err(err) if started.elapsed() < STARTUP_RETRY => {
+                tracing::warn!(error = format!("{err:#}"), "Postgres not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Adds `application_name` and a connect timeout to `database_url` unless it sets them itself.
 fn connection_url(database_url: &str, application_name: &str, timeout: Duration) -> String {
     let mut url = database_url.to_owned();

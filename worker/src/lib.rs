@@ -26,15 +26,12 @@ use job::JobContext;
 use results_log::ResultsLog;
 use stream::Jobs;
 
-/// How long start-up keeps retrying a Postgres that is not up yet, so any start order works.
-const STARTUP_DB_RETRY: Duration = Duration::from_secs(60);
-
 /// Runs the worker until `shutdown` completes, then stops reading, lets in-flight jobs finish
 /// for at most `SHUTDOWN_GRACE_SECONDS`, and returns. Jobs still running then stay pending in
 /// the group and are taken over by another worker.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let consumer = config.consumer();
-    migrate_with_retry(&config).await?;
+    shared::db::run_migrations_when_ready(&config.database, "md5-worker").await?;
     let concurrency = config.concurrency();
     // Install the recorder before any job records a metric.
     let _ = shared::telemetry::metrics();
@@ -193,18 +190,4 @@ async fn pause(stop: &CancellationToken, backoff: &mut Duration) {
         () = stop.cancelled() => {}
     }
     *backoff = (*backoff * 2).min(Duration::from_secs(5));
-}
-
-async fn migrate_with_retry(config: &Config) -> anyhow::Result<()> {
-    let started = tokio::time::Instant::now();
-    loop {
-        match shared::db::run_migrations(&config.database, "md5-worker").await {
-            Ok(()) => return Ok(()),
-            Err(err) if started.elapsed() < STARTUP_DB_RETRY => {
-                tracing::warn!(error = format!("{err:#}"), "Postgres not ready; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(err) => return Err(err),
-        }
-    }
 }
