@@ -3,8 +3,18 @@
 #   docker build -f deploy/api.Dockerfile -t md5-api .
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-COPY . .
-# Registry and target caches survive between builds, so a source edit rebuilds only our crates.
+# Only the api and shared crates' sources and the web page enter this image. Cargo still needs
+# every workspace member's manifest; the others get empty stand-in sources, never compiled.
+COPY Cargo.toml Cargo.lock ./
+COPY worker/Cargo.toml worker/Cargo.toml
+COPY integration-tests/Cargo.toml integration-tests/Cargo.toml
+RUN mkdir -p worker/src integration-tests/src \
+    && touch worker/src/lib.rs integration-tests/src/lib.rs
+COPY shared shared
+COPY web web
+COPY api api
+# Registry and target caches survive between builds: dependencies are compiled once, and a
+# source edit rebuilds only our crates.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p api --bin md5-api \

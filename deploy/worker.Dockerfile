@@ -3,8 +3,17 @@
 #   docker build -f deploy/worker.Dockerfile -t md5-worker .
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
-COPY . .
-# Registry and target caches survive between builds, so a source edit rebuilds only our crates.
+# Only the worker and shared crates' sources enter this image. Cargo still needs every
+# workspace member's manifest; the others get empty stand-in sources, never compiled.
+COPY Cargo.toml Cargo.lock ./
+COPY api/Cargo.toml api/Cargo.toml
+COPY integration-tests/Cargo.toml integration-tests/Cargo.toml
+RUN mkdir -p api/src integration-tests/src \
+    && touch api/src/lib.rs integration-tests/src/lib.rs
+COPY shared shared
+COPY worker worker
+# Registry and target caches survive between builds: dependencies are compiled once, and a
+# source edit rebuilds only our crates.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p worker --bin md5-worker \
@@ -16,5 +25,4 @@ RUN groupadd --system --gid 10001 md5 && useradd --system --uid 10001 --gid 1000
 COPY --from=build /usr/local/bin/md5-worker /usr/local/bin/md5-worker
 USER 10001:10001
 ENV UPLOAD_DIR=/data/uploads LOG_FILE=/data/log/md5.log
-
 ENTRYPOINT ["/usr/local/bin/md5-worker"]

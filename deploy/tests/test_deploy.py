@@ -91,10 +91,19 @@ class Compose(unittest.TestCase):
 
 
 class Dockerfiles(unittest.TestCase):
-    def test_worker_image_builds_only_the_worker_package(self):
+    def test_worker_image_builds_only_from_the_worker_and_shared_sources(self):
         text = (DEPLOY / "worker.Dockerfile").read_text()
         self.assertIn("-p worker --bin md5-worker", text)
         self.assertNotIn("-p api", text)
+        copied = re.findall(r"^COPY (?!--from)(\S+)", text, flags=re.M)
+        sources = {c for c in copied if not c.endswith(("Cargo.toml", "Cargo.lock"))}
+        self.assertEqual(sources, {"shared", "worker"})
+
+    def test_api_image_builds_only_from_the_api_shared_and_web_sources(self):
+        text = (DEPLOY / "api.Dockerfile").read_text()
+        copied = re.findall(r"^COPY (?!--from)(\S+)", text, flags=re.M)
+        sources = {c for c in copied if not c.endswith(("Cargo.toml", "Cargo.lock"))}
+        self.assertEqual(sources, {"shared", "api", "web"})
 
     def test_runtime_stage_is_slim_and_runs_unprivileged(self):
         for name in ["api.Dockerfile", "worker.Dockerfile"]:
