@@ -130,28 +130,6 @@ pub async fn complete_task(
     .optional()
 }
 
-/// Marks a task `failed` without a worker holding it (a job delivered too many times).
-/// Only an unfinished task changes; returns the finished row, or `None` if it was already finished.
-pub async fn fail_unfinished_task(
-    conn: &mut AsyncPgConnection,
-    task_id: Uuid,
-    error: &str,
-) -> QueryResult<Option<Task>> {
-    diesel::update(
-        dsl::md5_tasks.find(task_id).filter(dsl::status.eq_any([TaskStatus::Queued, TaskStatus::Processing])),
-    )
-    .set((
-        dsl::status.eq(TaskStatus::Failed),
-        dsl::error.eq(error),
-        dsl::finished_at.eq(now.into_sql::<Timestamptz>().nullable()),
-        dsl::lease_until.eq(None::<DateTime<Utc>>),
-    ))
-    .returning(Task::as_returning())
-    .get_result(conn)
-    .await
-    .optional()
-}
-
 /// Records that the task's line is in the results log.
 pub async fn mark_logged(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<()> {
     diesel::update(dsl::md5_tasks.find(task_id).filter(dsl::logged_at.is_null()))
