@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+
+use crate::body::BodyBounds;
 use shared::config::{DatabaseArgs, RedisArgs, StorageArgs, StreamArgs, TelemetryArgs};
 
 /// Default listen address.
@@ -28,7 +30,8 @@ pub struct Config {
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_upload_bytes: u64,
 
-    /// When set, every /api/ and /hashes route needs `Authorization: Bearer <key>`.
+    /// When set, every /api/ and /hashes route needs `Authorization: Bearer <key>`. An empty
+    /// value counts as unset (no authentication), and the api warns about it at start.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
@@ -51,6 +54,25 @@ pub struct Config {
     /// Most uploads streamed at once; further uploads get 503 with Retry-After.
     #[arg(long, env = "MAX_CONCURRENT_UPLOADS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_uploads: u32,
+
+    /// Most uploads streamed at once from one client address (default: three quarters of
+    /// MAX_CONCURRENT_UPLOADS, so one client never holds every slot); more get 503.
+    #[arg(long, env = "MAX_UPLOADS_PER_CLIENT", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_uploads_per_client: Option<u32>,
+
+    /// Slowest accepted upload, in bytes per second averaged over UPLOAD_RATE_WINDOW_SECONDS; a
+    /// slower body is cut with 408 and cleaned up (0 disables the check).
+    #[arg(long, env = "MIN_UPLOAD_BYTES_PER_SECOND", default_value_t = 1024)]
+    pub min_upload_bytes_per_second: u64,
+
+    /// The window, in seconds, over which MIN_UPLOAD_BYTES_PER_SECOND is measured.
+    #[arg(long, env = "UPLOAD_RATE_WINDOW_SECONDS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub upload_rate_window_seconds: u64,
+
+    /// Most open client connections; further connections wait in the listen backlog until one
+    /// closes. Lowered at start to fit the process's open-file limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
 
     /// Seconds in-flight requests get to finish after SIGTERM before the api exits anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
@@ -78,8 +100,24 @@ pub struct Config {
 }
 
 impl Config {
-    /// The body idle timeout as a `Duration`.
-    pub fn body_idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.body_idle_timeout_seconds)
+    /// The bounds every upload body is read under.
+    pub fn body_bounds(&self) -> BodyBounds {
+        BodyBounds {
+            idle: Duration::from_secs(self.body_idle_timeout_seconds),
+            min_bytes_per_second: self.min_upload_bytes_per_second,
+            rate_window: Duration::from_secs(self.upload_rate_window_seconds),
+        }
+    }
+
+    /// The API key, if authentication is on: an empty `API_KEY` means none.
+    pub fn api_key(&self) -> Option<&str> {
+        self.api_key.as_deref().filter(|key| !key.is_empty())
+    }
+
+    /// Uploads one client address may stream at once.
+    pub fn uploads_per_client(&self) -> u32 {
+        self.max_uploads_per_client
+            .unwrap_or_else(|| (self.max_concurrent_uploads * 3 / 4).max(1))
+            .min(self.max_concurrent_uploads)
     }
 }

@@ -19,6 +19,9 @@ pub enum ApiError {
         /// The configured limit.
         limit: u64,
     },
+    /// The body stalled, or arrived slower than the configured minimum rate.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// Unknown task id, or not a UUID.
     #[error("task {0} was not found")]
     NotFound(String),
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -74,6 +78,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported-media-type",
             ApiError::BadRequest(_) => "bad-request",
             ApiError::PayloadTooLarge { .. } => "payload-too-large",
+            ApiError::RequestTimeout(_) => "request-timeout",
             ApiError::NotFound(_) => "not-found",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Unavailable(_) => "service-unavailable",

@@ -3,6 +3,7 @@
 //! It writes uploads to `UPLOAD_DIR`, rows to Postgres and jobs to the Redis stream; it never
 //! reads the stream and never hashes: that is the worker's job.
 
+pub mod body;
 pub mod config;
 pub mod error;
 pub mod notify;
@@ -10,6 +11,7 @@ pub mod openapi;
 pub mod queue;
 pub mod routes;
 pub mod serve;
+pub mod slots;
 pub mod state;
 pub mod upload;
 
@@ -37,6 +39,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.storage.upload_dir)
         .with_context(|| format!("cannot create UPLOAD_DIR {}", config.storage.upload_dir.display()))?;
+    if config.api_key.as_deref() == Some("") {
+        tracing::warn!("API_KEY is set but empty: authentication is off (unset it, or give it a value)");
+    }
     shared::db::run_migrations_when_ready(&config.database, "md5-api").await?;
     let _ = shared::telemetry::metrics();
     let pool = shared::db::build_pool(&config.database, "md5-api")?;
@@ -44,27 +49,38 @@ pub async fn run(
     let stop_listening = CancellationToken::new();
     let finished =
         notify::FinishedTasks::listen(config.database.database_url.clone(), stop_listening.clone());
-    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    upload::spawn_part_janitor(
+        config.storage.upload_dir.clone(),
+        config.body_bounds().idle,
+        stop_listening.clone(),
+    );
+    let options = serve::ServeOptions {
+        header_timeout: Duration::from_secs(config.header_timeout_seconds),
+        grace: Duration::from_secs(config.shutdown_grace_seconds),
+        max_connections: config.max_connections,
+    };
     let state = AppState {
-        upload_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads as usize)),
+        upload_slots: slots::UploadSlots::new(config.max_concurrent_uploads, config.uploads_per_client()),
         config: Arc::new(config),
         pool,
         queue,
         finished,
     };
-    let header_timeout = Duration::from_secs(state.config.header_timeout_seconds);
     let app = app(state);
     tracing::info!(addr = %listener.local_addr()?, "md5-api listening");
-    serve::serve(listener, app, header_timeout, grace, shutdown).await;
+    serve::serve(listener, app, options, shutdown).await;
     stop_listening.cancel();
     Ok(())
 }
 
-/// The router with its middleware: request ids, tracing, panic safety.
+/// The router with its middleware: request ids, tracing, panic safety, problem+json for every
+/// error, browser security headers.
 pub fn app(state: AppState) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
-    routes::router(state)
+    let router = routes::router(state)
         .merge(openapi::swagger_ui())
+        .layer(axum::middleware::from_fn(routes::problem_for_bare_errors));
+    routes::with_security_headers(router)
         .layer(axum::middleware::from_fn(routes::metrics::track_requests))
         .layer(CatchPanicLayer::new())
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

@@ -1,58 +1,276 @@
-//! The HTTP server loop: hyper with a header-read timeout (a client that never finishes its
-//! headers is cut off without holding anything), graceful shutdown with a bounded grace period.
+//! The HTTP server loop: hyper with bounds on everything a connection can hold, and graceful
+//! shutdown with a bounded grace period.
+//!
+//! - At most `MAX_CONNECTIONS` connections are open; more wait in the listen backlog.
+//! - A connection must complete its first request head within `HEADER_TIMEOUT_SECONDS` of being
+//!   accepted, whatever it sends (nothing, half a request line, an HTTP/2 preface); hyper's own
+//!   header timeout then covers every later request on an HTTP/1 connection, and HTTP/2 pings
+//!   close a connection whose peer stops answering.
+//! - Read buffers and HTTP/2 flow-control windows are small, so a connection that sends faster
+//!   than its upload is written holds at most a few hundred KiB.
 
 use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use axum::body::Body;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
+use tower::ServiceExt as _;
 
-/// Serves `app` until `shutdown` completes, then waits up to `grace` for open connections.
+/// The address of the client a request came from, put into every request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// Largest HTTP/1 read buffer: request heads must fit, and body chunks are at most this big.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// HTTP/2 per-stream flow-control window: what a client may send ahead of the upload's writes.
+pub const H2_STREAM_WINDOW_BYTES: u32 = 256 * 1024;
+/// HTTP/2 per-connection flow-control window.
+pub const H2_CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+/// Most concurrent HTTP/2 streams on one connection.
+pub const H2_MAX_STREAMS: u32 = 32;
+/// Largest HTTP/2 header list.
+pub const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// File descriptors kept free for everything but client connections (files, Postgres, Redis).
+const RESERVED_FDS: u64 = 256;
+
+/// What [`serve`] needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Time a new connection has to complete its first request head; also hyper's header timeout.
+    pub header_timeout: Duration,
+    /// Time in-flight requests get after shutdown begins.
+    pub grace: Duration,
+    /// Most open connections.
+    pub max_connections: u32,
+}
+
+/// Serves `app` until `shutdown` completes, then waits up to `options.grace` for open connections.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
-    header_timeout: Duration,
-    grace: Duration,
+    options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
+    let max_connections = fit_to_open_file_limit(options.max_connections);
+    let connections = Arc::new(Semaphore::new(max_connections as usize));
+    let header_timeout = options.header_timeout;
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(READ_BUFFER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
+        .keep_alive_interval(Some(header_timeout))
+        .keep_alive_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
+    let mut accept_backoff = Duration::from_millis(10);
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(err) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    if let Err(err) = connection.await {
-                        tracing::debug!(error = %err, "connection closed with an error");
-                    }
-                });
-            }
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the connection semaphore is never closed"),
             () = &mut shutdown => break,
-        }
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %err, backoff_ms = accept_backoff.as_millis() as u64, "accept failed");
+                    tokio::time::sleep(accept_backoff).await;
+                    accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        accept_backoff = Duration::from_millis(10);
+        let _ = stream.set_nodelay(true);
+        let client = ClientAddr(peer.ip().to_canonical());
+        let request_seen = Arc::new(RequestSeen::default());
+        let service = {
+            let request_seen = request_seen.clone();
+            let app = app.clone();
+            hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                request_seen.mark();
+                request.extensions_mut().insert(client);
+                app.clone().oneshot(request.map(Body::new))
+            })
+        };
+        let io = ProblemOnRefusal::new(stream, request_seen.clone());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let first_head = async {
+                if tokio::time::timeout(header_timeout, request_seen.notify.notified()).await.is_ok() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                result = connection => if let Err(err) = result {
+                    tracing::debug!(error = %err, "connection closed with an error");
+                },
+                () = first_head => {
+                    tracing::debug!(client.addr = %client.0, "closed a connection that sent no request head in time");
+                }
+            }
+        });
     }
     drop(listener);
     tracing::info!("shutting down: finishing in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(grace_seconds = grace.as_secs(), "in-flight requests outlived the grace period");
+        () = tokio::time::sleep(options.grace) => {
+            tracing::warn!(grace_seconds = options.grace.as_secs(), "in-flight requests outlived the grace period");
         }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, and lowers `wanted` so that the connections
+/// and [`RESERVED_FDS`] fit under it: the api then never reaches `EMFILE` on accept.
+fn fit_to_open_file_limit(wanted: u32) -> u32 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => limit = getrlimit(Resource::Nofile),
+            Err(err) => tracing::warn!(error = %err, "cannot raise the open-file limit"),
+        }
+    }
+    let Some(current) = limit.current else { return wanted };
+    let fits = current.saturating_sub(RESERVED_FDS).max(16);
+    if u64::from(wanted) > fits {
+        tracing::warn!(
+            connections.wanted = wanted,
+            connections.max = fits,
+            open_files.limit = current,
+            "MAX_CONNECTIONS lowered to fit the open-file limit"
+        );
+        return fits as u32;
+    }
+    wanted
+}
+
+/// Whether a connection has delivered a request head to the service yet.
+#[derive(Debug, Default)]
+struct RequestSeen {
+    seen: AtomicBool,
+    notify: Notify,
+}
+
+impl RequestSeen {
+    fn mark(&self) {
+        self.seen.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+}
+
+/// The connection's socket, except that the bare error response hyper writes by itself when it
+/// refuses a request before any reached the service (a request line it cannot parse, a head
+/// larger than [`READ_BUFFER_BYTES`], a URI past its limit) goes out as problem+json, like
+/// every other error of the api. hyper closes the connection after such a response.
+struct ProblemOnRefusal {
+    inner: TcpStream,
+    request_seen: Arc<RequestSeen>,
+    /// The problem response being written in place of hyper's, and how much of it is out.
+    replacement: Option<(Vec<u8>, usize)>,
+    /// The replacement is out: whatever hyper still writes of its own response is dropped.
+    replaced: bool,
+}
+
+impl ProblemOnRefusal {
+    fn new(inner: TcpStream, request_seen: Arc<RequestSeen>) -> Self {
+        ProblemOnRefusal { inner, request_seen, replacement: None, replaced: false }
+    }
+
+    /// hyper's status line, if `buf` starts an error response of its own.
+    fn refusal_status(&self, buf: &[u8]) -> Option<axum::http::StatusCode> {
+        if self.request_seen.seen.load(Ordering::Acquire) || !buf.starts_with(b"HTTP/1.") {
+            return None;
+        }
+        let code = std::str::from_utf8(buf.get(9..12)?).ok()?.parse().ok()?;
+        axum::http::StatusCode::from_u16(code)
+            .ok()
+            .filter(|status| status.is_client_error() || status.is_server_error())
+    }
+}
+
+fn problem_response(status: axum::http::StatusCode) -> Vec<u8> {
+    let problem = crate::error::Problem {
+        kind: format!("/problems/http-{}", status.as_u16()),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail: "the request could not be read: its head is malformed or too large".to_owned(),
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    let mut response = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        problem.title,
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(&body);
+    response
+}
+
+impl AsyncRead for ProblemOnRefusal {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ProblemOnRefusal {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.replaced {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        if this.replacement.is_none()
+            && let Some(status) = this.refusal_status(buf)
+        {
+            this.replacement = Some((problem_response(status), 0));
+        }
+        let Some((bytes, written)) = this.replacement.as_mut() else {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        };
+        while *written < bytes.len() {
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        this.replacement = None;
+        this.replaced = true;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

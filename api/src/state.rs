@@ -2,11 +2,10 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
-
 use crate::config::Config;
 use crate::notify::FinishedTasks;
 use crate::queue::JobQueue;
+use crate::slots::UploadSlots;
 use shared::db::Pool;
 
 /// Shared handler state.
@@ -20,6 +19,7 @@ pub struct AppState {
     pub queue: JobQueue,
     /// Wakes `?wait=` requests when a task finishes.
     pub finished: FinishedTasks,
-    /// One permit per upload being streamed, capped at `MAX_CONCURRENT_UPLOADS`.
-    pub upload_slots: Arc<Semaphore>,
+    /// One slot per upload being streamed: `MAX_CONCURRENT_UPLOADS` in all,
+    /// `MAX_UPLOADS_PER_CLIENT` per client address.
+    pub upload_slots: UploadSlots,
 }

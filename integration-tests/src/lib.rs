@@ -5,6 +5,7 @@
 //! Postgres and Redis are the local ones unless `TEST_DATABASE_URL` (a URL of a database the
 //! tests may create databases from) and `TEST_REDIS_URL` say otherwise.
 
+pub mod api_process;
 pub mod fault;
 
 use std::path::{Path, PathBuf};
@@ -438,7 +439,7 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     })
 }
 
-fn replace_database(url: &str, database: &str) -> String {
+pub(crate) fn replace_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),

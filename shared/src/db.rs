@@ -92,18 +92,53 @@ pub async fn run_migrations(args: &DatabaseArgs, application_name: &str) -> anyh
 const STARTUP_RETRY: Duration = Duration::from_secs(60);
 
 /// [`run_migrations`], retried every second for up to a minute while Postgres is not up yet,
-/// so the processes of a deployment can start in any order.
+/// so the processes of a deployment can start in any order. An error that waiting cannot heal
+/// (a malformed URL, an unknown role or database, a refused password) fails at once.
 pub async fn run_migrations_when_ready(args: &DatabaseArgs, application_name: &str) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
+    let server = server_address(&args.database_url);
     loop {
         match run_migrations(args, application_name).await {
             Ok(()) => return Ok(()),
+            Err(err) if format!("{err:#}").contains("invalid connection string") => {
+                return Err(err.context(
+                    "DATABASE_URL is not a valid Postgres URL (postgres://user@host:port/database)",
+                ));
+            }
+            Err(err) if is_permanent(&err) => {
+                return Err(err.context(format!("Postgres at {server} refused DATABASE_URL")));
+            }
             Err(err) if started.elapsed() < STARTUP_RETRY => {
-                tracing::warn!(error = format!("{err:#}"), "Postgres not ready; retrying");
+                tracing::warn!(error = format!("{err:#}"), "Postgres at {server} not ready; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(err) => return Err(err),
+            Err(err) => {
+                return Err(err.context(format!(
+                    "Postgres at {server} did not answer for {} s",
+                    STARTUP_RETRY.as_secs()
+                )));
+            }
         }
+    }
+}
+
+/// True for connection errors that no amount of waiting heals.
+fn is_permanent(err: &anyhow::Error) -> bool {
+    let text = format!("{err:#}");
+    ["invalid configuration", "does not exist", "authentication failed", "no pg_hba.conf entry", "password"]
+        .iter()
+        .any(|needle| text.contains(needle))
+}
+
+/// `host:port` of a Postgres URL, for messages (never the password).
+pub fn server_address(database_url: &str) -> String {
+    let rest = database_url.split_once("://").map_or(database_url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    match host_port {
+        "" => "the default socket".to_owned(),
+        host if host.contains(':') && !host.ends_with(']') => host.to_owned(),
+        host => format!("{host}:5432"),
     }
 }
 
@@ -125,6 +160,13 @@ fn connection_url(database_url: &str, application_name: &str, timeout: Duration)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_address_names_host_and_port_and_never_the_password() {
+        assert_eq!(server_address("postgres://u:secret@db.example:6543/md5?x=1"), "db.example:6543");
+        assert_eq!(server_address("postgres://postgres@127.0.0.1/md5"), "127.0.0.1:5432");
+        assert_eq!(server_address("postgres:///md5"), "the default socket");
+    }
 
     #[test]
     fn connection_url_keeps_what_the_user_set() {

@@ -1,15 +1,16 @@
 //! The older Python service's interface, kept byte-compatible for its existing clients.
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::error::{ApiError, Problem};
+use crate::serve::ClientAddr;
 use crate::state::AppState;
 use crate::upload;
 use shared::{TaskStatus, queries};
@@ -46,8 +47,9 @@ pub struct NotFoundDetail {
     request_body(content = crate::openapi::UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "Stored and queued", body = CreatedTask),
-        (status = 400, description = "No `file` part, malformed multipart, or a body that stalled", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No `file` part, or malformed multipart", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body stalled for BODY_IDLE_TIMEOUT_SECONDS or arrived slower than MIN_UPLOAD_BYTES_PER_SECOND", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than MAX_UPLOAD_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Postgres unreachable or too many uploads in progress", body = Problem, content_type = "application/problem+json"),
@@ -57,10 +59,18 @@ pub struct NotFoundDetail {
 )]
 pub async fn create_hash(
     State(state): State<AppState>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<CreatedTask>, ApiError> {
-    let task = upload::receive(&state, &headers, body, super::request_id(&headers)).await?;
+    let task = upload::receive(
+        &state,
+        &headers,
+        body,
+        super::request_id(&headers),
+        client.map(|Extension(ClientAddr(ip))| ip),
+    )
+    .await?;
     Ok(Json(CreatedTask { task_id: task.task_id }))
 }
 

@@ -8,13 +8,14 @@ pub mod web;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use subtle::ConstantTimeEq as _;
+use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 
 /// Every route of the service.
@@ -43,12 +44,12 @@ async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.config.api_key {
+    if let Some(expected) = state.config.api_key() {
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or("");
         let matches: bool = presented.as_bytes().ct_eq(expected.as_bytes()).into();
         if !matches {
@@ -56,6 +57,64 @@ async fn require_api_key(
         }
     }
     Ok(next.run(request).await)
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110, section 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start())
+}
+
+/// Gives every error response that has no body of its own (axum's 404 for an unknown route and
+/// 405 for a wrong method, a layer's rejection) a problem+json body, keeping its headers.
+pub async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let detail = match status {
+        StatusCode::NOT_FOUND => "no resource at this path".to_owned(),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = response.headers().get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
+            format!("method {method} is not allowed here; allowed: {allowed}")
+        }
+        other => other.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let (mut parts, _) = response.into_parts();
+    let problem = Problem {
+        kind: format!("/problems/http-{}", status.as_u16()),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail,
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// The Content-Security-Policy of every response: the page and Swagger UI load scripts, styles,
+/// images and data from this origin only (Swagger UI's icons are `data:` images), and nothing
+/// may frame them.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+/// Adds browser security headers to every response of `router` (a handler's own value wins).
+pub fn with_security_headers(router: Router) -> Router {
+    let header = |name: &'static str, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(HeaderName::from_static(name), HeaderValue::from_static(value))
+    };
+    router
+        .layer(header("content-security-policy", CONTENT_SECURITY_POLICY))
+        .layer(header("x-content-type-options", "nosniff"))
+        .layer(header("x-frame-options", "DENY"))
+        .layer(header("referrer-policy", "no-referrer"))
 }
 
 /// The request id tower-http assigned (or the client sent), if it is printable.

@@ -2,17 +2,18 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use crate::error::{ApiError, Problem};
+use crate::serve::ClientAddr;
 use crate::state::AppState;
 use crate::upload;
 use shared::{Task, TaskStatus, queries};
@@ -83,8 +84,9 @@ impl From<Task> for TaskView {
     responses(
         (status = 202, description = "Stored and queued; the body is the task, `Location` its URL", body = TaskView,
             headers(("Location" = String, description = "/api/v1/hashes/{id}"))),
-        (status = 400, description = "No `file` part, malformed multipart, or a body that stalled", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No `file` part, or malformed multipart", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body stalled for BODY_IDLE_TIMEOUT_SECONDS or arrived slower than MIN_UPLOAD_BYTES_PER_SECOND", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than MAX_UPLOAD_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Postgres unreachable or too many uploads in progress", body = Problem, content_type = "application/problem+json",
@@ -95,10 +97,18 @@ impl From<Task> for TaskView {
 )]
 pub async fn create_hash(
     State(state): State<AppState>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let task = upload::receive(&state, &headers, body, super::request_id(&headers)).await?;
+    let task = upload::receive(
+        &state,
+        &headers,
+        body,
+        super::request_id(&headers),
+        client.map(|Extension(ClientAddr(ip))| ip),
+    )
+    .await?;
     let location = format!("/api/v1/hashes/{}", task.task_id);
     let mut response = (StatusCode::ACCEPTED, Json(TaskView::from(task))).into_response();
     response.headers_mut().insert(

@@ -189,6 +189,6 @@ async fn a_body_that_stalls_is_cut_off_and_leaves_nothing() {
     stream.write_all(raw_http::multipart_head("B").as_bytes()).await.unwrap();
     stream.write_all(&[7u8; 1000]).await.unwrap();
     let status = raw_http::status_of(&mut stream).await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 408);
     assert_nothing_left(&app).await;
 }

@@ -9,6 +9,7 @@ mod compat;
 mod edge;
 mod errors;
 mod faults;
+mod hostile;
 mod log_writers;
 mod raw_http;
 mod v1;

@@ -1,0 +1,110 @@
+//! Upload slots: at most `MAX_CONCURRENT_UPLOADS` uploads stream at once, and at most
+//! `MAX_UPLOADS_PER_CLIENT` of them from one client address, so one client (or one slow
+//! attacker) can never hold every slot.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// Why no slot was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefusal {
+    /// Every slot is taken.
+    Full,
+    /// This client address holds its share already.
+    ClientFull,
+}
+
+/// The slot table, shared by every request.
+#[derive(Debug, Clone)]
+pub struct UploadSlots {
+    inner: Arc<Mutex<Table>>,
+}
+
+#[derive(Debug)]
+struct Table {
+    total: u32,
+    per_client: u32,
+    in_use: u32,
+    by_client: HashMap<IpAddr, u32>,
+}
+
+/// One slot; given back on drop.
+#[derive(Debug)]
+pub struct UploadSlot {
+    slots: UploadSlots,
+    client: Option<IpAddr>,
+}
+
+impl UploadSlots {
+    /// `total` slots, at most `per_client` per address.
+    pub fn new(total: u32, per_client: u32) -> Self {
+        UploadSlots {
+            inner: Arc::new(Mutex::new(Table {
+                total,
+                per_client: per_client.min(total),
+                in_use: 0,
+                by_client: HashMap::new(),
+            })),
+        }
+    }
+
+    /// Takes a slot for `client` (unknown clients share only the global bound).
+    pub fn try_acquire(&self, client: Option<IpAddr>) -> Result<UploadSlot, SlotRefusal> {
+        let mut table = self.inner.lock().expect("slot table lock");
+        if table.in_use >= table.total {
+            return Err(SlotRefusal::Full);
+        }
+        if let Some(client) = client {
+            let per_client = table.per_client;
+            let held = table.by_client.entry(client).or_insert(0);
+            if *held >= per_client {
+                return Err(SlotRefusal::ClientFull);
+            }
+            *held += 1;
+        }
+        table.in_use += 1;
+        Ok(UploadSlot { slots: self.clone(), client })
+    }
+
+    /// Slots in use now.
+    pub fn in_use(&self) -> u32 {
+        self.inner.lock().expect("slot table lock").in_use
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut table = self.slots.inner.lock().expect("slot table lock");
+        table.in_use -= 1;
+        if let Some(client) = self.client
+            && let Some(held) = table.by_client.get_mut(&client)
+        {
+            *held -= 1;
+            if *held == 0 {
+                table.by_client.remove(&client);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_client_cannot_take_every_slot_and_slots_come_back_on_drop() {
+        let slots = UploadSlots::new(4, 3);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| slots.try_acquire(Some(a)).unwrap()).collect();
+        assert_eq!(slots.try_acquire(Some(a)).unwrap_err(), SlotRefusal::ClientFull);
+        let other = slots.try_acquire(Some(b)).unwrap();
+        assert_eq!(slots.try_acquire(Some(b)).unwrap_err(), SlotRefusal::Full);
+        drop(held);
+        assert_eq!(slots.in_use(), 1);
+        drop(other);
+        assert_eq!(slots.in_use(), 0);
+        assert!(slots.inner.lock().unwrap().by_client.is_empty(), "no entry outlives its slots");
+    }
+}
