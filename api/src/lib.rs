@@ -78,7 +78,12 @@ pub async fn run(
 pub fn app(state: AppState) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
     let router = routes::router(state)
-        .merge(openapi::swagger_ui())
+        .merge(axum::Router::from(openapi::swagger_ui()).layer(
+            tower_http::set_header::SetResponseHeaderLayer::overriding(
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                axum::http::HeaderValue::from_static(routes::DOCS_CONTENT_SECURITY_POLICY),
+            ),
+        ))
         .layer(axum::middleware::from_fn(routes::problem_for_bare_errors));
     routes::with_security_headers(router)
         .layer(axum::middleware::from_fn(routes::metrics::track_requests))

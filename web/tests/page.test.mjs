@@ -15,6 +15,16 @@ const FLAGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-ru
 let browser;
 let context;
 let page;
+// Every Content-Security-Policy violation any page reports: the page and Swagger UI must work
+// under the api's policy without one.
+const cspViolations = [];
+
+function watchCsp(target) {
+  target.on('console', (message) => {
+    if (/Content Security Policy/i.test(message.text())) cspViolations.push(`${target.url()}: ${message.text()}`);
+  });
+  return target;
+}
 let uploadedId;
 const content = randomBytes(512 * 1024);
 const expectedMd5 = createHash('md5').update(content).digest('hex');
@@ -25,7 +35,7 @@ before(async () => {
   mkdirSync(SHOTS, { recursive: true });
   browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: FLAGS });
   context = await browser.newContext({ viewport: { width: 1000, height: 820 } });
-  page = await context.newPage();
+  page = watchCsp(await context.newPage());
 });
 
 after(async () => {
@@ -52,7 +62,7 @@ test('uploading a file through the file input shows its MD5', async () => {
 
 test('looking the task up by id in a fresh browser shows the same result', async () => {
   const fresh = await browser.newContext();
-  const other = await fresh.newPage();
+  const other = watchCsp(await fresh.newPage());
   await other.goto(BASE);
   assert.equal(await other.locator('.task').count(), 0, 'a new browser shows no one else\'s tasks');
   await other.getByLabel('Promise id').fill(uploadedId);
@@ -88,7 +98,7 @@ test('the recent list survives a reload', async () => {
 
 test('the page works with the keyboard alone and fits a phone screen', async () => {
   const phone = await browser.newContext({ viewport: { width: 375, height: 740 } });
-  const small = await phone.newPage();
+  const small = watchCsp(await phone.newPage());
   await small.goto(BASE);
   const width = await small.evaluate(() => document.documentElement.scrollWidth);
   assert.ok(width <= 375, `no horizontal scrolling on a phone (${width}px)`);
@@ -113,11 +123,26 @@ test('/docs renders Swagger UI with the network cut off', async () => {
     blocked.push(route.request().url());
     return route.abort();
   });
-  const docs = await offline.newPage();
+  const docs = watchCsp(await offline.newPage());
   await docs.goto(`${BASE}/docs/`);
   await docs.locator('.swagger-ui .info .title', { hasText: 'MD5 service' }).waitFor({ timeout: 15000 });
   await docs.locator('.opblock-summary-path', { hasText: '/api/v1/hashes' }).first().waitFor();
   await docs.screenshot({ path: `${SHOTS}/docs.png` });
   assert.deepEqual(blocked, [], 'the docs asked for nothing outside the service');
   await offline.close();
+});
+
+test('another site cannot frame the page', async () => {
+  const framing = await browser.newContext();
+  const outer = await framing.newPage();
+  await outer.setContent(`<iframe id="f" src="${BASE}/"></iframe>`);
+  const frame = await (await outer.waitForSelector('#f')).contentFrame();
+  await outer.waitForTimeout(0);
+  await frame.waitForLoadState().catch(() => {});
+  assert.equal(await frame.locator('h1', { hasText: 'MD5 service' }).count(), 0, 'the page refuses to render in a frame');
+  await framing.close();
+});
+
+test('no page reported a Content-Security-Policy violation', () => {
+  assert.deepEqual(cspViolations, []);
 });
