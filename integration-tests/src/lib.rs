@@ -6,6 +6,7 @@
 //! tests may create databases from) and `TEST_REDIS_URL` say otherwise.
 
 pub mod api_process;
+pub mod attacks;
 pub mod fault;
 
 use std::path::{Path, PathBuf};

@@ -160,6 +160,10 @@ fn help_documents_every_setting_and_bad_settings_fail_naming_the_variable() {
         "HEADER_TIMEOUT_SECONDS",
         "BODY_IDLE_TIMEOUT_SECONDS",
         "MAX_CONCURRENT_UPLOADS",
+        "MAX_UPLOADS_PER_CLIENT",
+        "MIN_UPLOAD_BYTES_PER_SECOND",
+        "UPLOAD_RATE_WINDOW_SECONDS",
+        "MAX_CONNECTIONS",
     ] {
         assert!(help.contains(&format!("[env: {variable}")), "md5-api --help documents {variable}");
     }

@@ -6,10 +6,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use integration_tests::api_process::ApiProcess;
-use integration_tests::{TestApp, TestOptions, eventually, random_bytes};
+use integration_tests::{TestApp, TestOptions, attacks, eventually, random_bytes};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
 use crate::raw_http;
 
@@ -29,71 +28,20 @@ fn no_partial_files(api: &ApiProcess) -> bool {
     api.upload_files().iter().all(|path| !path.to_string_lossy().ends_with(".part"))
 }
 
-/// Sends a chunked multipart upload whose body is `prefix`, then `filler_bytes` of `a`s in
-/// 64 KiB chunks, then `suffix`; returns the status of the answer (0 if none came).
-async fn send_chunked(base_url: &str, prefix: &[u8], filler_bytes: usize, suffix: &[u8]) -> u16 {
-    let stream = raw_http::connect(base_url).await;
-    let (mut reader, mut writer) = stream.into_split();
-    let (prefix, suffix) = (prefix.to_vec(), suffix.to_vec());
-    let writing = tokio::spawn(async move {
-        let head = "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\n\
-                    Content-Type: multipart/form-data; boundary=B\r\nTransfer-Encoding: chunked\r\n\r\n";
-        writer.write_all(head.as_bytes()).await?;
-        let chunk = |data: &[u8]| {
-            let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
-            framed.extend_from_slice(data);
-            framed.extend_from_slice(b"\r\n");
-            framed
-        };
-        if !prefix.is_empty() {
-            writer.write_all(&chunk(&prefix)).await?;
-        }
-        let filler = chunk(&vec![b'a'; 64 * 1024]);
-        for _ in 0..filler_bytes / (64 * 1024) {
-            writer.write_all(&filler).await?;
-        }
-        if !suffix.is_empty() {
-            writer.write_all(&chunk(&suffix)).await?;
-        }
-        writer.write_all(b"0\r\n\r\n").await?;
-        Ok::<_, std::io::Error>(writer)
-    });
-    let mut answer = Vec::new();
-    let mut buffer = [0u8; 4096];
-    let read = tokio::time::timeout(Duration::from_secs(60), async {
-        while !answer.windows(2).any(|w| w == b"\r\n") {
-            match reader.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buffer[..n]),
-            }
-        }
-    })
-    .await;
-    writing.abort();
-    assert!(read.is_ok(), "an answer within 60 s");
-    String::from_utf8_lossy(&answer).split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preamble_or_part_header_that_never_ends_is_refused_without_being_held() {
     let api = ApiProcess::start(&[]).await.unwrap();
     let normal = api.client_from(normal_address());
-    let part_head = b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.bin\"\r\n".to_vec();
-    let valid_part = b"\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.bin\"\r\n\r\nhello\r\n--B--\r\n";
-    let attacks: [(&str, Vec<u8>, &[u8]); 2] = [
-        // 96 MiB of preamble, then a valid part: every body byte counts.
-        ("a long preamble", Vec::new(), valid_part),
-        // A part header that never ends.
-        (
-            "an endless part header",
-            [part_head, b"X-Filler: ".to_vec()].concat(),
-            b"\r\n\r\nhello\r\n--B--\r\n",
-        ),
-    ];
-    for (what, prefix, suffix) in attacks {
+    for what in ["a long preamble", "an endless part header"] {
         let attack = tokio::spawn({
             let base_url = api.base_url.clone();
-            async move { send_chunked(&base_url, &prefix, 96 * 1024 * 1024, suffix).await }
+            async move {
+                // 96 MiB: every body byte counts, and the parser may hold only a small part of it.
+                match what {
+                    "a long preamble" => attacks::long_preamble(&base_url, 96 << 20).await,
+                    _ => attacks::endless_part_header(&base_url, 96 << 20).await,
+                }
+            }
         });
         assert_eq!(api.upload_with(&normal, "normal.txt", b"normal".to_vec()).await, 202, "during {what}");
         assert!(api.healthy(&normal).await, "/healthz during {what}");
@@ -107,12 +55,11 @@ async fn a_preamble_or_part_header_that_never_ends_is_refused_without_being_held
 async fn the_whole_body_counts_against_the_upload_limit() {
     let api = ApiProcess::start(&[("MAX_UPLOAD_BYTES", "1048576")]).await.unwrap();
     // 4 MiB of preamble before a tiny valid part, on an api that takes 1 MiB.
-    let valid_part = b"\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.bin\"\r\n\r\nhello\r\n--B--\r\n";
-    let status = send_chunked(&api.base_url, b"", 4 * 1024 * 1024, valid_part).await;
+    let status = attacks::long_preamble(&api.base_url, 4 << 20).await;
     assert!(status == 400 || status == 413, "got {status}");
     // A part larger than the limit, sent without Content-Length.
     let head = b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.bin\"\r\n\r\n";
-    assert_eq!(send_chunked(&api.base_url, head, 2 * 1024 * 1024, b"\r\n--B--\r\n").await, 413);
+    assert_eq!(attacks::chunked_upload(&api.base_url, head, 2 << 20, b"\r\n--B--\r\n").await, 413);
     eventually(Duration::from_secs(10), "no file left", || async {
         api.upload_files().is_empty().then_some(())
     })
@@ -149,11 +96,7 @@ async fn made_up_methods_add_no_metric_series_and_get_problem_json() {
     let mut methods: Vec<String> = (0..300).map(|i| format!("ZQ{i:06}")).collect();
     methods.extend((0..10).map(|i| format!("LONG{i}{}", "M".repeat(20_000))));
     for method in &methods {
-        let mut stream = raw_http::connect(&app.base_url).await;
-        let request = format!("{method} /api/v1/hashes HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let status = raw_http::status_of(&mut stream).await;
-        assert_eq!(status, 405, "{}", &method[..10]);
+        assert_eq!(attacks::made_up_method(&app.base_url, method).await, 405, "{}", &method[..10]);
     }
     let response = app
         .client
@@ -197,15 +140,9 @@ async fn silent_connections_are_closed_and_capped_while_others_are_served() {
     );
     let normal = api.client_from(normal_address());
     let baseline_fds = api.open_fds();
-    let mut attackers: Vec<TcpStream> = Vec::new();
-    for i in 0..400 {
-        let mut stream = raw_http::connect(&api.base_url).await;
-        if i % 4 == 0 {
-            // An HTTP/2 client that sends the preface and goes silent.
-            stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
-        }
-        attackers.push(stream);
-    }
+    // 400 connections that send nothing, a quarter of them after the HTTP/2 preface.
+    let mut attackers = attacks::silent_connections(&api.base_url, 400).await;
+    assert_eq!(attackers.len(), 400);
     let started = Instant::now();
     assert!(
         api.open_fds() <= baseline_fds + 200 + 16,
@@ -218,17 +155,10 @@ async fn silent_connections_are_closed_and_capped_while_others_are_served() {
     .await;
     assert!(served.is_ok(), "a normal client is served while 400 connections stay silent");
     for (i, stream) in attackers.iter_mut().enumerate() {
-        let mut buffer = [0u8; 1024];
-        let closed = tokio::time::timeout(Duration::from_secs(15), async {
-            loop {
-                match stream.read(&mut buffer).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => continue, // HTTP/2 SETTINGS or GOAWAY before the close
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "silent connection {i} was closed");
+        assert!(
+            attacks::closed_within(stream, Duration::from_secs(15)).await,
+            "silent connection {i} was closed"
+        );
     }
     assert!(started.elapsed() < Duration::from_secs(20), "all closed within a few header timeouts");
     assert!(
@@ -237,34 +167,6 @@ async fn silent_connections_are_closed_and_capped_while_others_are_served() {
         api.open_fds()
     );
     assert_memory_bounded(&api);
-}
-
-/// Starts an upload that sends its headers and the part head, then one byte every 300 ms.
-async fn trickle(base_url: &str) -> u16 {
-    let mut stream = raw_http::connect(base_url).await;
-    let head = "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n\
-                Content-Length: 1000000\r\n\r\n";
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(raw_http::multipart_head("B").as_bytes()).await.unwrap();
-    let (mut reader, mut writer) = stream.into_split();
-    let writing = tokio::spawn(async move {
-        while writer.write_all(b"x").await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    });
-    let mut answer = Vec::new();
-    let mut buffer = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        while !answer.windows(2).any(|w| w == b"\r\n") {
-            match reader.read(&mut buffer).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buffer[..n]),
-            }
-        }
-    })
-    .await;
-    writing.abort();
-    String::from_utf8_lossy(&answer).split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +183,9 @@ async fn trickle_uploads_are_cut_and_cannot_take_every_slot() {
     let trickles: Vec<_> = (0..8)
         .map(|_| {
             let base_url = api.base_url.clone();
-            tokio::spawn(async move { trickle(&base_url).await })
+            tokio::spawn(
+                async move { attacks::trickle_upload(&base_url, None, Duration::from_millis(300)).await },
+            )
         })
         .collect();
     // The slots are taken once the api has seen the trickles' headers.
