@@ -487,3 +487,69 @@ async fn the_page_docs_and_api_carry_browser_security_headers() {
         assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_whose_client_leaves_after_the_last_byte_end_done_or_leave_nothing() {
+    let app = TestApp::spawn(TestOptions { worker_concurrency: 8, ..TestOptions::default() }).await.unwrap();
+    // Warm the pool, so the waves race the commit, not the first connections.
+    assert_eq!(app.upload("warm.txt", b"warm".to_vec()).await.status(), 202);
+    // Waves of 20, each client leaving 0 to 38 ms after its last byte without reading the
+    // answer: the api may be anywhere between reading the body and the 202.
+    for wave in 0..15 {
+        let uploads: Vec<_> = (0..20)
+            .map(|i| {
+                let base_url = app.base_url.clone();
+                tokio::spawn(async move {
+                    let body = format!(
+                        "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"gone-{wave}-{i}.txt\"\r\n\r\n\
+                         file {wave} {i}\r\n--B--\r\n"
+                    );
+                    let request = format!(
+                        "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n\
+                         Content-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let mut stream = raw_http::connect(&base_url).await;
+                    let _ = stream.write_all(request.as_bytes()).await;
+                    tokio::time::sleep(Duration::from_millis(2 * i)).await;
+                    drop(stream);
+                })
+            })
+            .collect();
+        for upload in uploads {
+            upload.await.unwrap();
+        }
+    }
+    use diesel::{ExpressionMethods as _, QueryDsl as _};
+    use diesel_async::RunQueryDsl as _;
+    use shared::schema::md5_tasks::dsl;
+    let unfinished = || async {
+        let mut conn = app.db().await;
+        let open: i64 = dsl::md5_tasks
+            .filter(dsl::status.eq_any([shared::TaskStatus::Queued, shared::TaskStatus::Processing]))
+            .count()
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        open
+    };
+    eventually(Duration::from_secs(60), "every stored task to finish", || async {
+        (unfinished().await == 0 && app.upload_files().is_empty() && app.pending_count().await.ok()? == 0)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}: files {:?}", app.upload_files()));
+    let mut conn = app.db().await;
+    let failed: Vec<Option<String>> = dsl::md5_tasks
+        .filter(dsl::status.eq(shared::TaskStatus::Failed))
+        .select(dsl::error)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert!(failed.is_empty(), "no task fails for a client that left: {failed:?}");
+    let rows = app.row_count().await as usize;
+    eprintln!("{} of 300 uploads were stored before their client left", rows - 1);
+    assert!(rows > 1, "some uploads were stored: {rows}");
+    assert_eq!(app.log_lines().len(), rows, "one log line per stored task");
+    app.stop().await;
+}
