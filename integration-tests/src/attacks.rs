@@ -75,18 +75,18 @@ pub async fn chunked_upload(base_url: &str, prefix: &[u8], filler_bytes: usize, 
 pub const VALID_LAST_PART: &[u8] =
     b"\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.bin\"\r\n\r\nhello\r\n--B--\r\n";
 
-/// 1. A preamble of `bytes` before the first boundary, then a valid part.
+/// Attack 1: a preamble of `bytes` before the first boundary, then a valid part.
 pub async fn long_preamble(base_url: &str, bytes: usize) -> u16 {
     chunked_upload(base_url, b"", bytes, VALID_LAST_PART).await
 }
 
-/// 1. A part whose header never ends (`bytes` of one header value).
+/// Attack 1: a part whose header never ends (`bytes` of one header value).
 pub async fn endless_part_header(base_url: &str, bytes: usize) -> u16 {
     let head = b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.bin\"\r\nX-Filler: ";
     chunked_upload(base_url, head, bytes, b"\r\n\r\nhello\r\n--B--\r\n").await
 }
 
-/// 3. One request with a made-up method; returns the status.
+/// Attack 3: one request with a made-up method; returns the status.
 pub async fn made_up_method(base_url: &str, method: &str) -> u16 {
     let Ok(mut stream) = connect(base_url, None).await else { return 0 };
     let request = format!("{method} /api/v1/hashes HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
@@ -96,7 +96,7 @@ pub async fn made_up_method(base_url: &str, method: &str) -> u16 {
     read_status(&mut stream, Duration::from_secs(20)).await
 }
 
-/// 4. `count` connections that send nothing; every fourth sends the HTTP/2 preface first.
+/// Attack 4: `count` connections that send nothing; every fourth sends the HTTP/2 preface first.
 pub async fn silent_connections(base_url: &str, count: usize) -> Vec<TcpStream> {
     let mut streams = Vec::with_capacity(count);
     for i in 0..count {
@@ -124,8 +124,8 @@ pub async fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
     .is_ok()
 }
 
-/// 5. An upload that sends its head, then one byte every `every`, from `local`; the status the
-/// api ends it with (0: none within 60 s).
+/// Attack 5: an upload that sends its head, then one byte every `every`, from `local`; returns
+/// the status the api ends it with (0: none within 60 s).
 pub async fn trickle_upload(base_url: &str, local: Option<IpAddr>, every: Duration) -> u16 {
     let Ok(mut stream) = connect(base_url, local).await else { return 0 };
     let head = "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n\
