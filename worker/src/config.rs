@@ -62,6 +62,12 @@ pub struct Config {
     #[arg(long, env = "FAULT_CRASH_AT", hide = true)]
     pub fault_crash_at: Option<String>,
 
+    /// Test builds only: make the first results-log flush fail after its write went through, as
+    /// an EIO or ENOSPC at `fdatasync` time would.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, env = "FAULT_FAIL_FLUSH_ONCE", hide = true, default_value_t = false, action = clap::ArgAction::Set)]
+    pub fault_fail_flush_once: bool,
+
     #[command(flatten)]
     #[expect(missing_docs, reason = "documented on the flattened struct")]
     pub database: DatabaseArgs,

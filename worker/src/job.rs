@@ -1,7 +1,7 @@
 //! One delivery, from claim to acknowledgement.
 //!
-//! Order per job: claim the row → hash → commit the result → append the log line → record that
-//! it is logged → XACK (+XDEL) → delete the upload. A crash anywhere leaves either an
+//! Order per job: claim the row → hash → commit the result → append the log line → delete the
+//! upload → XACK (+XDEL) → record that it is logged. A crash anywhere leaves either an
 //! unacknowledged entry (taken over by another worker) or a row the sweeper re-enqueues; the
 //! conditional updates and the log search make every retry a no-op where work was already done.
 
@@ -150,8 +150,9 @@ async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> 
 /// Appends the task's line (searching for an earlier one when `recovering`), records it,
 /// acknowledges the entry and deletes the upload.
 async fn finish(ctx: &JobContext, delivery: &Delivery, task: &Task, recovering: bool) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
     let line = LogLine {
-        ts: shared::time::format_millis(chrono::Utc::now()),
+        ts: shared::time::format_millis(now),
         task_id: task.task_id,
         status: task.status,
         md5: task.result.clone(),
@@ -159,9 +160,15 @@ async fn finish(ctx: &JobContext, delivery: &Delivery, task: &Task, recovering: 
         worker: ctx.consumer.clone(),
         error: task.error.clone(),
     };
-    let search_since = if recovering { task.finished_at } else { None };
-    let appended = retry(ctx, "append to the results log", || async {
-        anyhow::Ok(ctx.log.append(&line, search_since).await?)
+    let mut attempts = 0u32;
+    let appended = retry(ctx, "append to the results log", || {
+        attempts += 1;
+        // A recovering task may have its line already. So may any task after a failed attempt:
+        // the write can have gone through before the flush failed, and the file's content is
+        // then unknown. Either way, search (from a fresh handle) before writing.
+        let search_since = (recovering || attempts > 1).then(|| task.finished_at.unwrap_or(now));
+        let line = &line;
+        async move { anyhow::Ok(ctx.log.append(line, search_since).await?) }
     })
     .await?;
     if appended == Appended::AlreadyPresent {

@@ -44,6 +44,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let mut jobs = Jobs::new(&config.redis.redis_url, &config.stream, consumer.clone(), block)?;
     let log = ResultsLog::open(&config.log_file)
         .with_context(|| format!("cannot create the folder of LOG_FILE {}", config.log_file.display()))?;
+    #[cfg(feature = "fault-injection")]
+    if config.fault_fail_flush_once {
+        log.fail_next_flush();
+    }
     let stop = CancellationToken::new();
     let ctx = Arc::new(JobContext {
         config: config.clone(),

@@ -32,6 +32,9 @@ static IN_PROCESS: Mutex<()> = Mutex::new(());
 #[derive(Clone, Debug)]
 pub struct ResultsLog {
     path: PathBuf,
+    /// Fault injection: the next flush fails after its write (test builds only).
+    #[cfg(feature = "fault-injection")]
+    fail_next_flush: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What [`ResultsLog::append`] did.
@@ -49,7 +52,17 @@ impl ResultsLog {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        Ok(ResultsLog { path: path.to_owned() })
+        Ok(ResultsLog {
+            path: path.to_owned(),
+            #[cfg(feature = "fault-injection")]
+            fail_next_flush: Default::default(),
+        })
+    }
+
+    /// Test builds only: the next flush fails after its write went through.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_flush(&self) {
+        self.fail_next_flush.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The log's path.
@@ -86,9 +99,15 @@ impl ResultsLog {
         if let Some(since) = search_since
             && contains_task_since(file, task_id, since - CLOCK_SKEW_ALLOWANCE)?
         {
+            // The line may be one whose flush failed: flush again before it counts as written.
+            file.sync_data()?;
             return Ok(Appended::AlreadyPresent);
         }
         file.write_all(text.as_bytes())?;
+        #[cfg(feature = "fault-injection")]
+        if self.fail_next_flush.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(io::Error::other("fault injection: the flush failed after the write"));
+        }
         file.sync_data()?;
         Ok(Appended::Written)
         // The lock is released when `lock` drops, after the data is on disk.

@@ -10,6 +10,9 @@ use shared::JobMessage;
 use shared::config::StreamArgs;
 use uuid::Uuid;
 
+/// How long the "already dead-lettered" mark of a task is kept.
+pub const DEAD_LETTER_MARK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Bound on every command but the blocking read.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -37,7 +40,13 @@ pub struct Jobs {
     pub consumer: String,
     dead_letter: String,
     block: Duration,
+    /// Where the next `XAUTOCLAIM` scan of the pending list starts (`0-0`: the beginning).
+    claim_cursor: String,
 }
+
+/// Most `XAUTOCLAIM` calls one takeover round makes while following the cursor (each scans at
+/// most 10 × COUNT pending entries), so a round stays short whatever the size of the list.
+const MAX_CLAIM_SCANS_PER_ROUND: usize = 64;
 
 impl Jobs {
     /// Connects (lazily) to Redis for consumer `consumer`.
@@ -65,6 +74,7 @@ impl Jobs {
             consumer,
             dead_letter: names.dead_letter_stream(),
             block,
+            claim_cursor: "0-0".to_owned(),
         })
     }
 
@@ -140,18 +150,32 @@ impl Jobs {
     }
 
     /// Takes over at most `count` entries that other consumers left idle for `min_idle`.
-    pub async fn take_over_idle(&self, min_idle: Duration, count: usize) -> RedisResult<Vec<Delivery>> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&self.stream)
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg(min_idle.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.commands.clone())
-            .await?;
-        Ok(reply.claimed.into_iter().map(|entry| delivery(entry, true)).collect())
+    ///
+    /// Redis scans at most 10 × `count` pending entries per `XAUTOCLAIM`, so the scan follows the
+    /// cursor Redis returns, across calls and rounds, wrapping at the end of the list: an idle
+    /// entry behind any number of live ones is reached within a round or two.
+    pub async fn take_over_idle(&mut self, min_idle: Duration, count: usize) -> RedisResult<Vec<Delivery>> {
+        for _ in 0..MAX_CLAIM_SCANS_PER_ROUND {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&self.stream)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(min_idle.as_millis() as u64)
+                .arg(&self.claim_cursor)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut self.commands.clone())
+                .await?;
+            let wrapped = reply.next_stream_id == "0-0";
+            self.claim_cursor = reply.next_stream_id;
+            if !reply.claimed.is_empty() {
+                return Ok(reply.claimed.into_iter().map(|entry| delivery(entry, true)).collect());
+            }
+            if wrapped {
+                break;
+            }
+        }
+        Ok(Vec::new())
     }
 }
 
@@ -210,18 +234,24 @@ impl JobsHandle {
             .map(drop)
     }
 
-    /// Copies a job to the dead-letter stream with the reason it was given up.
+    /// Copies a given-up job to the dead-letter stream, at most once per task: a marker key
+    /// (kept for [`DEAD_LETTER_MARK_TTL`]) is set in the same atomic script, so a retry or a
+    /// redelivery after a crash adds no second copy.
     pub async fn dead_letter(&self, entry_id: &str, task_id: Uuid, reason: &str) -> RedisResult<()> {
-        redis::cmd("XADD")
-            .arg(&self.dead_letter)
-            .arg("*")
-            .arg("task_id")
+        let script = redis::Script::new(
+            r"if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[4]) then
+                return redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[1], 'entry_id', ARGV[2], 'reason', ARGV[3])
+              end
+              return false",
+        );
+        script
+            .key(&self.dead_letter)
+            .key(format!("{}:lettered:{task_id}", self.dead_letter))
             .arg(task_id.to_string())
-            .arg("entry_id")
             .arg(entry_id)
-            .arg("reason")
             .arg(reason)
-            .query_async::<String>(&mut self.commands.clone())
+            .arg(DEAD_LETTER_MARK_TTL.as_millis() as u64)
+            .invoke_async::<Option<String>>(&mut self.commands.clone())
             .await
             .map(drop)
     }

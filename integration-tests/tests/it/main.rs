@@ -8,6 +8,7 @@
 mod compat;
 mod edge;
 mod errors;
+mod exactly_once;
 mod faults;
 mod hostile;
 mod log_writers;

@@ -1,0 +1,142 @@
+//! The holes in exactly-once that the fault suite does not reach: a dead worker's entry behind
+//! many live ones, a flush that fails after the write, a dead letter written twice.
+
+use std::time::{Duration, Instant};
+
+use integration_tests::{TestApp, TestOptions, eventually};
+use serde_json::Value;
+
+/// Plays a live worker holding `ids`: re-claims them to itself every 200 ms (what a heartbeat
+/// does), so they never look idle.
+fn keep_alive(
+    redis_url: String,
+    stream: String,
+    group: String,
+    ids: Vec<String>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = redis::Client::open(redis_url).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        loop {
+            let mut cmd = redis::cmd("XCLAIM");
+            cmd.arg(&stream).arg(&group).arg("live-worker").arg(0);
+            for id in &ids {
+                cmd.arg(id);
+            }
+            let _: redis::Value = cmd.arg("JUSTID").query_async(&mut conn).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_entry_behind_many_live_ones_is_taken_over_within_three_idle_times() {
+    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let client = redis::Client::open(app.redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&app.stream)
+        .arg(&app.group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // 150 entries a live worker holds, ahead of the dead worker's in the pending list.
+    let mut live = Vec::new();
+    for _ in 0..150 {
+        let id: String = redis::cmd("XADD")
+            .arg(&app.stream)
+            .arg("*")
+            .arg("task_id")
+            .arg(uuid::Uuid::new_v4().to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        live.push(id);
+    }
+    let read = |consumer: &'static str, count: usize| {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&app.group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(&app.stream)
+            .arg(">");
+        cmd
+    };
+    let _: redis::Value = read("live-worker", 150).query_async(&mut conn).await.unwrap();
+    let alive = keep_alive(app.redis_url.clone(), app.stream.clone(), app.group.clone(), live);
+    // The dead worker read the real task's entry and died.
+    let response = app.upload("orphan.txt", b"taken over".to_vec()).await;
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let _: redis::Value = read("dead-worker", 1).query_async(&mut conn).await.unwrap();
+
+    let claim_idle = Duration::from_millis(1000);
+    let mut config = app.worker_config(2);
+    config.claim_idle_ms = claim_idle.as_millis() as u64;
+    let started = Instant::now();
+    let mut app = app;
+    app.start_worker_with(config);
+    let task = app.wait_finished(&id, Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    assert_eq!(task["status"], "done");
+    assert!(took <= 3 * claim_idle, "taken over after {took:?}, more than 3 × CLAIM_IDLE_MS");
+    alive.abort();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_that_fails_after_the_write_still_leaves_one_line() {
+    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let mut config = app.worker_config(2);
+    config.fault_fail_flush_once = true;
+    let mut app = app;
+    app.start_worker_with(config);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let response = app.upload(&format!("f{i}.txt"), format!("flush {i}").into_bytes()).await;
+        ids.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(app.wait_finished(id, Duration::from_secs(30)).await["status"], "done");
+    }
+    // Every job acknowledged: every append, retries included, is over.
+    eventually(Duration::from_secs(10), "every job acknowledged", || async {
+        (app.pending_count().await.ok()? == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let lines = app.log_lines();
+    for id in &ids {
+        let count = lines.iter().filter(|line| line.task_id.to_string() == *id).count();
+        assert_eq!(count, 1, "task {id} has one line, though a flush failed after its write");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_given_up_then_crashed_on_is_dead_lettered_once() {
+    use integration_tests::fault::{Expect, FaultEnv};
+    let env = FaultEnv::start(&[("MAX_DELIVERIES", "2"), ("WORKER_CONCURRENCY", "1")]).await.unwrap();
+    let id = env.upload("poison", b"poison".to_vec()).await.expect("202");
+    // Attempts 1 and 2 crash after hashing; attempt 3 is past MAX_DELIVERIES, copies the job to
+    // the dead-letter stream and crashes before recording the result; attempt 4 runs clean.
+    for attempt in 1..=3 {
+        let worker = env.spawn_worker(&[("FAULT_CRASH_AT", "after_hash")]).unwrap();
+        let code = env.wait_worker_exit(worker, Duration::from_secs(30)).await.unwrap();
+        assert_ne!(code, Some(0), "attempt {attempt} crashed");
+    }
+    env.spawn_worker(&[]).unwrap();
+    let expected =
+        std::collections::HashMap::from([(id.clone(), Expect::Failed("given up after 2 attempts".into()))]);
+    let report = env.check("dead letter once", &expected, Duration::from_secs(60)).await;
+    assert!(report.is_clean(), "{report:?}");
+    let client = redis::Client::open(env.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let dead: usize = redis::cmd("XLEN").arg("md5:jobs:dead").query_async(&mut conn).await.unwrap();
+    assert_eq!(dead, 1, "one dead letter, though the job was given up twice");
+}
