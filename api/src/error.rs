@@ -10,9 +10,12 @@ pub enum ApiError {
     /// The body is not `multipart/form-data`.
     #[error("the request body must be multipart/form-data with a part named \"file\"")]
     UnsupportedMediaType,
-    /// Malformed multipart, or no `file` part.
+    /// Malformed multipart, an unexpected part, a bad query.
     #[error("{0}")]
     BadRequest(String),
+    /// The form has no `file` part (or the request has no form at all).
+    #[error("the form has no part named \"file\"")]
+    MissingFilePart,
     /// The upload is larger than `MAX_UPLOAD_BYTES`.
     #[error("the upload is larger than the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -62,7 +65,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::MissingFilePart => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -76,7 +79,7 @@ impl ApiError {
     fn slug(&self) -> &'static str {
         match self {
             ApiError::UnsupportedMediaType => "unsupported-media-type",
-            ApiError::BadRequest(_) => "bad-request",
+            ApiError::BadRequest(_) | ApiError::MissingFilePart => "bad-request",
             ApiError::PayloadTooLarge { .. } => "payload-too-large",
             ApiError::RequestTimeout(_) => "request-timeout",
             ApiError::NotFound(_) => "not-found",
@@ -113,19 +116,47 @@ impl From<diesel::result::Error> for ApiError {
 }
 
 impl From<shared::db::PoolError> for ApiError {
-    fn from(err: shared::db::PoolError) -> Self {
-        tracing::warn!(error = %err, "no database connection");
+    fn from(_: shared::db::PoolError) -> Self {
         ApiError::Unavailable("the database is unreachable; try again shortly".into())
     }
 }
 
+/// The cause of a failed request, carried in the response's extensions from
+/// [`IntoResponse`] (which logs nothing) to [`log_failures`] (which logs it, once).
+#[derive(Debug, Clone)]
+pub struct FailureCause(pub String);
+
+/// Logs every failed request once, inside its request span, at the level its status deserves:
+/// 5xx at ERROR with the cause, 503 and 507 (an outage the operator may already know of, a full
+/// volume) at WARN, 4xx at DEBUG (the client's mistake, not the service's).
+pub async fn log_failures(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let cause = response.extensions().get::<FailureCause>().map_or("", |cause| cause.0.as_str());
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE => {
+            tracing::warn!(http.status = status.as_u16(), error = cause, "request failed");
+        }
+        status if status.is_server_error() => {
+            tracing::error!(http.status = status.as_u16(), error = cause, "request failed");
+        }
+        status if status.is_client_error() => {
+            tracing::debug!(http.status = status.as_u16(), error = cause, "request refused");
+        }
+        _ => {}
+    }
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(cause) = &self {
-            tracing::error!(error = format!("{cause:#}"), "request failed");
-        }
         let problem = self.problem();
         let mut response = (self.status(), axum::Json(problem)).into_response();
+        let cause = match &self {
+            ApiError::Internal(cause) => format!("{cause:#}"),
+            other => other.to_string(),
+        };
+        response.extensions_mut().insert(FailureCause(cause));
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if matches!(self, ApiError::Unavailable(_)) {

@@ -88,8 +88,10 @@ pub fn app(state: AppState) -> axum::Router {
     routes::with_security_headers(router)
         .layer(axum::middleware::from_fn(routes::metrics::track_requests))
         .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(error::log_failures))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+        // Failures are logged once, by `error::log_failures`, not again by the trace layer.
+        .layer(TraceLayer::new_for_http().on_failure(()).make_span_with(|request: &axum::http::Request<_>| {
             let request_id = request
                 .headers()
                 .get("x-request-id")

@@ -5,13 +5,22 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::Problem;
-use crate::routes::compat::{CreatedTask, NotFoundDetail, TaskResult};
+use crate::routes::compat::{CreatedTask, NotFoundDetail, TaskResult, ValidationError, ValidationErrors};
 use crate::routes::v1::TaskView;
 
 /// The multipart form every upload route takes: exactly one part, named `file`.
 #[derive(Debug, ToSchema, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadForm {
+    /// The file to hash; streamed to disk, never held in memory.
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+}
+
+/// The form of the compatibility upload: a part named `file`; other parts are skipped, as the
+/// older service's FastAPI did.
+#[derive(Debug, ToSchema, serde::Deserialize)]
+pub struct CompatUploadForm {
     /// The file to hash; streamed to disk, never held in memory.
     #[schema(value_type = String, format = Binary)]
     pub file: Vec<u8>,
@@ -35,11 +44,11 @@ pub struct UploadForm {
         crate::routes::health::readyz,
         crate::routes::metrics::metrics,
     ),
-    components(schemas(TaskView, Problem, CreatedTask, TaskResult, NotFoundDetail, UploadForm)),
-    modifiers(&BearerAuth),
+    components(schemas(TaskView, Problem, CreatedTask, TaskResult, NotFoundDetail, ValidationErrors, ValidationError, UploadForm, CompatUploadForm)),
+    modifiers(&BearerAuth, &CompatFormPartNames),
     tags(
         (name = "v1", description = "The API the web page and new clients use"),
-        (name = "compatibility", description = "The older Python service's interface, unchanged"),
+        (name = "compatibility", description = "The older Python service's interface (see the README for where it differs)"),
         (name = "operations", description = "Health and metrics"),
     )
 )]
@@ -54,6 +63,23 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The compatibility form skips parts other than `file`, but their names must still be readable
+/// in a `Content-Disposition` header: plain identifiers.
+struct CompatFormPartNames;
+
+impl Modify for CompatFormPartNames {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        if let Some(RefOr::T(Schema::Object(form))) = components.schemas.get_mut("CompatUploadForm") {
+            let names =
+                ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[A-Za-z0-9_.-]{1,100}$"));
+            form.property_names = Some(Box::new(names.build().into()));
+        }
     }
 }
 

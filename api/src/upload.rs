@@ -42,13 +42,16 @@ const MAX_FILE_NAME_CHARS: usize = 255;
 
 /// Stores an upload and returns its committed, enqueued task.
 ///
-/// `client` is the peer address, used to share upload slots fairly between clients.
+/// `client` is the peer address, used to share upload slots fairly between clients. With
+/// [`Parts::Lenient`] form parts other than `file` are skipped (as the older service did);
+/// with [`Parts::Strict`] they are refused.
 pub async fn receive(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
     request_id: Option<&str>,
     client: Option<IpAddr>,
+    parts: Parts,
 ) -> Result<Task, ApiError> {
     let limit = state.config.max_upload_bytes;
     let boundary = multipart_boundary(headers)?;
@@ -87,6 +90,13 @@ pub async fn receive(
         };
         head.close();
         let disposition = FormPart::parse(field.headers())?;
+        if disposition.name.as_deref() != Some("file")
+            && parts == Parts::Lenient
+            && disposition.name.as_deref().is_some_and(is_plain_part_name)
+        {
+            // Skipped: the next `next_field` reads past its data (bounded by the whole-body limit).
+            continue;
+        }
         if disposition.name.as_deref() != Some("file") {
             let name = disposition.name.unwrap_or_default().chars().take(100).collect::<String>();
             return Err(ApiError::BadRequest(format!(
@@ -100,8 +110,7 @@ pub async fn receive(
         let size = write_part(field, &mut files, limit).await?;
         stored = Some((file_name, size));
     }
-    let (file_name, size) =
-        stored.ok_or_else(|| ApiError::BadRequest("the form has no part named \"file\"".into()))?;
+    let (file_name, size) = stored.ok_or(ApiError::MissingFilePart)?;
 
     // The body is complete and durable. From here on the client going away must not matter:
     // the rename, the row and the XADD run to the end in a task of their own, so a row is
@@ -109,6 +118,22 @@ pub async fn receive(
     let finish =
         tokio::spawn(commit(state.clone(), files, task_id, file_name, size, request_id.map(str::to_owned)));
     finish.await.map_err(|err| ApiError::Internal(anyhow::Error::new(err).context("upload commit task")))?
+}
+
+/// A part name the compatibility form skips: 1 to 100 of `A-Z a-z 0-9 _ . -` (the pattern its
+/// OpenAPI schema states); anything else is refused.
+fn is_plain_part_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// What an upload form may hold besides its `file` part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parts {
+    /// Nothing: any other part is a 400 (the v1 API).
+    Strict,
+    /// Other parts with plain names are skipped (the compatibility routes, as FastAPI did).
+    Lenient,
 }
 
 /// Renames the durable part file to its final name, commits the row and enqueues the job.
@@ -170,11 +195,7 @@ fn check_free_space(upload_dir: &Path, reserve: u64) -> Result<(), ApiError> {
         .map_err(|err| ApiError::Internal(anyhow::anyhow!("statvfs {}: {err}", upload_dir.display())))?;
     let free = stats.f_bavail.saturating_mul(stats.f_frsize);
     if free < reserve {
-        tracing::warn!(
-            storage.free_bytes = free,
-            storage.reserve_bytes = reserve,
-            "upload volume nearly full"
-        );
+        // Logged once, at WARN, by `error::log_failures`.
         return Err(ApiError::InsufficientStorage);
     }
     Ok(())

@@ -222,6 +222,11 @@ impl ApiProcess {
         crate::list_files(&self.upload_dir)
     }
 
+    /// The URL of the api's database.
+    pub fn database_url(&self) -> &str {
+        &self._database.url
+    }
+
     /// The test's files.
     pub fn root(&self) -> &Path {
         &self.root

@@ -1,4 +1,7 @@
-//! The older Python service's interface, kept byte-compatible for its existing clients.
+//! The older Python service's interface, as its existing clients see it: the same routes, the
+//! same success, pending, error and unknown-id bodies, and FastAPI's 422 for a request its
+//! validation would refuse. Where the two differ (ids are UUID strings, not integers; limits,
+//! auth and outages answer problem+json) the README says so.
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
@@ -39,19 +42,44 @@ pub struct NotFoundDetail {
     pub detail: String,
 }
 
+/// FastAPI's validation error: `{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ValidationErrors {
+    /// One entry per invalid input.
+    pub detail: Vec<ValidationError>,
+}
+
+/// One invalid input, as FastAPI (pydantic 1) describes it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ValidationError {
+    /// Where: `["body", "file"]`, `["path", "task_id"]`.
+    pub loc: Vec<&'static str>,
+    /// What is wrong.
+    pub msg: &'static str,
+    /// The pydantic error type.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+fn unprocessable(loc: [&'static str; 2], msg: &'static str, kind: &'static str) -> Response {
+    let body = ValidationErrors { detail: vec![ValidationError { loc: loc.to_vec(), msg, kind }] };
+    (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+}
+
 /// `POST /hashes/`: 200 `{"task_id": ...}`.
 #[utoipa::path(
     post,
     path = "/hashes/",
     tag = "compatibility",
-    request_body(content = crate::openapi::UploadForm, content_type = "multipart/form-data"),
+    request_body(content = crate::openapi::CompatUploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "Stored and queued", body = CreatedTask),
-        (status = 400, description = "No `file` part, or malformed multipart", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed multipart, or a part other than `file`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body stalled for BODY_IDLE_TIMEOUT_SECONDS or arrived slower than MIN_UPLOAD_BYTES_PER_SECOND", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than MAX_UPLOAD_BYTES", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No `file` part, no form at all (as FastAPI answered)", body = ValidationErrors,
+            example = json!({"detail": [{"loc": ["body", "file"], "msg": "field required", "type": "value_error.missing"}]})),
         (status = 503, description = "Postgres unreachable or too many uploads in progress", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "The upload volume is full", body = Problem, content_type = "application/problem+json"),
     ),
@@ -62,16 +90,18 @@ pub async fn create_hash(
     client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<CreatedTask>, ApiError> {
-    let task = upload::receive(
-        &state,
-        &headers,
-        body,
-        super::request_id(&headers),
-        client.map(|Extension(ClientAddr(ip))| ip),
-    )
-    .await?;
-    Ok(Json(CreatedTask { task_id: task.task_id }))
+) -> Result<Response, ApiError> {
+    let client = client.map(|Extension(ClientAddr(ip))| ip);
+    let request_id = super::request_id(&headers);
+    match upload::receive(&state, &headers, body, request_id, client, upload::Parts::Lenient).await {
+        Ok(task) => Ok(Json(CreatedTask { task_id: task.task_id }).into_response()),
+        // FastAPI reads a form only from a form body: anything else, or a form without the
+        // field, is a missing `file`.
+        Err(ApiError::MissingFilePart | ApiError::UnsupportedMediaType) => {
+            Ok(unprocessable(["body", "file"], "field required", "value_error.missing"))
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// `GET /hashes/{task_id}`: 200 with the Celery-style result, or 404 `{"detail": ...}`.
@@ -79,11 +109,14 @@ pub async fn create_hash(
     get,
     path = "/hashes/{task_id}",
     tag = "compatibility",
-    params(("task_id" = String, Path, description = "The task id")),
+    params(("task_id" = String, Path, description = "The task id: a UUID (or an integer, as the older service's ids were)",
+        pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|-?[0-9]{1,18})$")),
     responses(
         (status = 200, description = "PENDING while queued or processing, then SUCCESS with the MD5 or ERROR with the error", body = TaskResult),
         (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown or malformed id", body = NotFoundDetail),
+        (status = 404, description = "Unknown id (a UUID, or an integer as the older service's ids were)", body = NotFoundDetail),
+        (status = 422, description = "An id that is neither a UUID nor an integer (as FastAPI answered)", body = ValidationErrors,
+            example = json!({"detail": [{"loc": ["path", "task_id"], "msg": "value is not a valid uuid", "type": "type_error.uuid"}]})),
         (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
     ),
     security((), ("bearer" = []))
@@ -98,7 +131,11 @@ pub async fn get_hash(
         (StatusCode::NOT_FOUND, Json(body)).into_response()
     };
     let Ok(id) = Uuid::parse_str(&task_id) else {
-        return Ok(not_found());
+        // The older service's ids were integers: one of those names no task here.
+        if task_id.parse::<i64>().is_ok() {
+            return Ok(not_found());
+        }
+        return Ok(unprocessable(["path", "task_id"], "value is not a valid uuid", "type_error.uuid"));
     };
     let mut conn = state.pool.get().await?;
     let Some(task) = queries::find_task(&mut conn, id).await? else {

@@ -107,6 +107,7 @@ pub async fn create_hash(
         body,
         super::request_id(&headers),
         client.map(|Extension(ClientAddr(ip))| ip),
+        upload::Parts::Strict,
     )
     .await?;
     let location = format!("/api/v1/hashes/{}", task.task_id);

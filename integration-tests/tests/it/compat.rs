@@ -35,3 +35,35 @@ async fn older_clients_get_404_for_unknown_ids_and_success_with_the_md5() {
     assert_eq!(response.status(), 200);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_clients_get_fastapis_422_bodies_for_what_fastapi_refused() {
+    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let missing_file =
+        r#"{"detail":[{"loc":["body","file"],"msg":"field required","type":"value_error.missing"}]}"#;
+    let url = format!("{}/hashes/", app.base_url);
+    // A form without `file`, a request without a body, a body that is not a form.
+    let form = reqwest::multipart::Form::new().text("other", "x");
+    let requests = [
+        app.client.post(&url).multipart(form),
+        app.client.post(&url),
+        app.client.post(&url).header("content-type", "application/json").body("{}"),
+    ];
+    for request in requests {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 422);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.text().await.unwrap(), missing_file);
+    }
+    let response = app.client.get(format!("{}/hashes/not-an-id", app.base_url)).send().await.unwrap();
+    assert_eq!(response.status(), 422);
+    assert_eq!(
+        response.text().await.unwrap(),
+        r#"{"detail":[{"loc":["path","task_id"],"msg":"value is not a valid uuid","type":"type_error.uuid"}]}"#
+    );
+    let response = app.client.get(format!("{}/hashes/12345", app.base_url)).send().await.unwrap();
+    assert_eq!(response.status(), 404, "an integer id, as the older service issued, is just unknown");
+    assert_eq!(response.text().await.unwrap(), r#"{"detail":"Task 12345 was not found"}"#);
+    assert_eq!(app.row_count().await, 0);
+    assert!(app.upload_files().is_empty());
+}

@@ -199,3 +199,44 @@ fn help_documents_every_setting_and_bad_settings_fail_naming_the_variable() {
         assert!(stderr.contains(variable), "the error names {variable}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_request_is_logged_once_and_a_refused_one_not_above_debug() {
+    use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
+    let api =
+        integration_tests::api_process::ApiProcess::start(&[("LOG_FORMAT", "json"), ("RUST_LOG", "info")])
+            .await
+            .unwrap();
+    let count = |level: &str| {
+        api.stderr().lines().filter(|line| line.contains(&format!("\"level\":\"{level}\""))).count()
+    };
+    let (errors, warnings) = (count("ERROR"), count("WARN"));
+    let url = |path: &str| format!("{}{path}", api.base_url);
+    // Refused requests: an unknown id, an unknown path, a wrong method.
+    let id = uuid::Uuid::new_v4();
+    assert_eq!(api.client.get(url(&format!("/api/v1/hashes/{id}"))).send().await.unwrap().status(), 404);
+    assert_eq!(api.client.get(url("/nowhere")).send().await.unwrap().status(), 404);
+    assert_eq!(api.client.delete(url("/api/v1/hashes")).send().await.unwrap().status(), 405);
+    // A request that fails inside: its table is gone.
+    let mut conn = diesel_async::AsyncPgConnection::establish(api.database_url()).await.unwrap();
+    diesel::sql_query("DROP TABLE md5_tasks CASCADE").execute(&mut conn).await.unwrap();
+    let response = api.client.get(url(&format!("/api/v1/hashes/{id}"))).send().await.unwrap();
+    assert_eq!(response.status(), 500);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["detail"], "internal error", "the cause is logged, never sent");
+    let logged = eventually(Duration::from_secs(5), "the failure to be logged", || async {
+        (count("ERROR") > errors).then_some(())
+    })
+    .await;
+    assert!(logged.is_ok(), "{}", api.stderr());
+    let new_errors: Vec<String> = api
+        .stderr()
+        .lines()
+        .filter(|line| line.contains("\"level\":\"ERROR\""))
+        .skip(errors)
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(new_errors.len(), 1, "one ERROR line for one 500: {new_errors:#?}");
+    assert!(new_errors[0].contains("md5_tasks"), "it carries the cause: {}", new_errors[0]);
+    assert_eq!(count("WARN"), warnings, "refused requests log nothing above DEBUG");
+}
