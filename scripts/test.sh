@@ -1,8 +1,55 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, clippy, one release build shared by all tests, then
-# unit and integration tests against the real Postgres and Redis (see README "Testing").
+# The test command: checks what it needs (all at once, before anything slow), installs the
+# pinned tools into project-local places (reused on the next run), then runs formatting, clippy,
+# one release build shared by all tests, the unit and integration tests against real Postgres
+# and Redis, the schemathesis fuzz, the browser tests, the deployment checks and a benchmark
+# smoke run. Ends with one summary line for everything it ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
+
+echo "== prerequisites"
+missing=()
+for tool in cargo python3 node npm psql pg_isready redis-server redis-cli prlimit; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=("python3-venv (the venv module)")
+if [[ ! -x /usr/bin/chromium ]]; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    echo "installing Chromium for the browser tests (apt-get install chromium)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+      || missing+=("chromium (apt-get install chromium failed)")
+  else
+    missing+=("chromium (as root: apt-get install chromium)")
+  fi
+fi
+if ((${#missing[@]})); then
+  echo "missing: ${missing[*]}" >&2
+  echo "install them (Debian: apt-get install postgresql redis-server nodejs npm python3-venv util-linux chromium), then run again" >&2
+  exit 1
+fi
+db=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+redis=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
+psql -q "$db" -c 'SELECT 1' >/dev/null 2>&1 \
+  || { echo "Postgres does not answer at $db (start it, or set TEST_DATABASE_URL)" >&2; exit 1; }
+redis-cli -u "$redis" ping >/dev/null 2>&1 \
+  || { echo "Redis does not answer at $redis (start it, or set TEST_REDIS_URL)" >&2; exit 1; }
+
+# Pinned Python tools in a virtual environment of the project's own, rebuilt only when the pins change.
+tools=.tools/venv
+if ! cmp -s scripts/test-tools.txt "$tools/installed.txt" 2>/dev/null; then
+  echo "== installing the Python test tools into $tools"
+  rm -rf "$tools"
+  python3 -m venv "$tools"
+  "$tools/bin/pip" install --quiet --disable-pip-version-check -r scripts/test-tools.txt
+  cp scripts/test-tools.txt "$tools/installed.txt"
+fi
+export PATH="$root/$tools/bin:$PATH"
+# The page's npm packages, from the lockfile, reinstalled only when it changed.
+if ! cmp -s web/package-lock.json web/node_modules/.package-lock.json 2>/dev/null; then
+  echo "== npm ci (web/)"
+  (cd web && npm ci --no-audit --no-fund --silent)
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
@@ -10,19 +57,28 @@ echo "== cargo clippy"
 cargo clippy --release --all-targets --workspace -- -D warnings
 echo "== cargo build --release --bins"
 cargo build --release --bins
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 echo "== cargo test --release --workspace"
-cargo_log=$(mktemp)
-trap 'rm -f "$cargo_log"' EXIT
-cargo test --release --workspace 2>&1 | tee "$cargo_log"
+cargo test --release --workspace 2>&1 | tee "$logs/cargo"
 echo "== schemathesis fuzz of the API from /openapi.json"
-./scripts/fuzz.sh
+./scripts/fuzz.sh 2>&1 | tee "$logs/fuzz"
 echo "== browser tests (Chromium + playwright-core)"
-./scripts/browser-test.sh
+./scripts/browser-test.sh 2>&1 | tee "$logs/browser"
 echo "== deployment checks (compose, hadolint, Kubernetes schemas, Dockerfile builds)"
-./scripts/deploy-check.sh
+./scripts/deploy-check.sh 2>&1 | tee "$logs/deploy"
 echo "== benchmark smoke run (tiny sizes; checks every task, asserts no timing)"
-target/release/bench --smoke
+target/release/bench --smoke 2>&1 | tee "$logs/bench"
 
-# One closing line for the whole run: the Rust tests' totals (every step above exits non-zero on failure).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "summary: %d passed, %d failed\n", p, f }' "$cargo_log"
+# One closing line for the whole run (every step above stops the run on a failure).
+rust=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+            END { printf "%d %d", p, f }' "$logs/cargo")
+fuzz=$(grep -oE '[0-9]+ passed' "$logs/fuzz" | tail -1 | grep -oE '[0-9]+' || echo 0)
+browser_pass=$(grep -oE '^# pass [0-9]+' "$logs/browser" | grep -oE '[0-9]+' || echo 0)
+browser_fail=$(grep -oE '^# fail [0-9]+' "$logs/browser" | grep -oE '[0-9]+' || echo 0)
+deploy=$(grep -cE '(\.\.\. ok$|^-- )' "$logs/deploy" || true)
+bench=$(grep -c '^bench smoke:' "$logs/bench" || true)
+read -r rust_pass rust_fail <<<"$rust"
+echo "ran: Rust tests $rust_pass passed, $rust_fail failed; schemathesis $fuzz cases passed;" \
+  "browser $browser_pass passed, $browser_fail failed; deployment $deploy checks; benchmark smoke $bench"
+echo "summary: $((rust_pass + fuzz + browser_pass + deploy + bench)) passed, $((rust_fail + browser_fail)) failed"

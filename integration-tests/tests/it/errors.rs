@@ -104,6 +104,10 @@ async fn unknown_or_malformed_ids_get_404() {
     for id in [uuid::Uuid::new_v4().to_string(), "42".to_owned(), "not-a-uuid".to_owned()] {
         let response = app.client.get(format!("{}/api/v1/hashes/{id}", app.base_url)).send().await.unwrap();
         assert_problem(response, 404).await;
+    }
+    // The compatibility route: unknown ids, a UUID or an integer as the older service issued;
+    // what FastAPI could not parse is its 422 (compat::older_clients_get_fastapis_422_bodies…).
+    for id in [uuid::Uuid::new_v4().to_string(), "42".to_owned()] {
         let response = app.client.get(format!("{}/hashes/{id}", app.base_url)).send().await.unwrap();
         assert_eq!(response.status(), 404);
         let body: Value = response.json().await.unwrap();
