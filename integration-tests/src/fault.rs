@@ -15,7 +15,7 @@ use serde_json::Value;
 use shared::{Task, TaskStatus};
 use uuid::Uuid;
 
-use crate::{eventually, list_files, read_log, sibling_binary};
+use crate::{eventually, list_files, read_all_logs, sibling_binary};
 
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
@@ -482,7 +482,7 @@ impl FaultEnv {
         let mut conn = AsyncPgConnection::establish(&self.pg.url()).await?;
         let rows: Vec<Task> = dsl::md5_tasks.select(Task::as_select()).load(&mut conn).await?;
         let rows: HashMap<String, Task> = rows.into_iter().map(|t| (t.task_id.to_string(), t)).collect();
-        let lines = read_log(&self.log_file)?;
+        let lines = read_all_logs(&self.log_file)?;
         let mut per_task: HashMap<String, usize> = HashMap::new();
         for line in &lines {
             *per_task.entry(line.task_id.to_string()).or_default() += 1;

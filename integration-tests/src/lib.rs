@@ -389,6 +389,29 @@ pub fn read_log(path: &Path) -> anyhow::Result<Vec<LogLine>> {
         .collect()
 }
 
+/// Every line of the results log at `path` and of its rotated files (`<path>.<timestamp>`),
+/// oldest file first.
+pub fn read_all_logs(path: &Path) -> anyhow::Result<Vec<LogLine>> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    let mut rotated: Vec<PathBuf> = std::fs::read_dir(path.parent().unwrap_or(Path::new(".")))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{name}.")))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    rotated.sort();
+    let mut lines = Vec::new();
+    for file in rotated.iter().chain(std::iter::once(&path.to_path_buf())) {
+        lines.extend(read_log(file)?);
+    }
+    Ok(lines)
+}
+
 /// The MD5 of `bytes` in hex.
 pub fn md5_hex(bytes: &[u8]) -> String {
     use md5::Digest as _;

@@ -23,6 +23,11 @@ pub struct Config {
     #[arg(long, env = "LOG_FILE", default_value = DEFAULT_LOG_FILE)]
     pub log_file: PathBuf,
 
+    /// Rotate LOG_FILE (to `<LOG_FILE>.<UTC timestamp>`, in the same folder) before an append
+    /// would make it larger than this many bytes (unset: never; SIGHUP rotates on demand).
+    #[arg(long, env = "LOG_MAX_BYTES", value_parser = clap::value_parser!(u64).range(1024..))]
+    pub log_max_bytes: Option<u64>,
+
     /// Jobs this process hashes at once (default: the number of CPUs).
     #[arg(long, env = "WORKER_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub worker_concurrency: Option<u32>,

@@ -43,7 +43,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let block = Duration::from_millis(config.read_block_ms);
     let mut jobs = Jobs::new(&config.redis.redis_url, &config.stream, consumer.clone(), block)?;
     let log = ResultsLog::open(&config.log_file)
-        .with_context(|| format!("cannot create the folder of LOG_FILE {}", config.log_file.display()))?;
+        .with_context(|| format!("cannot create the folder of LOG_FILE {}", config.log_file.display()))?
+        .with_max_bytes(config.log_max_bytes);
     #[cfg(feature = "fault-injection")]
     if config.fault_fail_flush_once {
         log.fail_next_flush();
@@ -67,6 +68,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     }
     tracing::info!(consumer = %consumer, concurrency, stream = %jobs.stream, group = %jobs.group, "md5-worker started");
     let sweeper = tokio::spawn(sweep_loop(ctx.clone(), stop.clone()));
+    tokio::spawn(rotate_on_sighup(ctx.log.clone(), stop.clone()));
     if let Some(addr) = config.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -171,6 +173,30 @@ async fn serve_metrics(listener: tokio::net::TcpListener, stop: CancellationToke
         axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
     if let Err(err) = served {
         tracing::warn!(error = %err, "metrics listener failed");
+    }
+}
+
+/// Rotates the results log whenever the process gets SIGHUP (what logrotate's `postrotate` or
+/// an operator sends), until `stop`.
+async fn rotate_on_sighup(log: ResultsLog, stop: CancellationToken) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; the log rotates by LOG_MAX_BYTES only");
+        return;
+    };
+    loop {
+        tokio::select! {
+            received = hangups.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                match log.rotate().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => tracing::info!("SIGHUP: the results log is empty; nothing to rotate"),
+                    Err(err) => tracing::warn!(error = %err, "SIGHUP: cannot rotate the results log"),
+                }
+            }
+            () = stop.cancelled() => return,
+        }
     }
 }
 

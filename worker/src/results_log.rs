@@ -32,6 +32,8 @@ static IN_PROCESS: Mutex<()> = Mutex::new(());
 #[derive(Clone, Debug)]
 pub struct ResultsLog {
     path: PathBuf,
+    /// Rotate before an append would make the file larger than this (`LOG_MAX_BYTES`).
+    max_bytes: Option<u64>,
     /// Fault injection: the next flush fails after its write (test builds only).
     #[cfg(feature = "fault-injection")]
     fail_next_flush: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -54,6 +56,7 @@ impl ResultsLog {
         }
         Ok(ResultsLog {
             path: path.to_owned(),
+            max_bytes: None,
             #[cfg(feature = "fault-injection")]
             fail_next_flush: Default::default(),
         })
@@ -68,6 +71,85 @@ impl ResultsLog {
     /// The log's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Rotates the log whenever an append would take it past `max_bytes`.
+    pub fn with_max_bytes(mut self, max_bytes: Option<u64>) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Rotates the log now (on SIGHUP), under both locks: renames it to
+    /// `<LOG_FILE>.<UTC timestamp>`; the next append starts a new file. An empty log is left alone.
+    pub async fn rotate(&self) -> io::Result<Option<PathBuf>> {
+        let log = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _in_process = IN_PROCESS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let lock = log.lock_current()?;
+            if lock.file.metadata()?.len() == 0 {
+                return Ok(None);
+            }
+            log.rename_away().map(Some)
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
+    /// Opens and locks the file now at `path`. A writer that waited for the lock while another
+    /// rotated the file holds the lock of the renamed file: it lets go and locks the new one.
+    fn lock_current(&self) -> io::Result<FileLock> {
+        use std::os::unix::fs::MetadataExt as _;
+        loop {
+            let options = FileOptions::new().read(true).append(true).create(true);
+            let lock = FileLock::lock(&self.path, true, options)?;
+            let locked = lock.file.metadata()?;
+            match std::fs::metadata(&self.path) {
+                Ok(now) if now.ino() == locked.ino() && now.dev() == locked.dev() => return Ok(lock),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Renames the (locked) log to a timestamped name in the same folder and flushes the folder.
+    fn rename_away(&self) -> io::Result<PathBuf> {
+        let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+        let mut rotated = PathBuf::from(format!("{}.{stamp}", self.path.display()));
+        let mut n = 1;
+        while rotated.exists() {
+            rotated = PathBuf::from(format!("{}.{stamp}-{n}", self.path.display()));
+            n += 1;
+        }
+        std::fs::rename(&self.path, &rotated)?;
+        if let Some(dir) = self.path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        tracing::info!(log.rotated_to = %rotated.display(), "results log rotated");
+        Ok(rotated)
+    }
+
+    /// Rotated files of this log, newest first.
+    fn rotated_files(&self) -> io::Result<Vec<PathBuf>> {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Ok(Vec::new());
+        };
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let prefix = format!("{name}.");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .filter(|entry| {
+                entry.file_name().to_str().and_then(|n| n.strip_prefix(&prefix)).is_some_and(|stamp| {
+                    stamp.len() >= 20
+                        && stamp.as_bytes()[..8].iter().all(u8::is_ascii_digit)
+                        && stamp.as_bytes()[8] == b'T'
+                })
+            })
+            .map(|entry| entry.path())
+            .collect();
+        // The timestamps sort as text.
+        files.sort();
+        files.reverse();
+        Ok(files)
     }
 
     /// Appends `line` with one write call and flushes it to disk, under both locks.
@@ -92,16 +174,35 @@ impl ResultsLog {
         search_since: Option<DateTime<Utc>>,
     ) -> io::Result<Appended> {
         let _in_process = IN_PROCESS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let options = FileOptions::new().read(true).append(true).create(true);
-        let mut lock = FileLock::lock(&self.path, true, options)?;
+        let mut lock = self.lock_current()?;
+        repair_torn_tail(&mut lock.file, &self.path)?;
+        if let Some(max) = self.max_bytes {
+            let len = lock.file.metadata()?.len();
+            if len > 0 && len + text.len() as u64 > max {
+                self.rename_away()?;
+                drop(lock);
+                lock = self.lock_current()?;
+            }
+        }
         let file = &mut lock.file;
-        repair_torn_tail(file, &self.path)?;
-        if let Some(since) = search_since
-            && contains_task_since(file, task_id, since - CLOCK_SKEW_ALLOWANCE)?
-        {
-            // The line may be one whose flush failed: flush again before it counts as written.
-            file.sync_data()?;
-            return Ok(Appended::AlreadyPresent);
+        if let Some(since) = search_since {
+            let since = since - CLOCK_SKEW_ALLOWANCE;
+            let mut found = search_since_in(file, task_id, since)?;
+            // The current file does not reach back far enough: go on into the rotated ones.
+            // They are other files than the locked one, so opening and closing them keeps the lock.
+            if found == Search::ReachedStart {
+                for rotated in self.rotated_files()? {
+                    found = search_since_in(&File::open(&rotated)?, task_id, since)?;
+                    if found != Search::ReachedStart {
+                        break;
+                    }
+                }
+            }
+            if found == Search::Found {
+                // The line may be one whose flush failed: flush again before it counts as written.
+                file.sync_data()?;
+                return Ok(Appended::AlreadyPresent);
+            }
         }
         file.write_all(text.as_bytes())?;
         #[cfg(feature = "fault-injection")]
@@ -148,9 +249,20 @@ fn last_newline_before(file: &File, end: u64) -> io::Result<Option<u64>> {
     Ok(None)
 }
 
-/// Whether a line for `task_id` appears among the lines written at or after `since`, reading
-/// backwards from the end and stopping at the first older line.
-fn contains_task_since(file: &File, task_id: Uuid, since: DateTime<Utc>) -> io::Result<bool> {
+/// What a backward search of one file found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Search {
+    /// A line of the task.
+    Found,
+    /// No line of the task back to a line older than the limit.
+    NotFound,
+    /// No line of the task, and every line of the file is at or after the limit: an earlier
+    /// (rotated) file may hold it.
+    ReachedStart,
+}
+
+/// Searches `file` backwards for a line of `task_id`, down to the first line older than `since`.
+fn search_since_in(file: &File, task_id: Uuid, since: DateTime<Utc>) -> io::Result<Search> {
     let needle = task_id.to_string();
     let mut end = file.metadata()?.len();
     let mut carry: Vec<u8> = Vec::new();
@@ -169,16 +281,16 @@ fn contains_task_since(file: &File, task_id: Uuid, since: DateTime<Utc>) -> io::
                 continue;
             };
             if line.task_id.to_string() == needle {
-                return Ok(true);
+                return Ok(Search::Found);
             }
             if line.timestamp().is_some_and(|ts| ts < since) {
-                return Ok(false);
+                return Ok(Search::NotFound);
             }
         }
         carry = head;
         end = start;
     }
-    Ok(false)
+    Ok(Search::ReachedStart)
 }
 
 #[cfg(test)]
@@ -232,5 +344,33 @@ mod tests {
         assert_eq!(log.append(&line(task, &ts), Some(since)).await.unwrap(), Appended::AlreadyPresent);
         let other = Uuid::now_v7();
         assert_eq!(log.append(&line(other, &ts), Some(since)).await.unwrap(), Appended::Written);
+    }
+
+    #[tokio::test]
+    async fn the_search_goes_on_into_rotated_files_and_rotation_keeps_every_line() {
+        let path = temp_log("rotate");
+        let log = ResultsLog::open(&path).unwrap().with_max_bytes(Some(2048));
+        let since = Utc::now();
+        let ts = shared::time::format_millis(since);
+        let first = Uuid::now_v7();
+        assert_eq!(log.append(&line(first, &ts), None).await.unwrap(), Appended::Written);
+        let mut all = vec![first];
+        for _ in 0..40 {
+            let task = Uuid::now_v7();
+            log.append(&line(task, &ts), None).await.unwrap();
+            all.push(task);
+        }
+        assert!(log.rotate().await.unwrap().is_some(), "SIGHUP's rotation");
+        let rotated = log.rotated_files().unwrap();
+        assert!(rotated.len() >= 3, "rotated by size and on demand: {rotated:?}");
+        // The first task's line is in the oldest rotated file; the current file is empty.
+        assert_eq!(log.append(&line(first, &ts), Some(since)).await.unwrap(), Appended::AlreadyPresent);
+        let mut lines = 0;
+        for file in rotated.iter().chain(std::iter::once(&path)) {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            assert!(text.len() <= 2048, "{} is {} bytes", file.display(), text.len());
+            lines += text.lines().count();
+        }
+        assert_eq!(lines, all.len(), "every line once, across the files");
     }
 }

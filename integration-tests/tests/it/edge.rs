@@ -174,6 +174,7 @@ fn help_documents_every_setting_and_bad_settings_fail_naming_the_variable() {
         "REDIS_URL",
         "UPLOAD_DIR",
         "LOG_FILE",
+        "LOG_MAX_BYTES",
         "JOBS_STREAM",
         "JOBS_GROUP",
         "WORKER_CONCURRENCY",

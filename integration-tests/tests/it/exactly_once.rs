@@ -140,3 +140,42 @@ async fn a_job_given_up_then_crashed_on_is_dead_lettered_once() {
     let dead: usize = redis::cmd("XLEN").arg("md5:jobs:dead").query_async(&mut conn).await.unwrap();
     assert_eq!(dead, 1, "one dead letter, though the job was given up twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_by_size_and_by_sighup_during_kills_keeps_one_line_per_task_across_files() {
+    use integration_tests::fault::FaultEnv;
+    use rustix::process::Signal;
+    // A line is ~200 bytes: a rotation every ~20 lines.
+    let env = FaultEnv::start(&[("LOG_MAX_BYTES", "4096")]).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let uploads = env.upload_many(300, 8, 5);
+    tokio::pin!(uploads);
+    let faults = async {
+        for (at, fault) in [(60, "kill"), (120, "hup"), (180, "kill"), (240, "hup")] {
+            eventually(Duration::from_secs(60), "rows before the fault", || async {
+                (env.row_count().await? >= at).then_some(())
+            })
+            .await
+            .unwrap();
+            match fault {
+                "kill" => {
+                    let workers = env.workers.lock().unwrap().len();
+                    env.kill_worker(workers - 2);
+                    env.spawn_worker(&[]).unwrap();
+                }
+                _ => {
+                    let workers = env.workers.lock().unwrap().len();
+                    env.signal_worker(workers - 1, Signal::HUP);
+                }
+            }
+        }
+    };
+    let (expected, ()) = tokio::join!(&mut uploads, faults);
+    let report = env.check("rotation during kills", &expected, Duration::from_secs(90)).await;
+    assert!(report.is_clean(), "{report:?}");
+    let dir = env.log_file.parent().unwrap();
+    let rotated =
+        std::fs::read_dir(dir).unwrap().filter(|e| e.as_ref().unwrap().file_name() != "md5.log").count();
+    assert!(rotated >= 5, "the log rotated ({rotated} earlier files)");
+}
