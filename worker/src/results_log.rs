@@ -5,12 +5,17 @@
 //! handle to the file releases it, so writers inside one process are serialized by a mutex
 //! around the whole open-lock-write-unlock sequence, and all reading is done through the locked
 //! handle.
+//!
+//! Appends are group-committed: each handle has one writer thread, which takes every append that
+//! arrived while it was busy as one batch, under one lock, with one `write` and one `fdatasync`,
+//! and answers each caller only once the batch is on disk.
 
 use std::fs::File;
 use std::io::{self, Write as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use file_lock::{FileLock, FileOptions};
@@ -28,15 +33,33 @@ const SCAN_CHUNK_BYTES: u64 = 64 * 1024;
 /// are the same file under two paths) must never hold it at once.
 static IN_PROCESS: Mutex<()> = Mutex::new(());
 
-/// Handle on the results log, shared by every job of a process.
+/// Handle on the results log, shared by every job of a process (clones share the writer).
 #[derive(Clone, Debug)]
 pub struct ResultsLog {
+    file: LogFile,
+    writer: std::sync::mpsc::Sender<Request>,
+}
+
+/// The file itself: every operation on it runs under both locks.
+#[derive(Clone, Debug)]
+struct LogFile {
     path: PathBuf,
-    /// Rotate before an append would make the file larger than this (`LOG_MAX_BYTES`).
-    max_bytes: Option<u64>,
+    /// Rotate before an append would make the file larger than this (`LOG_MAX_BYTES`; 0: never).
+    max_bytes: Arc<AtomicU64>,
     /// Fault injection: the next flush fails after its write (test builds only).
     #[cfg(feature = "fault-injection")]
-    fail_next_flush: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fail_next_flush: Arc<std::sync::atomic::AtomicBool>,
+    /// Batches written (each one `write` and one `fdatasync`).
+    flushes: Arc<AtomicU64>,
+}
+
+/// One append waiting for the writer thread.
+#[derive(Debug)]
+struct Request {
+    text: String,
+    task_id: Uuid,
+    search_since: Option<DateTime<Utc>>,
+    reply: tokio::sync::oneshot::Sender<io::Result<Appended>>,
 }
 
 /// What [`ResultsLog::append`] did.
@@ -49,52 +72,98 @@ pub enum Appended {
 }
 
 impl ResultsLog {
-    /// A log at `path`; its folder is created if missing.
+    /// A log at `path`; its folder is created if missing. Starts the writer thread, which ends
+    /// when the last handle is dropped.
     pub fn open(path: &Path) -> io::Result<Self> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        Ok(ResultsLog {
+        let file = LogFile {
             path: path.to_owned(),
-            max_bytes: None,
+            max_bytes: Arc::default(),
             #[cfg(feature = "fault-injection")]
-            fail_next_flush: Default::default(),
-        })
+            fail_next_flush: Arc::default(),
+            flushes: Arc::default(),
+        };
+        let (writer, requests) = std::sync::mpsc::channel::<Request>();
+        let thread_file = file.clone();
+        std::thread::Builder::new().name("results-log".into()).spawn(move || {
+            while let Ok(first) = requests.recv() {
+                let mut batch = vec![first];
+                batch.extend(requests.try_iter());
+                match thread_file.append_batch(&batch) {
+                    Ok(outcomes) => {
+                        for (request, outcome) in batch.into_iter().zip(outcomes) {
+                            let _ = request.reply.send(Ok(outcome));
+                        }
+                    }
+                    Err(err) => {
+                        for request in batch {
+                            let _ = request.reply.send(Err(io::Error::new(err.kind(), err.to_string())));
+                        }
+                    }
+                }
+            }
+        })?;
+        Ok(ResultsLog { file, writer })
+    }
+
+    /// Rotates the log whenever an append would take it past `max_bytes`.
+    pub fn with_max_bytes(self, max_bytes: Option<u64>) -> Self {
+        self.file.max_bytes.store(max_bytes.unwrap_or(0), Ordering::Relaxed);
+        self
     }
 
     /// Test builds only: the next flush fails after its write went through.
     #[cfg(feature = "fault-injection")]
     pub fn fail_next_flush(&self) {
-        self.fail_next_flush.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.file.fail_next_flush.store(true, Ordering::SeqCst);
     }
 
     /// The log's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 
-    /// Rotates the log whenever an append would take it past `max_bytes`.
-    pub fn with_max_bytes(mut self, max_bytes: Option<u64>) -> Self {
-        self.max_bytes = max_bytes;
-        self
+    /// Appends `line` with the other lines of its batch in one write call and flushes it to
+    /// disk, under both locks; returns once it is on disk.
+    ///
+    /// A torn last line left by a crash mid-write is cut off first. With `search_since`, the log
+    /// is first searched backwards (as far as that time, less [`CLOCK_SKEW_ALLOWANCE`], into the
+    /// rotated files if need be) for a line of the same task, and nothing is written if one is
+    /// there: this is how a redelivered task whose row says "finished, not yet logged", or an
+    /// append retried after a failed flush, avoids a second line.
+    pub async fn append(&self, line: &LogLine, search_since: Option<DateTime<Utc>>) -> io::Result<Appended> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = Request { text: line.to_json_line(), task_id: line.task_id, search_since, reply };
+        self.writer.send(request).map_err(|_| io::Error::other("the results-log writer stopped"))?;
+        answer.await.map_err(|_| io::Error::other("the results-log writer stopped"))?
     }
 
     /// Rotates the log now (on SIGHUP), under both locks: renames it to
     /// `<LOG_FILE>.<UTC timestamp>`; the next append starts a new file. An empty log is left alone.
     pub async fn rotate(&self) -> io::Result<Option<PathBuf>> {
-        let log = self.clone();
+        let file = self.file.clone();
         tokio::task::spawn_blocking(move || {
             let _in_process = IN_PROCESS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let lock = log.lock_current()?;
+            let lock = file.lock_current()?;
             if lock.file.metadata()?.len() == 0 {
                 return Ok(None);
             }
-            log.rename_away().map(Some)
+            file.rename_away().map(Some)
         })
         .await
         .map_err(io::Error::other)?
     }
 
+    /// Rotated files of this log, newest first.
+    #[cfg(test)]
+    fn rotated_files(&self) -> io::Result<Vec<PathBuf>> {
+        self.file.rotated_files()
+    }
+}
+
+impl LogFile {
     /// Opens and locks the file now at `path`. A writer that waited for the lock while another
     /// rotated the file holds the lock of the renamed file: it lets go and locks the new one.
     fn lock_current(&self) -> io::Result<FileLock> {
@@ -152,65 +221,61 @@ impl ResultsLog {
         Ok(files)
     }
 
-    /// Appends `line` with one write call and flushes it to disk, under both locks.
-    ///
-    /// A torn last line left by a crash mid-write is cut off first. With `search_since`, the log
-    /// is first searched backwards (as far as that time, less [`CLOCK_SKEW_ALLOWANCE`]) for a line
-    /// of the same task, and nothing is written if one is there: this is how a redelivered task
-    /// whose row says "finished, not yet logged" avoids a second line.
-    pub async fn append(&self, line: &LogLine, search_since: Option<DateTime<Utc>>) -> io::Result<Appended> {
-        let log = self.clone();
-        let text = line.to_json_line();
-        let task_id = line.task_id;
-        tokio::task::spawn_blocking(move || log.append_blocking(&text, task_id, search_since))
-            .await
-            .map_err(io::Error::other)?
+    /// Whether the task has a line written at or after `since` (less the skew allowance), in
+    /// the locked file or, while that does not reach back far enough, in the rotated ones (other
+    /// files than the locked one: opening and closing them keeps the lock).
+    fn has_line(&self, locked: &File, task_id: Uuid, since: DateTime<Utc>) -> io::Result<bool> {
+        let since = since - CLOCK_SKEW_ALLOWANCE;
+        let mut found = search_since_in(locked, task_id, since)?;
+        if found == Search::ReachedStart {
+            for rotated in self.rotated_files()? {
+                found = search_since_in(&File::open(&rotated)?, task_id, since)?;
+                if found != Search::ReachedStart {
+                    break;
+                }
+            }
+        }
+        Ok(found == Search::Found)
     }
 
-    fn append_blocking(
-        &self,
-        text: &str,
-        task_id: Uuid,
-        search_since: Option<DateTime<Utc>>,
-    ) -> io::Result<Appended> {
+    /// Writes one batch under both locks: searches where asked, then every line still to write
+    /// in one `write`, then one `fdatasync` (also when every line was found, since a found line
+    /// may be one whose flush failed). The outcomes are in the batch's order.
+    fn append_batch(&self, batch: &[Request]) -> io::Result<Vec<Appended>> {
         let _in_process = IN_PROCESS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut lock = self.lock_current()?;
         repair_torn_tail(&mut lock.file, &self.path)?;
-        if let Some(max) = self.max_bytes {
-            let len = lock.file.metadata()?.len();
-            if len > 0 && len + text.len() as u64 > max {
-                self.rename_away()?;
-                drop(lock);
-                lock = self.lock_current()?;
-            }
+        let max = self.max_bytes.load(Ordering::Relaxed);
+        let batch_bytes: u64 = batch.iter().map(|request| request.text.len() as u64).sum();
+        let len = lock.file.metadata()?.len();
+        if max > 0 && len > 0 && len + batch_bytes > max {
+            self.rename_away()?;
+            drop(lock);
+            lock = self.lock_current()?;
         }
         let file = &mut lock.file;
-        if let Some(since) = search_since {
-            let since = since - CLOCK_SKEW_ALLOWANCE;
-            let mut found = search_since_in(file, task_id, since)?;
-            // The current file does not reach back far enough: go on into the rotated ones.
-            // They are other files than the locked one, so opening and closing them keeps the lock.
-            if found == Search::ReachedStart {
-                for rotated in self.rotated_files()? {
-                    found = search_since_in(&File::open(&rotated)?, task_id, since)?;
-                    if found != Search::ReachedStart {
-                        break;
-                    }
-                }
+        let mut out = String::with_capacity(batch_bytes as usize);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for request in batch {
+            if let Some(since) = request.search_since
+                && self.has_line(file, request.task_id, since)?
+            {
+                outcomes.push(Appended::AlreadyPresent);
+                continue;
             }
-            if found == Search::Found {
-                // The line may be one whose flush failed: flush again before it counts as written.
-                file.sync_data()?;
-                return Ok(Appended::AlreadyPresent);
-            }
+            out.push_str(&request.text);
+            outcomes.push(Appended::Written);
         }
-        file.write_all(text.as_bytes())?;
+        file.write_all(out.as_bytes())?;
         #[cfg(feature = "fault-injection")]
-        if self.fail_next_flush.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        if self.fail_next_flush.swap(false, Ordering::SeqCst) {
             return Err(io::Error::other("fault injection: the flush failed after the write"));
         }
         file.sync_data()?;
-        Ok(Appended::Written)
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("md5_log_flushes_total").increment(1);
+        metrics::histogram!("md5_log_lines_per_flush").record(batch.len() as f64);
+        Ok(outcomes)
         // The lock is released when `lock` drops, after the data is on disk.
     }
 }
@@ -372,5 +437,29 @@ mod tests {
             lines += text.lines().count();
         }
         assert_eq!(lines, all.len(), "every line once, across the files");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_flushes_and_each_line_is_written_once() {
+        let path = temp_log("group");
+        let log = ResultsLog::open(&path).unwrap();
+        let ts = shared::time::format_millis(Utc::now());
+        let tasks: Vec<Uuid> = (0..64).map(|_| Uuid::now_v7()).collect();
+        let appends: Vec<_> = tasks
+            .iter()
+            .map(|&task| {
+                let (log, ts) = (log.clone(), ts.clone());
+                tokio::spawn(async move { log.append(&line(task, &ts), None).await })
+            })
+            .collect();
+        for append in appends {
+            assert_eq!(append.await.unwrap().unwrap(), Appended::Written);
+        }
+        let flushes = log.file.flushes.load(Ordering::Relaxed);
+        assert!(flushes < 32, "64 concurrent appends took {flushes} flushes");
+        let text = std::fs::read_to_string(&path).unwrap();
+        for task in &tasks {
+            assert_eq!(text.matches(&task.to_string()).count(), 1);
+        }
     }
 }
