@@ -11,7 +11,10 @@ use crate::config::{LogFormat, TelemetryArgs};
 pub fn init(args: &TelemetryArgs) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&args.log_filter)
         .map_err(|err| anyhow::anyhow!("invalid RUST_LOG {:?}: {err}", args.log_filter))?;
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: a log file or a collector gets plain text.
+    use std::io::IsTerminal as _;
+    let builder =
+        fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     let result = match args.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
