@@ -91,31 +91,23 @@ async fn a_dead_workers_entry_behind_many_live_ones_is_taken_over_within_three_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_that_fails_after_the_write_still_leaves_one_line() {
-    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
-    let mut config = app.worker_config(2);
-    config.fault_fail_flush_once = true;
-    let mut app = app;
-    app.start_worker_with(config);
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        let response = app.upload(&format!("f{i}.txt"), format!("flush {i}").into_bytes()).await;
-        ids.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    use integration_tests::fault::{Expect, FaultEnv};
+    let env = FaultEnv::start(&[]).await.unwrap();
+    // The worker's first flush fails after its write went through; the job retries its append.
+    env.spawn_worker(&[("FAULT_FAIL_FLUSH_ONCE", "true")]).unwrap();
+    let mut expected = std::collections::HashMap::new();
+    for i in 0..20 {
+        let bytes = format!("flush {i}").into_bytes();
+        let md5 = integration_tests::md5_hex(&bytes);
+        expected.insert(env.upload(&format!("f{i}.txt"), bytes).await.expect("202"), Expect::Done(md5));
     }
-    for id in &ids {
-        assert_eq!(app.wait_finished(id, Duration::from_secs(30)).await["status"], "done");
-    }
-    // Every job acknowledged: every append, retries included, is over.
-    eventually(Duration::from_secs(10), "every job acknowledged", || async {
-        (app.pending_count().await.ok()? == 0).then_some(())
-    })
-    .await
-    .unwrap();
-    let lines = app.log_lines();
-    for id in &ids {
-        let count = lines.iter().filter(|line| line.task_id.to_string() == *id).count();
-        assert_eq!(count, 1, "task {id} has one line, though a flush failed after its write");
-    }
-    app.stop().await;
+    let report = env.check("a failed flush", &expected, Duration::from_secs(60)).await;
+    assert!(report.is_clean(), "one line per task though a flush failed after its write: {report:?}");
+    assert!(
+        env.worker_output(0).contains("the flush failed after the write"),
+        "the fault fired: {}",
+        env.worker_output(0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -223,7 +223,9 @@ async fn sigterm_during_a_load_loses_no_job_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing() {
-    let env = FaultEnv::start(&[]).await.unwrap();
+    // The log also rotates every ~300 lines, and every replacement worker's first flush fails
+    // after its write.
+    let env = FaultEnv::start(&[("LOG_MAX_BYTES", "65536")]).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     env.spawn_worker(&[]).unwrap();
     // At least 2,000 uploads, and as many more as it takes for two full rounds of faults.
@@ -261,7 +263,7 @@ async fn a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing
             0 => {
                 let victim = env.workers.lock().unwrap().len() - 1 - (rng_state as usize / 3) % 2;
                 env.kill_worker(victim);
-                env.spawn_worker(&[]).unwrap();
+                env.spawn_worker(&[("FAULT_FAIL_FLUSH_ONCE", "true")]).unwrap();
                 "kill -9 a worker"
             }
             1 => {
