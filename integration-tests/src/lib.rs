@@ -75,7 +75,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The test's own database.
     pub database_url: String,
-    database_name: String,
+    /// Dropped (with the database) after everything else of the test.
+    _database: api_process::TestDatabase,
     /// Redis.
     pub redis_url: String,
     /// The test's own stream.
@@ -99,13 +100,7 @@ impl TestApp {
     /// Creates the database and folders and starts the api and `options.in_process_workers` workers.
     pub async fn spawn(options: TestOptions) -> anyhow::Result<TestApp> {
         let id = Uuid::new_v4().simple().to_string();
-        let database_name = format!("md5_test_{}", &id[..16]);
-        let admin = admin_database_url();
-        let mut conn = AsyncPgConnection::establish(&admin).await.with_context(|| {
-            format!("cannot reach Postgres at {admin} (start it, or set TEST_DATABASE_URL)")
-        })?;
-        diesel::sql_query(format!("CREATE DATABASE {database_name}")).execute(&mut conn).await?;
-        let database_url = replace_database(&admin, &database_name);
+        let database = api_process::TestDatabase::create().await?;
         let root = std::env::temp_dir().join(format!("md5-it-{id}"));
         let upload_dir = root.join("uploads");
         let log_file = root.join("log").join("md5.log");
@@ -113,8 +108,8 @@ impl TestApp {
         let mut app = TestApp {
             base_url: String::new(),
             client: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?,
-            database_url,
-            database_name,
+            database_url: database.url.clone(),
+            _database: database,
             redis_url: redis_url(),
             stream: format!("test:{id}:jobs"),
             group: format!("test-{id}"),
@@ -321,21 +316,7 @@ impl Drop for TestApp {
             stop_process(&mut child);
         }
         let _ = std::fs::remove_dir_all(&self.root);
-        let name = self.database_name.clone();
-        let admin = admin_database_url();
-        // Dropping the database needs async I/O; do it on a thread of its own so Drop works
-        // inside or outside a runtime.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                let mut conn = AsyncPgConnection::establish(&admin).await.ok()?;
-                diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
+        // The database goes with `_database`, after this.
     }
 }
 
