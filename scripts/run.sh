@@ -20,7 +20,11 @@ cleanup() {
   if [[ -n "${private_pg:-}" ]]; then as_pg "$pg_bin/pg_ctl" -D "$state/pg" -m fast stop >/dev/null || true; fi
   if [[ -n "${private_redis:-}" ]]; then redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; fi
 }
-trap cleanup INT TERM EXIT
+# A signal stops everything and ends the script (also during the build, which runs in the
+# background so the signal is handled at once); the exit status says how it ended.
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
+trap cleanup EXIT
 
 # Postgres refuses to run as root: run it as the `postgres` user when we are root.
 as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -55,8 +59,14 @@ fi
 
 export UPLOAD_DIR=${UPLOAD_DIR:-$root/data/uploads}
 export LOG_FILE=${LOG_FILE:-$root/data/log/md5.log}
-cargo build --release -p api -p worker --bins
+cargo build --release -p api -p worker --bins & pids+=($!)
+wait "${pids[0]}"
+pids=()
 "$root/target/release/md5-api" & pids+=($!)
 for _ in $(seq "${WORKERS:-2}"); do "$root/target/release/md5-worker" & pids+=($!); done
 echo "md5-api on http://${BIND_ADDR:-127.0.0.1:9000} with ${WORKERS:-2} workers; results log: $LOG_FILE; Ctrl-C stops"
-wait -n "${pids[@]}" || true
+# The first process to end ends the run: a busy BIND_ADDR or a bad setting exits non-zero.
+status=0
+wait -n "${pids[@]}" || status=$?
+echo "a process of the service ended (status $status)" >&2
+exit "$status"
