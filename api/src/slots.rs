@@ -64,6 +64,7 @@ impl UploadSlots {
             *held += 1;
         }
         table.in_use += 1;
+        metrics::gauge!("md5_upload_slots_in_use").set(f64::from(table.in_use));
         Ok(UploadSlot { slots: self.clone(), client })
     }
 
@@ -77,6 +78,7 @@ impl Drop for UploadSlot {
     fn drop(&mut self) {
         let mut table = self.slots.inner.lock().expect("slot table lock");
         table.in_use -= 1;
+        metrics::gauge!("md5_upload_slots_in_use").set(f64::from(table.in_use));
         if let Some(client) = self.client
             && let Some(held) = table.by_client.get_mut(&client)
         {

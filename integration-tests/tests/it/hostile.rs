@@ -188,8 +188,14 @@ async fn trickle_uploads_are_cut_and_cannot_take_every_slot() {
             )
         })
         .collect();
-    // The slots are taken once the api has seen the trickles' headers.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Six trickles hold their client's share of the slots (the other two were refused).
+    eventually(Duration::from_secs(10), "six slots in use", || async {
+        let text =
+            api.client.get(format!("{}/metrics", api.base_url)).send().await.ok()?.text().await.ok()?;
+        text.lines().any(|line| line == "md5_upload_slots_in_use 6").then_some(())
+    })
+    .await
+    .unwrap();
     let started = Instant::now();
     assert_eq!(
         api.upload_with(&normal, "normal.txt", b"normal".to_vec()).await,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
 /// Sends `request` as is and returns the status code of the answer.
@@ -15,25 +15,14 @@ pub async fn send(base_url: &str, request: &[u8]) -> u16 {
 
 /// Opens a connection to the api.
 pub async fn connect(base_url: &str) -> TcpStream {
-    let addr = base_url.trim_start_matches("http://");
-    TcpStream::connect(addr).await.expect("connect to the api")
+    integration_tests::attacks::connect(base_url, None).await.expect("connect to the api")
 }
 
-/// Reads the answer's status line.
+/// Reads the answer's status line (within 20 s).
 pub async fn status_of(stream: &mut TcpStream) -> u16 {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !buffer.windows(2).any(|w| w == b"\r\n") {
-        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("an answer within 20 s")
-            .expect("read the answer");
-        assert!(read > 0, "connection closed without an answer");
-        buffer.extend_from_slice(&chunk[..read]);
-    }
-    let line = String::from_utf8_lossy(&buffer);
-    line.split_whitespace().nth(1).and_then(|code| code.parse().ok()).expect("a status line")
+    let status = integration_tests::attacks::read_status(stream, Duration::from_secs(20)).await;
+    assert_ne!(status, 0, "an answer with a status line within 20 s");
+    status
 }
 
 /// Start of a multipart body with one `file` part.
