@@ -131,6 +131,12 @@ impl PrivatePostgres {
         run(start, "pg_ctl start")
     }
 
+    /// The postmaster's process id, while the server runs (from `postmaster.pid`).
+    pub fn pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     /// `pg_ctl stop -m immediate`: the server dies as in a crash.
     pub fn stop_immediate(&self) -> anyhow::Result<()> {
         let mut stop = pg_command(&self.bin.join("pg_ctl"));
@@ -192,6 +198,11 @@ impl PrivateRedis {
             std::thread::sleep(Duration::from_millis(20));
         }
         anyhow::bail!("redis-server did not start on port {}", self.port)
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().expect("redis child lock").as_ref().map(Child::id)
     }
 
     /// Kills the server (SIGKILL): everything in it is gone.

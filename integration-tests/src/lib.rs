@@ -182,6 +182,15 @@ impl TestApp {
 
     /// Starts a `md5-worker` process (from the release or debug build next to this test).
     pub fn start_worker_process(&mut self, concurrency: u32) -> anyhow::Result<()> {
+        self.start_worker_process_with(concurrency, &[])
+    }
+
+    /// [`TestApp::start_worker_process`] with these environment variables added.
+    pub fn start_worker_process_with(
+        &mut self,
+        concurrency: u32,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let binary = sibling_binary("md5-worker")?;
         let child = std::process::Command::new(binary)
             .env("DATABASE_URL", &self.database_url)
@@ -193,6 +202,7 @@ impl TestApp {
             .env("WORKER_CONCURRENCY", concurrency.to_string())
             .env("READ_BLOCK_MS", "500")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .spawn()?;
         self.worker_processes.push(child);

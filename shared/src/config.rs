@@ -26,7 +26,8 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
-    /// Most Postgres connections this process opens.
+    /// Most Postgres connections this process's pools open (the api adds one `LISTEN`
+    /// connection; a worker splits them between its two pools, at least one each).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_size: u32,
 
@@ -40,6 +41,11 @@ impl DatabaseArgs {
     /// The wait for a connection as a `Duration`.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.db_timeout_ms)
+    }
+
+    /// The same settings for a pool of `size` connections.
+    pub fn with_pool_size(&self, size: u32) -> Self {
+        DatabaseArgs { db_pool_size: size, ..self.clone() }
     }
 }
 

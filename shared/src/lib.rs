@@ -4,6 +4,7 @@
 //! This crate knows nothing about HTTP or Redis clients: the stream message is described here as
 //! plain field/value pairs, and each binary moves it over its own transport.
 
+pub mod batch;
 pub mod config;
 pub mod db;
 pub mod job;

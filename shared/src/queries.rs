@@ -3,7 +3,6 @@
 //! State changes are conditional updates, so a duplicate or late delivery of a job is a no-op
 //! rather than a second result.
 
-use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::pg::data_types::PgInterval;
 use diesel::prelude::*;
@@ -63,10 +62,20 @@ pub async fn claim_task(
     worker: &str,
     lease: Duration,
 ) -> QueryResult<Option<Task>> {
+    Ok(claim_tasks(conn, &[task_id], worker, lease).await?.pop())
+}
+
+/// [`claim_task`] for many tasks in one statement; returns the rows it claimed, in no order.
+pub async fn claim_tasks(
+    conn: &mut AsyncPgConnection,
+    task_ids: &[Uuid],
+    worker: &str,
+    lease: Duration,
+) -> QueryResult<Vec<Task>> {
     let claimable = dsl::status.eq(TaskStatus::Queued).or(dsl::status
         .eq(TaskStatus::Processing)
         .and(dsl::lease_until.lt(now.into_sql::<Timestamptz>().nullable())));
-    diesel::update(dsl::md5_tasks.find(task_id).filter(claimable))
+    diesel::update(dsl::md5_tasks.filter(dsl::task_id.eq_any(task_ids)).filter(claimable))
         .set((
             dsl::status.eq(TaskStatus::Processing),
             dsl::attempts.eq(dsl::attempts + 1),
@@ -75,9 +84,8 @@ pub async fn claim_task(
             dsl::lease_until.eq((now.into_sql::<Timestamptz>() + interval(lease)).nullable()),
         ))
         .returning(Task::as_returning())
-        .get_result(conn)
+        .get_results(conn)
         .await
-        .optional()
 }
 
 /// Extends `worker`'s lease on a task it is still processing; false if the lease was lost.
@@ -107,32 +115,56 @@ pub async fn complete_task(
     worker: &str,
     outcome: &Outcome,
 ) -> QueryResult<Option<Task>> {
-    let (md5, error) = match outcome {
-        Outcome::Done { md5 } => (Some(md5.as_str()), None),
-        Outcome::Failed { error } => (None, Some(error.as_str())),
-    };
-    diesel::update(
-        dsl::md5_tasks
-            .find(task_id)
-            .filter(dsl::status.eq(TaskStatus::Processing))
-            .filter(dsl::worker.eq(worker)),
+    Ok(complete_tasks(conn, worker, &[(task_id, outcome.clone())]).await?.pop())
+}
+
+/// [`complete_task`] for many tasks in one statement (so one commit); returns the rows it
+/// updated, in no order. A task listed twice is updated once.
+pub async fn complete_tasks(
+    conn: &mut AsyncPgConnection,
+    worker: &str,
+    outcomes: &[(Uuid, Outcome)],
+) -> QueryResult<Vec<Task>> {
+    use diesel::sql_types::{Array, Nullable, Text};
+    let mut ids = Vec::with_capacity(outcomes.len());
+    let mut statuses = Vec::with_capacity(outcomes.len());
+    let mut results = Vec::with_capacity(outcomes.len());
+    let mut errors = Vec::with_capacity(outcomes.len());
+    for (task_id, outcome) in outcomes {
+        ids.push(*task_id);
+        statuses.push(outcome.status().as_str());
+        let (md5, error) = match outcome {
+            Outcome::Done { md5 } => (Some(md5.as_str()), None),
+            Outcome::Failed { error } => (None, Some(error.as_str())),
+        };
+        results.push(md5);
+        errors.push(error);
+    }
+    diesel::sql_query(
+        "UPDATE md5_tasks AS t \
+         SET status = v.status::task_status, result = v.result, error = v.error, \
+             finished_at = now(), lease_until = NULL \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS v(task_id, status, result, error) \
+         WHERE t.task_id = v.task_id AND t.status = 'processing' AND t.worker = $5 \
+         RETURNING t.*",
     )
-    .set((
-        dsl::status.eq(outcome.status()),
-        dsl::result.eq(md5),
-        dsl::error.eq(error),
-        dsl::finished_at.eq(now.into_sql::<Timestamptz>().nullable()),
-        dsl::lease_until.eq(None::<DateTime<Utc>>),
-    ))
-    .returning(Task::as_returning())
-    .get_result(conn)
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<Array<Text>, _>(statuses)
+    .bind::<Array<Nullable<Text>>, _>(results)
+    .bind::<Array<Nullable<Text>>, _>(errors)
+    .bind::<Text, _>(worker)
+    .load(conn)
     .await
-    .optional()
 }
 
 /// Records that the task's line is in the results log.
 pub async fn mark_logged(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<()> {
-    diesel::update(dsl::md5_tasks.find(task_id).filter(dsl::logged_at.is_null()))
+    mark_all_logged(conn, &[task_id]).await
+}
+
+/// [`mark_logged`] for many tasks in one statement.
+pub async fn mark_all_logged(conn: &mut AsyncPgConnection, task_ids: &[Uuid]) -> QueryResult<()> {
+    diesel::update(dsl::md5_tasks.filter(dsl::task_id.eq_any(task_ids)).filter(dsl::logged_at.is_null()))
         .set(dsl::logged_at.eq(now.into_sql::<Timestamptz>().nullable()))
         .execute(conn)
         .await?;

@@ -12,10 +12,12 @@ use anyhow::Context as _;
 use shared::db::{Pool, PooledConnection};
 use shared::queries::{self, Outcome};
 use shared::{LogLine, Task};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use crate::batches::Batches;
 use crate::config::Config;
 use crate::results_log::{Appended, ResultsLog};
 use crate::stream::{Delivery, JobsHandle};
@@ -35,6 +37,10 @@ pub struct JobContext {
     pub bookkeeping: Pool,
     /// Redis commands.
     pub jobs: JobsHandle,
+    /// The group commits of claims, results, marks and acknowledgements.
+    pub batches: Batches,
+    /// Hashes running at once (one per CPU), whatever the number of jobs in flight.
+    pub hashing: Arc<Semaphore>,
     /// The results log.
     pub log: ResultsLog,
     /// This process's consumer name.
@@ -62,15 +68,10 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
         Ok(job) => job,
         Err(err) => {
             tracing::warn!(error = %err, "dropping a malformed stream entry");
-            return retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await;
+            return acknowledge(ctx, delivery).await;
         }
     };
-    let lease = ctx.config.claim_idle();
-    let claimed = retry(ctx, "claim the task", || async {
-        let mut conn = connection(&ctx.bookkeeping).await?;
-        anyhow::Ok(queries::claim_task(&mut conn, job.task_id, &ctx.consumer, lease).await?)
-    })
-    .await?;
+    let claimed = retry(ctx, "claim the task", || ctx.batches.claim.call(job.task_id)).await?;
     let Some(task) = claimed else {
         return not_claimable(ctx, delivery, job.task_id).await;
     };
@@ -89,11 +90,9 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
     };
     crate::fault::point(&ctx.config, "after_hash");
 
-    let finished = retry(ctx, "record the result", || async {
-        let mut conn = connection(&ctx.pool).await?;
-        anyhow::Ok(queries::complete_task(&mut conn, task.task_id, &ctx.consumer, &outcome).await?)
-    })
-    .await?;
+    let finished =
+        retry(ctx, "record the result", || ctx.batches.complete.call((task.task_id, outcome.clone())))
+            .await?;
     let Some(finished) = finished else {
         // Our lease passed and another worker took the task over: it records and logs it.
         tracing::warn!("lease lost while hashing; leaving the task to its new owner");
@@ -123,13 +122,13 @@ async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> 
     match task {
         None => {
             tracing::warn!("no such task; dropping the entry");
-            retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await
+            acknowledge(ctx, delivery).await
         }
         Some(task) if task.status.is_finished() && task.logged_at.is_some() => {
             // A duplicate, or a redelivery after a crash between logging and acknowledging.
             tracing::debug!("delivery of a finished and logged task");
             remove_upload(ctx, &task).await;
-            retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await
+            acknowledge(ctx, delivery).await
         }
         // A crash came between recording the result and recording the log line.
         Some(task) if task.status.is_finished() => finish(ctx, delivery, &task, true).await,
@@ -142,7 +141,7 @@ async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> 
         Some(_) => {
             // A second entry for a task a live worker holds (the sweeper re-added it).
             tracing::debug!("task held by another worker; dropping the duplicate entry");
-            retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await
+            acknowledge(ctx, delivery).await
         }
     }
 }
@@ -179,16 +178,17 @@ async fn finish(ctx: &JobContext, delivery: &Delivery, task: &Task, recovering: 
     // which deletes it again (a no-op), rather than leaving a file nobody will delete.
     remove_upload(ctx, task).await;
     crate::fault::point(&ctx.config, "before_ack");
-    retry(ctx, "acknowledge", || ctx.jobs.ack(&delivery.entry_id)).await?;
+    acknowledge(ctx, delivery).await?;
     crate::fault::point(&ctx.config, "before_mark");
     // Last, and without waiting for the WAL flush: if this mark is lost, the sweeper finds the
     // task finished but unmarked, re-enqueues it, and the log search finds its line.
-    retry(ctx, "record the log line", || async {
-        let mut conn = connection(&ctx.bookkeeping).await?;
-        anyhow::Ok(queries::mark_logged(&mut conn, task.task_id).await?)
-    })
-    .await?;
+    retry(ctx, "record the log line", || ctx.batches.mark.call(task.task_id)).await?;
     Ok(())
+}
+
+/// XACK + XDEL of the delivery's entry, batched with other jobs'.
+async fn acknowledge(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
+    retry(ctx, "acknowledge", || ctx.batches.ack.call(delivery.entry_id.clone())).await
 }
 
 /// Deletes the stored upload of a finished task, unless `KEEP_UPLOADS`; a missing file is fine.
@@ -208,12 +208,16 @@ async fn remove_upload(ctx: &JobContext, task: &Task) {
 /// looking idle, so a long hash is never taken over while this worker lives.
 async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> Outcome {
     let path = shared::config::upload_path(&ctx.config.storage.upload_dir, task.task_id);
-    let started = std::time::Instant::now();
-    let hashing = tokio::task::spawn_blocking(move || crate::hash::md5_file(&path));
+    let hashing = async {
+        let _turn = ctx.hashing.acquire().await;
+        let started = std::time::Instant::now();
+        let hashed = tokio::task::spawn_blocking(move || crate::hash::md5_file(&path)).await;
+        (hashed, started.elapsed())
+    };
     tokio::pin!(hashing);
     let beat = ctx.config.claim_idle() / 3;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
-    let result = loop {
+    let (result, took) = loop {
         tokio::select! {
             result = &mut hashing => break result,
             _ = heartbeat.tick() => {
@@ -234,13 +238,9 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
     };
     match result {
         Ok(Ok((md5, size))) if size == task.size_bytes as u64 => {
-            metrics::histogram!("md5_hash_duration_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("md5_hash_duration_seconds").record(took.as_secs_f64());
             metrics::counter!("md5_hashed_bytes_total").increment(size);
-            tracing::info!(
-                hash.duration_ms = started.elapsed().as_millis() as u64,
-                hash.size_bytes = size,
-                "hashed"
-            );
+            tracing::info!(hash.duration_ms = took.as_millis() as u64, hash.size_bytes = size, "hashed");
             Outcome::Done { md5 }
         }
         Ok(Ok((_, size))) => Outcome::Failed {

@@ -4,6 +4,7 @@
 //! It never speaks HTTP to clients and never writes an upload: that is the api's job.
 //! **Only this crate reads the stream.**
 
+pub mod batches;
 pub mod config;
 pub mod fault;
 pub mod hash;
@@ -21,6 +22,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use batches::Batches;
 pub use config::Config;
 use job::JobContext;
 use results_log::ResultsLog;
@@ -35,11 +37,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let concurrency = config.concurrency();
     // Install the recorder before any job records a metric.
     let _ = shared::telemetry::metrics();
-    let mut pool_args = config.database.clone();
-    // Each job holds at most one connection at a time; the heartbeat and sweeper need a couple more.
-    pool_args.db_pool_size = pool_args.db_pool_size.max(concurrency as u32 + 2);
-    let pool = shared::db::build_pool(&pool_args, "md5-worker")?;
-    let bookkeeping = shared::db::build_bookkeeping_pool(&pool_args, "md5-worker")?;
+    // Jobs share their statements (`batches`), so the connections a process needs do not grow
+    // with its concurrency: `DB_POOL_SIZE` in all (at least 2), split between the two pools.
+    let (durable_size, bookkeeping_size) = split_pool_size(config.database.db_pool_size);
+    let pool = shared::db::build_pool(&config.database.with_pool_size(durable_size), "md5-worker")?;
+    let bookkeeping =
+        shared::db::build_bookkeeping_pool(&config.database.with_pool_size(bookkeeping_size), "md5-worker")?;
     let block = Duration::from_millis(config.read_block_ms);
     let mut jobs = Jobs::new(&config.redis.redis_url, &config.stream, consumer.clone(), block)?;
     let log = ResultsLog::open(&config.log_file)
@@ -50,11 +53,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         log.fail_next_flush();
     }
     let stop = CancellationToken::new();
+    let batches = Batches::spawn(&pool, &bookkeeping, &jobs.commands(), &consumer, config.claim_idle());
+    let hash_threads = std::thread::available_parallelism().map_or(2, usize::from);
     let ctx = Arc::new(JobContext {
         config: config.clone(),
         pool,
         bookkeeping,
         jobs: jobs.commands(),
+        batches,
+        hashing: Arc::new(Semaphore::new(hash_threads)),
         log,
         consumer: consumer.clone(),
         shutdown: stop.clone(),
@@ -212,6 +219,13 @@ async fn sweep_loop(ctx: Arc<JobContext>, stop: CancellationToken) {
             tracing::warn!(error = format!("{err:#}"), "sweep failed; trying again next interval");
         }
     }
+}
+
+/// The durable and the bookkeeping pool's sizes for `DB_POOL_SIZE` connections in all: half
+/// each, at least one each.
+fn split_pool_size(total: u32) -> (u32, u32) {
+    let durable = (total / 2).max(1);
+    (durable, total.saturating_sub(durable).max(1))
 }
 
 async fn pause(stop: &CancellationToken, backoff: &mut Duration) {

@@ -204,17 +204,18 @@ pub struct JobsHandle {
 }
 
 impl JobsHandle {
-    /// Acknowledges an entry and deletes it, so the stream holds only live entries.
-    pub async fn ack(&self, entry_id: &str) -> RedisResult<()> {
+    /// Acknowledges entries and deletes them (one XACK and one XDEL, pipelined), so the stream
+    /// holds only live entries.
+    pub async fn ack_all(&self, entry_ids: &[String]) -> RedisResult<()> {
         redis::pipe()
             .cmd("XACK")
             .arg(&self.stream)
             .arg(&self.group)
-            .arg(entry_id)
+            .arg(entry_ids)
             .ignore()
             .cmd("XDEL")
             .arg(&self.stream)
-            .arg(entry_id)
+            .arg(entry_ids)
             .ignore()
             .query_async::<()>(&mut self.commands.clone())
             .await

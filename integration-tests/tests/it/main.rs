@@ -5,6 +5,7 @@
 //! Tests that start worker processes need `cargo build --release --bins` first (the README's
 //! test command does it).
 
+mod batching;
 mod compat;
 mod edge;
 mod errors;

@@ -1,0 +1,132 @@
+//! Group commit in the worker: jobs that reach a step together share one statement, and sharing
+//! changes no job's outcome.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection as _, AsyncPgConnection};
+use futures_util::StreamExt as _;
+use integration_tests::fault::free_port;
+use integration_tests::{TestApp, TestOptions, eventually, random_bytes};
+use serde_json::Value;
+use shared::TaskStatus;
+use shared::models::NewTask;
+use shared::queries::{self, Outcome};
+use uuid::Uuid;
+
+const BACKLOG: usize = 400;
+
+/// `<name>_sum` and `<name>_count` of a summary or histogram with `batch="<batch>"`.
+fn batch_sizes(metrics: &str, batch: &str) -> (f64, f64) {
+    let value = |suffix: &str| {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(&format!("md5_batch_size_{suffix}{{batch=\"{batch}\"}}")))
+            .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (value("sum"), value("count"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_claimed_recorded_marked_and_acknowledged_in_shared_statements() {
+    let mut app =
+        TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let ids: HashSet<String> = futures_util::stream::iter(0..BACKLOG)
+        .map(|n| {
+            let app = &app;
+            async move {
+                let response = app.upload(&format!("f{n}.bin"), random_bytes(256, n as u64)).await;
+                assert_eq!(response.status(), 202);
+                response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    app.start_worker_process_with(32, &[("METRICS_ADDR", metrics_addr.as_str())]).unwrap();
+
+    eventually(Duration::from_secs(60), "every task logged and acknowledged", || async {
+        (app.log_lines().len() >= BACKLOG && app.pending_count().await.ok()? == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let lines = app.log_lines();
+    assert_eq!(lines.len(), BACKLOG, "one line per task");
+    let logged: HashSet<String> = lines.iter().map(|line| line.task_id.to_string()).collect();
+    assert_eq!(logged, ids, "every task logged once");
+
+    let metrics = eventually(Duration::from_secs(10), "every mark counted in /metrics", || async {
+        let text =
+            app.client.get(format!("http://{metrics_addr}/metrics")).send().await.ok()?.text().await.ok()?;
+        (batch_sizes(&text, "mark").0 >= BACKLOG as f64).then_some(text)
+    })
+    .await
+    .unwrap();
+    for batch in ["claim", "complete", "mark", "ack"] {
+        let (requests, statements) = batch_sizes(&metrics, batch);
+        assert_eq!(requests, BACKLOG as f64, "{batch}: one request per job");
+        // 32 jobs in flight: a backlog goes through in statements of several jobs each (about
+        // 4-5 on 2 cores; alone, every job would take a statement of its own).
+        assert!(
+            statements > 0.0 && statements <= (BACKLOG / 2) as f64,
+            "{batch}: {BACKLOG} jobs took {statements} statements"
+        );
+        println!("{batch}: {BACKLOG} jobs in {statements} statements");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_shared_statement_answers_each_job_as_if_it_ran_alone() {
+    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let mut conn = AsyncPgConnection::establish(&app.database_url).await.unwrap();
+    let [a, b, c] = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
+    for id in [a, b, c] {
+        let new = NewTask { task_id: id, file_name: "f", size_bytes: 1, request_id: None };
+        queries::insert_task(&mut conn, &new).await.unwrap();
+    }
+    let lease = Duration::from_secs(60);
+    let claimed = queries::claim_tasks(&mut conn, &[a, b, a], "w1", lease).await.unwrap();
+    assert_eq!(claimed.len(), 2, "a task listed twice is claimed once");
+    assert!(
+        queries::claim_tasks(&mut conn, &[b, c], "w2", lease).await.unwrap().iter().all(|t| t.task_id == c)
+    );
+
+    let done = |md5: &str| Outcome::Done { md5: md5.into() };
+    let failed = Outcome::Failed { error: "unreadable".into() };
+    // `c` is held by w2: w1 records nothing for it; `a` listed twice is recorded once.
+    let finished = queries::complete_tasks(
+        &mut conn,
+        "w1",
+        &[(a, done("00000000000000000000000000000001")), (b, failed), (c, done("0c")), (a, done("ff"))],
+    )
+    .await
+    .unwrap();
+    let mut finished_ids: Vec<Uuid> = finished.iter().map(|t| t.task_id).collect();
+    finished_ids.sort();
+    let mut expected = vec![a, b];
+    expected.sort();
+    assert_eq!(finished_ids, expected);
+    let (ra, rb, rc) = (row(&mut conn, a).await, row(&mut conn, b).await, row(&mut conn, c).await);
+    assert_eq!(
+        (ra.status, rb.status, rc.status),
+        (TaskStatus::Done, TaskStatus::Failed, TaskStatus::Processing)
+    );
+    assert_eq!(rb.error.as_deref(), Some("unreadable"));
+    assert!(ra.result.is_some() && rb.result.is_none() && rc.result.is_none());
+    assert!(ra.finished_at.is_some() && ra.lease_until.is_none());
+
+    queries::mark_all_logged(&mut conn, &[a, b, a]).await.unwrap();
+    let marked = row(&mut conn, a).await.logged_at;
+    assert!(marked.is_some());
+    assert!(row(&mut conn, b).await.logged_at.is_some() && row(&mut conn, c).await.logged_at.is_none());
+    queries::mark_all_logged(&mut conn, &[a]).await.unwrap();
+    assert_eq!(row(&mut conn, a).await.logged_at, marked, "a mark is never moved");
+    app.stop().await;
+}
+
+async fn row(conn: &mut AsyncPgConnection, id: Uuid) -> shared::Task {
+    queries::find_task(conn, id).await.unwrap().unwrap()
+}

@@ -1,0 +1,126 @@
+//! The worker's group commits: every job's claim, result, "logged" mark and acknowledgement goes
+//! through a [`Batcher`], so jobs that reach the same step together share one statement, one
+//! commit and one round trip. (The log line's own group commit is in `results_log`.)
+//!
+//! The statements are the conditional updates of `shared::queries`, so batching changes no
+//! outcome: a job gets exactly the answer it would have had alone.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use shared::Task;
+use shared::batch::Batcher;
+use shared::db::Pool;
+use shared::queries::{self, Outcome};
+use uuid::Uuid;
+
+use crate::stream::JobsHandle;
+
+/// Most requests one statement carries.
+const MAX_BATCH: usize = 256;
+
+/// One batcher per step of a job.
+pub struct Batches {
+    /// Claims (bookkeeping pool): the claimed row, or `None` if the task is not claimable.
+    pub claim: Batcher<Uuid, Option<Task>>,
+    /// Results (durable pool): the finished row, or `None` if this worker lost the task.
+    pub complete: Batcher<(Uuid, Outcome), Option<Task>>,
+    /// "Logged" marks (bookkeeping pool).
+    pub mark: Batcher<Uuid, ()>,
+    /// XACK + XDEL of stream entries.
+    pub ack: Batcher<String, ()>,
+}
+
+impl Batches {
+    /// Spawns the batchers for consumer `worker`.
+    pub fn spawn(pool: &Pool, bookkeeping: &Pool, jobs: &JobsHandle, worker: &str, lease: Duration) -> Self {
+        let claim = {
+            let (pool, worker) = (bookkeeping.clone(), worker.to_owned());
+            Batcher::spawn("claim", MAX_BATCH, move |ids: Vec<Uuid>| {
+                let (pool, worker) = (pool.clone(), worker.clone());
+                async move {
+                    let mut conn = connection(&pool).await?;
+                    let rows = queries::claim_tasks(&mut conn, &ids, &worker, lease).await?;
+                    Ok(answer_each(&ids, rows))
+                }
+            })
+        };
+        let complete = {
+            let (pool, worker) = (pool.clone(), worker.to_owned());
+            Batcher::spawn("complete", MAX_BATCH, move |outcomes: Vec<(Uuid, Outcome)>| {
+                let (pool, worker) = (pool.clone(), worker.clone());
+                async move {
+                    let mut conn = connection(&pool).await?;
+                    let rows = queries::complete_tasks(&mut conn, &worker, &outcomes).await?;
+                    let ids: Vec<Uuid> = outcomes.iter().map(|(id, _)| *id).collect();
+                    Ok(answer_each(&ids, rows))
+                }
+            })
+        };
+        let mark = {
+            let pool = bookkeeping.clone();
+            Batcher::spawn("mark", MAX_BATCH, move |ids: Vec<Uuid>| {
+                let pool = pool.clone();
+                async move {
+                    let mut conn = connection(&pool).await?;
+                    queries::mark_all_logged(&mut conn, &ids).await?;
+                    Ok(vec![(); ids.len()])
+                }
+            })
+        };
+        let ack = {
+            let jobs = jobs.clone();
+            Batcher::spawn("ack", MAX_BATCH, move |entries: Vec<String>| {
+                let jobs = jobs.clone();
+                async move {
+                    jobs.ack_all(&entries).await?;
+                    Ok(vec![(); entries.len()])
+                }
+            })
+        };
+        Batches { claim, complete, mark, ack }
+    }
+}
+
+/// Gives each returned row to the first request for its task; every other request (a task not
+/// updated, or the same task asked for twice in one batch) gets `None`.
+fn answer_each(ids: &[Uuid], rows: Vec<Task>) -> Vec<Option<Task>> {
+    let mut rows: HashMap<Uuid, Task> = rows.into_iter().map(|row| (row.task_id, row)).collect();
+    ids.iter().map(|id| rows.remove(id)).collect()
+}
+
+async fn connection(pool: &Pool) -> anyhow::Result<shared::db::PooledConnection> {
+    pool.get().await.map_err(|err| anyhow::anyhow!("no Postgres connection: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(task_id: Uuid) -> Task {
+        Task {
+            task_id,
+            status: shared::TaskStatus::Processing,
+            result: None,
+            file_name: "f".into(),
+            size_bytes: 1,
+            error: None,
+            attempts: 1,
+            created_at: chrono::Utc::now(),
+            started_at: None,
+            finished_at: None,
+            logged_at: None,
+            worker: None,
+            lease_until: None,
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn a_row_goes_to_the_first_request_for_its_task_only() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let answers = answer_each(&[a, b, a, c], vec![row(c), row(a)]);
+        let ids: Vec<Option<Uuid>> = answers.iter().map(|t| t.as_ref().map(|t| t.task_id)).collect();
+        assert_eq!(ids, vec![Some(a), None, None, Some(c)]);
+    }
+}
