@@ -4,6 +4,7 @@
 //! reads the stream and never hashes: that is the worker's job.
 
 pub mod body;
+pub mod commits;
 pub mod config;
 pub mod error;
 pub mod notify;
@@ -59,9 +60,11 @@ pub async fn run(
         grace: Duration::from_secs(config.shutdown_grace_seconds),
         max_connections: config.max_connections,
     };
+    let commits = commits::Commits::spawn(&config.storage.upload_dir, &pool);
     let state = AppState {
         upload_slots: slots::UploadSlots::new(config.max_concurrent_uploads, config.uploads_per_client()),
         config: Arc::new(config),
+        commits,
         pool,
         queue,
         finished,

@@ -5,15 +5,38 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use shared::JobMessage;
+use shared::batch::Batcher;
+
+/// XADDs every job in one pipeline (one round trip).
+async fn add_all(mut connection: ConnectionManager, stream: &str, jobs: &[JobMessage]) -> anyhow::Result<()> {
+    let mut pipe = redis::pipe();
+    for job in jobs {
+        let add = pipe.cmd("XADD").arg(stream).arg("*");
+        for (field, value) in job.to_fields() {
+            add.arg(field).arg(value);
+        }
+        add.ignore();
+    }
+    match tokio::time::timeout(ENQUEUE_TIMEOUT, pipe.query_async::<()>(&mut connection)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.into()),
+        Err(_) => Err(anyhow::anyhow!("XADD timed out after {ENQUEUE_TIMEOUT:?}")),
+    }
+}
 
 /// Bound on one XADD, so an unreachable Redis never holds an upload's answer for long.
 const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most jobs one pipelined round of XADDs carries.
+const MAX_BATCH: usize = 256;
 
 /// The api's handle on the jobs stream.
 #[derive(Clone)]
 pub struct JobQueue {
     connection: ConnectionManager,
     stream: String,
+    /// XADDs of uploads that finish together, pipelined in one round trip.
+    adds: Batcher<JobMessage, ()>,
 }
 
 impl JobQueue {
@@ -28,23 +51,20 @@ impl JobQueue {
             .set_max_delay(Duration::from_millis(500));
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|err| anyhow::anyhow!("cannot set up the Redis connection: {err}"))?;
-        Ok(JobQueue { connection, stream })
+        let adds = {
+            let (connection, stream) = (connection.clone(), stream.clone());
+            Batcher::spawn("xadd", MAX_BATCH, move |jobs: Vec<JobMessage>| {
+                let (connection, stream) = (connection.clone(), stream.clone());
+                async move { add_all(connection, &stream, &jobs).await.map(|()| vec![(); jobs.len()]) }
+            })
+        };
+        Ok(JobQueue { connection, stream, adds })
     }
 
-    /// XADDs the job; an error means the sweeper will have to enqueue it later.
+    /// XADDs the job (pipelined with other uploads' jobs); an error means the sweeper will
+    /// have to enqueue it later.
     pub async fn enqueue(&self, job: &JobMessage) -> anyhow::Result<()> {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&self.stream).arg("*");
-        for (field, value) in job.to_fields() {
-            cmd.arg(field).arg(value);
-        }
-        let mut connection = self.connection.clone();
-        let add = cmd.query_async::<String>(&mut connection);
-        match tokio::time::timeout(ENQUEUE_TIMEOUT, add).await {
-            Ok(Ok(_entry_id)) => Ok(()),
-            Ok(Err(err)) => Err(err.into()),
-            Err(_) => Err(anyhow::anyhow!("XADD timed out after {ENQUEUE_TIMEOUT:?}")),
-        }
+        self.adds.call(job.clone()).await
     }
 
     /// The stream's length and the group's pending entries (for metrics); a missing stream or

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::commits::Commits;
 use crate::config::Config;
 use crate::notify::FinishedTasks;
 use crate::queue::JobQueue;
@@ -15,6 +16,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Postgres connections.
     pub pool: Pool,
+    /// The group commits of finished uploads: renames with their folder `fsync`, and rows.
+    pub commits: Commits,
     /// Where uploads are announced to the workers.
     pub queue: JobQueue,
     /// Wakes `?wait=` requests when a task finishes.

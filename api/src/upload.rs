@@ -16,11 +16,11 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::body::{self, BodyLimit, FormHead};
+use crate::commits::{Commits, PendingTask};
 use crate::error::ApiError;
 use crate::slots::SlotRefusal;
 use crate::state::AppState;
-use shared::models::NewTask;
-use shared::{JobMessage, Task, queries};
+use shared::{JobMessage, Task};
 
 /// Slack allowed between `Content-Length` and the file size for multipart boundaries and part headers.
 const MULTIPART_OVERHEAD_BYTES: u64 = 64 * 1024;
@@ -145,17 +145,16 @@ async fn commit(
     size: u64,
     request_id: Option<String>,
 ) -> Result<Task, ApiError> {
-    files.promote().await?;
-    let new_task = NewTask {
-        task_id,
-        file_name: &file_name,
-        size_bytes: i64::try_from(size).map_err(|err| ApiError::Internal(err.into()))?,
-        request_id: request_id.as_deref(),
-    };
-    let task = {
-        let mut conn = state.pool.get().await?;
-        queries::insert_task(&mut conn, &new_task).await?
-    };
+    files.promote(&state.commits).await?;
+    let task = state
+        .commits
+        .insert(PendingTask {
+            task_id,
+            file_name,
+            size_bytes: i64::try_from(size).map_err(|err| ApiError::Internal(err.into()))?,
+            request_id: request_id.clone(),
+        })
+        .await?;
     files.keep();
     metrics::counter!("md5_uploads_total").increment(1);
     metrics::counter!("md5_upload_bytes_total").increment(size);
@@ -236,7 +235,7 @@ async fn write_part(
     Ok(size)
 }
 
-fn io_error(err: io::Error) -> ApiError {
+pub(crate) fn io_error(err: io::Error) -> ApiError {
     match err.kind() {
         io::ErrorKind::StorageFull => ApiError::InsufficientStorage,
         io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
@@ -460,7 +459,6 @@ type WriteDone = (std::fs::File, Vec<u8>);
 struct UploadFiles {
     partial: PathBuf,
     stored: PathBuf,
-    upload_dir: PathBuf,
     file: Option<std::fs::File>,
     in_flight: Option<JoinHandle<io::Result<WriteDone>>>,
     kept: bool,
@@ -471,7 +469,6 @@ impl UploadFiles {
         UploadFiles {
             partial: upload_dir.join(format!(".{task_id}.part")),
             stored: shared::config::upload_path(upload_dir, task_id),
-            upload_dir: upload_dir.to_owned(),
             file: None,
             in_flight: None,
             kept: false,
@@ -520,19 +517,12 @@ impl UploadFiles {
         Ok(Some(buffer))
     }
 
-    /// Renames the finished partial file to its final name and makes the rename durable.
-    async fn promote(&mut self) -> Result<(), ApiError> {
-        self.file = None;
-        let (partial, stored, dir) = (self.partial.clone(), self.stored.clone(), self.upload_dir.clone());
-        self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            std::fs::rename(&partial, &stored)?;
-            let dir = std::fs::File::open(dir)?;
-            dir.sync_all()?;
-            Ok((dir, Vec::new()))
-        }));
+    /// Renames the finished partial file to its final name and makes the rename durable, in
+    /// a batch with other uploads' renames (one folder `fsync` for all).
+    async fn promote(&mut self, commits: &Commits) -> Result<(), ApiError> {
         self.wait().await?;
         self.file = None;
-        Ok(())
+        commits.rename(self.partial.clone(), self.stored.clone()).await
     }
 
     fn keep(&mut self) {

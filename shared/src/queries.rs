@@ -48,6 +48,12 @@ pub async fn insert_task(conn: &mut AsyncPgConnection, new: &NewTask<'_>) -> Que
     diesel::insert_into(dsl::md5_tasks).values(new).returning(Task::as_returning()).get_result(conn).await
 }
 
+/// Inserts new `queued` tasks in one statement (so one commit) and returns the committed rows,
+/// in no order.
+pub async fn insert_tasks(conn: &mut AsyncPgConnection, new: &[NewTask<'_>]) -> QueryResult<Vec<Task>> {
+    diesel::insert_into(dsl::md5_tasks).values(new).returning(Task::as_returning()).get_results(conn).await
+}
+
 /// Loads a task by id; `None` if there is no such task.
 pub async fn find_task(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<Option<Task>> {
     dsl::md5_tasks.find(task_id).select(Task::as_select()).first(conn).await.optional()

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use futures_util::StreamExt as _;
+use integration_tests::api_process::ApiProcess;
 use integration_tests::fault::free_port;
 use integration_tests::{TestApp, TestOptions, eventually, random_bytes};
 use serde_json::Value;
@@ -76,6 +77,54 @@ async fn a_backlog_is_claimed_recorded_marked_and_acknowledged_in_shared_stateme
         println!("{batch}: {BACKLOG} jobs in {statements} statements");
     }
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_share_the_folder_fsync_the_insert_and_the_xadd() {
+    const UPLOADS: usize = 300;
+    let stream = format!("test:{}:jobs", Uuid::new_v4().simple());
+    let api = ApiProcess::start(&[("JOBS_STREAM", stream.as_str())]).await.unwrap();
+    let accepted =
+        futures_util::stream::iter(0..UPLOADS)
+            .map(|n| {
+                let api = &api;
+                async move {
+                    api.upload_with(&api.client, &format!("f{n}.bin"), random_bytes(512, n as u64)).await
+                }
+            })
+            .buffer_unordered(32)
+            .filter(|status| std::future::ready(*status == 202))
+            .count()
+            .await;
+    assert_eq!(accepted, UPLOADS);
+
+    // Every upload is whole: its file, its row and its job.
+    let stored = api
+        .upload_files()
+        .iter()
+        .filter(|f| !f.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .count();
+    assert_eq!(stored, UPLOADS, "one stored file per upload, no partial file left");
+    let mut conn = AsyncPgConnection::establish(api.database_url()).await.unwrap();
+    let rows = queries::count_by_status(&mut conn).await.unwrap();
+    assert_eq!(rows, vec![(TaskStatus::Queued, UPLOADS as i64)]);
+    let mut redis = redis::Client::open(integration_tests::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let length: usize = redis::cmd("XLEN").arg(&stream).query_async(&mut redis).await.unwrap();
+    assert_eq!(length, UPLOADS, "one job per upload");
+    let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut redis).await.unwrap();
+
+    let metrics =
+        api.client.get(format!("{}/metrics", api.base_url)).send().await.unwrap().text().await.unwrap();
+    for batch in ["rename", "insert", "xadd"] {
+        let (requests, statements) = batch_sizes(&metrics, batch);
+        assert_eq!(requests, UPLOADS as f64, "{batch}: one request per upload");
+        assert!(statements < requests, "{batch}: {UPLOADS} uploads took {statements} batches, none shared");
+        println!("{batch}: {UPLOADS} uploads in {statements} batches");
+    }
 }
 
 #[tokio::test]
