@@ -158,7 +158,7 @@ impl TestApp {
     pub fn worker_config(&self, concurrency: u32) -> worker::Config {
         let mut config = worker::Config::parse_from(["md5-worker"]);
         config.log_file = self.log_file.clone();
-        config.worker_concurrency = Some(concurrency);
+        config.worker_concurrency = concurrency;
         config.read_block_ms = 500;
         config.database.database_url = self.database_url.clone();
         config.redis.redis_url = self.redis_url.clone();

@@ -28,9 +28,10 @@ pub struct Config {
     #[arg(long, env = "LOG_MAX_BYTES", value_parser = clap::value_parser!(u64).range(1024..))]
     pub log_max_bytes: Option<u64>,
 
-    /// Jobs this process hashes at once (default: the number of CPUs).
-    #[arg(long, env = "WORKER_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub worker_concurrency: Option<u32>,
+    /// Jobs this process holds at once. Jobs at the same step share one statement, so more in
+    /// flight costs less per job; hashes still run one per CPU, whatever this is.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub worker_concurrency: u32,
 
     /// A pending job idle this long (its worker dead, no heartbeat) is taken over by another worker; also the lease length.
     #[arg(long, env = "CLAIM_IDLE_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
@@ -95,11 +96,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// Jobs hashed at once.
+    /// Jobs held at once.
     pub fn concurrency(&self) -> usize {
-        self.worker_concurrency
-            .map(|n| n as usize)
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        self.worker_concurrency as usize
     }
 
     /// The claim idle time, also the lease a worker holds on a task.

@@ -48,7 +48,7 @@ const FULL: Sizes = Sizes {
     small_count: 5000,
     small_size: 1024,
     clients: 32,
-    fixed_rate: 200,
+    fixed_rate: 500,
     fixed_seconds: 10,
     scaling_count: 2000,
 };
@@ -115,9 +115,6 @@ impl Service {
             ("BIND_ADDR", format!("127.0.0.1:{port}")),
             ("MIN_FREE_BYTES", "0".into()),
             ("MAX_CONCURRENT_UPLOADS", "256".into()),
-            ("DB_POOL_SIZE", "32".into()),
-            // Small jobs wait on round trips and fsyncs, not on the CPU: more in flight per process.
-            ("WORKER_CONCURRENCY", "16".into()),
             ("RUST_LOG", "warn".into()),
         ]
         .into_iter()
@@ -376,50 +373,189 @@ fn ratio(value: f64, baseline: f64) -> String {
     format!("{:.2}×", value / baseline)
 }
 
+/// Time to send the file at `path` through a loopback TCP connection to a reader that discards
+/// every byte (the sender reads the file as an upload client does).
+async fn send_over_loopback(path: &Path) -> anyhow::Result<Duration> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const CHUNK: usize = 256 * 1024;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let sink = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await?;
+        let mut buffer = vec![0u8; CHUNK];
+        while socket.read(&mut buffer).await? > 0 {}
+        anyhow::Ok(())
+    });
+    let started = Instant::now();
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    let mut buffer = vec![0u8; CHUNK];
+    loop {
+        let read = file.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        socket.write_all(&buffer[..read]).await?;
+    }
+    socket.shutdown().await?;
+    sink.await??;
+    Ok(started.elapsed())
+}
+
+/// Flushes what earlier scenarios wrote (gigabytes, for scenario 1), so the writeback of one
+/// scenario's files does not run during the next one's measurement.
+fn settle_disk() -> anyhow::Result<()> {
+    time_command("sync", &[]).map(drop)
+}
+
+/// Best (shortest) of `runs` timings of `step`.
+fn best_of<T>(
+    runs: usize,
+    mut step: impl FnMut() -> anyhow::Result<(Duration, T)>,
+) -> anyhow::Result<(Duration, T)> {
+    let mut best = step()?;
+    for _ in 1..runs {
+        let next = step()?;
+        if next.0 < best.0 {
+            best = next;
+        }
+    }
+    Ok(best)
+}
+
 async fn large_file(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let service = Service::start(&root.join("large"), 1).await?;
     let source = root.join("large.bin");
     write_random_file(&source, sizes.large)?;
-    let copy = root.join("large.copy");
-    // Warm the page cache the same way for every contender.
-    let (_, expected) = time_command("md5sum", &[source.to_str().unwrap()])?;
-    let expected = expected.split_whitespace().next().unwrap_or("").to_owned();
-
-    let (cp, _) = time_command("cp", &[source.to_str().unwrap(), copy.to_str().unwrap()])?;
-    let (md5sum, _) = time_command("md5sum", &[copy.to_str().unwrap()])?;
-    std::fs::remove_file(&copy)?;
-    let floor = cp + md5sum;
-
-    let started = Instant::now();
-    let id = service.upload_file(&source).await?;
-    let uploaded = started.elapsed();
-    let task = service.wait_done(&id).await?;
-    let total = started.elapsed();
-    anyhow::ensure!(task["md5"] == expected.as_str(), "large file md5 {} != md5sum {expected}", task["md5"]);
-    let row = service.rows().await?.into_iter().next().context("row")?;
-    let hash = (row.finished_at.context("finished")? - row.started_at.context("started")?).to_std()?;
+    let (source_arg, copy) = (source.to_str().context("path")?, root.join("large.copy"));
+    let copy_arg = copy.to_str().context("path")?;
     let size = sizes.large;
     let gib = size as f64 / (1u64 << 30) as f64;
+
+    // Hashing alone, the file in the page cache (warmed by the first md5sum): the worker's
+    // hash function against md5sum, best of 3 each.
+    let (_, expected) = time_command("md5sum", &[source_arg])?;
+    let expected = expected.split_whitespace().next().unwrap_or("").to_owned();
+    let (md5sum, _) = best_of(3, || time_command("md5sum", &[source_arg]))?;
+    let (worker_hash, digest) = best_of(3, || {
+        let started = Instant::now();
+        let (digest, _) = worker::hash::md5_file(&source)?;
+        Ok((started.elapsed(), digest))
+    })?;
+    anyhow::ensure!(digest == expected, "worker::hash::md5_file {digest} != md5sum {expected}");
+    // md-5 in memory: 0.10 with `asm` (the worker's) against 0.11 (no `asm`).
+    let buffer = random_bytes((size as usize).min(256 << 20), 11);
+    let in_memory = |hash: &dyn Fn(&[u8]) -> Vec<u8>| {
+        best_of(3, || {
+            let started = Instant::now();
+            let digest = hash(&buffer);
+            Ok((started.elapsed(), digest))
+        })
+    };
+    let (asm, asm_digest) = in_memory(&|bytes| {
+        use md5::Digest as _;
+        md5::Md5::digest(bytes).to_vec()
+    })?;
+    let (next, next_digest) = in_memory(&|bytes| {
+        use md_5_next::Digest as _;
+        md_5_next::Md5::digest(bytes).to_vec()
+    })?;
+    anyhow::ensure!(asm_digest == next_digest, "md-5 0.10 and 0.11 disagree");
+    let memory_bytes = buffer.len() as u64;
+    drop(buffer);
+
+    // The durable floor: copy, flush the copy to disk, hash it; best of 3.
+    let mut cp = Duration::MAX;
+    let (floor, plain) = {
+        let mut best = (Duration::MAX, Duration::MAX);
+        for _ in 0..3 {
+            let (copied, _) = time_command("cp", &[source_arg, copy_arg])?;
+            let (synced, _) = time_command("sync", &["-d", copy_arg])?;
+            let (hashed, _) = time_command("md5sum", &[copy_arg])?;
+            std::fs::remove_file(&copy)?;
+            cp = cp.min(copied);
+            best.0 = best.0.min(copied + synced + hashed);
+            best.1 = best.1.min(copied + hashed);
+        }
+        best
+    };
+
+    // What any upload pays before the api sees a byte: the file sent through loopback TCP to
+    // a reader that discards it, best of 3.
+    let mut loopback = Duration::MAX;
+    for _ in 0..3 {
+        loopback = loopback.min(send_over_loopback(&source).await?);
+    }
+
+    // The service, best of 2: upload (202) and upload → done.
+    let mut best: Option<(Duration, Duration, Duration)> = None;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let id = service.upload_file(&source).await?;
+        let uploaded = started.elapsed();
+        let task = service.wait_done(&id).await?;
+        let total = started.elapsed();
+        anyhow::ensure!(
+            task["md5"] == expected.as_str(),
+            "large file md5 {} != md5sum {expected}",
+            task["md5"]
+        );
+        let row =
+            service.rows().await?.into_iter().find(|row| row.task_id.to_string() == id).context("row")?;
+        let hash = (row.finished_at.context("finished")? - row.started_at.context("started")?).to_std()?;
+        if best.is_none_or(|(best_total, _, _)| total < best_total) {
+            best = Some((total, uploaded, hash));
+        }
+    }
+    let (total, uploaded, hash) = best.context("two runs")?;
     rows.push(Row {
-        scenario: format!("1. {gib:.2} GiB: upload → done"),
+        scenario: format!("1. {gib:.2} GiB: upload → done (best of 2)"),
         figure: format!("{:.2} s", total.as_secs_f64()),
-        baseline: format!("cp + md5sum {:.2} s", floor.as_secs_f64()),
+        baseline: format!("cp + sync -d + md5sum {:.2} s (best of 3)", floor.as_secs_f64()),
         ratio: ratio(total.as_secs_f64(), floor.as_secs_f64()),
-        target: "≤ 1.30×".into(),
+        target: "≤ 1.05×".into(),
     });
     rows.push(Row {
-        scenario: "1. upload alone (202)".into(),
+        scenario: "1. the same, against a floor that does not flush".into(),
+        figure: format!("{:.2} s", total.as_secs_f64()),
+        baseline: format!("cp + md5sum {:.2} s", plain.as_secs_f64()),
+        ratio: ratio(total.as_secs_f64(), plain.as_secs_f64()),
+        target: "—".into(),
+    });
+    rows.push(Row {
+        scenario: "1. upload alone (202, fdatasync included)".into(),
         figure: format!("{:.2} s ({:.0} MB/s)", uploaded.as_secs_f64(), mb_per_s(size, uploaded)),
         baseline: format!("cp {:.2} s ({:.0} MB/s)", cp.as_secs_f64(), mb_per_s(size, cp)),
         ratio: ratio(uploaded.as_secs_f64(), cp.as_secs_f64()),
         target: "—".into(),
     });
     rows.push(Row {
-        scenario: "1. worker hash alone (claim → result)".into(),
+        scenario: "1. the file through loopback TCP to a discarding reader (best of 3)".into(),
+        figure: format!("{:.2} s ({:.0} MB/s)", loopback.as_secs_f64(), mb_per_s(size, loopback)),
+        baseline: format!("cp {:.2} s", cp.as_secs_f64()),
+        ratio: ratio(loopback.as_secs_f64(), cp.as_secs_f64()),
+        target: "—".into(),
+    });
+    rows.push(Row {
+        scenario: "1. worker job: claim → result committed".into(),
         figure: format!("{:.0} MB/s", mb_per_s(size, hash)),
         baseline: format!("md5sum {:.0} MB/s", mb_per_s(size, md5sum)),
         ratio: ratio(mb_per_s(size, hash), mb_per_s(size, md5sum)),
         target: "≥ 1.00×".into(),
+    });
+    rows.push(Row {
+        scenario: "1. worker hash function, file in page cache (best of 3)".into(),
+        figure: format!("{:.0} MB/s", mb_per_s(size, worker_hash)),
+        baseline: format!("md5sum {:.0} MB/s (best of 3)", mb_per_s(size, md5sum)),
+        ratio: ratio(mb_per_s(size, worker_hash), mb_per_s(size, md5sum)),
+        target: "≥ 1.00×".into(),
+    });
+    rows.push(Row {
+        scenario: format!("1. md-5 in memory, {} MiB: 0.10 with `asm` (used)", memory_bytes >> 20),
+        figure: format!("{:.0} MB/s", mb_per_s(memory_bytes, asm)),
+        baseline: format!("md-5 0.11 {:.0} MB/s", mb_per_s(memory_bytes, next)),
+        ratio: ratio(mb_per_s(memory_bytes, asm), mb_per_s(memory_bytes, next)),
+        target: "—".into(),
     });
     std::fs::remove_file(&source)?;
     Ok(())
@@ -489,7 +625,10 @@ async fn many_small(
 }
 
 /// Offers `rate` uploads/s for `seconds`; each client measures upload start → done (`?wait=`).
-async fn fixed_load(service: &Service, rate: u64, seconds: u64, size: usize) -> anyhow::Result<Vec<f64>> {
+/// Each upload's (upload → done seen, upload → 202) in ms, and its task id.
+type Timed = (f64, f64, String);
+
+async fn fixed_load(service: &Service, rate: u64, seconds: u64, size: usize) -> anyhow::Result<Vec<Timed>> {
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut running = tokio::task::JoinSet::new();
@@ -506,21 +645,21 @@ async fn fixed_load(service: &Service, rate: u64, seconds: u64, size: usize) -> 
             let response = client.post(format!("{url}/api/v1/hashes")).multipart(form).send().await?;
             anyhow::ensure!(response.status() == 202, "upload answered {}", response.status());
             let id = response.json::<Value>().await?["id"].as_str().context("id")?.to_owned();
+            let accepted = started.elapsed().as_secs_f64() * 1000.0;
             loop {
                 let task: Value =
                     client.get(format!("{url}/api/v1/hashes/{id}?wait=30")).send().await?.json().await?;
                 if task["status"] == "done" {
-                    return Ok(started.elapsed().as_secs_f64() * 1000.0);
+                    return Ok((started.elapsed().as_secs_f64() * 1000.0, accepted, id));
                 }
             }
         });
     }
-    let mut latencies = Vec::new();
+    let mut timed = Vec::new();
     while let Some(result) = running.join_next().await {
-        latencies.push(result??);
+        timed.push(result??);
     }
-    latencies.sort_by(f64::total_cmp);
-    Ok(latencies)
+    Ok(timed)
 }
 
 /// Postgres's own rate for one INSERT … RETURNING plus one UPDATE per transaction, 2 clients.
@@ -579,13 +718,47 @@ async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow:
         ratio: "—".into(),
         target: "—".into(),
     });
-    let fixed = fixed_load(&service, sizes.fixed_rate, sizes.fixed_seconds, sizes.small_size).await?;
+    let before = service.cpu();
+    let timed = fixed_load(&service, sizes.fixed_rate, sizes.fixed_seconds, sizes.small_size).await?;
+    let (_, machine) = service.cpu().per_job_since(&before, timed.len());
+    let sorted = |mut values: Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        format!("{:.1} / {:.1} ms", percentile(&values, 0.5), percentile(&values, 0.99))
+    };
+    let fixed: Vec<f64> = {
+        let mut values: Vec<f64> = timed.iter().map(|(total, _, _)| *total).collect();
+        values.sort_by(f64::total_cmp);
+        values
+    };
+    // Where the time goes, from the rows' own timestamps (one clock: Postgres').
+    let ids: HashMap<&str, ()> = timed.iter().map(|(_, _, id)| (id.as_str(), ())).collect();
+    let (mut queued, mut processed) = (Vec::new(), Vec::new());
+    for row in service.rows().await? {
+        if ids.contains_key(row.task_id.to_string().as_str()) {
+            let (started, finished) =
+                (row.started_at.context("started")?, row.finished_at.context("finished")?);
+            queued.push((started - row.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            processed.push((finished - started).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+    }
     rows.push(Row {
         scenario: format!("2. {} uploads/s offered: upload → done seen, p50 / p99", sizes.fixed_rate),
         figure: format!("{:.1} / {:.1} ms", percentile(&fixed, 0.5), percentile(&fixed, 0.99)),
-        baseline: "50 ms budget (p99)".into(),
-        ratio: ratio(percentile(&fixed, 0.99), 50.0),
+        baseline: "25 ms budget (p99)".into(),
+        ratio: ratio(percentile(&fixed, 0.99), 25.0),
         target: "≤ 1.00×".into(),
+    });
+    rows.push(Row {
+        scenario: "2. the same, in parts, p50 / p99".into(),
+        figure: format!(
+            "upload → 202 {}; row committed → claimed {}; claimed → result committed {}",
+            sorted(timed.iter().map(|(_, accepted, _)| *accepted).collect()),
+            sorted(queued),
+            sorted(processed)
+        ),
+        baseline: format!("machine CPU {machine:.2} ms per job"),
+        ratio: "—".into(),
+        target: "—".into(),
     });
     Ok(())
 }
@@ -711,7 +884,7 @@ async fn scaling(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Res
             figure: format!("{rate:.0} jobs/s ({machine:.2} ms CPU per job)"),
             baseline: format!("1 worker {base:.0} jobs/s"),
             ratio: ratio(rate, base),
-            target: "(2 cores: flattens)".into(),
+            target: if workers == 2 { "> 1.00× (rises from 1 to 2)".into() } else { "—".into() },
         });
     }
     Ok(())
@@ -768,15 +941,19 @@ async fn main() -> anyhow::Result<()> {
             large_file(&root, sizes, &mut rows).await.context("scenario 1, large file")?;
         }
         if wanted(2) {
+            settle_disk()?;
             small_files(&root, sizes, &mut rows).await.context("scenario 2, many small files")?;
         }
         if wanted(3) {
+            settle_disk()?;
             memory(&root, sizes, &mut rows).await.context("scenario 3, memory")?;
         }
         if wanted(4) {
+            settle_disk()?;
             scaling(&root, sizes, &mut rows).await.context("scenario 4, scaling")?;
         }
         if wanted(5) {
+            settle_disk()?;
             hostile(&root, sizes, &mut rows).await.context("scenario 5, hostile clients")?;
         }
         anyhow::Ok(())
