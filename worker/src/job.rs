@@ -12,41 +12,27 @@ use anyhow::Context as _;
 use shared::db::{Pool, PooledConnection};
 use shared::queries::{self, Outcome};
 use shared::{LogLine, Task};
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::batches::Batches;
-use crate::config::Config;
-use crate::results_log::{Appended, ResultsLog};
-use crate::stream::{Delivery, JobsHandle};
+pub use crate::context::JobContext;
+use crate::results_log::Appended;
+use crate::stream::Delivery;
 
 /// Longest a job keeps retrying Postgres, Redis or the log in place before it leaves its entry
 /// pending for a takeover.
 const RETRY_FOR: Duration = Duration::from_secs(120);
 
-/// What every job of a worker process shares.
-pub struct JobContext {
-    /// Settings.
-    pub config: Config,
-    /// Postgres, for durable state: the result.
-    pub pool: Pool,
-    /// Postgres with asynchronous commit, for state rebuilt after a crash: claims, leases and
-    /// the "logged" mark (see `shared::db::build_bookkeeping_pool`).
-    pub bookkeeping: Pool,
-    /// Redis commands.
-    pub jobs: JobsHandle,
-    /// The group commits of claims, results, marks and acknowledgements.
-    pub batches: Batches,
-    /// Hashes running at once (one per CPU), whatever the number of jobs in flight.
-    pub hashing: Arc<Semaphore>,
-    /// The results log.
-    pub log: ResultsLog,
-    /// This process's consumer name.
-    pub consumer: String,
-    /// Cancelled when the worker is shutting down: in-place retries stop early.
-    pub shutdown: CancellationToken,
+/// What becomes of a delivery's stream entry, decided by the job and carried out in one place,
+/// [`settle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// XACK + XDEL: nothing is left to do for this entry (malformed, unknown task, duplicate).
+    Acknowledge,
+    /// The task's line is on disk: acknowledge, then record `logged_at`.
+    AcknowledgeLogged(Uuid),
+    /// Leave the entry pending, so it is redelivered to some worker once idle.
+    LeavePending,
 }
 
 /// Handles one delivery; failures are logged here, once, and leave the entry pending.
@@ -55,7 +41,11 @@ pub async fn handle(ctx: Arc<JobContext>, delivery: Delivery) {
     let request_id = delivery.job.as_ref().ok().and_then(|job| job.request_id.clone()).unwrap_or_default();
     let span = tracing::info_span!("job", task.id = %task_id, request.id = %request_id, entry.id = %delivery.entry_id);
     async move {
-        if let Err(err) = process(&ctx, &delivery).await {
+        let settled = match process(&ctx, &delivery).await {
+            Ok(decision) => settle(&ctx, &delivery, decision).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = settled {
             tracing::error!(error = format!("{err:#}"), "job left pending for a retry");
         }
     }
@@ -63,12 +53,30 @@ pub async fn handle(ctx: Arc<JobContext>, delivery: Delivery) {
     .await
 }
 
-async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
+/// The only place an entry is acknowledged. The file is already gone (see [`finish`]); a crash
+/// before the XACK redelivers the job, a crash before the mark leaves it to the sweeper.
+async fn settle(ctx: &JobContext, delivery: &Delivery, decision: Settle) -> anyhow::Result<()> {
+    match decision {
+        Settle::LeavePending => Ok(()),
+        Settle::Acknowledge => acknowledge(ctx, delivery).await,
+        Settle::AcknowledgeLogged(task_id) => {
+            crate::fault::point(&ctx.config, "before_ack");
+            acknowledge(ctx, delivery).await?;
+            crate::fault::point(&ctx.config, "before_mark");
+            // Last, and without waiting for the WAL flush: if this mark is lost, the sweeper
+            // finds the task finished but unmarked, re-enqueues it, and the log search finds
+            // its line.
+            retry(ctx, "record the log line", || ctx.batches.mark.call(task_id)).await
+        }
+    }
+}
+
+async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<Settle> {
     let job = match &delivery.job {
         Ok(job) => job,
         Err(err) => {
             tracing::warn!(error = %err, "dropping a malformed stream entry");
-            return acknowledge(ctx, delivery).await;
+            return Ok(Settle::Acknowledge);
         }
     };
     let claimed = retry(ctx, "claim the task", || ctx.batches.claim.call(job.task_id)).await?;
@@ -96,7 +104,7 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
     let Some(finished) = finished else {
         // Our lease passed and another worker took the task over: it records and logs it.
         tracing::warn!("lease lost while hashing; leaving the task to its new owner");
-        return Ok(());
+        return Ok(Settle::LeavePending);
     };
     crate::fault::point(&ctx.config, "after_commit");
     metrics::counter!("md5_tasks_finished_total", "status" => finished.status.as_str()).increment(1);
@@ -109,11 +117,11 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()> {
         task.md5 = finished.result.as_deref().unwrap_or(""),
         "task finished"
     );
-    finish(ctx, delivery, &finished, false).await
+    finish(ctx, &finished, false).await
 }
 
 /// The task could not be claimed: it is finished, held by a live worker, or unknown.
-async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> anyhow::Result<()> {
+async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> anyhow::Result<Settle> {
     let task = retry(ctx, "load the task", || async {
         let mut conn = connection(&ctx.pool).await?;
         anyhow::Ok(queries::find_task(&mut conn, task_id).await?)
@@ -122,33 +130,33 @@ async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> 
     match task {
         None => {
             tracing::warn!("no such task; dropping the entry");
-            acknowledge(ctx, delivery).await
+            Ok(Settle::Acknowledge)
         }
         Some(task) if task.status.is_finished() && task.logged_at.is_some() => {
             // A duplicate, or a redelivery after a crash between logging and acknowledging.
             tracing::debug!("delivery of a finished and logged task");
             remove_upload(ctx, &task).await;
-            acknowledge(ctx, delivery).await
+            Ok(Settle::Acknowledge)
         }
         // A crash came between recording the result and recording the log line.
-        Some(task) if task.status.is_finished() => finish(ctx, delivery, &task, true).await,
+        Some(task) if task.status.is_finished() => finish(ctx, &task, true).await,
         Some(_) if delivery.taken_over => {
             // Its previous holder's lease has not quite run out: leave the entry pending, so
             // it is taken over again once the lease has passed.
             tracing::debug!("task still leased; taking it over later");
-            Ok(())
+            Ok(Settle::LeavePending)
         }
         Some(_) => {
             // A second entry for a task a live worker holds (the sweeper re-added it).
             tracing::debug!("task held by another worker; dropping the duplicate entry");
-            acknowledge(ctx, delivery).await
+            Ok(Settle::Acknowledge)
         }
     }
 }
 
-/// Appends the task's line (searching for an earlier one when `recovering`), records it,
-/// acknowledges the entry and deletes the upload.
-async fn finish(ctx: &JobContext, delivery: &Delivery, task: &Task, recovering: bool) -> anyhow::Result<()> {
+/// Appends the task's line (searching for an earlier one when `recovering`) and deletes the
+/// upload; the entry is then acknowledged and the line recorded by [`settle`].
+async fn finish(ctx: &JobContext, task: &Task, recovering: bool) -> anyhow::Result<Settle> {
     let now = chrono::Utc::now();
     let line = LogLine {
         ts: shared::time::format_millis(now),
@@ -177,13 +185,7 @@ async fn finish(ctx: &JobContext, delivery: &Delivery, task: &Task, recovering: 
     // The file goes before the acknowledgement: a crash between the two redelivers the job,
     // which deletes it again (a no-op), rather than leaving a file nobody will delete.
     remove_upload(ctx, task).await;
-    crate::fault::point(&ctx.config, "before_ack");
-    acknowledge(ctx, delivery).await?;
-    crate::fault::point(&ctx.config, "before_mark");
-    // Last, and without waiting for the WAL flush: if this mark is lost, the sweeper finds the
-    // task finished but unmarked, re-enqueues it, and the log search finds its line.
-    retry(ctx, "record the log line", || ctx.batches.mark.call(task.task_id)).await?;
-    Ok(())
+    Ok(Settle::AcknowledgeLogged(task.task_id))
 }
 
 /// XACK + XDEL of the delivery's entry, batched with other jobs'.

@@ -6,9 +6,11 @@
 
 pub mod batches;
 pub mod config;
+pub mod context;
 pub mod fault;
 pub mod hash;
 pub mod job;
+pub mod read_loop;
 pub mod results_log;
 pub mod stream;
 pub mod sweeper;
@@ -19,12 +21,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use batches::Batches;
 pub use config::Config;
-use job::JobContext;
+use context::JobContext;
 use results_log::ResultsLog;
 use stream::Jobs;
 
@@ -44,7 +45,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let bookkeeping =
         shared::db::build_bookkeeping_pool(&config.database.with_pool_size(bookkeeping_size), "md5-worker")?;
     let block = Duration::from_millis(config.read_block_ms);
-    let mut jobs = Jobs::new(&config.redis.redis_url, &config.stream, consumer.clone(), block)?;
+    let jobs = Jobs::new(&config.redis.redis_url, &config.stream, consumer.clone(), block)?;
     let log = ResultsLog::open(&config.log_file)
         .with_context(|| format!("cannot create the folder of LOG_FILE {}", config.log_file.display()))?
         .with_max_bytes(config.log_max_bytes);
@@ -83,68 +84,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         tokio::spawn(serve_metrics(listener, stop.clone()));
     }
 
-    let slots = Arc::new(Semaphore::new(concurrency));
-    let mut running = JoinSet::new();
-    let takeover_every = (config.claim_idle() / 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
-    let mut next_takeover = tokio::time::Instant::now();
-    let mut group_ready = false;
-    let mut backoff = Duration::from_millis(100);
-    while !stop.is_cancelled() {
-        while running.try_join_next().is_some() {}
-        if !group_ready {
-            match jobs.ensure_group().await {
-                Ok(()) => group_ready = true,
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot reach the consumer group; retrying");
-                    pause(&stop, &mut backoff).await;
-                    continue;
-                }
-            }
-        }
-        let first = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.context("job slots closed")?,
-            () = stop.cancelled() => break,
-        };
-        let mut permits = vec![first];
-        while let Ok(permit) = slots.clone().try_acquire_owned() {
-            permits.push(permit);
-        }
-        let deliveries = if tokio::time::Instant::now() >= next_takeover {
-            next_takeover = tokio::time::Instant::now() + takeover_every;
-            match jobs.take_over_idle(config.claim_idle(), permits.len()).await {
-                Ok(taken) if !taken.is_empty() => {
-                    metrics::counter!("md5_jobs_taken_over_total").increment(taken.len() as u64);
-                    tracing::info!(jobs.taken_over = taken.len(), "took over idle jobs");
-                    Ok(taken)
-                }
-                Ok(_) => jobs.read_new(permits.len()).await,
-                Err(err) => Err(err),
-            }
-        } else {
-            jobs.read_new(permits.len()).await
-        };
-        match deliveries {
-            Ok(deliveries) => {
-                backoff = Duration::from_millis(100);
-                for delivery in deliveries {
-                    let permit = permits.pop().expect("never more entries than COUNT");
-                    let ctx = ctx.clone();
-                    running.spawn(async move {
-                        job::handle(ctx, delivery).await;
-                        drop(permit);
-                    });
-                }
-            }
-            Err(err) if err.code() == Some("NOGROUP") => {
-                tracing::warn!("the consumer group is gone (Redis lost its data); recreating it");
-                group_ready = false;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read the stream; retrying");
-                pause(&stop, &mut backoff).await;
-            }
-        }
-    }
+    let mut running = read_loop::run(ctx.clone(), jobs, stop.clone()).await?;
 
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     tracing::info!(jobs.in_flight = running.len(), "stopping: finishing in-flight jobs");
@@ -226,12 +166,4 @@ async fn sweep_loop(ctx: Arc<JobContext>, stop: CancellationToken) {
 fn split_pool_size(total: u32) -> (u32, u32) {
     let durable = (total / 2).max(1);
     (durable, total.saturating_sub(durable).max(1))
-}
-
-async fn pause(stop: &CancellationToken, backoff: &mut Duration) {
-    tokio::select! {
-        () = tokio::time::sleep(*backoff) => {}
-        () = stop.cancelled() => {}
-    }
-    *backoff = (*backoff * 2).min(Duration::from_secs(5));
 }

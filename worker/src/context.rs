@@ -1,0 +1,36 @@
+//! What every job of a worker process shares, beside its configuration (as the api's
+//! `AppState`).
+
+use std::sync::Arc;
+
+use shared::db::Pool;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::batches::Batches;
+use crate::config::Config;
+use crate::results_log::ResultsLog;
+use crate::stream::JobsHandle;
+
+/// What every job of a worker process shares.
+pub struct JobContext {
+    /// Settings.
+    pub config: Config,
+    /// Postgres, for durable state: the result.
+    pub pool: Pool,
+    /// Postgres with asynchronous commit, for state rebuilt after a crash: claims, leases and
+    /// the "logged" mark (see `shared::db::build_bookkeeping_pool`).
+    pub bookkeeping: Pool,
+    /// Redis commands.
+    pub jobs: JobsHandle,
+    /// The group commits of claims, results, marks and acknowledgements.
+    pub batches: Batches,
+    /// Hashes running at once (one per CPU), whatever the number of jobs in flight.
+    pub hashing: Arc<Semaphore>,
+    /// The results log.
+    pub log: ResultsLog,
+    /// This process's consumer name.
+    pub consumer: String,
+    /// Cancelled when the worker is shutting down: in-place retries stop early.
+    pub shutdown: CancellationToken,
+}
