@@ -59,7 +59,7 @@ fi
 
 export UPLOAD_DIR=${UPLOAD_DIR:-$root/data/uploads}
 export LOG_FILE=${LOG_FILE:-$root/data/log/md5.log}
-cargo build --release -p api -p worker --bins & pids+=($!)
+cargo build --release --bins & pids+=($!)
 wait "${pids[0]}"
 pids=()
 "$root/target/release/md5-api" & pids+=($!)

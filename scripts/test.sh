@@ -55,8 +55,15 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --release --all-targets --workspace -- -D warnings
-echo "== cargo build --release --bins"
+cargo clippy --release --workspace --bin md5-worker-faulty --features worker/fault-injection -- -D warnings
+echo "== cargo build --release --bins (what run.sh and the images build: no test hooks)"
 cargo build --release --bins
+echo "== the fault tests' worker with crash points (md5-worker-faulty; the shipped md5-worker is untouched)"
+cargo build --release --workspace --bin md5-worker-faulty --features worker/fault-injection
+if grep -qa FAULT_CRASH_AT target/release/md5-worker; then
+    echo "error: target/release/md5-worker was built with the fault-injection hooks" >&2
+    exit 1
+fi
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 echo "== cargo test --release --workspace"

@@ -446,11 +446,12 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let here = exe.parent().context("the running program has no folder")?;
     let candidates = [Some(here), here.parent()];
     candidates.into_iter().flatten().map(|dir| dir.join(name)).find(|path| path.exists()).with_context(|| {
-        format!(
-            "{name} is missing next to {}: build it first with `cargo build --release --bins` \
-                 (the README's test command does)",
-            exe.display()
-        )
+        let build = if name == "md5-worker-faulty" {
+            "cargo build --release --workspace --bin md5-worker-faulty --features worker/fault-injection"
+        } else {
+            "cargo build --release --bins"
+        };
+        format!("{name} is missing next to {}: build it first with `{build}` (the README's test command does)", exe.display())
     })
 }
 
