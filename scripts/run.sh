@@ -4,13 +4,37 @@
 #
 # With DATABASE_URL and REDIS_URL set, it uses those. Without them it starts a private Postgres
 # and Redis from the locally installed binaries, with their data under .run/ (ignored by git).
-# Ctrl-C stops everything it started.
+# Ctrl-C stops everything it started. A previous run that was killed outright (kill -9) leaves
+# its processes running: this run stops the api and workers it left (their pids are in
+# .run/pids) and reuses its Postgres and Redis, and says so. RUN_STATE_DIR moves .run/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-state="$root/.run"
+state=${RUN_STATE_DIR:-$root/.run}
 mkdir -p "$state"
 pids=()
+
+# The api and workers of a previous run that did not get to clean up.
+if [[ -f "$state/pids" ]]; then
+  left=()
+  while read -r pid; do
+    if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qE 'md5-(api|worker)'; then
+      left+=("$pid")
+    fi
+  done <"$state/pids"
+  if ((${#left[@]})); then
+    echo "a previous run left ${#left[@]} service process(es) running (pids ${left[*]}): stopping them"
+    kill -TERM "${left[@]}" 2>/dev/null || true
+    for _ in $(seq 100); do
+      alive=0
+      for pid in "${left[@]}"; do [[ -e /proc/$pid ]] && alive=1; done
+      ((alive)) || break
+      sleep 0.1
+    done
+    kill -KILL "${left[@]}" 2>/dev/null || true
+  fi
+  rm -f "$state/pids"
+fi
 
 cleanup() {
   trap - INT TERM EXIT
@@ -19,6 +43,7 @@ cleanup() {
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [[ -n "${private_pg:-}" ]]; then as_pg "$pg_bin/pg_ctl" -D "$state/pg" -m fast stop >/dev/null || true; fi
   if [[ -n "${private_redis:-}" ]]; then redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; fi
+  rm -f "$state/pids"
 }
 # A signal stops everything and ends the script (also during the build, which runs in the
 # background so the signal is handled at once); the exit status says how it ended.
@@ -38,8 +63,12 @@ if [[ -z "${DATABASE_URL:-}" ]]; then
     as_pg "$pg_bin/initdb" -D "$state/pg" -U postgres --auth=trust >/dev/null
   fi
   [[ $(id -u) -eq 0 ]] && chown postgres "$state"
-  as_pg "$pg_bin/pg_ctl" -D "$state/pg" -l "$state/pg.log" -w \
-    -o "-p $pg_port -k $state -c listen_addresses=127.0.0.1" start >/dev/null
+  if as_pg "$pg_bin/pg_ctl" -D "$state/pg" status >/dev/null 2>&1; then
+    echo "reusing the private Postgres a previous run left running"
+  else
+    as_pg "$pg_bin/pg_ctl" -D "$state/pg" -l "$state/pg.log" -w \
+      -o "-p $pg_port -k $state -c listen_addresses=127.0.0.1" start >/dev/null
+  fi
   private_pg=1
   as_pg "$pg_bin/psql" -h 127.0.0.1 -p "$pg_port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='md5'" | grep -q 1 \
     || as_pg "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres md5
@@ -50,8 +79,12 @@ fi
 if [[ -z "${REDIS_URL:-}" ]]; then
   command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install redis-server, or set REDIS_URL" >&2; exit 1; }
   redis_port=${PRIVATE_REDIS_PORT:-63799}
-  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$state" --appendonly yes --appendfsync everysec \
-    --save '' --daemonize yes --logfile "$state/redis.log" >/dev/null
+  if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
+    echo "reusing the Redis a previous run left running on port $redis_port"
+  else
+    redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$state" --appendonly yes --appendfsync everysec \
+      --save '' --daemonize yes --logfile "$state/redis.log" >/dev/null
+  fi
   private_redis=1
   export REDIS_URL="redis://127.0.0.1:$redis_port"
   echo "private Redis on port $redis_port (AOF in .run/)"
@@ -64,6 +97,7 @@ wait "${pids[0]}"
 pids=()
 "$root/target/release/md5-api" & pids+=($!)
 for _ in $(seq "${WORKERS:-2}"); do "$root/target/release/md5-worker" & pids+=($!); done
+printf '%s\n' "${pids[@]}" >"$state/pids"
 echo "md5-api on http://${BIND_ADDR:-127.0.0.1:9000} with ${WORKERS:-2} workers; results log: $LOG_FILE; Ctrl-C stops"
 # The first process to end ends the run: a busy BIND_ADDR or a bad setting exits non-zero.
 status=0

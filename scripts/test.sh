@@ -28,12 +28,11 @@ if ((${#missing[@]})); then
   echo "install them (Debian: apt-get install postgresql redis-server nodejs npm python3-venv util-linux chromium), then run again" >&2
   exit 1
 fi
-db=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-redis=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
-psql -q "$db" -c 'SELECT 1' >/dev/null 2>&1 \
-  || { echo "Postgres does not answer at $db (start it, or set TEST_DATABASE_URL)" >&2; exit 1; }
-redis-cli -u "$redis" ping >/dev/null 2>&1 \
-  || { echo "Redis does not answer at $redis (start it, or set TEST_REDIS_URL)" >&2; exit 1; }
+logs=$(mktemp -d)
+# shellcheck source=scripts/private-services.sh
+source scripts/private-services.sh
+trap 'stop_private_services; rm -rf "$logs"' EXIT
+ensure_test_services
 
 # Pinned Python tools in a virtual environment of the project's own, rebuilt only when the pins change.
 tools=.tools/venv
@@ -64,8 +63,6 @@ if grep -qa FAULT_CRASH_AT target/release/md5-worker; then
     echo "error: target/release/md5-worker was built with the fault-injection hooks" >&2
     exit 1
 fi
-logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
 echo "== cargo test --release --workspace"
 cargo test --release --workspace 2>&1 | tee "$logs/cargo"
 echo "== schemathesis fuzz of the API from /openapi.json"
@@ -76,6 +73,8 @@ echo "== deployment checks (compose, hadolint, Kubernetes schemas, Dockerfile bu
 ./scripts/deploy-check.sh 2>&1 | tee "$logs/deploy"
 echo "== benchmark smoke run (tiny sizes; checks every task, asserts no timing)"
 target/release/bench --smoke 2>&1 | tee "$logs/bench"
+echo "== script tests of the two commands (private test services; run.sh after kill -9, SIGTERM, busy BIND_ADDR)"
+./scripts/script-tests.sh 2>&1 | tee "$logs/scripts"
 
 # One closing line for the whole run (every step above stops the run on a failure).
 rust=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
@@ -85,7 +84,9 @@ browser_pass=$(grep -oE '^# pass [0-9]+' "$logs/browser" | grep -oE '[0-9]+' || 
 browser_fail=$(grep -oE '^# fail [0-9]+' "$logs/browser" | grep -oE '[0-9]+' || echo 0)
 deploy=$(grep -cE '(\.\.\. ok$|^-- )' "$logs/deploy" || true)
 bench=$(grep -c '^bench smoke:' "$logs/bench" || true)
+scripts=$(grep -c '^-- ok:' "$logs/scripts" || true)
 read -r rust_pass rust_fail <<<"$rust"
 echo "ran: Rust tests $rust_pass passed, $rust_fail failed; schemathesis $fuzz cases passed;" \
-  "browser $browser_pass passed, $browser_fail failed; deployment $deploy checks; benchmark smoke $bench"
-echo "summary: $((rust_pass + fuzz + browser_pass + deploy + bench)) passed, $((rust_fail + browser_fail)) failed"
+  "browser $browser_pass passed, $browser_fail failed; deployment $deploy checks; benchmark smoke $bench;" \
+  "script tests $scripts"
+echo "summary: $((rust_pass + fuzz + browser_pass + deploy + bench + scripts)) passed, $((rust_fail + browser_fail)) failed"

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Tests of the two commands themselves (called by the test command after the release build):
+#   - the test command's private Postgres and Redis, used when nothing answers on the defaults;
+#   - run.sh after `kill -9` of a previous run: it stops the api and workers left behind, reuses
+#     the Postgres and Redis, serves again, and stops everything on SIGTERM;
+#   - run.sh with a busy BIND_ADDR ends with a non-zero status.
+# Each check prints "-- ok: <what>"; the first failure ends the script with status 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+work=$(mktemp -d /tmp/md5-script-tests.XXXXXX)
+chmod 755 "$work"
+run_pid=""
+first=()
+second=()
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+ok() { echo "-- ok: $*"; }
+wait_for() { # <seconds> <command...>: polls the command every 0.1 s
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do ((SECONDS < deadline)) || return 1; sleep 0.1; done
+}
+alive() { [[ -e /proc/$1 ]] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+not_alive() { ! alive "$1"; }
+port_closed() { ! python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.5)" 2>/dev/null; }
+cleanup() {
+  [[ -n $run_pid ]] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null
+  if [[ -f $work/state/pids ]]; then xargs -r kill -KILL <"$work/state/pids" 2>/dev/null || true; fi
+  for pid in "${first[@]}" "${second[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  if [[ -f $work/state/pg/postmaster.pid ]]; then
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/state/pg" -m immediate stop; else "$pg_bin/pg_ctl" -D "$work/state/pg" -m immediate stop; fi >/dev/null 2>&1 || true
+  fi
+  [[ -n ${redis_port:-} ]] && redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# 1. The test command's private services.
+(
+  # shellcheck source=scripts/private-services.sh
+  source scripts/private-services.sh
+  unset TEST_DATABASE_URL TEST_REDIS_URL
+  TEST_SERVICES=private ensure_test_services
+  psql -q "$TEST_DATABASE_URL" -c 'SELECT 1' >/dev/null || fail "the private Postgres does not answer"
+  [[ $(redis-cli -u "$TEST_REDIS_URL" ping) == PONG ]] || fail "the private Redis does not answer"
+  dir=$private_services_dir
+  stop_private_services
+  [[ ! -e $dir ]] || fail "the private services' folder is left behind"
+  psql -q "$TEST_DATABASE_URL" -c 'SELECT 1' >/dev/null 2>&1 && fail "the private Postgres still runs"
+  true
+) || exit 1
+ok "with nothing configured, the test command starts a private Postgres and Redis and removes them"
+
+# 2. run.sh after kill -9 of a previous run.
+export RUN_STATE_DIR=$work/state UPLOAD_DIR=$work/uploads LOG_FILE=$work/log/md5.log WORKERS=1 RUST_LOG=warn
+export PRIVATE_PG_PORT=$(free_port) PRIVATE_REDIS_PORT=$(free_port) BIND_ADDR=127.0.0.1:$(free_port)
+redis_port=$PRIVATE_REDIS_PORT
+unset DATABASE_URL REDIS_URL
+ready() { curl -sf "http://$BIND_ADDR/readyz"; }
+setsid scripts/run.sh >"$work/run1.log" 2>&1 &
+run_pid=$!
+wait_for 180 grep -q "^md5-api on" "$work/run1.log" && wait_for 60 ready || { cat "$work/run1.log"; fail "the first run did not become ready"; }
+mapfile -t first < "$RUN_STATE_DIR/pids"
+kill -KILL "$run_pid"; wait "$run_pid" 2>/dev/null || true
+run_pid=""
+for pid in "${first[@]}"; do alive "$pid" || fail "kill -9 of run.sh took its process $pid with it (the test assumes it does not)"; done
+
+setsid scripts/run.sh >"$work/run2.log" 2>&1 &
+run_pid=$!
+# The old api still answers until the new run stops it: wait for the new run's own start line.
+wait_for 60 grep -q "^md5-api on" "$work/run2.log" && wait_for 60 ready || { cat "$work/run2.log"; fail "the run after kill -9 did not become ready"; }
+grep -q "previous run left ${#first[@]} service process" "$work/run2.log" || { cat "$work/run2.log"; fail "no word of the processes left behind"; }
+grep -q "reusing the private Postgres" "$work/run2.log" || { cat "$work/run2.log"; fail "no word of the reused Postgres"; }
+grep -q "reusing the Redis" "$work/run2.log" || { cat "$work/run2.log"; fail "no word of the reused Redis"; }
+for pid in "${first[@]}"; do not_alive "$pid" || fail "process $pid of the killed run still runs"; done
+id=$(curl -sf -F "file=@$root/README.md" "http://$BIND_ADDR/api/v1/hashes" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+status() { curl -sf "http://$BIND_ADDR/api/v1/hashes/$id?wait=5" | grep -q '"status":"done"'; }
+wait_for 30 status || fail "the second run does not finish an upload"
+ok "after kill -9, run.sh stops what the old run left, reuses its Postgres and Redis, and serves"
+
+mapfile -t second < "$RUN_STATE_DIR/pids"
+kill -TERM "$run_pid"
+wait "$run_pid" 2>/dev/null || true
+run_pid=""
+for pid in "${second[@]}"; do not_alive "$pid" || fail "process $pid still runs after SIGTERM"; done
+wait_for 10 port_closed "$PRIVATE_REDIS_PORT" || fail "Redis still runs after SIGTERM"
+wait_for 10 port_closed "$PRIVATE_PG_PORT" || fail "Postgres still runs after SIGTERM"
+[[ ! -e $RUN_STATE_DIR/pids ]] || fail "the pid file is left after a clean stop"
+ok "SIGTERM stops the api, the workers, Postgres and Redis"
+
+# 3. A busy BIND_ADDR.
+python3 -c "import socket,time; s=socket.socket(); s.bind(('${BIND_ADDR%:*}', ${BIND_ADDR##*:})); s.listen(); time.sleep(120)" &
+holder=$!
+wait_for 10 bash -c "! python3 -c \"import socket; s=socket.socket(); s.bind(('127.0.0.1', ${BIND_ADDR##*:}))\""
+set +e
+timeout 120 scripts/run.sh >"$work/run3.log" 2>&1
+code=$?
+set -e
+kill "$holder" 2>/dev/null || true
+((code != 0 && code != 124)) || { cat "$work/run3.log"; fail "a busy BIND_ADDR ended with status $code"; }
+ok "a busy BIND_ADDR ends run.sh with status $code"
