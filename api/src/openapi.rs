@@ -83,7 +83,48 @@ impl Modify for CompatFormPartNames {
     }
 }
 
-/// Swagger UI at `/docs`, reading `/openapi.json`.
-pub fn swagger_ui() -> utoipa_swagger_ui::SwaggerUi {
-    utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi())
+/// The OpenAPI document of an api whose longest `?wait=` is `max_wait_seconds`
+/// (`MAX_WAIT_SECONDS`): the annotations' bound (60, the default) is replaced by the configured one.
+pub fn document(max_wait_seconds: u64) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::Schema;
+    let mut openapi = ApiDoc::openapi();
+    let waits = openapi
+        .paths
+        .paths
+        .values_mut()
+        .filter_map(|item| item.get.as_mut()?.parameters.as_mut())
+        .flatten()
+        .filter_map(|parameter| match parameter {
+            RefOr::T(parameter) if parameter.name == "wait" => Some(parameter),
+            _ => None,
+        });
+    for wait in waits {
+        wait.description = Some(format!(
+            "Seconds (0–{max_wait_seconds}, decimals allowed) to hold the request until the task is finished."
+        ));
+        if let Some(RefOr::T(Schema::Object(schema))) = wait.schema.as_mut() {
+            schema.maximum = Some(utoipa::Number::UInt(max_wait_seconds as usize));
+        }
+    }
+    openapi
+}
+
+/// Swagger UI at `/docs`, reading `/openapi.json` (see [`document`]).
+pub fn swagger_ui(max_wait_seconds: u64) -> utoipa_swagger_ui::SwaggerUi {
+    utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", document(max_wait_seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_longest_wait_is_the_configured_one() {
+        let doc = serde_json::to_value(document(7)).unwrap();
+        let parameters = doc["paths"]["/api/v1/hashes/{id}"]["get"]["parameters"].as_array().unwrap();
+        let wait = parameters.iter().find(|p| p["name"] == "wait").expect("a wait parameter");
+        assert_eq!(wait["schema"]["maximum"], 7, "{wait}");
+        assert!(wait["description"].as_str().unwrap().contains("0–7"), "{wait}");
+    }
 }

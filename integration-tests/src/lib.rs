@@ -451,7 +451,10 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
         } else {
             "cargo build --release --bins"
         };
-        format!("{name} is missing next to {}: build it first with `{build}` (the README's test command does)", exe.display())
+        format!(
+            "{name} is missing next to {}: build it first with `{build}` (the README's test command does)",
+            exe.display()
+        )
     })
 }
 

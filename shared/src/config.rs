@@ -82,10 +82,6 @@ pub struct StorageArgs {
     /// Folder for uploaded files, shared by the api and every worker.
     #[arg(long, env = "UPLOAD_DIR", default_value = DEFAULT_UPLOAD_DIR)]
     pub upload_dir: PathBuf,
-
-    /// Keep the stored file after its task is finished (default: delete it).
-    #[arg(long, env = "KEEP_UPLOADS", default_value_t = false, action = clap::ArgAction::Set)]
-    pub keep_uploads: bool,
 }
 
 /// Output format of the process's own logs.

@@ -28,6 +28,10 @@ pub struct Config {
     #[arg(long, env = "LOG_MAX_BYTES", value_parser = clap::value_parser!(u64).range(1024..))]
     pub log_max_bytes: Option<u64>,
 
+    /// Keep the stored file after its task is finished (default: delete it).
+    #[arg(long, env = "KEEP_UPLOADS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub keep_uploads: bool,
+
     /// Jobs this process holds at once. Jobs at the same step share one statement, so more in
     /// flight costs less per job; hashes still run one per CPU, whatever this is.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]

@@ -195,7 +195,7 @@ async fn acknowledge(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<()
 
 /// Deletes the stored upload of a finished task, unless `KEEP_UPLOADS`; a missing file is fine.
 async fn remove_upload(ctx: &JobContext, task: &Task) {
-    if ctx.config.storage.keep_uploads {
+    if ctx.config.keep_uploads {
         return;
     }
     let path = shared::config::upload_path(&ctx.config.storage.upload_dir, task.task_id);
