@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::TaskStatus;
+use crate::{Task, TaskStatus};
 
 /// A results-log line: `{"ts", "task_id", "status", "md5", "size_bytes", "worker", "error"}`.
 ///
@@ -12,8 +12,9 @@ use crate::TaskStatus;
 /// message) is escaped and a line never contains a raw newline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogLine {
-    /// When the line was written, RFC 3339 UTC with milliseconds.
-    pub ts: String,
+    /// When the line was written; RFC 3339 UTC with milliseconds in the file.
+    #[serde(with = "crate::time::millis")]
+    pub ts: DateTime<Utc>,
     /// The task the line is about.
     pub task_id: Uuid,
     /// `done` or `failed`.
@@ -29,16 +30,24 @@ pub struct LogLine {
 }
 
 impl LogLine {
+    /// The line for a finished task, written by `worker` at `now`.
+    pub fn new(task: &Task, worker: &str, now: DateTime<Utc>) -> Self {
+        LogLine {
+            ts: now,
+            task_id: task.task_id,
+            status: task.status,
+            md5: task.result.clone(),
+            size_bytes: task.size_bytes,
+            worker: worker.to_owned(),
+            error: task.error.clone(),
+        }
+    }
+
     /// The line as written to the file: compact JSON followed by `\n`.
     pub fn to_json_line(&self) -> String {
         let mut line = serde_json::to_string(self).expect("a LogLine always serializes");
         line.push('\n');
         line
-    }
-
-    /// The `ts` field parsed back, if it is well formed.
-    pub fn timestamp(&self) -> Option<DateTime<Utc>> {
-        DateTime::parse_from_rfc3339(&self.ts).ok().map(|at| at.with_timezone(&Utc))
     }
 }
 
@@ -49,7 +58,7 @@ mod tests {
     #[test]
     fn line_has_the_spec_field_order_and_escapes_text() {
         let line = LogLine {
-            ts: "2026-11-27T19:00:01.456Z".into(),
+            ts: "2026-11-27T19:00:01.456789Z".parse().unwrap(),
             task_id: Uuid::nil(),
             status: TaskStatus::Failed,
             md5: None,
@@ -65,5 +74,7 @@ mod tests {
              \"error\":\"bad\\n\\\"name\\\"\"}\n"
         );
         assert_eq!(line.matches('\n').count(), 1);
+        let back: LogLine = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.ts.to_rfc3339(), "2026-11-27T19:00:01.456+00:00", "milliseconds, read back");
     }
 }

@@ -24,10 +24,16 @@ pub mod option_millis {
 /// Serde helper for a `DateTime<Utc>` field in the millisecond format.
 pub mod millis {
     use chrono::{DateTime, Utc};
-    use serde::Serializer;
+    use serde::{Deserialize as _, Deserializer, Serializer};
 
     /// Serializes `at` as a millisecond RFC 3339 string.
     pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format_millis(*at))
+    }
+
+    /// Reads any RFC 3339 timestamp, as UTC.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text).map(|at| at.with_timezone(&Utc)).map_err(serde::de::Error::custom)
     }
 }

@@ -158,15 +158,7 @@ async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> 
 /// upload; the entry is then acknowledged and the line recorded by [`settle`].
 async fn finish(ctx: &JobContext, task: &Task, recovering: bool) -> anyhow::Result<Settle> {
     let now = chrono::Utc::now();
-    let line = LogLine {
-        ts: shared::time::format_millis(now),
-        task_id: task.task_id,
-        status: task.status,
-        md5: task.result.clone(),
-        size_bytes: task.size_bytes,
-        worker: ctx.consumer.clone(),
-        error: task.error.clone(),
-    };
+    let line = LogLine::new(task, &ctx.consumer, now);
     let mut attempts = 0u32;
     let appended = retry(ctx, "append to the results log", || {
         attempts += 1;

@@ -348,7 +348,7 @@ fn search_since_in(file: &File, task_id: Uuid, since: DateTime<Utc>) -> io::Resu
             if line.task_id.to_string() == needle {
                 return Ok(Search::Found);
             }
-            if line.timestamp().is_some_and(|ts| ts < since) {
+            if line.ts < since {
                 return Ok(Search::NotFound);
             }
         }
@@ -365,7 +365,7 @@ mod tests {
 
     fn line(task_id: Uuid, ts: &str) -> LogLine {
         LogLine {
-            ts: ts.into(),
+            ts: chrono::DateTime::parse_from_rfc3339(ts).unwrap().with_timezone(&Utc),
             task_id,
             status: TaskStatus::Done,
             md5: Some("d41d8cd98f00b204e9800998ecf8427e".into()),

@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let log = worker::results_log::ResultsLog::open(&path)?;
     for _ in 0..lines {
         let line = LogLine {
-            ts: shared::time::format_millis(chrono::Utc::now()),
+            ts: chrono::Utc::now(),
             task_id: uuid::Uuid::now_v7(),
             status: TaskStatus::Done,
             md5: Some("d41d8cd98f00b204e9800998ecf8427e".into()),
