@@ -81,8 +81,9 @@ pub async fn run(
 pub fn app(state: AppState) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
     let max_wait_seconds = state.config.max_wait_seconds;
-    let router = routes::router(state)
-        .merge(axum::Router::from(openapi::swagger_ui(max_wait_seconds)).layer(
+    let (router, document) = routes::router(state);
+    let router = router
+        .merge(axum::Router::from(openapi::swagger_ui(openapi::document(document, max_wait_seconds))).layer(
             tower_http::set_header::SetResponseHeaderLayer::overriding(
                 axum::http::header::CONTENT_SECURITY_POLICY,
                 axum::http::HeaderValue::from_static(routes::DOCS_CONTENT_SECURITY_POLICY),

@@ -2,31 +2,11 @@
 //! assets vendored into the binary at build time, so `/docs` works with no internet access).
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
-use crate::error::Problem;
-use crate::routes::compat::{CreatedTask, NotFoundDetail, TaskResult, ValidationError, ValidationErrors};
-use crate::routes::v1::TaskView;
-
-/// The multipart form every upload route takes: exactly one part, named `file`.
-#[derive(Debug, ToSchema, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UploadForm {
-    /// The file to hash; streamed to disk, never held in memory.
-    #[schema(value_type = String, format = Binary)]
-    pub file: Vec<u8>,
-}
-
-/// The form of the compatibility upload: a part named `file`; other parts are skipped, as the
-/// older service's FastAPI did.
-#[derive(Debug, ToSchema, serde::Deserialize)]
-pub struct CompatUploadForm {
-    /// The file to hash; streamed to disk, never held in memory.
-    #[schema(value_type = String, format = Binary)]
-    pub file: Vec<u8>,
-}
-
-/// The whole API.
+/// What the API's document says beyond its paths: title, security scheme, tags. The paths (and
+/// the schemas they use) come from the router itself (`routes::api_routes`, `routes!`), so no
+/// route is listed twice.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -35,17 +15,7 @@ pub struct CompatUploadForm {
                        When the server runs with `API_KEY`, every `/api/` and `/hashes` route needs \
                        `Authorization: Bearer <key>`. `POST /hashes` (no trailing slash) is an alias of `POST /hashes/`."
     ),
-    paths(
-        crate::routes::v1::create_hash,
-        crate::routes::v1::get_hash,
-        crate::routes::compat::create_hash,
-        crate::routes::compat::get_hash,
-        crate::routes::health::healthz,
-        crate::routes::health::readyz,
-        crate::routes::metrics::metrics,
-    ),
-    components(schemas(TaskView, Problem, CreatedTask, TaskResult, NotFoundDetail, ValidationErrors, ValidationError, UploadForm, CompatUploadForm)),
-    modifiers(&BearerAuth, &CompatFormPartNames),
+    modifiers(&BearerAuth),
     tags(
         (name = "v1", description = "The API the web page and new clients use"),
         (name = "compatibility", description = "The older Python service's interface (see the README for where it differs)"),
@@ -68,27 +38,22 @@ impl Modify for BearerAuth {
 
 /// The compatibility form skips parts other than `file`, but their names must still be readable
 /// in a `Content-Disposition` header: plain identifiers.
-struct CompatFormPartNames;
-
-impl Modify for CompatFormPartNames {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::RefOr;
-        use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        if let Some(RefOr::T(Schema::Object(form))) = components.schemas.get_mut("CompatUploadForm") {
-            let names =
-                ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[A-Za-z0-9_.-]{1,100}$"));
-            form.property_names = Some(Box::new(names.build().into()));
-        }
+fn restrict_compat_part_names(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    let components = openapi.components.get_or_insert_with(Default::default);
+    if let Some(RefOr::T(Schema::Object(form))) = components.schemas.get_mut("CompatUploadForm") {
+        let names = ObjectBuilder::new().schema_type(Type::String).pattern(Some("^[A-Za-z0-9_.-]{1,100}$"));
+        form.property_names = Some(Box::new(names.build().into()));
     }
 }
 
-/// The OpenAPI document of an api whose longest `?wait=` is `max_wait_seconds`
-/// (`MAX_WAIT_SECONDS`): the annotations' bound (60, the default) is replaced by the configured one.
-pub fn document(max_wait_seconds: u64) -> utoipa::openapi::OpenApi {
+/// The router's OpenAPI document, finished: the compatibility form's part names restricted, and
+/// the longest `?wait=` the configured `max_wait_seconds` (`MAX_WAIT_SECONDS`) instead of the
+/// annotations' 60.
+pub fn document(mut openapi: utoipa::openapi::OpenApi, max_wait_seconds: u64) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::RefOr;
     use utoipa::openapi::schema::Schema;
-    let mut openapi = ApiDoc::openapi();
     let waits = openapi
         .paths
         .paths
@@ -107,12 +72,13 @@ pub fn document(max_wait_seconds: u64) -> utoipa::openapi::OpenApi {
             schema.maximum = Some(utoipa::Number::UInt(max_wait_seconds as usize));
         }
     }
+    restrict_compat_part_names(&mut openapi);
     openapi
 }
 
-/// Swagger UI at `/docs`, reading `/openapi.json` (see [`document`]).
-pub fn swagger_ui(max_wait_seconds: u64) -> utoipa_swagger_ui::SwaggerUi {
-    utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", document(max_wait_seconds))
+/// Swagger UI at `/docs`, reading `/openapi.json`, which serves `openapi`.
+pub fn swagger_ui(openapi: utoipa::openapi::OpenApi) -> utoipa_swagger_ui::SwaggerUi {
+    utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi)
 }
 
 #[cfg(test)]
@@ -121,10 +87,12 @@ mod tests {
 
     #[test]
     fn the_documented_longest_wait_is_the_configured_one() {
-        let doc = serde_json::to_value(document(7)).unwrap();
+        let doc = serde_json::to_value(document(crate::routes::api_document(), 7)).unwrap();
         let parameters = doc["paths"]["/api/v1/hashes/{id}"]["get"]["parameters"].as_array().unwrap();
         let wait = parameters.iter().find(|p| p["name"] == "wait").expect("a wait parameter");
         assert_eq!(wait["schema"]["maximum"], 7, "{wait}");
         assert!(wait["description"].as_str().unwrap().contains("0–7"), "{wait}");
+        let form = &doc["components"]["schemas"]["CompatUploadForm"];
+        assert!(form["propertyNames"]["pattern"].is_string(), "compat part names restricted: {form}");
     }
 }

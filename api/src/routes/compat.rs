@@ -66,12 +66,24 @@ fn unprocessable(loc: [&'static str; 2], msg: &'static str, kind: &'static str) 
     (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
 }
 
+/// The form of the compatibility upload: a part named `file`; other parts are skipped, as the
+/// older service's FastAPI did.
+#[derive(Debug, utoipa::ToSchema, serde::Deserialize)]
+pub struct CompatUploadForm {
+    /// The file to hash; streamed to disk, never held in memory.
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+}
+
+/// The older service also took `POST /hashes` (no trailing slash): the same handler.
+pub const ALIAS_WITHOUT_SLASH: &str = "/hashes";
+
 /// `POST /hashes/`: 200 `{"task_id": ...}`.
 #[utoipa::path(
     post,
     path = "/hashes/",
     tag = "compatibility",
-    request_body(content = crate::openapi::CompatUploadForm, content_type = "multipart/form-data"),
+    request_body(content = CompatUploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "Stored and queued", body = CreatedTask),
         (status = 400, description = "Malformed multipart, or a part other than `file`", body = Problem, content_type = "application/problem+json"),

@@ -14,27 +14,46 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use subtle::ConstantTimeEq as _;
 use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::{ApiError, Problem};
+use crate::openapi::ApiDoc;
 use crate::state::AppState;
 
-/// Every route of the service.
-pub fn router(state: AppState) -> Router {
-    let protected = Router::new()
-        .route("/api/v1/hashes", post(v1::create_hash))
-        .route("/api/v1/hashes/{id}", get(v1::get_hash))
-        .route("/hashes", post(compat::create_hash))
-        .route("/hashes/", post(compat::create_hash))
-        .route("/hashes/{task_id}", get(compat::get_hash))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
-    Router::new()
-        .merge(protected)
-        .route("/", get(web::index))
-        .route("/assets/{file}", get(web::asset))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::metrics))
-        .with_state(state)
+/// The API's routes, each registered once with `routes!`, which adds the route and its
+/// `#[utoipa::path]` description together: (those behind the API key, the open ones).
+fn api_routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
+    let protected = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(v1::create_hash))
+        .routes(routes!(v1::get_hash))
+        .routes(routes!(compat::create_hash))
+        .routes(routes!(compat::get_hash))
+        .route(compat::ALIAS_WITHOUT_SLASH, post(compat::create_hash));
+    let open = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics));
+    (protected, open)
+}
+
+/// The OpenAPI document of the API routes, as [`router`] serves them.
+pub fn api_document() -> utoipa::openapi::OpenApi {
+    let (protected, open) = api_routes();
+    protected.merge(open).split_for_parts().1
+}
+
+/// Every route of the service, and the OpenAPI document of the API routes, built from one list
+/// ([`api_routes`]). Only the page (`/`, `/assets/…`) and the `POST /hashes` alias of
+/// `POST /hashes/` are served without being documented as paths.
+pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let (protected, open) = api_routes();
+    let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    let (router, openapi) = protected.merge(open).split_for_parts();
+    let router =
+        router.route("/", get(web::index)).route("/assets/{file}", get(web::asset)).with_state(state);
+    (router, openapi)
 }
 
 /// When `API_KEY` is set, lets a request through only with `Authorization: Bearer <key>`,

@@ -75,12 +75,21 @@ impl From<Task> for TaskView {
     }
 }
 
+/// The multipart form every upload route takes: exactly one part, named `file`.
+#[derive(Debug, utoipa::ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadForm {
+    /// The file to hash; streamed to disk, never held in memory.
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+}
+
 /// `POST /api/v1/hashes`: 202 with the queued task and its `Location`.
 #[utoipa::path(
     post,
     path = "/api/v1/hashes",
     tag = "v1",
-    request_body(content = crate::openapi::UploadForm, content_type = "multipart/form-data"),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 202, description = "Stored and queued; the body is the task, `Location` its URL", body = TaskView,
             headers(("Location" = String, description = "/api/v1/hashes/{id}"))),
