@@ -205,9 +205,8 @@ impl ApiProcess {
 
     /// Uploads `bytes` as `name` with `client`; returns the status.
     pub async fn upload_with(&self, client: &reqwest::Client, name: &str, bytes: Vec<u8>) -> u16 {
-        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
-        let form = reqwest::multipart::Form::new().part("file", part);
-        let response = client.post(format!("{}/api/v1/hashes", self.base_url)).multipart(form).send().await;
+        let url = format!("{}/api/v1/hashes", self.base_url);
+        let response = crate::post_file(client, &url, name, reqwest::multipart::Part::bytes(bytes)).await;
         response.map_or(0, |r| r.status().as_u16())
     }
 

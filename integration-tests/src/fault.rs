@@ -432,10 +432,9 @@ impl FaultEnv {
 
     /// Uploads `bytes`: `Some(id)` on 202, `None` on 503 (Postgres down); anything else panics.
     pub async fn upload(&self, name: &str, bytes: Vec<u8>) -> Option<String> {
-        let part = reqwest::multipart::Part::bytes(bytes).file_name(name.to_owned());
-        let form = reqwest::multipart::Form::new().part("file", part);
+        let url = format!("{}/api/v1/hashes", self.api_url);
         let response =
-            match self.client.post(format!("{}/api/v1/hashes", self.api_url)).multipart(form).send().await {
+            match crate::post_file(&self.client, &url, name, reqwest::multipart::Part::bytes(bytes)).await {
                 Ok(response) => response,
                 Err(err) => panic!("upload failed without an answer: {err}"),
             };

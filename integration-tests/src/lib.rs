@@ -31,39 +31,61 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// Options for [`TestApp::spawn`].
+/// The one upload request of the tests and the benchmark: `POST url` with a multipart form whose
+/// single part, `file`, is `part` named `file_name`.
+pub async fn post_file(
+    client: &reqwest::Client,
+    url: &str,
+    file_name: &str,
+    part: reqwest::multipart::Part,
+) -> reqwest::Result<reqwest::Response> {
+    let form = reqwest::multipart::Form::new().part("file", part.file_name(file_name.to_owned()));
+    client.post(url).multipart(form).send().await
+}
+
+/// Options for [`TestApp::spawn`]: the real configurations of the api and of each in-process
+/// worker, as the binaries parse them (environment included), with test defaults. `spawn` then
+/// points them at the test's own database, stream, folder and log.
 #[derive(Debug, Clone)]
 pub struct TestOptions {
-    /// `API_KEY`.
-    pub api_key: Option<String>,
-    /// `MAX_UPLOAD_BYTES`.
-    pub max_upload_bytes: u64,
-    /// `MIN_FREE_BYTES`.
-    pub min_free_bytes: u64,
     /// Workers run inside the test process.
     pub in_process_workers: usize,
-    /// `WORKER_CONCURRENCY` of each worker.
-    pub worker_concurrency: u32,
-    /// `BODY_IDLE_TIMEOUT_SECONDS`.
-    pub body_idle_timeout_seconds: u64,
-    /// `HEADER_TIMEOUT_SECONDS`.
-    pub header_timeout_seconds: u64,
-    /// The in-process workers' `METRICS_ADDR`.
-    pub worker_metrics_addr: Option<std::net::SocketAddr>,
+    /// The api's settings.
+    pub api: api::Config,
+    /// Each in-process worker's settings.
+    pub worker: worker::Config,
 }
 
 impl Default for TestOptions {
     fn default() -> Self {
-        TestOptions {
-            api_key: None,
-            max_upload_bytes: 64 * 1024 * 1024,
-            min_free_bytes: 0,
-            in_process_workers: 1,
-            worker_concurrency: 4,
-            body_idle_timeout_seconds: 30,
-            header_timeout_seconds: 10,
-            worker_metrics_addr: None,
-        }
+        let mut api = api::Config::parse_from(["md5-api"]);
+        api.max_upload_bytes = 64 * 1024 * 1024;
+        api.min_free_bytes = 0;
+        api.database.db_pool_size = 8;
+        let mut worker = worker::Config::parse_from(["md5-worker"]);
+        worker.worker_concurrency = 4;
+        worker.read_block_ms = 500;
+        TestOptions { in_process_workers: 1, api, worker }
+    }
+}
+
+impl TestOptions {
+    /// No worker inside the test process.
+    pub fn no_workers(mut self) -> Self {
+        self.in_process_workers = 0;
+        self
+    }
+
+    /// Changes the api's settings.
+    pub fn api(mut self, change: impl FnOnce(&mut api::Config)) -> Self {
+        change(&mut self.api);
+        self
+    }
+
+    /// Changes each in-process worker's settings.
+    pub fn worker(mut self, change: impl FnOnce(&mut worker::Config)) -> Self {
+        change(&mut self.worker);
+        self
     }
 }
 
@@ -129,24 +151,17 @@ impl TestApp {
         app.api_task = Some(tokio::spawn(api::run(config, listener, async move { stop.cancelled().await })));
         app.wait_ready().await?;
         for _ in 0..options.in_process_workers {
-            let mut config = app.worker_config(options.worker_concurrency);
-            config.metrics_addr = options.worker_metrics_addr;
+            let config = app.own_worker_config(options.worker.clone());
             app.start_worker_with(config);
         }
         Ok(app)
     }
 
-    /// The api configuration for this test.
+    /// `options.api` pointed at this test's database, Redis, stream and folder.
     pub fn api_config(&self, options: &TestOptions) -> api::Config {
-        let mut config = api::Config::parse_from(["md5-api"]);
+        let mut config = options.api.clone();
         config.bind_addr = "127.0.0.1:0".parse().expect("valid address");
-        config.max_upload_bytes = options.max_upload_bytes;
-        config.api_key = options.api_key.clone();
-        config.min_free_bytes = options.min_free_bytes;
-        config.body_idle_timeout_seconds = options.body_idle_timeout_seconds;
-        config.header_timeout_seconds = options.header_timeout_seconds;
         config.database.database_url = self.database_url.clone();
-        config.database.db_pool_size = 8;
         config.redis.redis_url = self.redis_url.clone();
         config.stream.jobs_stream = self.stream.clone();
         config.stream.jobs_group = self.group.clone();
@@ -154,12 +169,14 @@ impl TestApp {
         config
     }
 
-    /// The worker configuration for this test.
+    /// The test defaults' worker configuration with `concurrency`, pointed at this test's
+    /// database, Redis, stream, folder and log.
     pub fn worker_config(&self, concurrency: u32) -> worker::Config {
-        let mut config = worker::Config::parse_from(["md5-worker"]);
+        self.own_worker_config(TestOptions::default().worker(|c| c.worker_concurrency = concurrency).worker)
+    }
+
+    fn own_worker_config(&self, mut config: worker::Config) -> worker::Config {
         config.log_file = self.log_file.clone();
-        config.worker_concurrency = concurrency;
-        config.read_block_ms = 500;
         config.database.database_url = self.database_url.clone();
         config.redis.redis_url = self.redis_url.clone();
         config.stream.jobs_stream = self.stream.clone();
@@ -224,12 +241,8 @@ impl TestApp {
 
     /// A multipart upload to `path`.
     pub async fn upload_to(&self, path: &str, file_name: &str, bytes: Vec<u8>) -> reqwest::Response {
-        let part = reqwest::multipart::Part::bytes(bytes).file_name(file_name.to_owned());
-        let form = reqwest::multipart::Form::new().part("file", part);
-        self.client
-            .post(format!("{}{path}", self.base_url))
-            .multipart(form)
-            .send()
+        let url = format!("{}{path}", self.base_url);
+        post_file(&self.client, &url, file_name, reqwest::multipart::Part::bytes(bytes))
             .await
             .expect("the api answers")
     }

@@ -17,7 +17,7 @@ use diesel::{QueryDsl as _, SelectableHelper as _};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use futures_util::StreamExt as _;
 use integration_tests::fault::{PrivatePostgres, PrivateRedis, free_port};
-use integration_tests::{eventually, md5_hex, random_bytes, sibling_binary};
+use integration_tests::{eventually, md5_hex, post_file, random_bytes, sibling_binary};
 use serde_json::Value;
 use shared::{Task, TaskStatus};
 
@@ -160,10 +160,8 @@ impl Service {
     }
 
     async fn upload_bytes(&self, bytes: Vec<u8>) -> anyhow::Result<String> {
-        let part = reqwest::multipart::Part::bytes(bytes).file_name("f.bin");
-        let form = reqwest::multipart::Form::new().part("file", part);
-        let response =
-            self.client.post(format!("{}/api/v1/hashes", self.api_url)).multipart(form).send().await?;
+        let url = format!("{}/api/v1/hashes", self.api_url);
+        let response = post_file(&self.client, &url, "f.bin", reqwest::multipart::Part::bytes(bytes)).await?;
         anyhow::ensure!(response.status() == 202, "upload answered {}", response.status());
         Ok(response.json::<Value>().await?["id"].as_str().context("id")?.to_owned())
     }
@@ -173,10 +171,9 @@ impl Service {
         let file = tokio::fs::File::open(path).await?;
         let length = file.metadata().await?.len();
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
-        let part = reqwest::multipart::Part::stream_with_length(body, length).file_name("large.bin");
-        let form = reqwest::multipart::Form::new().part("file", part);
-        let response =
-            self.client.post(format!("{}/api/v1/hashes", self.api_url)).multipart(form).send().await?;
+        let part = reqwest::multipart::Part::stream_with_length(body, length);
+        let url = format!("{}/api/v1/hashes", self.api_url);
+        let response = post_file(&self.client, &url, "large.bin", part).await?;
         anyhow::ensure!(response.status() == 202, "upload answered {}", response.status());
         Ok(response.json::<Value>().await?["id"].as_str().context("id")?.to_owned())
     }
@@ -640,9 +637,9 @@ async fn fixed_load(service: &Service, rate: u64, seconds: u64, size: usize) -> 
         running.spawn(async move {
             let bytes = random_bytes(size, 1_000_000 + n);
             let started = Instant::now();
-            let part = reqwest::multipart::Part::bytes(bytes).file_name("f.bin");
-            let form = reqwest::multipart::Form::new().part("file", part);
-            let response = client.post(format!("{url}/api/v1/hashes")).multipart(form).send().await?;
+            let upload = format!("{url}/api/v1/hashes");
+            let response =
+                post_file(&client, &upload, "f.bin", reqwest::multipart::Part::bytes(bytes)).await?;
             anyhow::ensure!(response.status() == 202, "upload answered {}", response.status());
             let id = response.json::<Value>().await?["id"].as_str().context("id")?.to_owned();
             let accepted = started.elapsed().as_secs_f64() * 1000.0;
@@ -810,9 +807,8 @@ async fn hostile(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Res
             let client = reqwest::Client::builder().local_address(local).build();
             let (url, data) = (format!("{url}/api/v1/hashes"), data.clone());
             tokio::spawn(async move {
-                let part = reqwest::multipart::Part::stream(data).file_name("big.bin");
-                let form = reqwest::multipart::Form::new().part("file", part);
-                client?.post(url).multipart(form).send().await.map(|r| r.status().as_u16())
+                let part = reqwest::multipart::Part::stream(data);
+                post_file(&client?, &url, "big.bin", part).await.map(|r| r.status().as_u16())
             })
         })
         .collect();

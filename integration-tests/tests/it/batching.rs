@@ -31,8 +31,7 @@ fn batch_sizes(metrics: &str, batch: &str) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_is_claimed_recorded_marked_and_acknowledged_in_shared_statements() {
-    let mut app =
-        TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let ids: HashSet<String> = futures_util::stream::iter(0..BACKLOG)
         .map(|n| {
             let app = &app;
@@ -129,7 +128,7 @@ async fn concurrent_uploads_share_the_folder_fsync_the_insert_and_the_xadd() {
 
 #[tokio::test]
 async fn a_shared_statement_answers_each_job_as_if_it_ran_alone() {
-    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let mut conn = AsyncPgConnection::establish(&app.database_url).await.unwrap();
     let [a, b, c] = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
     for id in [a, b, c] {

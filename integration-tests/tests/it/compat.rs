@@ -38,7 +38,7 @@ async fn older_clients_get_404_for_unknown_ids_and_success_with_the_md5() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn older_clients_get_fastapis_422_bodies_for_what_fastapi_refused() {
-    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let missing_file =
         r#"{"detail":[{"loc":["body","file"],"msg":"field required","type":"value_error.missing"}]}"#;
     let url = format!("{}/hashes/", app.base_url);

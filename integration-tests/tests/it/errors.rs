@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt as _;
 use crate::raw_http;
 
 async fn no_api_app(options: TestOptions) -> TestApp {
-    TestApp::spawn(TestOptions { in_process_workers: 0, ..options }).await.unwrap()
+    TestApp::spawn(options.no_workers()).await.unwrap()
 }
 
 async fn assert_nothing_left(app: &TestApp) {
@@ -71,7 +71,7 @@ async fn multipart_without_a_file_part_or_malformed_gets_400_and_leaves_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_larger_than_the_limit_gets_413_early_and_while_streaming_and_leaves_nothing() {
-    let app = no_api_app(TestOptions { max_upload_bytes: 1000, ..TestOptions::default() }).await;
+    let app = no_api_app(TestOptions::default().api(|c| c.max_upload_bytes = 1000)).await;
     // From Content-Length, before any body byte is sent.
     let head = "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n\
                 Content-Length: 10000000000\r\n\r\n";
@@ -117,7 +117,7 @@ async fn unknown_or_malformed_ids_get_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_api_key_requests_without_the_right_bearer_get_401() {
-    let app = no_api_app(TestOptions { api_key: Some("s3cret".into()), ..TestOptions::default() }).await;
+    let app = no_api_app(TestOptions::default().api(|c| c.api_key = Some("s3cret".into()))).await;
     let url = format!("{}/api/v1/hashes/{}", app.base_url, uuid::Uuid::new_v4());
     assert_problem(app.client.get(&url).send().await.unwrap(), 401).await;
     assert_problem(app.client.get(&url).bearer_auth("wrong").send().await.unwrap(), 401).await;
@@ -133,7 +133,7 @@ async fn with_an_api_key_requests_without_the_right_bearer_get_401() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_upload_volume_gets_507_and_leaves_nothing() {
     // A reserve larger than any disk: the volume counts as full.
-    let app = no_api_app(TestOptions { min_free_bytes: u64::MAX, ..TestOptions::default() }).await;
+    let app = no_api_app(TestOptions::default().api(|c| c.min_free_bytes = u64::MAX)).await;
     assert_problem(app.upload("a.bin", vec![0u8; 10]).await, 507).await;
     assert_nothing_left(&app).await;
 }
@@ -185,7 +185,7 @@ async fn a_client_that_disconnects_mid_body_leaves_no_file_and_no_row() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stalls_is_cut_off_and_leaves_nothing() {
-    let app = no_api_app(TestOptions { body_idle_timeout_seconds: 1, ..TestOptions::default() }).await;
+    let app = no_api_app(TestOptions::default().api(|c| c.body_idle_timeout_seconds = 1)).await;
     let mut stream = raw_http::connect(&app.base_url).await;
     let head = "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n\
                 Content-Length: 5000000\r\n\r\n";

@@ -31,7 +31,7 @@ fn keep_alive(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_workers_entry_behind_many_live_ones_is_taken_over_within_three_idle_times() {
-    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let client = redis::Client::open(app.redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: String = redis::cmd("XGROUP")

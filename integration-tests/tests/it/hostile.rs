@@ -77,9 +77,9 @@ async fn sixty_four_large_uploads_in_flight_keep_the_api_under_64_mib() {
             let (client, url, data) =
                 (api.client.clone(), format!("{}/api/v1/hashes", api.base_url), data.clone());
             tokio::spawn(async move {
-                let part = reqwest::multipart::Part::stream(data).file_name(format!("big-{i}.bin"));
-                let form = reqwest::multipart::Form::new().part("file", part);
-                client.post(url).multipart(form).send().await.map_or(0, |r| r.status().as_u16())
+                let part = reqwest::multipart::Part::stream(data);
+                let sent = integration_tests::post_file(&client, &url, &format!("big-{i}.bin"), part).await;
+                sent.map_or(0, |r| r.status().as_u16())
             })
         })
         .collect();
@@ -92,7 +92,7 @@ async fn sixty_four_large_uploads_in_flight_keep_the_api_under_64_mib() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_methods_add_no_metric_series_and_get_problem_json() {
-    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let mut methods: Vec<String> = (0..300).map(|i| format!("ZQ{i:06}")).collect();
     methods.extend((0..10).map(|i| format!("LONG{i}{}", "M".repeat(20_000))));
     for method in &methods {
@@ -268,10 +268,9 @@ async fn an_unwritable_upload_volume_makes_the_api_unready_and_uploads_503() {
         let body: Value = response.json().await.unwrap();
         assert!(body["upload_dir"]["error"].is_string(), "{body}");
         assert_eq!(body["postgres"], "ok");
-        let part = reqwest::multipart::Part::bytes(b"x".to_vec()).file_name("x.txt");
-        let form = reqwest::multipart::Form::new().part("file", part);
-        let response =
-            api.client.post(format!("{}/api/v1/hashes", api.base_url)).multipart(form).send().await.unwrap();
+        let url = format!("{}/api/v1/hashes", api.base_url);
+        let part = reqwest::multipart::Part::bytes(b"x".to_vec());
+        let response = integration_tests::post_file(&api.client, &url, "x.txt", part).await.unwrap();
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()["content-type"], "application/problem+json");
         let problem: Value = response.json().await.unwrap();
@@ -335,13 +334,9 @@ async fn an_empty_api_key_means_no_authentication_and_is_warned_about() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bearer_scheme_is_matched_in_any_case() {
-    let app = TestApp::spawn(TestOptions {
-        api_key: Some("secret".into()),
-        in_process_workers: 0,
-        ..TestOptions::default()
-    })
-    .await
-    .unwrap();
+    let app = TestApp::spawn(TestOptions::default().no_workers().api(|c| c.api_key = Some("secret".into())))
+        .await
+        .unwrap();
     let url = format!("{}/api/v1/hashes/{}", app.base_url, uuid::Uuid::new_v4());
     for value in ["Bearer secret", "bearer secret", "BEARER secret", "bEaReR   secret"] {
         let status = app.client.get(&url).header("authorization", value).send().await.unwrap().status();
@@ -355,7 +350,7 @@ async fn the_bearer_scheme_is_matched_in_any_case() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_names_are_stored_without_invisible_characters_and_rfc_5987_names_are_honoured() {
-    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let cases: [(&str, &str); 4] = [
         ("form-data; name=\"file\"; filename=\"invoice\u{202E}fdp.exe\"", "invoicefdp.exe"),
         ("form-data; name=\"file\"; filename=\"a\u{200B}b\u{FEFF}c\u{2028}.txt\"", "abc.txt"),
@@ -435,7 +430,7 @@ async fn a_database_url_that_cannot_work_fails_at_once_and_a_refused_one_names_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_the_api_sends_is_problem_json() {
-    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let id = uuid::Uuid::new_v4();
     let requests = [
         (reqwest::Method::GET, format!("/api/v1/hashes/{id}/"), 404),
@@ -473,7 +468,7 @@ async fn every_error_the_api_sends_is_problem_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_docs_and_api_carry_browser_security_headers() {
-    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     for path in [
         "/",
         "/docs/",
@@ -496,7 +491,7 @@ async fn the_page_docs_and_api_carry_browser_security_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_whose_client_leaves_after_the_last_byte_end_done_or_leave_nothing() {
-    let app = TestApp::spawn(TestOptions { worker_concurrency: 8, ..TestOptions::default() }).await.unwrap();
+    let app = TestApp::spawn(TestOptions::default().worker(|c| c.worker_concurrency = 8)).await.unwrap();
     // Warm the pool, so the waves race the commit, not the first connections.
     assert_eq!(app.upload("warm.txt", b"warm".to_vec()).await.status(), 202);
     // Waves of 20, each client leaving 0 to 38 ms after its last byte without reading the

@@ -61,8 +61,7 @@ async fn an_empty_file_hashes_to_the_md5_of_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_answers_as_soon_as_the_task_finishes() {
     // No worker yet: the task stays queued, so `wait` must hold the request.
-    let mut app =
-        TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let response = app.upload("a.txt", b"hello".to_vec()).await;
     let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
 
@@ -90,8 +89,7 @@ async fn wait_answers_as_soon_as_the_task_finishes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_deleted_before_its_job_runs_ends_failed_without_looping() {
-    let mut app =
-        TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let response = app.upload("gone.bin", b"soon gone".to_vec()).await;
     let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     for file in app.upload_files() {

@@ -11,8 +11,7 @@ const UPLOADS: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_worker_processes_finish_every_upload_with_exactly_one_log_line_each() {
-    let mut app =
-        TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     for _ in 0..3 {
         app.start_worker_process(4).unwrap();
     }
