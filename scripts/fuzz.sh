@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 command -v schemathesis >/dev/null || { echo "schemathesis is missing: run scripts/test.sh, or pip install -r scripts/test-tools.txt" >&2; exit 1; }
 # shellcheck disable=SC2016
 exec ./scripts/with-service.sh bash -c 'schemathesis run "$MD5_BASE_URL/openapi.json" \
-  --phases examples,coverage,fuzzing --max-examples "${FUZZ_EXAMPLES:-100}" --seed 1 \
+  --phases examples,coverage,fuzzing,stateful --max-examples "${FUZZ_EXAMPLES:-100}" --seed 1 \
   --request-timeout 30 --suppress-health-check all'

@@ -3,7 +3,9 @@
 #   - the test command's private Postgres and Redis, used when nothing answers on the defaults;
 #   - run.sh after `kill -9` of a previous run: it stops the api and workers left behind, reuses
 #     the Postgres and Redis, serves again, and stops everything on SIGTERM;
-#   - run.sh with a busy BIND_ADDR ends with a non-zero status.
+#   - run.sh with a busy BIND_ADDR ends with a non-zero status;
+#   - SIGTERM during run.sh's build stops the build and starts nothing (a cold build in a
+#     throw-away target folder, interrupted after its first crate).
 # Each check prints "-- ok: <what>"; the first failure ends the script with status 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,3 +102,21 @@ set -e
 kill "$holder" 2>/dev/null || true
 ((code != 0 && code != 124)) || { cat "$work/run3.log"; fail "a busy BIND_ADDR ended with status $code"; }
 ok "a busy BIND_ADDR ends run.sh with status $code"
+
+# 4. SIGTERM during the build.
+setsid env CARGO_TARGET_DIR="$work/target" scripts/run.sh >"$work/run4.log" 2>&1 &
+run_pid=$!
+wait_for 300 grep -q "Compiling" "$work/run4.log" || { cat "$work/run4.log"; fail "the build did not start"; }
+kill -TERM "$run_pid"
+set +e
+wait "$run_pid"
+code=$?
+set -e
+run_pid=""
+((code == 143)) || { cat "$work/run4.log"; fail "SIGTERM during the build ended with status $code, not 143"; }
+! grep -q "^md5-api on" "$work/run4.log" || fail "the service started after SIGTERM during the build"
+build_gone() { ! grep -lsaF "CARGO_TARGET_DIR=$work/target" /proc/[0-9]*/environ >/dev/null; }
+wait_for 20 build_gone || fail "cargo or rustc still runs after SIGTERM during the build"
+wait_for 10 port_closed "$PRIVATE_PG_PORT" || fail "Postgres still runs after SIGTERM during the build"
+wait_for 10 port_closed "$PRIVATE_REDIS_PORT" || fail "Redis still runs after SIGTERM during the build"
+ok "SIGTERM during the build stops it and starts nothing (status 143)"

@@ -82,10 +82,13 @@ pub const ALIAS_WITHOUT_SLASH: &str = "/hashes";
 #[utoipa::path(
     post,
     path = "/hashes/",
+    operation_id = "create_hash_compat",
     tag = "compatibility",
     request_body(content = CompatUploadForm, content_type = "multipart/form-data"),
     responses(
-        (status = 200, description = "Stored and queued", body = CreatedTask),
+        (status = 200, description = "Stored and queued", body = CreatedTask,
+            links(("GetHash" = (operation_id = "get_hash_compat", parameters(("task_id" = "$response.body#/task_id")),
+                description = "The task this upload created")))),
         (status = 400, description = "Malformed multipart, or a part other than `file`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body stalled for BODY_IDLE_TIMEOUT_SECONDS or arrived slower than MIN_UPLOAD_BYTES_PER_SECOND", body = Problem, content_type = "application/problem+json"),
@@ -120,8 +123,10 @@ pub async fn create_hash(
 #[utoipa::path(
     get,
     path = "/hashes/{task_id}",
+    operation_id = "get_hash_compat",
     tag = "compatibility",
     params(("task_id" = String, Path, description = "The task id: a UUID (or an integer, as the older service's ids were)",
+        example = "019acb5e-4f3a-7c21-9d0e-5b6f7a8c9d01",
         pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|-?[0-9]{1,18})$")),
     responses(
         (status = 200, description = "PENDING while queued or processing, then SUCCESS with the MD5 or ERROR with the error", body = TaskResult),

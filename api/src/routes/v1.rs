@@ -88,11 +88,14 @@ pub struct UploadForm {
 #[utoipa::path(
     post,
     path = "/api/v1/hashes",
+    operation_id = "create_hash_v1",
     tag = "v1",
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 202, description = "Stored and queued; the body is the task, `Location` its URL", body = TaskView,
-            headers(("Location" = String, description = "/api/v1/hashes/{id}"))),
+            headers(("Location" = String, description = "/api/v1/hashes/{id}")),
+            links(("GetHash" = (operation_id = "get_hash_v1", parameters(("id" = "$response.body#/id")),
+                description = "The task this upload created")))),
         (status = 400, description = "No `file` part, or malformed multipart", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body stalled for BODY_IDLE_TIMEOUT_SECONDS or arrived slower than MIN_UPLOAD_BYTES_PER_SECOND", body = Problem, content_type = "application/problem+json"),
@@ -133,7 +136,7 @@ pub async fn create_hash(
 #[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Seconds (0–60, decimals allowed) to hold the request until the task is finished.
-    #[param(value_type = Option<f64>, minimum = 0, maximum = 60)]
+    #[param(value_type = Option<f64>, minimum = 0, maximum = 60, example = 0.5)]
     pub wait: Option<String>,
 }
 
@@ -141,8 +144,9 @@ pub struct WaitQuery {
 #[utoipa::path(
     get,
     path = "/api/v1/hashes/{id}",
+    operation_id = "get_hash_v1",
     tag = "v1",
-    params(("id" = String, Path, description = "The promise id (a UUID)"), WaitQuery),
+    params(("id" = String, Path, description = "The promise id (a UUID)", example = "019acb5e-4f3a-7c21-9d0e-5b6f7a8c9d01"), WaitQuery),
     responses(
         (status = 200, description = "The task", body = TaskView),
         (status = 400, description = "`wait` out of range", body = Problem, content_type = "application/problem+json"),

@@ -11,7 +11,7 @@ use crate::raw_http;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_covers_every_route_and_swagger_ui_is_served_offline() {
-    let app = TestApp::spawn(TestOptions { in_process_workers: 0, ..TestOptions::default() }).await.unwrap();
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let doc: Value =
         app.client.get(format!("{}/openapi.json", app.base_url)).send().await.unwrap().json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
@@ -32,6 +32,20 @@ async fn the_openapi_document_covers_every_route_and_swagger_ui_is_served_offlin
     }
     assert!(upload["requestBody"]["content"]["multipart/form-data"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // The flows are declared (schemathesis' stateful phase follows them), operation ids unique.
+    let link = &upload["responses"]["202"]["links"]["GetHash"];
+    assert_eq!(link["operationId"], "get_hash_v1", "{link}");
+    assert_eq!(link["parameters"]["id"], "$response.body#/id", "{link}");
+    let compat = &doc["paths"]["/hashes/"]["post"]["responses"]["200"]["links"]["GetHash"];
+    assert_eq!(compat["parameters"]["task_id"], "$response.body#/task_id", "{compat}");
+    let ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values().map(|op| op["operationId"].as_str().unwrap()))
+        .collect();
+    let unique: std::collections::HashSet<&&str> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "operation ids are unique: {ids:?}");
     // Every documented operation is served: no router 404 ("no resource at this path") or 405.
     let id = uuid::Uuid::now_v7().to_string();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -64,9 +78,7 @@ async fn the_openapi_document_covers_every_route_and_swagger_ui_is_served_offlin
 async fn metrics_count_uploads_requests_tasks_and_the_stream_in_api_and_worker() {
     let metrics_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let app =
-        TestApp::spawn(TestOptions { worker_metrics_addr: Some(metrics_addr), ..TestOptions::default() })
-            .await
-            .unwrap();
+        TestApp::spawn(TestOptions::default().worker(|c| c.metrics_addr = Some(metrics_addr))).await.unwrap();
     let response = app.upload("m.txt", b"metrics".to_vec()).await;
     let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     app.wait_finished(&id, Duration::from_secs(30)).await;
@@ -100,13 +112,9 @@ async fn metrics_count_uploads_requests_tasks_and_the_stream_in_api_and_worker()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_api_key_the_page_docs_health_and_metrics_stay_open() {
-    let app = TestApp::spawn(TestOptions {
-        api_key: Some("k".into()),
-        in_process_workers: 0,
-        ..TestOptions::default()
-    })
-    .await
-    .unwrap();
+    let app = TestApp::spawn(TestOptions::default().no_workers().api(|c| c.api_key = Some("k".into())))
+        .await
+        .unwrap();
     for path in ["/", "/docs/", "/openapi.json", "/healthz", "/readyz", "/metrics"] {
         let status = app.client.get(format!("{}{path}", app.base_url)).send().await.unwrap().status();
         assert_eq!(status, 200, "{path} is open");
@@ -122,13 +130,9 @@ async fn with_an_api_key_the_page_docs_health_and_metrics_stay_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_headers_is_cut_off_while_others_are_served() {
-    let app = TestApp::spawn(TestOptions {
-        header_timeout_seconds: 1,
-        in_process_workers: 0,
-        ..TestOptions::default()
-    })
-    .await
-    .unwrap();
+    let app = TestApp::spawn(TestOptions::default().no_workers().api(|c| c.header_timeout_seconds = 1))
+        .await
+        .unwrap();
     let mut slow = raw_http::connect(&app.base_url).await;
     slow.write_all(b"POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Ty").await.unwrap();
     let started = Instant::now();
