@@ -45,9 +45,11 @@ if ! cmp -s scripts/test-tools.txt "$tools/installed.txt" 2>/dev/null; then
 fi
 export PATH="$root/$tools/bin:$PATH"
 # The page's npm packages, from the lockfile, reinstalled only when it changed.
-if ! cmp -s web/package-lock.json web/node_modules/.package-lock.json 2>/dev/null; then
+# (npm's own node_modules/.package-lock.json is not a copy of the lockfile: keep one of ours.)
+if ! cmp -s web/package-lock.json web/node_modules/.installed-package-lock.json 2>/dev/null; then
   echo "== npm ci (web/)"
   (cd web && npm ci --no-audit --no-fund --silent)
+  cp web/package-lock.json web/node_modules/.installed-package-lock.json
 fi
 
 echo "== cargo fmt --check"
