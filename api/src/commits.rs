@@ -124,15 +124,11 @@ async fn insert_all(pool: &Pool, pending: &[PendingTask]) -> Vec<Result<Task, Fa
                 request_id: task.request_id.as_deref(),
             })
             .collect();
-        queries::insert_tasks(&mut conn, &new).await.map_err(|err| {
-            use diesel::result::{DatabaseErrorKind, Error};
-            match err {
-                Error::DatabaseError(
-                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-                    _,
-                ) => Failure::Unavailable,
-                other => Failure::Internal(format!("cannot insert the task: {other}")),
-            }
+        // Classified as a lone upload's error would be (`From<diesel::result::Error> for ApiError`).
+        queries::insert_tasks(&mut conn, &new).await.map_err(|err| match ApiError::from(err) {
+            ApiError::Unavailable(_) => Failure::Unavailable,
+            ApiError::Internal(cause) => Failure::Internal(format!("cannot insert the task: {cause:#}")),
+            other => Failure::Internal(format!("cannot insert the task: {other}")),
         })
     }
     .await;

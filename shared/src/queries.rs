@@ -43,11 +43,6 @@ fn interval(duration: Duration) -> PgInterval {
     PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
 }
 
-/// Inserts a new `queued` task and returns the committed row.
-pub async fn insert_task(conn: &mut AsyncPgConnection, new: &NewTask<'_>) -> QueryResult<Task> {
-    diesel::insert_into(dsl::md5_tasks).values(new).returning(Task::as_returning()).get_result(conn).await
-}
-
 /// Inserts new `queued` tasks in one statement (so one commit) and returns the committed rows,
 /// in no order.
 pub async fn insert_tasks(conn: &mut AsyncPgConnection, new: &[NewTask<'_>]) -> QueryResult<Vec<Task>> {
@@ -59,19 +54,10 @@ pub async fn find_task(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResu
     dsl::md5_tasks.find(task_id).select(Task::as_select()).first(conn).await.optional()
 }
 
-/// Claims a task for `worker` until `lease` from now: a `queued` task, or a `processing` one
-/// whose previous holder let its lease pass. Returns `None` when the task is not claimable
-/// (finished, held by a live worker, or unknown), which makes duplicate deliveries no-ops.
-pub async fn claim_task(
-    conn: &mut AsyncPgConnection,
-    task_id: Uuid,
-    worker: &str,
-    lease: Duration,
-) -> QueryResult<Option<Task>> {
-    Ok(claim_tasks(conn, &[task_id], worker, lease).await?.pop())
-}
-
-/// [`claim_task`] for many tasks in one statement; returns the rows it claimed, in no order.
+/// Claims tasks for `worker` until `lease` from now, in one statement: each `queued` task, and
+/// each `processing` one whose previous holder let its lease pass. Returns the rows it claimed,
+/// in no order; a task not returned is not claimable (finished, held by a live worker, or
+/// unknown), which makes duplicate deliveries no-ops.
 pub async fn claim_tasks(
     conn: &mut AsyncPgConnection,
     task_ids: &[Uuid],
@@ -113,19 +99,10 @@ pub async fn extend_lease(
     Ok(updated == 1)
 }
 
-/// Records `worker`'s outcome for a task it holds. Returns `None`, recording nothing, when the
-/// worker no longer holds the task (its lease passed and another worker took it over).
-pub async fn complete_task(
-    conn: &mut AsyncPgConnection,
-    task_id: Uuid,
-    worker: &str,
-    outcome: &Outcome,
-) -> QueryResult<Option<Task>> {
-    Ok(complete_tasks(conn, worker, &[(task_id, outcome.clone())]).await?.pop())
-}
-
-/// [`complete_task`] for many tasks in one statement (so one commit); returns the rows it
-/// updated, in no order. A task listed twice is updated once.
+/// Records `worker`'s outcomes for tasks it holds, in one statement (so one commit). Returns the
+/// rows it updated, in no order; a task not returned records nothing, because the worker no
+/// longer holds it (its lease passed and another worker took it over). A task listed twice is
+/// updated once.
 pub async fn complete_tasks(
     conn: &mut AsyncPgConnection,
     worker: &str,
@@ -163,12 +140,7 @@ pub async fn complete_tasks(
     .await
 }
 
-/// Records that the task's line is in the results log.
-pub async fn mark_logged(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<()> {
-    mark_all_logged(conn, &[task_id]).await
-}
-
-/// [`mark_logged`] for many tasks in one statement.
+/// Records that the tasks' lines are in the results log (a mark, once set, is never moved).
 pub async fn mark_all_logged(conn: &mut AsyncPgConnection, task_ids: &[Uuid]) -> QueryResult<()> {
     diesel::update(dsl::md5_tasks.filter(dsl::task_id.eq_any(task_ids)).filter(dsl::logged_at.is_null()))
         .set(dsl::logged_at.eq(now.into_sql::<Timestamptz>().nullable()))

@@ -14,6 +14,7 @@ use shared::db::Pool;
 use shared::queries::{self, Outcome};
 use uuid::Uuid;
 
+use crate::job::connection;
 use crate::stream::JobsHandle;
 
 /// Most requests one statement carries.
@@ -87,10 +88,6 @@ impl Batches {
 fn answer_each(ids: &[Uuid], rows: Vec<Task>) -> Vec<Option<Task>> {
     let mut rows: HashMap<Uuid, Task> = rows.into_iter().map(|row| (row.task_id, row)).collect();
     ids.iter().map(|id| rows.remove(id)).collect()
-}
-
-async fn connection(pool: &Pool) -> anyhow::Result<shared::db::PooledConnection> {
-    pool.get().await.map_err(|err| anyhow::anyhow!("no Postgres connection: {err}"))
 }
 
 #[cfg(test)]

@@ -248,7 +248,8 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
     }
 }
 
-async fn connection(pool: &Pool) -> anyhow::Result<PooledConnection> {
+/// A connection from `pool`, or an error that says there is none.
+pub(crate) async fn connection(pool: &Pool) -> anyhow::Result<PooledConnection> {
     pool.get().await.map_err(|err| anyhow::anyhow!("no Postgres connection: {err}"))
 }
 

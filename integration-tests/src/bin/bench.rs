@@ -722,16 +722,13 @@ async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow:
         values.sort_by(f64::total_cmp);
         format!("{:.1} / {:.1} ms", percentile(&values, 0.5), percentile(&values, 0.99))
     };
-    let fixed: Vec<f64> = {
-        let mut values: Vec<f64> = timed.iter().map(|(total, _, _)| *total).collect();
-        values.sort_by(f64::total_cmp);
-        values
-    };
+    let mut fixed: Vec<f64> = timed.iter().map(|(total, _, _)| *total).collect();
+    fixed.sort_by(f64::total_cmp);
     // Where the time goes, from the rows' own timestamps (one clock: Postgres').
-    let ids: HashMap<&str, ()> = timed.iter().map(|(_, _, id)| (id.as_str(), ())).collect();
+    let ids: std::collections::HashSet<&str> = timed.iter().map(|(_, _, id)| id.as_str()).collect();
     let (mut queued, mut processed) = (Vec::new(), Vec::new());
     for row in service.rows().await? {
-        if ids.contains_key(row.task_id.to_string().as_str()) {
+        if ids.contains(row.task_id.to_string().as_str()) {
             let (started, finished) =
                 (row.started_at.context("started")?, row.finished_at.context("finished")?);
             queued.push((started - row.created_at).num_microseconds().unwrap_or(0) as f64 / 1000.0);

@@ -133,7 +133,7 @@ async fn a_shared_statement_answers_each_job_as_if_it_ran_alone() {
     let [a, b, c] = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
     for id in [a, b, c] {
         let new = NewTask { task_id: id, file_name: "f", size_bytes: 1, request_id: None };
-        queries::insert_task(&mut conn, &new).await.unwrap();
+        queries::insert_tasks(&mut conn, &[new]).await.unwrap();
     }
     let lease = Duration::from_secs(60);
     let claimed = queries::claim_tasks(&mut conn, &[a, b, a], "w1", lease).await.unwrap();
