@@ -5,10 +5,11 @@
 //! after the statement carrying its row has committed; a batch only means that those waits are
 //! shared. See `shared::batch`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use diesel_async::AsyncConnection as _;
 use shared::batch::Batcher;
 use shared::db::Pool;
 use shared::models::NewTask;
@@ -31,6 +32,8 @@ pub struct PendingTask {
     pub size_bytes: i64,
     /// The `x-request-id` of the upload request.
     pub request_id: Option<String>,
+    /// The `Idempotency-Key` reserved for this task, completed in the same transaction.
+    pub idempotency_key: Option<String>,
 }
 
 /// Why a batched step failed, kept apart so each upload gets the status it would have had alone.
@@ -42,6 +45,8 @@ enum Failure {
     Internal(String),
     /// A file-system error of this kind.
     Io(io::ErrorKind, String),
+    /// The upload's `Idempotency-Key` reservation ran out and another upload took the key.
+    KeyTakenOver,
 }
 
 impl From<Failure> for ApiError {
@@ -52,6 +57,9 @@ impl From<Failure> for ApiError {
             }
             Failure::Internal(cause) => ApiError::Internal(anyhow::anyhow!(cause)),
             Failure::Io(kind, message) => crate::upload::io_error(io::Error::new(kind, message)),
+            Failure::KeyTakenOver => ApiError::Conflict(
+                "another upload with this Idempotency-Key took it over while this one was stalled".into(),
+            ),
         }
     }
 }
@@ -115,17 +123,33 @@ fn rename_all_and_sync(upload_dir: &Path, moves: &[(PathBuf, PathBuf)]) -> Vec<R
 async fn insert_all(pool: &Pool, pending: &[PendingTask]) -> Vec<Result<Task, Failure>> {
     let rows = async {
         let mut conn = pool.get().await.map_err(|_| Failure::Unavailable)?;
-        let new: Vec<NewTask<'_>> = pending
+        let keyed: Vec<(&str, Uuid, &str, i64)> = pending
             .iter()
-            .map(|task| NewTask {
-                task_id: task.task_id,
-                file_name: &task.file_name,
-                size_bytes: task.size_bytes,
-                request_id: task.request_id.as_deref(),
+            .filter_map(|task| {
+                let key = task.idempotency_key.as_deref()?;
+                Some((key, task.task_id, task.file_name.as_str(), task.size_bytes))
             })
             .collect();
+        let inserted = if keyed.is_empty() {
+            queries::insert_tasks(&mut conn, &new_tasks(pending, &HashSet::new())).await
+        } else {
+            // Keys and rows commit together: a key is completed only with its task's row, and a
+            // task whose key was taken over is not inserted.
+            conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+                let completed: HashSet<String> =
+                    queries::complete_keys(conn, &keyed).await?.into_iter().collect();
+                let lost: HashSet<Uuid> = pending
+                    .iter()
+                    .filter(|task| task.idempotency_key.as_ref().is_some_and(|key| !completed.contains(key)))
+                    .map(|task| task.task_id)
+                    .collect();
+                let new = new_tasks(pending, &lost);
+                if new.is_empty() { Ok(Vec::new()) } else { queries::insert_tasks(conn, &new).await }
+            })
+            .await
+        };
         // Classified as a lone upload's error would be (`From<diesel::result::Error> for ApiError`).
-        queries::insert_tasks(&mut conn, &new).await.map_err(|err| match ApiError::from(err) {
+        inserted.map_err(|err| match ApiError::from(err) {
             ApiError::Unavailable(_) => Failure::Unavailable,
             ApiError::Internal(cause) => Failure::Internal(format!("cannot insert the task: {cause:#}")),
             other => Failure::Internal(format!("cannot insert the task: {other}")),
@@ -137,12 +161,27 @@ async fn insert_all(pool: &Pool, pending: &[PendingTask]) -> Vec<Result<Task, Fa
             let mut rows: HashMap<Uuid, Task> = rows.into_iter().map(|row| (row.task_id, row)).collect();
             pending
                 .iter()
-                .map(|task| {
-                    rows.remove(&task.task_id)
-                        .ok_or_else(|| Failure::Internal("the inserted row was not returned".into()))
+                .map(|task| match rows.remove(&task.task_id) {
+                    Some(row) => Ok(row),
+                    None if task.idempotency_key.is_some() => Err(Failure::KeyTakenOver),
+                    None => Err(Failure::Internal("the inserted row was not returned".into())),
                 })
                 .collect()
         }
         Err(failure) => vec![Err(failure); pending.len()],
     }
+}
+
+/// The rows of `pending`, but for the tasks in `skip`.
+fn new_tasks<'a>(pending: &'a [PendingTask], skip: &HashSet<Uuid>) -> Vec<NewTask<'a>> {
+    pending
+        .iter()
+        .filter(|task| !skip.contains(&task.task_id))
+        .map(|task| NewTask {
+            task_id: task.task_id,
+            file_name: &task.file_name,
+            size_bytes: task.size_bytes,
+            request_id: task.request_id.as_deref(),
+        })
+        .collect()
 }

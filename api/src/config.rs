@@ -74,6 +74,11 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
+    /// Seconds an `Idempotency-Key` of `POST /api/v1/hashes` names its task: a repeat within
+    /// this window gets the original task; after it the key may be used for a new upload.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub idempotency_ttl_seconds: u64,
+
     /// Seconds in-flight requests get to finish after SIGTERM before the api exits anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -107,6 +112,11 @@ impl Config {
             min_bytes_per_second: self.min_upload_bytes_per_second,
             rate_window: Duration::from_secs(self.upload_rate_window_seconds),
         }
+    }
+
+    /// How long an `Idempotency-Key` names its task.
+    pub fn idempotency_ttl(&self) -> Duration {
+        Duration::from_secs(self.idempotency_ttl_seconds)
     }
 
     /// The API key, if authentication is on: an empty `API_KEY` means none.

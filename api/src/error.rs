@@ -37,6 +37,12 @@ pub enum ApiError {
     /// The upload volume is full.
     #[error("the upload volume is full")]
     InsufficientStorage,
+    /// The `Idempotency-Key`'s first upload is still in progress.
+    #[error("{0}")]
+    Conflict(String),
+    /// The `Idempotency-Key` was used for a different request.
+    #[error("{0}")]
+    Unprocessable(String),
     /// Anything unexpected; the cause is logged, never sent.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -44,6 +50,8 @@ pub enum ApiError {
 
 /// Seconds a client is told to wait after a 503.
 pub const RETRY_AFTER_SECONDS: u64 = 5;
+/// Seconds a client is told to wait after a 409 (its key's first upload is still streaming).
+pub const CONFLICT_RETRY_AFTER_SECONDS: u64 = 1;
 
 /// RFC 9457 problem details.
 #[derive(Debug, Serialize, Clone, utoipa::ToSchema)]
@@ -72,6 +80,8 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,6 +96,8 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Unavailable(_) => "service-unavailable",
             ApiError::InsufficientStorage => "insufficient-storage",
+            ApiError::Conflict(_) => "idempotency-key-in-use",
+            ApiError::Unprocessable(_) => "idempotency-key-reused",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -161,6 +173,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if matches!(self, ApiError::Unavailable(_)) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if matches!(self, ApiError::Conflict(_)) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(CONFLICT_RETRY_AFTER_SECONDS));
         }
         if matches!(self, ApiError::Unauthorized) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

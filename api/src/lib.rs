@@ -7,6 +7,7 @@ pub mod body;
 pub mod commits;
 pub mod config;
 pub mod error;
+pub mod idempotency;
 pub mod notify;
 pub mod openapi;
 pub mod queue;
@@ -55,6 +56,7 @@ pub async fn run(
         config.body_bounds().idle,
         stop_listening.clone(),
     );
+    idempotency::spawn_purge(pool.clone(), config.idempotency_ttl(), stop_listening.clone());
     let options = serve::ServeOptions {
         header_timeout: Duration::from_secs(config.header_timeout_seconds),
         grace: Duration::from_secs(config.shutdown_grace_seconds),

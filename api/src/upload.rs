@@ -18,8 +18,10 @@ use uuid::Uuid;
 use crate::body::{self, BodyLimit, FormHead};
 use crate::commits::{Commits, PendingTask};
 use crate::error::ApiError;
+use crate::idempotency::{self, Begin, IdempotencyKey, Reservation};
 use crate::slots::SlotRefusal;
 use crate::state::AppState;
+use shared::models::IdempotencyRecord;
 use shared::{JobMessage, Task};
 
 /// Slack allowed between `Content-Length` and the file size for multipart boundaries and part headers.
@@ -40,11 +42,23 @@ const JANITOR_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest stored file name, in characters.
 const MAX_FILE_NAME_CHARS: usize = 255;
 
+/// An accepted upload.
+#[derive(Debug)]
+pub struct Upload {
+    /// Its committed, enqueued task.
+    pub task: Task,
+    /// True when the request repeated an earlier one's `Idempotency-Key`: `task` is that
+    /// request's task, and nothing was stored this time.
+    pub replayed: bool,
+}
+
 /// Stores an upload and returns its committed, enqueued task.
 ///
 /// `client` is the peer address, used to share upload slots fairly between clients. With
 /// [`Parts::Lenient`] form parts other than `file` are skipped (as the older service did);
-/// with [`Parts::Strict`] they are refused.
+/// with [`Parts::Strict`] they are refused. With an idempotency `key`, a repeat of the key's
+/// upload (same file name and size) reads the body without storing it and gets the original
+/// task (see [`crate::idempotency`]).
 pub async fn receive(
     state: &AppState,
     headers: &HeaderMap,
@@ -52,7 +66,8 @@ pub async fn receive(
     request_id: Option<&str>,
     client: Option<IpAddr>,
     parts: Parts,
-) -> Result<Task, ApiError> {
+    key: Option<IdempotencyKey>,
+) -> Result<Upload, ApiError> {
     let limit = state.config.max_upload_bytes;
     let boundary = multipart_boundary(headers)?;
     if let Some(length) = content_length(headers)
@@ -74,7 +89,23 @@ pub async fn receive(
     drop(state.pool.get().await?);
 
     let task_id = Uuid::now_v7();
-    let mut files = UploadFiles::new(upload_dir, task_id);
+    // Without a key, or with a new one, the part goes to a file; a repeat's part is only counted.
+    let (reservation, original) = match key {
+        None => (None, None),
+        Some(key) => {
+            match idempotency::begin(&state.pool, key, task_id, state.config.idempotency_ttl()).await? {
+                Begin::Reserved(reservation) => (Some(reservation), None),
+                Begin::Completed(record) => (None, Some(record)),
+                Begin::InProgress => {
+                    return Err(ApiError::Conflict(
+                    "an upload with this Idempotency-Key is still in progress; try again when it has finished"
+                        .into(),
+                ));
+                }
+            }
+        }
+    };
+    let mut files = original.is_none().then(|| UploadFiles::new(upload_dir, task_id));
     // Every byte of the body counts: the file part against the limit, the whole body against
     // the limit plus the same allowance for boundaries and headers as `Content-Length` gets.
     let head = FormHead::new(FORM_HEAD_BYTES);
@@ -107,17 +138,59 @@ pub async fn receive(
             return Err(ApiError::BadRequest("only one part named \"file\" is accepted".into()));
         }
         let file_name = sanitize_file_name(disposition.file_name.as_deref());
-        let size = write_part(field, &mut files, limit).await?;
+        let size = match files.as_mut() {
+            Some(files) => write_part(field, files, limit).await?,
+            None => count_part(field, limit).await?,
+        };
         stored = Some((file_name, size));
     }
     let (file_name, size) = stored.ok_or(ApiError::MissingFilePart)?;
+    let files = match (files, original) {
+        (Some(files), _) => files,
+        (None, Some(original)) => return replay(state, &original, &file_name, size).await,
+        (None, None) => return Err(ApiError::Internal(anyhow::anyhow!("an upload with nowhere to go"))),
+    };
 
     // The body is complete and durable. From here on the client going away must not matter:
     // the rename, the row and the XADD run to the end in a task of their own, so a row is
     // never committed while its file is being removed.
-    let finish =
-        tokio::spawn(commit(state.clone(), files, task_id, file_name, size, request_id.map(str::to_owned)));
-    finish.await.map_err(|err| ApiError::Internal(anyhow::Error::new(err).context("upload commit task")))?
+    let upload =
+        Stored { files, task_id, file_name, size, request_id: request_id.map(str::to_owned), reservation };
+    let finish = tokio::spawn(commit(state.clone(), upload));
+    let task = finish
+        .await
+        .map_err(|err| ApiError::Internal(anyhow::Error::new(err).context("upload commit task")))??;
+    Ok(Upload { task, replayed: false })
+}
+
+/// The answer to a repeat of a completed key: its original task if the request is the same
+/// (file name and size), 422 if not.
+async fn replay(
+    state: &AppState,
+    original: &IdempotencyRecord,
+    file_name: &str,
+    size: u64,
+) -> Result<Upload, ApiError> {
+    let same = original.file_name.as_deref() == Some(file_name)
+        && original.size_bytes.and_then(|bytes| u64::try_from(bytes).ok()) == Some(size);
+    if !same {
+        metrics::counter!("md5_idempotency_keys_total", "outcome" => "mismatch").increment(1);
+        return Err(ApiError::Unprocessable(format!(
+            "this Idempotency-Key was used for a different upload ({:?}, {} bytes; this one is {file_name:?}, \
+             {size} bytes): use a new key for a new upload",
+            original.file_name.as_deref().unwrap_or(""),
+            original.size_bytes.unwrap_or(0),
+        )));
+    }
+    let mut conn = state.pool.get().await?;
+    let task = shared::queries::find_task(&mut conn, original.task_id).await?.ok_or_else(|| {
+        ApiError::Internal(anyhow::anyhow!(
+            "idempotency key names task {} which has no row",
+            original.task_id
+        ))
+    })?;
+    tracing::info!(task.id = %task.task_id, "upload repeated with its Idempotency-Key; answered with the original task");
+    Ok(Upload { task, replayed: true })
 }
 
 /// A part name the compatibility form skips: 1 to 100 of `A-Z a-z 0-9 _ . -` (the pattern its
@@ -136,15 +209,20 @@ pub enum Parts {
     Lenient,
 }
 
-/// Renames the durable part file to its final name, commits the row and enqueues the job.
-async fn commit(
-    state: AppState,
-    mut files: UploadFiles,
+/// A body stored in its partial file, ready to commit.
+struct Stored {
+    files: UploadFiles,
     task_id: Uuid,
     file_name: String,
     size: u64,
     request_id: Option<String>,
-) -> Result<Task, ApiError> {
+    reservation: Option<Reservation>,
+}
+
+/// Renames the durable part file to its final name, commits the row (completing its
+/// idempotency key in the same transaction) and enqueues the job.
+async fn commit(state: AppState, upload: Stored) -> Result<Task, ApiError> {
+    let Stored { mut files, task_id, file_name, size, request_id, reservation } = upload;
     files.promote(&state.commits).await?;
     let task = state
         .commits
@@ -153,9 +231,13 @@ async fn commit(
             file_name,
             size_bytes: i64::try_from(size).map_err(|err| ApiError::Internal(err.into()))?,
             request_id: request_id.clone(),
+            idempotency_key: reservation.as_ref().map(|reservation| reservation.key().to_owned()),
         })
         .await?;
     files.keep();
+    if let Some(reservation) = reservation {
+        reservation.completed();
+    }
     metrics::counter!("md5_uploads_total").increment(1);
     metrics::counter!("md5_upload_bytes_total").increment(size);
     tracing::info!(task.id = %task_id, upload.size_bytes = size, "upload stored");
@@ -232,6 +314,19 @@ async fn write_part(
     }
     // The promise outlives a crash of this host: the bytes are on disk before the row exists.
     files.write(buffer, true).await?;
+    Ok(size)
+}
+
+/// Reads one part to its end without storing it (a repeated upload), failing with 413 as soon
+/// as it passes `limit` bytes; returns its size.
+async fn count_part(mut field: multer::Field<'_>, limit: u64) -> Result<u64, ApiError> {
+    let mut size: u64 = 0;
+    while let Some(chunk) = field.chunk().await.map_err(|err| multipart_error(err, limit))? {
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+    }
     Ok(size)
 }
 

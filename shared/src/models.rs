@@ -11,7 +11,7 @@ use diesel::serialize::{self, IsNull, Output, ToSql};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::schema::{md5_tasks, sql_types};
+use crate::schema::{md5_idempotency_keys, md5_tasks, sql_types};
 
 /// Where a task is in its life: `queued` → `processing` → `done` or `failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize, Deserialize)]
@@ -110,4 +110,22 @@ pub struct NewTask<'a> {
     pub size_bytes: i64,
     /// The `x-request-id` of the upload request.
     pub request_id: Option<&'a str>,
+}
+
+/// One row of `md5_idempotency_keys`: what an `Idempotency-Key` of the v1 upload names.
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = md5_idempotency_keys, check_for_backend(Pg))]
+pub struct IdempotencyRecord {
+    /// The client's key.
+    pub key: String,
+    /// The task the key's upload creates (while reserved) or created.
+    pub task_id: Uuid,
+    /// The sanitized file name of that upload, once completed.
+    pub file_name: Option<String>,
+    /// Its size, once completed.
+    pub size_bytes: Option<i64>,
+    /// When the key was first used; it may be used again `IDEMPOTENCY_TTL_SECONDS` later.
+    pub created_at: DateTime<Utc>,
+    /// Set while the first upload with the key is still streaming.
+    pub reserved_until: Option<DateTime<Utc>>,
 }

@@ -27,3 +27,14 @@ diesel::table! {
         request_id -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    md5_idempotency_keys (key) {
+        key -> Text,
+        task_id -> Uuid,
+        file_name -> Nullable<Text>,
+        size_bytes -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        reserved_until -> Nullable<Timestamptz>,
+    }
+}

@@ -108,8 +108,9 @@ pub async fn create_hash(
 ) -> Result<Response, ApiError> {
     let client = client.map(|Extension(ClientAddr(ip))| ip);
     let request_id = super::request_id(&headers);
-    match upload::receive(&state, &headers, body, request_id, client, upload::Parts::Lenient).await {
-        Ok(task) => Ok(Json(CreatedTask { task_id: task.task_id }).into_response()),
+    // The older service knew no Idempotency-Key: the header is ignored here.
+    match upload::receive(&state, &headers, body, request_id, client, upload::Parts::Lenient, None).await {
+        Ok(upload) => Ok(Json(CreatedTask { task_id: upload.task.task_id }).into_response()),
         // FastAPI reads a form only from a form body: anything else, or a form without the
         // field, is a missing `file`.
         Err(ApiError::MissingFilePart | ApiError::UnsupportedMediaType) => {

@@ -13,10 +13,14 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use crate::error::{ApiError, Problem};
+use crate::idempotency::IdempotencyKey;
 use crate::serve::ClientAddr;
 use crate::state::AppState;
 use crate::upload;
 use shared::{Task, TaskStatus, queries};
+
+/// Set on the answer to a repeated `Idempotency-Key`: the task is the original request's.
+pub const REPLAYED: &str = "idempotent-replayed";
 
 /// How often a waiting request re-reads its row even without a notification.
 const WAIT_RECHECK: Duration = Duration::from_secs(1);
@@ -90,17 +94,26 @@ pub struct UploadForm {
     path = "/api/v1/hashes",
     operation_id = "create_hash_v1",
     tag = "v1",
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = "^[!-~]{1,255}$",
+        example = "0f8c5c2e-3c1b-4f5e-9a59-2a4d1c7e8b90",
+        description = "Makes a retry safe: a repeat with the same key and the same file name and size \
+            within IDEMPOTENCY_TTL_SECONDS (default 24 h) answers with the original task and stores nothing")),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
-        (status = 202, description = "Stored and queued; the body is the task, `Location` its URL", body = TaskView,
-            headers(("Location" = String, description = "/api/v1/hashes/{id}")),
+        (status = 202, description = "Stored and queued (or, for a repeated Idempotency-Key, the original task); \
+            the body is the task, `Location` its URL", body = TaskView,
+            headers(("Location" = String, description = "/api/v1/hashes/{id}"),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is a repeated key's original task")),
             links(("GetHash" = (operation_id = "get_hash_v1", parameters(("id" = "$response.body#/id")),
                 description = "The task this upload created")))),
-        (status = 400, description = "No `file` part, or malformed multipart", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No `file` part, malformed multipart, or a malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body stalled for BODY_IDLE_TIMEOUT_SECONDS or arrived slower than MIN_UPLOAD_BYTES_PER_SECOND", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than MAX_UPLOAD_BYTES", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The Idempotency-Key's first upload is still in progress", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The Idempotency-Key was used for a different file name or size", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Postgres unreachable or too many uploads in progress", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 507, description = "The upload volume is full", body = Problem, content_type = "application/problem+json"),
@@ -113,21 +126,27 @@ pub async fn create_hash(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let task = upload::receive(
+    let key = IdempotencyKey::from_headers(&headers)?;
+    let upload = upload::receive(
         &state,
         &headers,
         body,
         super::request_id(&headers),
         client.map(|Extension(ClientAddr(ip))| ip),
         upload::Parts::Strict,
+        key,
     )
     .await?;
-    let location = format!("/api/v1/hashes/{}", task.task_id);
-    let mut response = (StatusCode::ACCEPTED, Json(TaskView::from(task))).into_response();
-    response.headers_mut().insert(
+    let location = format!("/api/v1/hashes/{}", upload.task.task_id);
+    let mut response = (StatusCode::ACCEPTED, Json(TaskView::from(upload.task))).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
         header::LOCATION,
         HeaderValue::from_str(&location).map_err(|err| ApiError::Internal(err.into()))?,
     );
+    if upload.replayed {
+        headers.insert(REPLAYED, HeaderValue::from_static("true"));
+    }
     Ok(response)
 }
 

@@ -1,0 +1,199 @@
+//! `Idempotency-Key` on `POST /api/v1/hashes`: a repeat gets the original task and stores
+//! nothing; a different request with the key is 422; a repeat during the first upload is 409;
+//! a key past the retention window is free again.
+
+use std::time::Duration;
+
+use diesel_async::RunQueryDsl as _;
+use futures_util::StreamExt as _;
+use integration_tests::{TestApp, TestOptions, eventually, md5_hex, random_bytes};
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+
+/// `POST /api/v1/hashes` with `key` and one `file` part.
+async fn upload_with_key(app: &TestApp, key: &str, name: &str, part: Part) -> reqwest::Response {
+    let form = Form::new().part("file", part.file_name(name.to_owned()));
+    app.client
+        .post(format!("{}/api/v1/hashes", app.base_url))
+        .header("Idempotency-Key", key)
+        .multipart(form)
+        .send()
+        .await
+        .expect("the api answers")
+}
+
+async fn keyed(app: &TestApp, key: &str, name: &str, bytes: &[u8]) -> reqwest::Response {
+    upload_with_key(app, key, name, Part::bytes(bytes.to_vec())).await
+}
+
+async fn key_rows(app: &TestApp) -> i64 {
+    use diesel::QueryDsl as _;
+    use shared::schema::md5_idempotency_keys::dsl::md5_idempotency_keys;
+    md5_idempotency_keys.count().get_result(&mut app.db().await).await.expect("count keys")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_key_answers_with_the_original_task_and_stores_nothing() {
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let bytes = random_bytes(300 * 1024, 7);
+
+    let first = keyed(&app, "k-1", "report.bin", &bytes).await;
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let location = first.headers()["location"].clone();
+    let original: Value = first.json().await.unwrap();
+    let files_after_first = app.upload_files();
+
+    let repeat = keyed(&app, "k-1", "report.bin", &bytes).await;
+    assert_eq!(repeat.status(), 202);
+    assert_eq!(repeat.headers()["location"], location);
+    assert_eq!(repeat.headers()["idempotent-replayed"], "true");
+    let replayed: Value = repeat.json().await.unwrap();
+    assert_eq!(replayed["id"], original["id"]);
+    assert_eq!(replayed["created_at"], original["created_at"]);
+
+    // The structured-field spelling of the same key is the same key.
+    let quoted = keyed(&app, "\"k-1\"", "report.bin", &bytes).await;
+    assert_eq!(quoted.json::<Value>().await.unwrap()["id"], original["id"]);
+
+    assert_eq!(app.row_count().await, 1);
+    assert_eq!(app.upload_files(), files_after_first, "a repeat must not store its body");
+
+    // Another key is another task.
+    let other = keyed(&app, "k-2", "report.bin", &bytes).await;
+    assert_eq!(other.status(), 202);
+    assert_ne!(other.json::<Value>().await.unwrap()["id"], original["id"]);
+    assert_eq!(app.row_count().await, 2);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_with_a_different_file_is_422_and_a_malformed_key_400() {
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    assert_eq!(keyed(&app, "k", "a.txt", b"hello").await.status(), 202);
+    let files = app.upload_files();
+
+    for (name, bytes) in [("a.txt", &b"hello!"[..]), ("b.txt", &b"hello"[..])] {
+        let response = keyed(&app, "k", name, bytes).await;
+        assert_eq!(response.status(), 422, "{name}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["type"], "/problems/idempotency-key-reused");
+        assert!(problem["detail"].as_str().unwrap().contains("different upload"), "{problem}");
+    }
+    for bad in ["", "two words", &"k".repeat(256)] {
+        let response = keyed(&app, bad, "a.txt", b"hello").await;
+        assert_eq!(response.status(), 400, "key {bad:?}");
+    }
+    assert_eq!(app.row_count().await, 1);
+    assert_eq!(app.upload_files(), files, "refused uploads leave no file");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_with_one_key_make_one_task() {
+    let app = TestApp::spawn(TestOptions::default()).await.unwrap();
+    let bytes = random_bytes(2 * 1024 * 1024, 11);
+    let answers =
+        futures_util::future::join_all((0..8).map(|_| keyed(&app, "same", "twice.bin", &bytes))).await;
+    let mut ids = Vec::new();
+    for response in answers {
+        match response.status().as_u16() {
+            202 => ids.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()),
+            409 => assert_eq!(response.headers()["retry-after"], "1"),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(!ids.is_empty(), "one of the uploads must be accepted");
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every accepted answer names the same task: {ids:?}");
+    assert_eq!(app.row_count().await, 1);
+    assert_eq!(key_rows(&app).await, 1);
+    let task = app.wait_finished(&ids[0], Duration::from_secs(30)).await;
+    assert_eq!(task["md5"], md5_hex(&bytes).as_str());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_while_the_first_upload_streams_is_409_then_the_original() {
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    // The first upload's body arrives in two halves, the second only when the test says so.
+    let (send, receive) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(receive));
+    let first = {
+        let app_url = app.base_url.clone();
+        let client = app.client.clone();
+        tokio::spawn(async move {
+            let form = Form::new().part("file", Part::stream(body).file_name("slow.bin"));
+            client
+                .post(format!("{app_url}/api/v1/hashes"))
+                .header("Idempotency-Key", "slow")
+                .multipart(form)
+                .send()
+                .await
+        })
+    };
+    send.send(Ok(vec![b'a'; 1000])).await.unwrap();
+    eventually(Duration::from_secs(10), "the key to be reserved", || async {
+        (key_rows(&app).await == 1).then_some(())
+    })
+    .await
+    .unwrap();
+
+    let during = keyed(&app, "slow", "slow.bin", &[b'a'; 2000]).await;
+    assert_eq!(during.status(), 409);
+    assert_eq!(during.headers()["retry-after"], "1");
+    assert_eq!(during.json::<Value>().await.unwrap()["type"], "/problems/idempotency-key-in-use");
+
+    send.send(Ok(vec![b'a'; 1000])).await.unwrap();
+    drop(send);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 202);
+    let id = first.json::<Value>().await.unwrap()["id"].clone();
+    let after = keyed(&app, "slow", "slow.bin", &[b'a'; 2000]).await;
+    assert_eq!(after.status(), 202);
+    assert_eq!(after.json::<Value>().await.unwrap()["id"], id);
+    assert_eq!(app.row_count().await, 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upload_frees_its_key_and_an_expired_key_is_reusable() {
+    let app =
+        TestApp::spawn(TestOptions::default().no_workers().api(|c| c.max_upload_bytes = 1024)).await.unwrap();
+    // Refused (413): the key is given up at once, so the retry is not a 409.
+    assert_eq!(keyed(&app, "k", "big.bin", &[0; 4096]).await.status(), 413);
+    eventually(Duration::from_secs(10), "the reservation to be given up", || async {
+        (key_rows(&app).await == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let first = keyed(&app, "k", "small.bin", &[0; 100]).await;
+    assert_eq!(first.status(), 202);
+    let first_id = first.json::<Value>().await.unwrap()["id"].clone();
+
+    // Past IDEMPOTENCY_TTL_SECONDS (default 24 h) the key names nothing: a new upload with it is
+    // a new task, whatever its file.
+    diesel::sql_query("UPDATE md5_idempotency_keys SET created_at = now() - interval '24 hours 1 second'")
+        .execute(&mut app.db().await)
+        .await
+        .unwrap();
+    let reused = keyed(&app, "k", "other.bin", &[1; 200]).await;
+    assert_eq!(reused.status(), 202);
+    assert!(reused.headers().get("idempotent-replayed").is_none());
+    assert_ne!(reused.json::<Value>().await.unwrap()["id"], first_id);
+    assert_eq!(app.row_count().await, 2);
+    assert_eq!(key_rows(&app).await, 1);
+    app.stop().await;
+}
+
+/// A stream over what the test sends into `receive`.
+fn tokio_stream_from<T: Send + 'static>(
+    receive: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::unfold(receive, |mut receive| async move {
+        receive.recv().await.map(|item| (item, receive))
+    })
+    .boxed()
+}

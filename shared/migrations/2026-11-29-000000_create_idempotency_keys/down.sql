@@ -1,0 +1,1 @@
+DROP TABLE md5_idempotency_keys;
