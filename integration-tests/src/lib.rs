@@ -8,6 +8,7 @@
 pub mod api_process;
 pub mod attacks;
 pub mod fault;
+pub mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

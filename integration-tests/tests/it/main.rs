@@ -6,12 +6,14 @@
 //! test command does it).
 
 mod batching;
+mod client;
 mod compat;
 mod edge;
 mod errors;
 mod exactly_once;
 mod faults;
 mod hostile;
+mod idempotency;
 mod log_writers;
 mod raw_http;
 mod v1;

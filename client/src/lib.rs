@@ -1,0 +1,245 @@
+//! `md5-client`: hashes files and folders through the MD5 service and prints what `md5sum`
+//! would, so `md5sum -c` verifies the output.
+//!
+//! It shares only the HTTP API with the service: [`service`] speaks `POST /api/v1/hashes`
+//! (streamed, with an `Idempotency-Key`) and `GET /api/v1/hashes/{id}?wait=`.
+
+pub mod cli;
+pub mod progress;
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use futures_util::StreamExt as _;
+use serde_json::json;
+
+use cli::{Cli, Command, HashArgs, ProgressMode, StatusArgs};
+use progress::{Display, Progress};
+use service::{Failure, Service, Task};
+
+/// Runs the command line; the exit status says whether everything succeeded.
+pub async fn run(cli: Cli) -> ExitCode {
+    let service = match Service::new(&cli.url, cli.api_key.as_deref(), cli.retries) {
+        Ok(service) => service,
+        Err(err) => {
+            eprintln!("md5-client: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let ok = match cli.command {
+        Command::Hash(args) => hash(&service, args).await,
+        Command::Status(args) => status(&service, args).await,
+    };
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// One file to hash, in the order the output lists it.
+struct Job {
+    index: usize,
+    path: PathBuf,
+    size: u64,
+}
+
+/// What became of one file.
+struct Outcome {
+    path: PathBuf,
+    result: Result<Task, String>,
+}
+
+/// `md5-client hash`: true when every file was hashed.
+async fn hash(service: &Service, args: HashArgs) -> bool {
+    let (paths, mut ok) = collect(&args.paths, args.recursive);
+    let jobs: Vec<Job> =
+        paths.into_iter().enumerate().map(|(index, (path, size))| Job { index, path, size }).collect();
+    let display = match (args.quiet, args.progress) {
+        (true, _) | (_, ProgressMode::None) => Display::Nothing,
+        (_, ProgressMode::Bars) => Display::Bars,
+        (_, ProgressMode::Lines) => Display::Lines,
+        (_, ProgressMode::Auto) if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() => {
+            Display::Bars
+        }
+        (_, ProgressMode::Auto) => Display::Lines,
+    };
+    let progress = Progress::new(display, jobs.len(), jobs.iter().map(|job| job.size).sum());
+    let mut outcomes = futures_util::stream::iter(jobs)
+        .map(|job| {
+            let (service, progress) = (service.clone(), progress.clone());
+            async move {
+                let result = hash_one(&service, &progress, &job).await;
+                (job.index, Outcome { path: job.path, result })
+            }
+        })
+        .buffer_unordered(args.jobs as usize);
+
+    // Lines come out in the order of the files, each as soon as those before it are out.
+    let mut waiting = BTreeMap::new();
+    let mut next = 0;
+    while let Some((index, outcome)) = outcomes.next().await {
+        waiting.insert(index, outcome);
+        while let Some(outcome) = waiting.remove(&next) {
+            next += 1;
+            if let Err(reason) = &outcome.result {
+                ok = false;
+                progress.print(|| eprintln!("md5-client: {}: {reason}", outcome.path.display()));
+            }
+            progress.print(|| print_outcome(&outcome, args.json));
+        }
+    }
+    progress.finish();
+    ok
+}
+
+/// Uploads one file (retried under one key) and waits for its result.
+async fn hash_one(service: &Service, progress: &Progress, job: &Job) -> Result<Task, String> {
+    let file = progress.file(&job.path.display().to_string(), job.size);
+    // One key per file and run: every retry of this file is the same upload to the service.
+    let key = uuid::Uuid::new_v4().to_string();
+    let result = async {
+        let created = service.upload(&job.path, &key, file.sent(), || file.restart()).await?;
+        file.uploaded();
+        let task = if created.is_finished() { created } else { service.wait_finished(&created.id).await? };
+        match task.status.as_str() {
+            "done" => Ok(task),
+            _ => Err(Failure::Permanent(format!(
+                "the service could not hash it: {}",
+                task.error.as_deref().unwrap_or("no reason given")
+            ))),
+        }
+    }
+    .await
+    .map_err(|failure: Failure| failure.to_string());
+    file.finished(result.is_ok());
+    result
+}
+
+/// Writes one file's line to stdout: `<md5>  <path>` (escaped as md5sum does) or, with `json`,
+/// one JSON object. A failed file has no md5sum line (its reason went to stderr).
+fn print_outcome(outcome: &Outcome, json: bool) {
+    let mut stdout = std::io::stdout().lock();
+    let written = if json {
+        let object = match &outcome.result {
+            Ok(task) => json!({"path": outcome.path.to_string_lossy(), "id": task.id, "status": task.status,
+                "md5": task.md5, "size_bytes": task.size_bytes, "error": null}),
+            Err(reason) => json!({"path": outcome.path.to_string_lossy(), "id": null, "status": "error",
+                "md5": null, "size_bytes": null, "error": reason}),
+        };
+        writeln!(stdout, "{object}")
+    } else {
+        match &outcome.result {
+            Ok(task) => {
+                stdout.write_all(&md5sum_line(task.md5.as_deref().unwrap_or_default(), &outcome.path))
+            }
+            Err(_) => Ok(()),
+        }
+    };
+    if let Err(err) = written.and_then(|()| stdout.flush()) {
+        // stdout closed (`| head`): nothing more can be reported there.
+        if err.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("md5-client: cannot write the output: {err}");
+        }
+    }
+}
+
+/// `<md5>  <path>\n` as GNU md5sum writes it: a path holding `\`, a newline or a carriage return
+/// is escaped, and the line then starts with `\`.
+pub fn md5sum_line(md5: &str, path: &Path) -> Vec<u8> {
+    let raw = path.as_os_str().as_bytes();
+    let escape = raw.iter().any(|b| matches!(b, b'\\' | b'\n' | b'\r'));
+    let mut line = Vec::with_capacity(raw.len() + md5.len() + 4);
+    if escape {
+        line.push(b'\\');
+    }
+    line.extend_from_slice(md5.as_bytes());
+    line.extend_from_slice(b"  ");
+    for &byte in raw {
+        match byte {
+            b'\\' if escape => line.extend_from_slice(b"\\\\"),
+            b'\n' => line.extend_from_slice(b"\\n"),
+            b'\r' => line.extend_from_slice(b"\\r"),
+            other => line.push(other),
+        }
+    }
+    line.push(b'\n');
+    line
+}
+
+/// The files named by `paths` (folders walked with `recursive`, in name order) with their sizes;
+/// false when any path could not be used (its reason printed).
+fn collect(paths: &[PathBuf], recursive: bool) -> (Vec<(PathBuf, u64)>, bool) {
+    let mut files = Vec::new();
+    let mut ok = true;
+    let mut refuse = |path: &Path, reason: String| {
+        eprintln!("md5-client: {}: {reason}", path.display());
+        ok = false;
+    };
+    for path in paths {
+        match std::fs::metadata(path) {
+            Err(err) => refuse(path, err.to_string()),
+            Ok(meta) if meta.is_file() => files.push((path.clone(), meta.len())),
+            Ok(meta) if meta.is_dir() && !recursive => {
+                refuse(path, "is a folder (use -r to hash what is in it)".into())
+            }
+            Ok(meta) if meta.is_dir() => {
+                for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+                    match entry {
+                        Err(err) => {
+                            let at = err.path().unwrap_or(path).to_owned();
+                            refuse(&at, err.to_string());
+                        }
+                        Ok(entry) if entry.file_type().is_file() => match entry.metadata() {
+                            Ok(meta) => files.push((entry.into_path(), meta.len())),
+                            Err(err) => refuse(entry.path(), err.to_string()),
+                        },
+                        // Folders are walked; links, sockets, devices and pipes are not files to hash.
+                        Ok(_) => {}
+                    }
+                }
+            }
+            Ok(_) => refuse(path, "is not a regular file".into()),
+        }
+    }
+    (files, ok)
+}
+
+/// `md5-client status`: true when every task was found and none failed.
+async fn status(service: &Service, args: StatusArgs) -> bool {
+    let mut ok = true;
+    for id in &args.ids {
+        match service.task_json(id, args.wait).await {
+            Ok(task) => {
+                if args.json {
+                    println!("{task}");
+                } else {
+                    let detail = task["md5"].as_str().or(task["error"].as_str()).unwrap_or("-");
+                    println!("{id}  {}  {detail}", task["status"].as_str().unwrap_or("?"));
+                }
+                ok &= task["status"] != "failed";
+            }
+            Err(failure) => {
+                eprintln!("md5-client: {id}: {failure}");
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn lines_escape_paths_as_md5sum_does() {
+        let md5 = "d41d8cd98f00b204e9800998ecf8427e";
+        assert_eq!(md5sum_line(md5, Path::new("a b/c.txt")), format!("{md5}  a b/c.txt\n").into_bytes());
+        assert_eq!(md5sum_line(md5, Path::new("a\\b")), format!("\\{md5}  a\\\\b\n").into_bytes());
+        assert_eq!(md5sum_line(md5, Path::new("c\nd\re")), format!("\\{md5}  c\\nd\\re\n").into_bytes());
+        let raw = Path::new(OsStr::from_bytes(b"caf\xe9"));
+        assert_eq!(md5sum_line(md5, raw), [format!("{md5}  caf").as_bytes(), b"\xe9\n"].concat());
+    }
+}

@@ -1,0 +1,210 @@
+//! `md5-client` (the real binary) against the real api and worker processes: its output is what
+//! `md5sum` prints, `md5sum -c` accepts it, and an api killed mid-run costs no file a second task.
+//!
+//! Needs `md5sum` (GNU coreutils).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use diesel::QueryDsl as _;
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use integration_tests::fault::FaultEnv;
+use integration_tests::proxy::AnswerLosingProxy;
+use integration_tests::{TestApp, TestOptions, eventually, random_bytes, sibling_binary};
+
+/// Writes `count` files of mixed sizes (0 B, 50 MB, 20 MB, 8 MB, then up to ~300 KB) under
+/// `root/files`, with names md5sum must escape among them; every file name is unique.
+fn write_files(root: &Path, count: usize, big: &[usize]) -> Vec<PathBuf> {
+    let mut paths = Vec::new();
+    for i in 0..count {
+        let size = if i == 0 { 0 } else { big.get(i - 1).copied().unwrap_or((i * 7919) % 300_000 + i) };
+        let name = match i {
+            5 => "back\\slash 5.bin".to_owned(),
+            6 => "new\nline 6.bin".to_owned(),
+            7 => "ünïcödé 7.txt".to_owned(),
+            _ => format!("file {i}.bin"),
+        };
+        let path = root.join("files").join(format!("d{}", i % 5)).join(format!("s{}", i % 3)).join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, random_bytes(size, i as u64)).unwrap();
+        paths.push(path);
+    }
+    paths
+}
+
+/// `md5-client` with `args`, run in `cwd` against `url`, progress as plain lines.
+fn client(cwd: &Path, url: &str, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(sibling_binary("md5-client").unwrap());
+    command.current_dir(cwd).env("MD5_URL", url).env_remove("MD5_API_KEY").args(args);
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).kill_on_drop(true);
+    command
+}
+
+/// `md5sum` over every file under `cwd/files`, as relative paths.
+fn md5sum_of(cwd: &Path, files: &[PathBuf]) -> Vec<String> {
+    let relative: Vec<&Path> = files.iter().map(|path| path.strip_prefix(cwd).unwrap()).collect();
+    let output =
+        std::process::Command::new("md5sum").current_dir(cwd).args(&relative).output().expect("md5sum runs");
+    assert!(output.status.success());
+    sorted_lines(&output.stdout)
+}
+
+fn sorted_lines(bytes: &[u8]) -> Vec<String> {
+    let mut lines: Vec<String> = String::from_utf8_lossy(bytes).lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+/// The client's output is md5sum's, and `md5sum -c` verifies it.
+fn assert_md5sum_identical(cwd: &Path, files: &[PathBuf], output: &Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "md5-client failed: {stderr}");
+    assert_eq!(sorted_lines(&output.stdout), md5sum_of(cwd, files), "stderr: {stderr}");
+    std::fs::write(cwd.join("sums.md5"), &output.stdout).unwrap();
+    let check = std::process::Command::new("md5sum")
+        .current_dir(cwd)
+        .args(["-c", "--quiet", "sums.md5"])
+        .output()
+        .expect("md5sum -c runs");
+    assert!(check.status.success(), "md5sum -c: {}", String::from_utf8_lossy(&check.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_r_over_200_files_prints_what_md5sum_prints() {
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    app.start_worker_process(4).unwrap();
+    let files = write_files(&app.root, 200, &[50_000_000, 20_000_000, 8_000_000]);
+    let output =
+        client(&app.root, &app.base_url, &["hash", "-r", "-j", "8", "files"]).output().await.unwrap();
+    assert_md5sum_identical(&app.root, &files, &output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("200 of 200 files hashed"), "the summary line: {stderr}");
+    assert_eq!(app.row_count().await, 200);
+
+    // --json: one object per file, in the order of the files.
+    let json =
+        client(&app.root, &app.base_url, &["hash", "--json", "-q", "files/d0/s0/file 15.bin", "files/d1"])
+            .arg("-r")
+            .output()
+            .await
+            .unwrap();
+    assert!(json.status.success());
+    let objects: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(objects.len(), 41);
+    assert_eq!(objects[0]["path"], "files/d0/s0/file 15.bin");
+    assert!(objects.iter().all(|o| o["status"] == "done" && o["md5"].as_str().unwrap().len() == 32));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_paths_and_unknown_ids_fail_with_the_reason_and_the_rest_is_still_done() {
+    let app = TestApp::spawn(TestOptions::default()).await.unwrap();
+    let files = write_files(&app.root, 3, &[]);
+    let output =
+        client(&app.root, &app.base_url, &["hash", "files/d0/s0/file 0.bin", "missing.bin", "files"])
+            .output()
+            .await
+            .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("missing.bin: No such file"), "{stderr}");
+    assert!(stderr.contains("files: is a folder (use -r"), "{stderr}");
+    assert_eq!(sorted_lines(&output.stdout), md5sum_of(&app.root, &files[..1]));
+
+    let id = uuid::Uuid::new_v4().to_string();
+    let status = client(&app.root, &app.base_url, &["status", &id]).output().await.unwrap();
+    assert_eq!(status.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&status.stderr).contains("404"), "{status:?}");
+
+    let ids: Vec<String> = {
+        let json = client(&app.root, &app.base_url, &["hash", "--json", "-q", "files/d1/s1/file 1.bin"])
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&json.stdout)
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line).unwrap()["id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let status = client(&app.root, &app.base_url, &["status", &ids[0]]).output().await.unwrap();
+    assert!(status.status.success());
+    let expected = md5sum_of(&app.root, &files[1..2])[0].split_whitespace().next().unwrap().to_owned();
+    assert_eq!(String::from_utf8_lossy(&status.stdout).trim(), format!("{}  done  {expected}", ids[0]));
+
+    let help = client(&app.root, &app.base_url, &["hash", "--help"]).output().await.unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--jobs"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_whose_answers_are_lost_are_retried_under_their_key_and_make_one_task_each() {
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    app.start_worker_process(4).unwrap();
+    let upstream = app.base_url.trim_start_matches("http://").parse().unwrap();
+    // The api commits each of these uploads; the client never hears of it and sends it again.
+    let proxy = AnswerLosingProxy::start(upstream, 12).await.unwrap();
+    let files = write_files(&app.root, 30, &[3_000_000]);
+    let output = client(&app.root, &proxy.url, &["hash", "-r", "-j", "4", "files"]).output().await.unwrap();
+    assert_eq!((proxy.answers_lost(), proxy.answers_to_lose()), (12, 0), "every planned answer was lost");
+    assert_md5sum_identical(&app.root, &files, &output);
+    assert_eq!(app.row_count().await, 30, "one task per file, however often it was sent");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_killed_and_restarted_mid_run_costs_no_file_a_second_task() {
+    let mut env = FaultEnv::start(&[("WORKER_CONCURRENCY", "2")]).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let files = write_files(&env.root, 60, &[30_000_000, 30_000_000, 20_000_000, 20_000_000, 10_000_000]);
+    let mut run = client(&env.root, &env.api_url, &["hash", "-r", "-j", "4", "--retries", "20", "files"])
+        .spawn()
+        .unwrap();
+    let stdout = run.stdout.take().unwrap();
+    let stderr = run.stderr.take().unwrap();
+    let read_all = |mut pipe: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
+        tokio::spawn(async move {
+            let mut bytes = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut pipe, &mut bytes).await.map(|_| bytes)
+        })
+    };
+    let (stdout, stderr) = (read_all(Box::new(stdout)), read_all(Box::new(stderr)));
+
+    // Kill the api while the run is under way: some tasks exist, not all.
+    let rows_at_kill = eventually(Duration::from_secs(60), "the run to be under way", || async {
+        env.row_count().await.filter(|rows| *rows >= 10)
+    })
+    .await
+    .unwrap();
+    let mut api = env.api.take().unwrap();
+    api.kill().unwrap();
+    api.wait().unwrap();
+    assert!(run.try_wait().unwrap().is_none(), "the client was still running when the api died");
+    env.start_api().unwrap();
+
+    let status =
+        tokio::time::timeout(Duration::from_secs(240), run.wait()).await.expect("the run ends").unwrap();
+    let output =
+        Output { status, stdout: stdout.await.unwrap().unwrap(), stderr: stderr.await.unwrap().unwrap() };
+    assert!(rows_at_kill < 60, "killed before the last upload was accepted ({rows_at_kill} rows)");
+    assert_md5sum_identical(&env.root, &files, &output);
+
+    // Exactly one task per file name (names are unique).
+    use shared::schema::md5_tasks::dsl;
+    let mut conn = AsyncPgConnection::establish(&env.pg.url()).await.unwrap();
+    let per_name: Vec<(String, i64)> = dsl::md5_tasks
+        .group_by(dsl::file_name)
+        .select((dsl::file_name, diesel::dsl::count_star()))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(per_name.len(), 60, "every file has a task");
+    let twice: Vec<_> = per_name.iter().filter(|(_, tasks)| *tasks != 1).collect();
+    assert!(twice.is_empty(), "files with more than one task: {twice:?}");
+}
