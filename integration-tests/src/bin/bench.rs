@@ -605,7 +605,11 @@ async fn client_peak_rss(service: &Service, path: &Path, md5: &str) -> anyhow::R
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let output = child.wait_with_output()?;
-    anyhow::ensure!(output.status.success(), "md5-client failed: {}", String::from_utf8_lossy(&output.stderr));
+    anyhow::ensure!(
+        output.status.success(),
+        "md5-client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let printed = String::from_utf8_lossy(&output.stdout);
     anyhow::ensure!(printed.starts_with(md5), "md5-client printed {printed:?}, not {md5}");
     Ok(peak)

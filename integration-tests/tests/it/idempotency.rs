@@ -115,26 +115,40 @@ async fn concurrent_uploads_with_one_key_make_one_task() {
     app.stop().await;
 }
 
+/// An upload under `key` whose body arrives when the test sends it: the first 1000 bytes are
+/// sent at once, the rest by the caller, and dropping the sender ends the body.
+struct SlowUpload {
+    send: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    answer: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+}
+
+impl SlowUpload {
+    async fn start(app: &TestApp, key: &str, name: &str) -> SlowUpload {
+        let (send, receive) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        let body = reqwest::Body::wrap_stream(tokio_stream_from(receive));
+        let form = Form::new().part("file", Part::stream(body).file_name(name.to_owned()));
+        let request = app
+            .client
+            .post(format!("{}/api/v1/hashes", app.base_url))
+            .header("Idempotency-Key", key)
+            .multipart(form);
+        let answer = tokio::spawn(request.send());
+        send.send(Ok(vec![b'a'; 1000])).await.unwrap();
+        SlowUpload { send, answer }
+    }
+
+    /// Sends the last 1000 bytes and returns the answer.
+    async fn finish(self) -> reqwest::Response {
+        self.send.send(Ok(vec![b'a'; 1000])).await.unwrap();
+        drop(self.send);
+        self.answer.await.unwrap().unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_while_the_first_upload_streams_is_409_then_the_original() {
     let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
-    // The first upload's body arrives in two halves, the second only when the test says so.
-    let (send, receive) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-    let body = reqwest::Body::wrap_stream(tokio_stream_from(receive));
-    let first = {
-        let app_url = app.base_url.clone();
-        let client = app.client.clone();
-        tokio::spawn(async move {
-            let form = Form::new().part("file", Part::stream(body).file_name("slow.bin"));
-            client
-                .post(format!("{app_url}/api/v1/hashes"))
-                .header("Idempotency-Key", "slow")
-                .multipart(form)
-                .send()
-                .await
-        })
-    };
-    send.send(Ok(vec![b'a'; 1000])).await.unwrap();
+    let first = SlowUpload::start(&app, "slow", "slow.bin").await;
     eventually(Duration::from_secs(10), "the key to be reserved", || async {
         (key_rows(&app).await == 1).then_some(())
     })
@@ -146,15 +160,67 @@ async fn a_repeat_while_the_first_upload_streams_is_409_then_the_original() {
     assert_eq!(during.headers()["retry-after"], "1");
     assert_eq!(during.json::<Value>().await.unwrap()["type"], "/problems/idempotency-key-in-use");
 
-    send.send(Ok(vec![b'a'; 1000])).await.unwrap();
-    drop(send);
-    let first = first.await.unwrap().unwrap();
+    let first = first.finish().await;
     assert_eq!(first.status(), 202);
     let id = first.json::<Value>().await.unwrap()["id"].clone();
     let after = keyed(&app, "slow", "slow.bin", &[b'a'; 2000]).await;
     assert_eq!(after.status(), 202);
     assert_eq!(after.json::<Value>().await.unwrap()["id"], id);
     assert_eq!(app.row_count().await, 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_reservation_ran_out_and_was_taken_over_commits_nothing() {
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let stalled = SlowUpload::start(&app, "k", "stalled.bin").await;
+    eventually(Duration::from_secs(10), "the key to be reserved", || async {
+        (key_rows(&app).await == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    // As if its api had stopped refreshing the reservation: another upload may take the key.
+    diesel::sql_query("UPDATE md5_idempotency_keys SET reserved_until = now() - interval '1 second'")
+        .execute(&mut app.db().await)
+        .await
+        .unwrap();
+    let taker = keyed(&app, "k", "taker.bin", b"hello").await;
+    assert_eq!(taker.status(), 202);
+    let taker_id = taker.json::<Value>().await.unwrap()["id"].clone();
+
+    let late = stalled.finish().await;
+    assert_eq!(late.status(), 409, "the key is no longer the stalled upload's");
+    assert_eq!(app.row_count().await, 1, "only the taker's task exists");
+    eventually(Duration::from_secs(10), "the stalled upload's file to be removed", || async {
+        (app.upload_files().len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let repeat = keyed(&app, "k", "taker.bin", b"hello").await;
+    assert_eq!(repeat.json::<Value>().await.unwrap()["id"], taker_id);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_past_the_retention_window_are_purged_and_live_ones_kept() {
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    assert_eq!(keyed(&app, "old", "a.bin", b"a").await.status(), 202);
+    diesel::sql_query("UPDATE md5_idempotency_keys SET created_at = now() - interval '25 hours'")
+        .execute(&mut app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(keyed(&app, "new", "b.bin", b"b").await.status(), 202);
+    let streaming = SlowUpload::start(&app, "streaming", "c.bin").await;
+    eventually(Duration::from_secs(10), "the third key to be reserved", || async {
+        (key_rows(&app).await == 3).then_some(())
+    })
+    .await
+    .unwrap();
+    let purged =
+        shared::queries::purge_keys(&mut app.db().await, Duration::from_secs(24 * 3600)).await.unwrap();
+    assert_eq!(purged, 1);
+    assert_eq!(key_rows(&app).await, 2, "the recent key and the live reservation stay");
+    assert_eq!(streaming.finish().await.status(), 202);
     app.stop().await;
 }
 
