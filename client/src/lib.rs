@@ -84,7 +84,8 @@ async fn hash(service: &Service, args: HashArgs) -> bool {
             next += 1;
             if let Err(reason) = &outcome.result {
                 ok = false;
-                progress.print(|| eprintln!("md5-client: {}: {reason}", outcome.path.display()));
+                progress
+                    .print(|| eprintln!("md5-client: {}: {reason}", shown(&outcome.path.to_string_lossy())));
             }
             progress.print(|| print_outcome(&outcome, args.json));
         }
@@ -95,7 +96,7 @@ async fn hash(service: &Service, args: HashArgs) -> bool {
 
 /// Uploads one file (retried under one key) and waits for its result.
 async fn hash_one(service: &Service, progress: &Progress, job: &Job) -> Result<Task, String> {
-    let file = progress.file(&job.path.display().to_string(), job.size);
+    let file = progress.file(&job.path.to_string_lossy(), job.size);
     // One key per file and run: every retry of this file is the same upload to the service.
     let key = uuid::Uuid::new_v4().to_string();
     let result = async {
@@ -167,13 +168,20 @@ pub fn md5sum_line(md5: &str, path: &Path) -> Vec<u8> {
     line
 }
 
+/// `name` for a terminal: control characters (a newline in a file name) escaped, the rest as is.
+pub fn shown(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
+}
+
 /// The files named by `paths` (folders walked with `recursive`, in name order) with their sizes;
 /// false when any path could not be used (its reason printed).
 fn collect(paths: &[PathBuf], recursive: bool) -> (Vec<(PathBuf, u64)>, bool) {
     let mut files = Vec::new();
     let mut ok = true;
     let mut refuse = |path: &Path, reason: String| {
-        eprintln!("md5-client: {}: {reason}", path.display());
+        eprintln!("md5-client: {}: {reason}", shown(&path.to_string_lossy()));
         ok = false;
     };
     for path in paths {
@@ -232,6 +240,11 @@ async fn status(service: &Service, args: StatusArgs) -> bool {
 mod tests {
     use super::*;
     use std::ffi::OsStr;
+
+    #[test]
+    fn names_on_the_terminal_show_control_characters_escaped() {
+        assert_eq!(shown("a\nb\rc\td ü"), "a\\nb\\rc\\td ü");
+    }
 
     #[test]
     fn lines_escape_paths_as_md5sum_does() {

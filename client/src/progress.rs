@@ -32,7 +32,7 @@ struct Shared {
     display: Display,
     bars: Option<(MultiProgress, ProgressBar)>,
     files: usize,
-    bytes: u64,
+    bytes: AtomicU64,
     sent: AtomicU64,
     finished: AtomicUsize,
     failed: AtomicUsize,
@@ -57,7 +57,7 @@ impl Progress {
             display,
             bars,
             files,
-            bytes,
+            bytes: AtomicU64::new(bytes),
             sent: AtomicU64::new(0),
             finished: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
@@ -93,10 +93,12 @@ impl Progress {
                 "{prefix:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
             ));
             bar.set_prefix("uploading");
-            bar.set_message(shorten(name, 40));
+            bar.set_message(shorten(&crate::shown(name), 40));
             bar
         });
-        FileProgress { counter: Arc::new(Counter { sent: AtomicU64::new(0), bar, progress: self.clone() }) }
+        FileProgress {
+            counter: Arc::new(Counter { size: bytes, sent: AtomicU64::new(0), bar, progress: self.clone() }),
+        }
     }
 
     /// Runs `print` (which writes to stdout) without tearing the bars.
@@ -133,11 +135,9 @@ impl Shared {
         let sent = self.sent.load(Ordering::Relaxed);
         let seconds = self.started.elapsed().as_secs_f64().max(0.001);
         let rate = sent as f64 / seconds;
-        let left = if rate > 0.0 && sent < self.bytes {
-            format!(
-                ", about {} left",
-                HumanDuration(Duration::from_secs_f64((self.bytes - sent) as f64 / rate))
-            )
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        let left = if rate > 0.0 && sent < bytes {
+            format!(", about {} left", HumanDuration(Duration::from_secs_f64((bytes - sent) as f64 / rate)))
         } else {
             String::new()
         };
@@ -146,7 +146,7 @@ impl Shared {
             self.finished.load(Ordering::Relaxed),
             self.files,
             HumanBytes(sent),
-            HumanBytes(self.bytes),
+            HumanBytes(bytes),
             HumanBytes(rate as u64),
         )
     }
@@ -158,6 +158,7 @@ pub struct FileProgress {
 }
 
 struct Counter {
+    size: u64,
     sent: AtomicU64,
     bar: Option<ProgressBar>,
     progress: Progress,
@@ -205,6 +206,12 @@ impl FileProgress {
         let finished = shared.finished.fetch_add(1, Ordering::Relaxed) + 1;
         if !ok {
             shared.failed.fetch_add(1, Ordering::Relaxed);
+            // What a failed file will never send no longer counts towards the total.
+            let unsent = self.counter.size.saturating_sub(self.counter.sent.load(Ordering::Relaxed));
+            let bytes = shared.bytes.fetch_sub(unsent, Ordering::Relaxed) - unsent;
+            if let Some((_, total)) = &shared.bars {
+                total.set_length(bytes);
+            }
         }
         if let Some((_, total)) = &shared.bars {
             total.set_prefix(format!("{finished}/{} files", shared.files));
