@@ -68,6 +68,34 @@ pub struct Problem {
     pub detail: String,
 }
 
+/// The refusals every `/api/` and `/hashes` route may answer, for the OpenAPI document
+/// (`responses(…, Refusals)`): written once, so no route describes them differently.
+#[derive(utoipa::IntoResponses)]
+pub enum Refusals {
+    /// `API_KEY` is set and the bearer token is missing or wrong.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Problem),
+    /// Postgres is unreachable, or (uploads) every upload slot, or this client's share, is taken.
+    #[response(status = 503, content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    Unavailable(Problem),
+}
+
+/// The refusals of an upload body (both upload routes), for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+pub enum UploadRefusals {
+    /// The body stalled for `BODY_IDLE_TIMEOUT_SECONDS`, or arrived slower than
+    /// `MIN_UPLOAD_BYTES_PER_SECOND` over `UPLOAD_RATE_WINDOW_SECONDS`.
+    #[response(status = 408, content_type = "application/problem+json")]
+    RequestTimeout(Problem),
+    /// Larger than `MAX_UPLOAD_BYTES` (from `Content-Length`, or while streaming).
+    #[response(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Problem),
+    /// The upload volume is full (less than `MIN_FREE_BYTES` free).
+    #[response(status = 507, content_type = "application/problem+json")]
+    InsufficientStorage(Problem),
+}
+
 impl ApiError {
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {

@@ -86,6 +86,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_route_describes_the_shared_refusals_in_the_same_words() {
+        let doc = serde_json::to_value(document(crate::routes::api_document(), 60)).unwrap();
+        let operation = |path: &str, method: &str| doc["paths"][path][method]["responses"].clone();
+        let uploads = [operation("/api/v1/hashes", "post"), operation("/hashes/", "post")];
+        let reads = [operation("/api/v1/hashes/{id}", "get"), operation("/hashes/{task_id}", "get")];
+        for status in ["401", "503"] {
+            let first = &uploads[0][status];
+            assert!(first["description"].is_string(), "{status} is documented");
+            for responses in uploads.iter().chain(&reads) {
+                assert_eq!(&responses[status], first, "{status}");
+            }
+        }
+        assert!(uploads[0]["503"]["headers"]["Retry-After"].is_object());
+        for status in ["408", "413", "507"] {
+            assert!(uploads[0][status]["description"].is_string(), "{status} is documented");
+            assert_eq!(uploads[0][status], uploads[1][status], "{status}");
+        }
+    }
+
+    #[test]
     fn the_documented_longest_wait_is_the_configured_one() {
         let doc = serde_json::to_value(document(crate::routes::api_document(), 7)).unwrap();
         let parameters = doc["paths"]["/api/v1/hashes/{id}"]["get"]["parameters"].as_array().unwrap();

@@ -12,7 +12,7 @@ use axum::{Extension, Json};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, Problem, Refusals, UploadRefusals};
 use crate::serve::ClientAddr;
 use crate::state::AppState;
 use crate::upload;
@@ -90,13 +90,9 @@ pub const ALIAS_WITHOUT_SLASH: &str = "/hashes";
             links(("GetHash" = (operation_id = "get_hash_compat", parameters(("task_id" = "$response.body#/task_id")),
                 description = "The task this upload created")))),
         (status = 400, description = "Malformed multipart, or a part other than `file`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body stalled for BODY_IDLE_TIMEOUT_SECONDS or arrived slower than MIN_UPLOAD_BYTES_PER_SECOND", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Larger than MAX_UPLOAD_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "No `file` part, no form at all (as FastAPI answered)", body = ValidationErrors,
             example = json!({"detail": [{"loc": ["body", "file"], "msg": "field required", "type": "value_error.missing"}]})),
-        (status = 503, description = "Postgres unreachable or too many uploads in progress", body = Problem, content_type = "application/problem+json"),
-        (status = 507, description = "The upload volume is full", body = Problem, content_type = "application/problem+json"),
+        UploadRefusals, Refusals,
     ),
     security((), ("bearer" = []))
 )]
@@ -131,11 +127,10 @@ pub async fn create_hash(
         pattern = r"^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|-?[0-9]{1,18})$")),
     responses(
         (status = 200, description = "PENDING while queued or processing, then SUCCESS with the MD5 or ERROR with the error", body = TaskResult),
-        (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown id (a UUID, or an integer as the older service's ids were)", body = NotFoundDetail),
         (status = 422, description = "An id that is neither a UUID nor an integer (as FastAPI answered)", body = ValidationErrors,
             example = json!({"detail": [{"loc": ["path", "task_id"], "msg": "value is not a valid uuid", "type": "type_error.uuid"}]})),
-        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json"),
+        Refusals,
     ),
     security((), ("bearer" = []))
 )]

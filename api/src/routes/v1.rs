@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
-use crate::error::{ApiError, Problem};
+use crate::error::{ApiError, Problem, Refusals, UploadRefusals};
 use crate::idempotency::IdempotencyKey;
 use crate::serve::ClientAddr;
 use crate::state::AppState;
@@ -107,16 +107,11 @@ pub struct UploadForm {
             links(("GetHash" = (operation_id = "get_hash_v1", parameters(("id" = "$response.body#/id")),
                 description = "The task this upload created")))),
         (status = 400, description = "No `file` part, malformed multipart, or a malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body stalled for BODY_IDLE_TIMEOUT_SECONDS or arrived slower than MIN_UPLOAD_BYTES_PER_SECOND", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Larger than MAX_UPLOAD_BYTES", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key's first upload is still in progress", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The Idempotency-Key was used for a different file name or size", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Postgres unreachable or too many uploads in progress", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 507, description = "The upload volume is full", body = Problem, content_type = "application/problem+json"),
+        UploadRefusals, Refusals,
     ),
     security((), ("bearer" = []))
 )]
@@ -169,10 +164,8 @@ pub struct WaitQuery {
     responses(
         (status = 200, description = "The task", body = TaskView),
         (status = 400, description = "`wait` out of range", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "API key missing or wrong", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No task has this id, or it is not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Postgres unreachable", body = Problem, content_type = "application/problem+json",
-            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        Refusals,
     ),
     security((), ("bearer" = []))
 )]
