@@ -502,7 +502,8 @@ impl FaultEnv {
             match rows.get(id) {
                 None => report.lost += 1,
                 Some(row) => match (row.status, expect) {
-                    (TaskStatus::Done, Expect::Done(md5)) if row.result.as_deref() == Some(md5) => {}
+                    (TaskStatus::Done, Expect::Done(md5))
+                        if row.result.as_ref().map(shared::Md5Hex::as_str) == Some(md5.as_str()) => {}
                     (TaskStatus::Failed, Expect::Failed(text))
                         if row.error.as_deref().is_some_and(|e| e.contains(text.as_str())) => {}
                     (TaskStatus::Queued | TaskStatus::Processing, _) => report.lost += 1,

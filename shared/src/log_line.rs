@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Task, TaskStatus};
+use crate::{Md5Hex, Task, TaskStatus};
 
 /// A results-log line: `{"ts", "task_id", "status", "md5", "size_bytes", "worker", "error"}`.
 ///
@@ -20,7 +20,7 @@ pub struct LogLine {
     /// `done` or `failed`.
     pub status: TaskStatus,
     /// The MD5, for `done`.
-    pub md5: Option<String>,
+    pub md5: Option<Md5Hex>,
     /// Size of the hashed upload.
     pub size_bytes: i64,
     /// Consumer name of the worker that wrote the line.

@@ -11,6 +11,7 @@ use diesel::serialize::{self, IsNull, Output, ToSql};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::md5_hex::Md5Hex;
 use crate::schema::{md5_idempotency_keys, md5_tasks, sql_types};
 
 /// Where a task is in its life: `queued` → `processing` → `done` or `failed`.
@@ -72,8 +73,8 @@ pub struct Task {
     pub task_id: Uuid,
     /// Where the task is in its life.
     pub status: TaskStatus,
-    /// The MD5 as 32 lowercase hex digits, once `done`.
-    pub result: Option<String>,
+    /// The MD5, once `done`.
+    pub result: Option<Md5Hex>,
     /// The client's file name, sanitized; display data only.
     pub file_name: String,
     /// Size of the stored upload.

@@ -11,6 +11,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use std::time::Duration;
 use uuid::Uuid;
 
+use crate::md5_hex::Md5Hex;
 use crate::models::{IdempotencyRecord, NewTask, Task, TaskStatus};
 use crate::schema::md5_tasks::dsl;
 
@@ -20,7 +21,7 @@ pub enum Outcome {
     /// Hashed: the MD5 as 32 lowercase hex digits.
     Done {
         /// The digest.
-        md5: String,
+        md5: Md5Hex,
     },
     /// Could not be hashed, for this reason.
     Failed {

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use md5::{Digest as _, Md5};
+use shared::Md5Hex;
 
 /// Read size. Measured on the 2-core machine (1 GiB in page cache, md-5 0.10 asm): 64 KiB reads
 /// hash at ~514 MB/s, 1 MiB reads at ~399 MB/s, because a buffer that outgrows the L2 cache is
@@ -24,7 +25,7 @@ const BUFFERS: usize = 4;
 /// A large file is read on a second thread while this one hashes (the copy out of the page
 /// cache and the hash overlap, so the hash runs at md-5's in-memory speed); a small one is read
 /// and hashed in turn.
-pub fn md5_file(path: &Path) -> io::Result<(String, u64)> {
+pub fn md5_file(path: &Path) -> io::Result<(Md5Hex, u64)> {
     let mut file = File::open(path)?;
     if file.metadata()?.len() <= OVERLAP_ABOVE_BYTES {
         return md5_in_turn(&mut file);
@@ -65,10 +66,10 @@ pub fn md5_file(path: &Path) -> io::Result<(String, u64)> {
         }
         Ok::<(), io::Error>(())
     })?;
-    Ok((hex::encode(hasher.finalize()), total))
+    Ok((Md5Hex::from_digest(hasher.finalize().into()), total))
 }
 
-fn md5_in_turn(file: &mut File) -> io::Result<(String, u64)> {
+fn md5_in_turn(file: &mut File) -> io::Result<(Md5Hex, u64)> {
     let mut hasher = Md5::new();
     let mut buffer = vec![0u8; READ_BUFFER_BYTES];
     let mut total = 0u64;
@@ -81,7 +82,7 @@ fn md5_in_turn(file: &mut File) -> io::Result<(String, u64)> {
             }
         }
     }
-    Ok((hex::encode(hasher.finalize()), total))
+    Ok((Md5Hex::from_digest(hasher.finalize().into()), total))
 }
 
 /// Reads until `buffer` is full or the file ends; returns the bytes read.
@@ -108,16 +109,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let empty = dir.join("empty");
         std::fs::write(&empty, b"").unwrap();
-        assert_eq!(md5_file(&empty).unwrap(), ("d41d8cd98f00b204e9800998ecf8427e".into(), 0));
+        assert_eq!(md5_file(&empty).unwrap(), ("d41d8cd98f00b204e9800998ecf8427e".parse().unwrap(), 0));
         let fox = dir.join("fox");
         std::fs::write(&fox, b"The quick brown fox jumps over the lazy dog").unwrap();
-        assert_eq!(md5_file(&fox).unwrap().0, "9e107d9d372bb6826bd81d3542a419d6");
+        assert_eq!(md5_file(&fox).unwrap().0.as_str(), "9e107d9d372bb6826bd81d3542a419d6");
         // Large enough for the two-thread path, and not a multiple of the read size.
         let big = dir.join("big");
         let bytes: Vec<u8> = (0..(5 * READ_BUFFER_BYTES + 123)).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&big, &bytes).unwrap();
         let expected = hex::encode(Md5::digest(&bytes));
-        assert_eq!(md5_file(&big).unwrap(), (expected, bytes.len() as u64));
+        assert_eq!(md5_file(&big).unwrap(), (expected.parse().unwrap(), bytes.len() as u64));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

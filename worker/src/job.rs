@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use shared::db::{Pool, PooledConnection};
 use shared::queries::{self, Outcome};
-use shared::{LogLine, Task};
+use shared::{LogLine, Md5Hex, Task};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -114,7 +114,7 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<Settle
     }
     tracing::info!(
         task.status = finished.status.as_str(),
-        task.md5 = finished.result.as_deref().unwrap_or(""),
+        task.md5 = finished.result.as_ref().map_or("", Md5Hex::as_str),
         "task finished"
     );
     finish(ctx, &finished, false).await

@@ -156,7 +156,7 @@ pub async fn get_hash(
     };
     let result = match task.status {
         TaskStatus::Queued | TaskStatus::Processing => TaskResult { status: "PENDING", result: None },
-        TaskStatus::Done => TaskResult { status: "SUCCESS", result: task.result },
+        TaskStatus::Done => TaskResult { status: "SUCCESS", result: task.result.map(String::from) },
         TaskStatus::Failed => TaskResult { status: "ERROR", result: task.error },
     };
     Ok(Json(result).into_response())

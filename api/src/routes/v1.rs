@@ -34,8 +34,8 @@ pub struct TaskView {
     #[schema(schema_with = status_schema)]
     pub status: TaskStatus,
     /// The MD5 once `done`: 32 lowercase hex digits.
-    #[schema(pattern = "^[0-9a-f]{32}$", example = "5d41402abc4b2a76b9719d911017c592")]
-    pub md5: Option<String>,
+    #[schema(value_type = Option<String>, pattern = "^[0-9a-f]{32}$", example = "5d41402abc4b2a76b9719d911017c592")]
+    pub md5: Option<shared::Md5Hex>,
     /// The client's file name, sanitized.
     pub file_name: String,
     /// Size of the upload.

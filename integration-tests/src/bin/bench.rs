@@ -439,7 +439,7 @@ async fn large_file(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::
         let (digest, _) = worker::hash::md5_file(&source)?;
         Ok((started.elapsed(), digest))
     })?;
-    anyhow::ensure!(digest == expected, "worker::hash::md5_file {digest} != md5sum {expected}");
+    anyhow::ensure!(digest.as_str() == expected, "worker::hash::md5_file {digest} != md5sum {expected}");
     // md-5 in memory: 0.10 with `asm` (the worker's) against 0.11 (no `asm`).
     let buffer = random_bytes((size as usize).min(256 << 20), 11);
     let in_memory = |hash: &dyn Fn(&[u8]) -> Vec<u8>| {
@@ -645,7 +645,11 @@ async fn many_small(
     let mut latencies = Vec::new();
     for row in &rows {
         if let Some(md5) = expected.get(&row.task_id.to_string()) {
-            anyhow::ensure!(row.result.as_deref() == Some(md5.as_str()), "wrong md5 for {}", row.task_id);
+            anyhow::ensure!(
+                row.result.as_ref().map(shared::Md5Hex::as_str) == Some(md5.as_str()),
+                "wrong md5 for {}",
+                row.task_id
+            );
             let latency = row.finished_at.context("finished")? - row.created_at;
             latencies.push(latency.num_microseconds().unwrap_or(0) as f64 / 1000.0);
         }

@@ -43,7 +43,11 @@ async fn three_worker_processes_finish_every_upload_with_exactly_one_log_line_ea
     assert_eq!(logged.len(), UPLOADS, "no task logged twice");
     for line in &lines {
         let id = line.task_id.to_string();
-        assert_eq!(line.md5.as_deref(), Some(expected[&id].as_str()), "md5 of {id}");
+        assert_eq!(
+            line.md5.as_ref().map(shared::Md5Hex::as_str),
+            Some(expected[&id].as_str()),
+            "md5 of {id}"
+        );
     }
     for (id, md5) in expected.iter().take(50) {
         let task = app.task(id, 0).await;
