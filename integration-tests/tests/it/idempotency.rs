@@ -160,6 +160,25 @@ async fn a_repeat_while_the_first_upload_streams_is_409_then_the_original() {
     assert_eq!(during.headers()["retry-after"], "1");
     assert_eq!(during.json::<Value>().await.unwrap()["type"], "/problems/idempotency-key-in-use");
 
+    // While the body streams, the reservation is refreshed (every 5 s), so it never runs out
+    // under a live upload however long that takes.
+    let reserved_until = || async {
+        use diesel::QueryDsl as _;
+        use shared::schema::md5_idempotency_keys::dsl;
+        dsl::md5_idempotency_keys
+            .select(dsl::reserved_until)
+            .first::<Option<chrono::DateTime<chrono::Utc>>>(&mut app.db().await)
+            .await
+            .unwrap()
+            .expect("still reserved")
+    };
+    let before = reserved_until().await;
+    eventually(Duration::from_secs(12), "the reservation to be refreshed", || async {
+        (reserved_until().await > before).then_some(())
+    })
+    .await
+    .unwrap();
+
     let first = first.finish().await;
     assert_eq!(first.status(), 202);
     let id = first.json::<Value>().await.unwrap()["id"].clone();
