@@ -13,6 +13,7 @@ use std::io::{IsTerminal as _, Write as _};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use serde_json::json;
@@ -99,10 +100,15 @@ async fn hash_one(service: &Service, progress: &Progress, job: &Job) -> Result<T
     let file = progress.file(&job.path.to_string_lossy(), job.size);
     // One key per file and run: every retry of this file is the same upload to the service.
     let key = uuid::Uuid::new_v4().to_string();
+    let name = shown(&job.path.to_string_lossy());
+    let retry = |reason: &str, wait: Duration| {
+        progress.note(&format!("{name}: {reason}; trying again in {:.1} s", wait.as_secs_f64()));
+    };
     let result = async {
-        let created = service.upload(&job.path, &key, file.sent(), || file.restart()).await?;
+        let created = service.upload(&job.path, &key, file.sent(), || file.restart(), &retry).await?;
         file.uploaded();
-        let task = if created.is_finished() { created } else { service.wait_finished(&created.id).await? };
+        let task =
+            if created.is_finished() { created } else { service.wait_finished(&created.id, &retry).await? };
         match task.status.as_str() {
             "done" => Ok(task),
             _ => Err(Failure::Permanent(format!(
@@ -217,7 +223,10 @@ fn collect(paths: &[PathBuf], recursive: bool) -> (Vec<(PathBuf, u64)>, bool) {
 async fn status(service: &Service, args: StatusArgs) -> bool {
     let mut ok = true;
     for id in &args.ids {
-        match service.task_json(id, args.wait).await {
+        let retry = |reason: &str, wait: Duration| {
+            eprintln!("md5-client: {id}: {reason}; trying again in {:.1} s", wait.as_secs_f64());
+        };
+        match service.task_json(id, args.wait, &retry).await {
             Ok(task) => {
                 if args.json {
                     println!("{task}");

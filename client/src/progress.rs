@@ -109,6 +109,15 @@ impl Progress {
         }
     }
 
+    /// Prints `note` on stderr (above the bars), unless progress is off.
+    pub fn note(&self, note: &str) {
+        match (&self.shared.bars, self.shared.display) {
+            (_, Display::Nothing) => {}
+            (Some((multi, _)), _) => multi.suspend(|| eprintln!("md5-client: {note}")),
+            (None, _) => eprintln!("md5-client: {note}"),
+        }
+    }
+
     /// Clears the bars and, unless progress is off, prints a summary line.
     pub fn finish(&self) {
         if let Some((multi, total)) = &self.shared.bars {

@@ -21,6 +21,9 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Seconds one `GET …?wait=` asks the service to hold the request.
 const WAIT_SECONDS: u64 = 30;
 
+/// Told of each retry: the transient failure and how long the client waits before trying again.
+pub type Retry<'a> = &'a (dyn Fn(&str, Duration) + Sync);
+
 /// The task object of the v1 API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Task {
@@ -97,20 +100,21 @@ impl Service {
     }
 
     /// Uploads `path` under `key` (retried with the same key), calling `sent` with each chunk's
-    /// size as it goes and `restart` before each retry; returns the task the service created
-    /// (or, for a repeat, already had).
+    /// size as it goes, `restart` before each try and `retry` with the reason and the wait
+    /// before each retry; returns the task the service created (or, for a repeat, already had).
     pub async fn upload(
         &self,
         path: &Path,
         key: &str,
         sent: impl Fn(u64) + Clone + Send + Sync + 'static,
         restart: impl Fn(),
+        retry: Retry<'_>,
     ) -> Result<Task, Failure> {
-        self.retrying(|| {
+        let attempt = || {
             restart();
             self.upload_once(path, key, sent.clone())
-        })
-        .await
+        };
+        self.retrying(attempt, retry).await
     }
 
     async fn upload_once(
@@ -151,9 +155,9 @@ impl Service {
     }
 
     /// Waits for the task to finish (re-asking every [`WAIT_SECONDS`]), retrying transient failures.
-    pub async fn wait_finished(&self, id: &str) -> Result<Task, Failure> {
+    pub async fn wait_finished(&self, id: &str, retry: Retry<'_>) -> Result<Task, Failure> {
         loop {
-            let task = self.task(id, WAIT_SECONDS as f64).await?;
+            let task = self.task(id, WAIT_SECONDS as f64, retry).await?;
             if task.is_finished() {
                 return Ok(task);
             }
@@ -161,21 +165,26 @@ impl Service {
     }
 
     /// The task `id`, held up to `wait` seconds until it is finished; transient failures retried.
-    pub async fn task(&self, id: &str, wait: f64) -> Result<Task, Failure> {
-        let json = self.task_json(id, wait).await?;
+    pub async fn task(&self, id: &str, wait: f64, retry: Retry<'_>) -> Result<Task, Failure> {
+        let json = self.task_json(id, wait, retry).await?;
         serde_json::from_value(json).map_err(|err| Failure::Permanent(format!("unexpected answer: {err}")))
     }
 
     /// [`Service::task`] as the service's JSON object.
-    pub async fn task_json(&self, id: &str, wait: f64) -> Result<serde_json::Value, Failure> {
-        self.retrying(|| async {
+    pub async fn task_json(
+        &self,
+        id: &str,
+        wait: f64,
+        retry: Retry<'_>,
+    ) -> Result<serde_json::Value, Failure> {
+        let attempt = || async {
             let response = self.http.get(self.task_url(id, wait)?).send().await.map_err(request_failure)?;
             match response.status() {
                 StatusCode::OK => response.json().await.map_err(request_failure),
                 _ => Err(refusal(response).await),
             }
-        })
-        .await
+        };
+        self.retrying(attempt, retry).await
     }
 
     /// `…/api/v1/hashes/{id}?wait=S`, the id escaped as one path segment.
@@ -188,7 +197,7 @@ impl Service {
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or fails transiently `retries + 1` times.
-    async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, Failure>
+    async fn retrying<T, F, Fut>(&self, mut attempt: F, retry: Retry<'_>) -> Result<T, Failure>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
@@ -202,8 +211,10 @@ impl Service {
                     if tries > self.retries {
                         return Err(Failure::Permanent(format!("{message} (gave up after {tries} tries)")));
                     }
-                    let wait = retry_after.map_or(backoff, |asked| asked.min(MAX_RETRY_AFTER).max(backoff));
-                    tokio::time::sleep(jitter(wait)).await;
+                    let wait =
+                        jitter(retry_after.map_or(backoff, |asked| asked.min(MAX_RETRY_AFTER).max(backoff)));
+                    retry(&message, wait);
+                    tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 other => return other,

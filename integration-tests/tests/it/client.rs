@@ -154,6 +154,8 @@ async fn uploads_whose_answers_are_lost_are_retried_under_their_key_and_make_one
     let output = client(&app.root, &proxy.url, &["hash", "-r", "-j", "4", "files"]).output().await.unwrap();
     assert_eq!((proxy.answers_lost(), proxy.answers_to_lose()), (12, 0), "every planned answer was lost");
     assert_md5sum_identical(&app.root, &files, &output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.matches("; trying again in").count() >= 12, "each lost answer is retried: {stderr}");
     assert_eq!(app.row_count().await, 30, "one task per file, however often it was sent");
     app.stop().await;
 }
@@ -194,6 +196,8 @@ async fn an_api_killed_and_restarted_mid_run_costs_no_file_a_second_task() {
         Output { status, stdout: stdout.await.unwrap().unwrap(), stderr: stderr.await.unwrap().unwrap() };
     assert!(rows_at_kill < 60, "killed before the last upload was accepted ({rows_at_kill} rows)");
     assert_md5sum_identical(&env.root, &files, &output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("; trying again in"), "the client retried through the restart: {stderr}");
 
     // Exactly one task per file name (names are unique).
     use shared::schema::md5_tasks::dsl;
