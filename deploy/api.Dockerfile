@@ -7,9 +7,10 @@ WORKDIR /src
 # every workspace member's manifest; the others get empty stand-in sources, never compiled.
 COPY Cargo.toml Cargo.lock ./
 COPY worker/Cargo.toml worker/Cargo.toml
+COPY client/Cargo.toml client/Cargo.toml
 COPY integration-tests/Cargo.toml integration-tests/Cargo.toml
-RUN mkdir -p worker/src integration-tests/src \
-    && touch worker/src/lib.rs integration-tests/src/lib.rs
+RUN mkdir -p worker/src client/src integration-tests/src \
+    && touch worker/src/lib.rs client/src/lib.rs integration-tests/src/lib.rs
 COPY shared shared
 COPY web web
 COPY api api

@@ -7,9 +7,10 @@ WORKDIR /src
 # workspace member's manifest; the others get empty stand-in sources, never compiled.
 COPY Cargo.toml Cargo.lock ./
 COPY api/Cargo.toml api/Cargo.toml
+COPY client/Cargo.toml client/Cargo.toml
 COPY integration-tests/Cargo.toml integration-tests/Cargo.toml
-RUN mkdir -p api/src integration-tests/src \
-    && touch api/src/lib.rs integration-tests/src/lib.rs
+RUN mkdir -p api/src client/src integration-tests/src \
+    && touch api/src/lib.rs client/src/lib.rs integration-tests/src/lib.rs
 COPY shared shared
 COPY worker worker
 # Registry and target caches survive between builds: dependencies are compiled once, and a

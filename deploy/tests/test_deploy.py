@@ -8,12 +8,16 @@ and PyYAML (installed with PyPI `kubernetes-validate`).
 import json
 import pathlib
 import re
+import shlex
+import shutil
 import subprocess
+import tempfile
 import unittest
 
 import yaml
 
 DEPLOY = pathlib.Path(__file__).resolve().parent.parent
+ROOT = DEPLOY.parent
 COMPOSE = DEPLOY / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 
@@ -104,6 +108,35 @@ class Dockerfiles(unittest.TestCase):
         copied = re.findall(r"^COPY (?!--from)(\S+)", text, flags=re.M)
         sources = {c for c in copied if not c.endswith(("Cargo.toml", "Cargo.lock"))}
         self.assertEqual(sources, {"shared", "api", "web"})
+
+    def test_build_stage_loads_the_workspace_from_what_it_copies(self):
+        # Replays each build stage's COPY steps and its stand-in step (mkdir/touch) in an empty
+        # folder, then asks cargo to load the workspace as the image's `cargo build` would: a
+        # workspace member the Dockerfile forgets fails here, not in someone's image build.
+        for name in ["api.Dockerfile", "worker.Dockerfile"]:
+            build_stage = (DEPLOY / name).read_text().split("\nFROM ")[1].replace("\\\n", " ")
+            with tempfile.TemporaryDirectory() as folder, self.subTest(name):
+                stage = pathlib.Path(folder)
+                for line in build_stage.splitlines():
+                    if not line.startswith(("COPY ", "RUN ")):
+                        continue
+                    words = shlex.split(line)
+                    if words[:1] == ["COPY"] and not words[1].startswith("--"):
+                        *sources, target = words[1:]
+                        for source in sources:
+                            into = stage / target / pathlib.Path(source).name if target.endswith("/") else stage / target
+                            into.parent.mkdir(parents=True, exist_ok=True)
+                            copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy
+                            copy(ROOT / source, into)
+                    elif words[:3] == ["RUN", "mkdir", "-p"] and "touch" in words:
+                        subprocess.run(["sh", "-c", line[len("RUN "):]], cwd=stage, check=True)
+                loaded = subprocess.run(
+                    ["cargo", "metadata", "--locked", "--offline", "--format-version", "1", "--no-deps"],
+                    cwd=stage, capture_output=True, text=True,
+                )
+                self.assertEqual(loaded.returncode, 0, loaded.stderr)
+                members = {package["name"] for package in json.loads(loaded.stdout)["packages"]}
+                self.assertIn("md5-client", members)
 
     def test_runtime_stage_is_slim_and_runs_unprivileged(self):
         for name in ["api.Dockerfile", "worker.Dockerfile"]:
