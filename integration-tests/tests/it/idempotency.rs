@@ -59,6 +59,14 @@ async fn a_repeated_key_answers_with_the_original_task_and_stores_nothing() {
     assert_eq!(app.row_count().await, 1);
     assert_eq!(app.upload_files(), files_after_first, "a repeat must not store its body");
 
+    // Each outcome is counted on /metrics, under a label from a closed set.
+    let metrics =
+        app.client.get(format!("{}/metrics", app.base_url)).send().await.unwrap().text().await.unwrap();
+    for outcome in ["new", "repeat"] {
+        let series = format!("md5_idempotency_keys_total{{outcome=\"{outcome}\"}}");
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
+
     // Another key is another task.
     let other = keyed(&app, "k-2", "report.bin", &bytes).await;
     assert_eq!(other.status(), 202);
