@@ -65,7 +65,8 @@ pub struct HashArgs {
     #[arg(short = 'j', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs: u32,
 
-    /// One JSON object per file instead of md5sum lines.
+    /// One JSON object per file instead of md5sum lines: `{"path", "id", "status", "md5",
+    /// "size_bytes", "error"}`, status `done`, or `error` (no md5, the reason in `error`).
     #[arg(long)]
     pub json: bool,
 
