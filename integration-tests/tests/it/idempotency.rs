@@ -281,6 +281,28 @@ async fn a_failed_upload_frees_its_key_and_an_expired_key_is_reusable() {
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compatibility_upload_ignores_the_header_as_the_older_service_did() {
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let form = Form::new().part("file", Part::bytes(b"same".to_vec()).file_name("same.txt"));
+        let response = app
+            .client
+            .post(format!("{}/hashes/", app.base_url))
+            .header("Idempotency-Key", "compat")
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        ids.push(response.json::<Value>().await.unwrap()["task_id"].clone());
+    }
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!((app.row_count().await, key_rows(&app).await), (2, 0));
+    app.stop().await;
+}
+
 /// A stream over what the test sends into `receive`.
 fn tokio_stream_from<T: Send + 'static>(
     receive: tokio::sync::mpsc::Receiver<T>,
