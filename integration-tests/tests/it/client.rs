@@ -101,6 +101,30 @@ async fn hash_r_over_200_files_prints_what_md5sum_prints() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_progress_is_drawn_as_bars() {
+    // `script` (util-linux) gives the client a terminal for stdout and stderr.
+    let app = TestApp::spawn(TestOptions::default()).await.unwrap();
+    let files = write_files(&app.root, 4, &[20_000_000]);
+    let command =
+        format!("MD5_URL={} {} hash -r files", app.base_url, sibling_binary("md5-client").unwrap().display());
+    let output = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(&app.root)
+        .output()
+        .await
+        .expect("script (util-linux) runs");
+    assert!(output.status.success(), "{output:?}");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(screen.contains("files [") && screen.contains("ETA"), "a total bar: {screen}");
+    assert!(screen.contains("uploading ["), "a bar per file: {screen}");
+    assert!(screen.contains("4 of 4 files hashed"), "the summary: {screen}");
+    for line in md5sum_of(&app.root, &files) {
+        assert!(screen.contains(&line), "{line} is printed: {screen}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_paths_and_unknown_ids_fail_with_the_reason_and_the_rest_is_still_done() {
     let app = TestApp::spawn(TestOptions::default()).await.unwrap();
     let files = write_files(&app.root, 3, &[]);
