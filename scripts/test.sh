@@ -10,7 +10,7 @@ root=$(pwd)
 
 echo "== prerequisites"
 missing=()
-for tool in cargo python3 node npm psql pg_isready redis-server redis-cli prlimit md5sum; do
+for tool in cargo python3 node npm psql pg_isready redis-server redis-cli prlimit script md5sum; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=("python3-venv (the venv module)")
@@ -25,7 +25,7 @@ if [[ ! -x /usr/bin/chromium ]]; then
 fi
 if ((${#missing[@]})); then
   echo "missing: ${missing[*]}" >&2
-  echo "install them (Debian: apt-get install postgresql redis-server nodejs npm python3-venv util-linux coreutils chromium), then run again" >&2
+  echo "install them (Debian: apt-get install postgresql redis-server nodejs npm python3-venv util-linux bsdutils coreutils chromium), then run again" >&2
   exit 1
 fi
 logs=$(mktemp -d)
