@@ -130,8 +130,13 @@ impl Reservation {
                     let refreshed =
                         queries::extend_key_reservation(&mut conn, &refresh_key, task_id, RESERVATION_LEASE)
                             .await;
-                    if let Err(err) = refreshed {
-                        tracing::warn!(task.id = %task_id, error = %err, "cannot refresh an idempotency key's reservation");
+                    match refreshed {
+                        Ok(true) => {}
+                        // Taken over after it ran out: the upload's commit will find that out.
+                        Ok(false) => return,
+                        Err(err) => {
+                            tracing::warn!(task.id = %task_id, error = %err, "cannot refresh an idempotency key's reservation")
+                        }
                     }
                 }
             }

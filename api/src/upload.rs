@@ -85,27 +85,28 @@ pub async fn receive(
     })?;
     let upload_dir = &state.config.storage.upload_dir;
     check_free_space(upload_dir, state.config.min_free_bytes)?;
-    // Fail before reading a byte of the body if Postgres is down: the client learns at once.
-    drop(state.pool.get().await?);
-
     let task_id = Uuid::now_v7();
-    // Without a key, or with a new one, the part goes to a file; a repeat's part is only counted.
-    let (reservation, original) = match key {
-        None => (None, None),
+    // Fail before reading a byte of the body if Postgres is down: the client learns at once (a
+    // key's reservation is a query, which tells the same).
+    let mut destination = match key {
+        None => {
+            drop(state.pool.get().await?);
+            Destination::Store(UploadFiles::new(upload_dir, task_id), None)
+        }
         Some(key) => {
             match idempotency::begin(&state.pool, key, task_id, state.config.idempotency_ttl()).await? {
-                Begin::Reserved(reservation) => (Some(reservation), None),
-                Begin::Completed(record) => (None, Some(record)),
+                Begin::Reserved(reservation) => {
+                    Destination::Store(UploadFiles::new(upload_dir, task_id), Some(reservation))
+                }
+                Begin::Completed(record) => Destination::Replay(record),
                 Begin::InProgress => {
                     return Err(ApiError::Conflict(
-                    "an upload with this Idempotency-Key is still in progress; try again when it has finished"
-                        .into(),
+                    "an upload with this Idempotency-Key is still in progress; try again when it has finished".into(),
                 ));
                 }
             }
         }
     };
-    let mut files = original.is_none().then(|| UploadFiles::new(upload_dir, task_id));
     // Every byte of the body counts: the file part against the limit, the whole body against
     // the limit plus the same allowance for boundaries and headers as `Content-Length` gets.
     let head = FormHead::new(FORM_HEAD_BYTES);
@@ -138,17 +139,16 @@ pub async fn receive(
             return Err(ApiError::BadRequest("only one part named \"file\" is accepted".into()));
         }
         let file_name = sanitize_file_name(disposition.file_name.as_deref());
-        let size = match files.as_mut() {
-            Some(files) => write_part(field, files, limit).await?,
-            None => count_part(field, limit).await?,
+        let size = match &mut destination {
+            Destination::Store(files, _) => write_part(field, files, limit).await?,
+            Destination::Replay(_) => count_part(field, limit).await?,
         };
         stored = Some((file_name, size));
     }
     let (file_name, size) = stored.ok_or(ApiError::MissingFilePart)?;
-    let files = match (files, original) {
-        (Some(files), _) => files,
-        (None, Some(original)) => return replay(state, &original, &file_name, size).await,
-        (None, None) => return Err(ApiError::Internal(anyhow::anyhow!("an upload with nowhere to go"))),
+    let (files, reservation) = match destination {
+        Destination::Store(files, reservation) => (files, reservation),
+        Destination::Replay(original) => return replay(state, &original, &file_name, size).await,
     };
 
     // The body is complete and durable. From here on the client going away must not matter:
@@ -161,6 +161,14 @@ pub async fn receive(
         .await
         .map_err(|err| ApiError::Internal(anyhow::Error::new(err).context("upload commit task")))??;
     Ok(Upload { task, replayed: false })
+}
+
+/// Where an upload's `file` part goes.
+enum Destination {
+    /// To its partial file, under the key's reservation if it has a key.
+    Store(UploadFiles, Option<Reservation>),
+    /// Nowhere: a repeat of a completed key's upload is only counted, to compare with the original.
+    Replay(IdempotencyRecord),
 }
 
 /// The answer to a repeat of a completed key: its original task if the request is the same

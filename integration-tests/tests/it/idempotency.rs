@@ -10,20 +10,24 @@ use integration_tests::{TestApp, TestOptions, eventually, md5_hex, random_bytes}
 use reqwest::multipart::{Form, Part};
 use serde_json::Value;
 
-/// `POST /api/v1/hashes` with `key` and one `file` part.
-async fn upload_with_key(app: &TestApp, key: &str, name: &str, part: Part) -> reqwest::Response {
+/// The one request of these tests: `POST path` with `Idempotency-Key: key` and one `file`
+/// part, `part` named `name`.
+fn keyed_request(app: &TestApp, path: &str, key: &str, name: &str, part: Part) -> reqwest::RequestBuilder {
     let form = Form::new().part("file", part.file_name(name.to_owned()));
-    app.client
-        .post(format!("{}/api/v1/hashes", app.base_url))
-        .header("Idempotency-Key", key)
-        .multipart(form)
-        .send()
-        .await
-        .expect("the api answers")
+    app.client.post(format!("{}{path}", app.base_url)).header("Idempotency-Key", key).multipart(form)
 }
 
+/// A v1 upload of `bytes` under `key`.
 async fn keyed(app: &TestApp, key: &str, name: &str, bytes: &[u8]) -> reqwest::Response {
-    upload_with_key(app, key, name, Part::bytes(bytes.to_vec())).await
+    let request = keyed_request(app, "/api/v1/hashes", key, name, Part::bytes(bytes.to_vec()));
+    request.send().await.expect("the api answers")
+}
+
+/// Waits until `md5_idempotency_keys` holds `rows` rows.
+async fn wait_key_rows(app: &TestApp, rows: i64, what: &str) {
+    eventually(Duration::from_secs(10), what, || async { (key_rows(app).await == rows).then_some(()) })
+        .await
+        .unwrap();
 }
 
 async fn key_rows(app: &TestApp) -> i64 {
@@ -102,11 +106,8 @@ async fn the_same_key_with_a_different_file_is_422_and_a_malformed_key_400() {
 async fn concurrent_uploads_with_one_key_make_one_task() {
     let app = TestApp::spawn(TestOptions::default()).await.unwrap();
     let bytes = random_bytes(2 * 1024 * 1024, 11);
-    let send = || {
-        let form = Form::new().part("file", Part::bytes(bytes.clone()).file_name("twice.bin"));
-        let url = format!("{}/api/v1/hashes", app.base_url);
-        app.client.post(url).header("Idempotency-Key", "same").multipart(form).send()
-    };
+    let send =
+        || keyed_request(&app, "/api/v1/hashes", "same", "twice.bin", Part::bytes(bytes.clone())).send();
     let answers = futures_util::future::join_all((0..8).map(|_| send())).await;
     let mut ids = Vec::new();
     for answer in answers {
@@ -142,12 +143,7 @@ impl SlowUpload {
     async fn start(app: &TestApp, key: &str, name: &str) -> SlowUpload {
         let (send, receive) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
         let body = reqwest::Body::wrap_stream(tokio_stream_from(receive));
-        let form = Form::new().part("file", Part::stream(body).file_name(name.to_owned()));
-        let request = app
-            .client
-            .post(format!("{}/api/v1/hashes", app.base_url))
-            .header("Idempotency-Key", key)
-            .multipart(form);
+        let request = keyed_request(app, "/api/v1/hashes", key, name, Part::stream(body));
         let answer = tokio::spawn(request.send());
         send.send(Ok(vec![b'a'; 1000])).await.unwrap();
         SlowUpload { send, answer }
@@ -165,11 +161,7 @@ impl SlowUpload {
 async fn a_repeat_while_the_first_upload_streams_is_409_then_the_original() {
     let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let first = SlowUpload::start(&app, "slow", "slow.bin").await;
-    eventually(Duration::from_secs(10), "the key to be reserved", || async {
-        (key_rows(&app).await == 1).then_some(())
-    })
-    .await
-    .unwrap();
+    wait_key_rows(&app, 1, "the key to be reserved").await;
 
     let during = keyed(&app, "slow", "slow.bin", &[b'a'; 2000]).await;
     assert_eq!(during.status(), 409);
@@ -209,11 +201,7 @@ async fn a_repeat_while_the_first_upload_streams_is_409_then_the_original() {
 async fn an_upload_whose_reservation_ran_out_and_was_taken_over_commits_nothing() {
     let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let stalled = SlowUpload::start(&app, "k", "stalled.bin").await;
-    eventually(Duration::from_secs(10), "the key to be reserved", || async {
-        (key_rows(&app).await == 1).then_some(())
-    })
-    .await
-    .unwrap();
+    wait_key_rows(&app, 1, "the key to be reserved").await;
     // As if its api had stopped refreshing the reservation: another upload may take the key.
     diesel::sql_query("UPDATE md5_idempotency_keys SET reserved_until = now() - interval '1 second'")
         .execute(&mut app.db().await)
@@ -246,11 +234,7 @@ async fn keys_past_the_retention_window_are_purged_and_live_ones_kept() {
         .unwrap();
     assert_eq!(keyed(&app, "new", "b.bin", b"b").await.status(), 202);
     let streaming = SlowUpload::start(&app, "streaming", "c.bin").await;
-    eventually(Duration::from_secs(10), "the third key to be reserved", || async {
-        (key_rows(&app).await == 3).then_some(())
-    })
-    .await
-    .unwrap();
+    wait_key_rows(&app, 3, "the third key to be reserved").await;
     let purged =
         shared::queries::purge_keys(&mut app.db().await, Duration::from_secs(24 * 3600)).await.unwrap();
     assert_eq!(purged, 1);
@@ -265,11 +249,7 @@ async fn a_failed_upload_frees_its_key_and_an_expired_key_is_reusable() {
         TestApp::spawn(TestOptions::default().no_workers().api(|c| c.max_upload_bytes = 1024)).await.unwrap();
     // Refused (413): the key is given up at once, so the retry is not a 409.
     assert_eq!(keyed(&app, "k", "big.bin", &[0; 4096]).await.status(), 413);
-    eventually(Duration::from_secs(10), "the reservation to be given up", || async {
-        (key_rows(&app).await == 0).then_some(())
-    })
-    .await
-    .unwrap();
+    wait_key_rows(&app, 0, "the reservation to be given up").await;
     let first = keyed(&app, "k", "small.bin", &[0; 100]).await;
     assert_eq!(first.status(), 202);
     let first_id = first.json::<Value>().await.unwrap()["id"].clone();
@@ -294,15 +274,8 @@ async fn the_compatibility_upload_ignores_the_header_as_the_older_service_did() 
     let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let form = Form::new().part("file", Part::bytes(b"same".to_vec()).file_name("same.txt"));
-        let response = app
-            .client
-            .post(format!("{}/hashes/", app.base_url))
-            .header("Idempotency-Key", "compat")
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
+        let request = keyed_request(&app, "/hashes/", "compat", "same.txt", Part::bytes(b"same".to_vec()));
+        let response = request.send().await.unwrap();
         assert_eq!(response.status(), 200);
         ids.push(response.json::<Value>().await.unwrap()["task_id"].clone());
     }
