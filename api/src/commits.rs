@@ -1,24 +1,22 @@
-//! The api's group commits: uploads whose bodies end together share one `fsync` of the upload
-//! folder and one durable INSERT (the XADDs are pipelined in `queue.rs`).
+//! The api's group commit of rows: uploads whose files became durable together share one
+//! durable INSERT (their renames share one folder `fsync` in `storage`, their XADDs one
+//! pipeline in `queue.rs`).
 //!
-//! Each upload still answers 202 only after its own file is renamed and the folder flushed, and
-//! after the statement carrying its row has committed; a batch only means that those waits are
-//! shared. See `shared::batch`.
+//! Each upload still answers 202 only after the statement carrying its row has committed; a
+//! batch only means that the wait is shared. See `shared::batch`.
+//! **This module knows nothing about HTTP**: `error.rs` turns an [`InsertError`] into a problem.
 
 use std::collections::{HashMap, HashSet};
-use std::io;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use diesel_async::AsyncConnection as _;
-use shared::batch::Batcher;
-use shared::db::Pool;
+use shared::batch::{BatchError, Batcher};
+use shared::db::{Pool, PoolError};
 use shared::models::NewTask;
 use shared::{Task, queries};
 use uuid::Uuid;
 
-use crate::error::ApiError;
-
-/// Most uploads one rename-and-fsync or one INSERT carries.
+/// Most uploads one INSERT carries.
 const MAX_BATCH: usize = 256;
 
 /// A row to insert, owned so it can wait in a batch.
@@ -36,93 +34,54 @@ pub struct PendingTask {
     pub idempotency_key: Option<String>,
 }
 
-/// Why a batched step failed, kept apart so each upload gets the status it would have had alone.
-#[derive(Debug, Clone)]
-enum Failure {
-    /// The database is unreachable: 503.
-    Unavailable,
-    /// Anything else: 500, with this cause.
-    Internal(String),
-    /// A file-system error of this kind.
-    Io(io::ErrorKind, String),
+/// Why a row was not inserted; every upload of a failed batch gets the same error, its cause
+/// shared (`Arc`) with its chain intact. `ApiError`'s `From` classifies it as a lone upload's
+/// error would be.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InsertError {
+    /// No connection could be had: the database is unreachable.
+    #[error("cannot get a database connection")]
+    Pool(#[source] Arc<PoolError>),
+    /// The INSERT (or its transaction) failed.
+    #[error("cannot insert the task")]
+    Query(#[source] Arc<diesel::result::Error>),
     /// The upload's `Idempotency-Key` reservation ran out and another upload took the key.
+    #[error("the upload's Idempotency-Key was taken over by another upload")]
     KeyTakenOver,
+    /// The statement succeeded but did not return this upload's row.
+    #[error("the inserted row was not returned")]
+    RowMissing,
+    /// The batch itself failed.
+    #[error("the insert batch did not complete")]
+    Batch(#[source] BatchError),
 }
 
-impl From<Failure> for ApiError {
-    fn from(failure: Failure) -> Self {
-        match failure {
-            Failure::Unavailable => {
-                ApiError::Unavailable("the database is unreachable; try again shortly".into())
-            }
-            Failure::Internal(cause) => ApiError::Internal(anyhow::anyhow!(cause)),
-            Failure::Io(kind, message) => crate::upload::io_error(io::Error::new(kind, message)),
-            Failure::KeyTakenOver => ApiError::Conflict(
-                "another upload with this Idempotency-Key took it over while this one was stalled".into(),
-            ),
-        }
-    }
-}
-
-/// The batchers; cheap to clone.
+/// The insert batcher; cheap to clone.
 #[derive(Clone)]
 pub struct Commits {
-    renames: Batcher<(PathBuf, PathBuf), Result<(), Failure>>,
-    inserts: Batcher<PendingTask, Result<Task, Failure>>,
+    inserts: Batcher<PendingTask, Result<Task, InsertError>>,
 }
 
 impl Commits {
-    /// Spawns the batchers for uploads into `upload_dir`, committing rows through `pool`.
-    pub fn spawn(upload_dir: &Path, pool: &Pool) -> Self {
-        let upload_dir = upload_dir.to_owned();
-        let renames = Batcher::spawn("rename", MAX_BATCH, move |moves: Vec<(PathBuf, PathBuf)>| {
-            let upload_dir = upload_dir.clone();
-            async move {
-                let done =
-                    tokio::task::spawn_blocking(move || rename_all_and_sync(&upload_dir, &moves)).await?;
-                Ok(done)
-            }
-        });
+    /// Spawns the batcher committing rows through `pool`.
+    pub fn spawn(pool: &Pool) -> Self {
         let pool = pool.clone();
         let inserts = Batcher::spawn("insert", MAX_BATCH, move |pending: Vec<PendingTask>| {
             let pool = pool.clone();
             async move { Ok(insert_all(&pool, &pending).await) }
         });
-        Commits { renames, inserts }
-    }
-
-    /// Renames a finished partial file to its final name and makes the rename durable (one
-    /// folder `fsync` for every rename of the batch).
-    pub async fn rename(&self, partial: PathBuf, stored: PathBuf) -> Result<(), ApiError> {
-        self.renames.call((partial, stored)).await.map_err(ApiError::Internal)?.map_err(ApiError::from)
+        Commits { inserts }
     }
 
     /// Inserts the row, durably, and returns it as committed.
-    pub async fn insert(&self, task: PendingTask) -> Result<Task, ApiError> {
-        self.inserts.call(task).await.map_err(ApiError::Internal)?.map_err(ApiError::from)
+    pub async fn insert(&self, task: PendingTask) -> Result<Task, InsertError> {
+        self.inserts.call(task).await.map_err(InsertError::Batch)?
     }
 }
 
-fn rename_all_and_sync(upload_dir: &Path, moves: &[(PathBuf, PathBuf)]) -> Vec<Result<(), Failure>> {
-    let mut done: Vec<Result<(), Failure>> = moves
-        .iter()
-        .map(|(from, to)| std::fs::rename(from, to).map_err(|err| Failure::Io(err.kind(), err.to_string())))
-        .collect();
-    if done.iter().any(Result::is_ok) {
-        let synced = std::fs::File::open(upload_dir).and_then(|dir| dir.sync_all());
-        if let Err(err) = synced {
-            let failure = Failure::Io(err.kind(), format!("cannot flush the upload folder: {err}"));
-            for result in done.iter_mut().filter(|result| result.is_ok()) {
-                *result = Err(failure.clone());
-            }
-        }
-    }
-    done
-}
-
-async fn insert_all(pool: &Pool, pending: &[PendingTask]) -> Vec<Result<Task, Failure>> {
+async fn insert_all(pool: &Pool, pending: &[PendingTask]) -> Vec<Result<Task, InsertError>> {
     let rows = async {
-        let mut conn = pool.get().await.map_err(|_| Failure::Unavailable)?;
+        let mut conn = pool.get().await.map_err(|err| InsertError::Pool(Arc::new(err)))?;
         let keyed: Vec<(&str, Uuid, &str, i64)> = pending
             .iter()
             .filter_map(|task| {
@@ -148,12 +107,7 @@ async fn insert_all(pool: &Pool, pending: &[PendingTask]) -> Vec<Result<Task, Fa
             })
             .await
         };
-        // Classified as a lone upload's error would be (`From<diesel::result::Error> for ApiError`).
-        inserted.map_err(|err| match ApiError::from(err) {
-            ApiError::Unavailable(_) => Failure::Unavailable,
-            ApiError::Internal(cause) => Failure::Internal(format!("cannot insert the task: {cause:#}")),
-            other => Failure::Internal(format!("cannot insert the task: {other}")),
-        })
+        inserted.map_err(|err| InsertError::Query(Arc::new(err)))
     }
     .await;
     match rows {
@@ -163,8 +117,8 @@ async fn insert_all(pool: &Pool, pending: &[PendingTask]) -> Vec<Result<Task, Fa
                 .iter()
                 .map(|task| match rows.remove(&task.task_id) {
                     Some(row) => Ok(row),
-                    None if task.idempotency_key.is_some() => Err(Failure::KeyTakenOver),
-                    None => Err(Failure::Internal("the inserted row was not returned".into())),
+                    None if task.idempotency_key.is_some() => Err(InsertError::KeyTakenOver),
+                    None => Err(InsertError::RowMissing),
                 })
                 .collect()
         }

@@ -1,58 +1,266 @@
 //! The one error type of every handler, rendered as `application/problem+json` (RFC 9457).
+//!
+//! Each meaning has its own constructor, which decides the problem's type URI, status and extra
+//! headers where the error is made; the underlying error (diesel, IO, a batch) stays attached as
+//! the `source()` and is logged once, with its whole chain, by [`log_failures`].
 
-use axum::http::{HeaderValue, StatusCode, header};
+use std::borrow::Cow;
+use std::io;
+
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// Everything a request can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// The body is not `multipart/form-data`.
-    #[error("the request body must be multipart/form-data with a part named \"file\"")]
-    UnsupportedMediaType,
-    /// Malformed multipart, an unexpected part, a bad query.
-    #[error("{0}")]
-    BadRequest(String),
-    /// The form has no `file` part (or the request has no form at all).
-    #[error("the form has no part named \"file\"")]
-    MissingFilePart,
-    /// The upload is larger than `MAX_UPLOAD_BYTES`.
-    #[error("the upload is larger than the limit of {limit} bytes")]
-    PayloadTooLarge {
-        /// The configured limit.
-        limit: u64,
-    },
-    /// The body stalled, or arrived slower than the configured minimum rate.
-    #[error("{0}")]
-    RequestTimeout(String),
-    /// Unknown task id, or not a UUID.
-    #[error("task {0} was not found")]
-    NotFound(String),
-    /// `API_KEY` is set and the bearer token is missing or wrong.
-    #[error("a valid `Authorization: Bearer <key>` header is required")]
-    Unauthorized,
-    /// Postgres cannot be reached, or the api is at its upload limit.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The upload volume is full.
-    #[error("the upload volume is full")]
-    InsufficientStorage,
-    /// The `Idempotency-Key`'s first upload is still in progress.
-    #[error("{0}")]
-    Conflict(String),
-    /// The `Idempotency-Key` was used for a different request.
-    #[error("{0}")]
-    Unprocessable(String),
-    /// Anything unexpected; the cause is logged, never sent.
-    #[error("internal error")]
-    Internal(#[source] anyhow::Error),
-}
+use crate::commits::InsertError;
+use crate::storage::StorageError;
 
 /// Seconds a client is told to wait after a 503.
 pub const RETRY_AFTER_SECONDS: u64 = 5;
 /// Seconds a client is told to wait after a 409 (its key's first upload is still streaming).
 pub const CONFLICT_RETRY_AFTER_SECONDS: u64 = 1;
 
+/// What the database's unavailability tells the client.
+const DATABASE_UNREACHABLE: &str = "the database is unreachable; try again shortly";
+
+/// Everything a request can fail with: a problem (type, status, detail, extra headers) and the
+/// error that caused it, if any.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    /// The last segment of the problem's type URI (`/problems/<slug>`).
+    slug: &'static str,
+    detail: Cow<'static, str>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    /// True for the two ways a request has no `file` field at all (the compatibility routes
+    /// answer those as FastAPI did).
+    no_file_field: bool,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl ApiError {
+    fn new(status: StatusCode, slug: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
+        ApiError {
+            status,
+            slug,
+            detail: detail.into(),
+            headers: Vec::new(),
+            no_file_field: false,
+            source: None,
+        }
+    }
+
+    fn with_source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// 415: the body is not `multipart/form-data`.
+    pub fn unsupported_media_type() -> Self {
+        let mut err = ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "the request body must be multipart/form-data with a part named \"file\"",
+        );
+        err.no_file_field = true;
+        err
+    }
+
+    /// 400: malformed multipart, an unexpected part, a bad header or query.
+    pub fn bad_request(detail: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad-request", detail)
+    }
+
+    /// 400: the form has no `file` part (or the request has no form at all).
+    pub fn missing_file_part() -> Self {
+        let mut err = ApiError::bad_request("the form has no part named \"file\"");
+        err.no_file_field = true;
+        err
+    }
+
+    /// 400: the body ended before the form did (the client went away or broke the stream).
+    pub fn upload_interrupted(cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        let cause = cause.into();
+        ApiError::bad_request(format!("the upload was interrupted: {cause}")).with_source(cause)
+    }
+
+    /// 413: the upload is larger than `MAX_UPLOAD_BYTES`.
+    pub fn payload_too_large(limit: u64) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("the upload is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// 408: the body stalled, or arrived slower than the configured minimum rate.
+    pub fn request_timeout(detail: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "request-timeout", detail)
+    }
+
+    /// 404: no task has this id (`id` is how the request spelled it).
+    pub fn task_not_found(id: impl std::fmt::Display) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("task {id} was not found"))
+    }
+
+    /// 401: `API_KEY` is set and the bearer token is missing or wrong.
+    pub fn unauthorized() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer <key>` header is required",
+        )
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    }
+
+    /// 503 with `Retry-After`: the service cannot take this request now (`detail` says why).
+    pub fn unavailable(detail: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", detail)
+            .with_header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS))
+    }
+
+    /// 503 with `Retry-After`: Postgres cannot be reached (`cause` is logged, not sent).
+    pub fn database_unavailable(
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        ApiError::unavailable(DATABASE_UNREACHABLE).with_source(cause)
+    }
+
+    /// 507: the upload volume is full.
+    pub fn insufficient_storage() -> Self {
+        ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage", "the upload volume is full")
+    }
+
+    /// 409 with `Retry-After`: the `Idempotency-Key`'s first upload is still in progress.
+    pub fn idempotency_key_in_use() -> Self {
+        ApiError::idempotency_conflict(
+            "an upload with this Idempotency-Key is still in progress; try again when it has finished",
+        )
+    }
+
+    /// 409 with `Retry-After`: this upload's `Idempotency-Key` reservation ran out while it was
+    /// stalled, and another upload with the key took it over.
+    pub fn idempotency_key_taken_over() -> Self {
+        ApiError::idempotency_conflict(
+            "another upload with this Idempotency-Key took it over while this one was stalled",
+        )
+    }
+
+    fn idempotency_conflict(detail: &'static str) -> Self {
+        ApiError::new(StatusCode::CONFLICT, "idempotency-key-in-use", detail)
+            .with_header(header::RETRY_AFTER, HeaderValue::from(CONFLICT_RETRY_AFTER_SECONDS))
+    }
+
+    /// 422: the `Idempotency-Key` was used for a different request (`detail` says how it differs).
+    pub fn idempotency_key_reused(detail: String) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", detail)
+    }
+
+    /// 500: anything unexpected; the cause is logged, never sent.
+    pub fn internal(cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").with_source(cause)
+    }
+
+    /// A failed Postgres statement: 503 when the connection is gone (the database is down or
+    /// unreachable), 500 for anything else.
+    pub fn database(err: diesel::result::Error) -> Self {
+        if is_connection_lost(&err) { ApiError::database_unavailable(err) } else { ApiError::internal(err) }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// True when the request had no `file` field at all: not a form, or a form without it.
+    pub fn is_missing_file_field(&self) -> bool {
+        self.no_file_field
+    }
+
+    /// The problem document for this error.
+    pub fn problem(&self) -> Problem {
+        Problem {
+            kind: format!("/problems/{}", self.slug),
+            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: self.status.as_u16(),
+            detail: self.detail.to_string(),
+        }
+    }
+
+    /// What the log line says: the detail, then every cause in its chain.
+    fn cause_chain(&self) -> String {
+        let mut chain = self.detail.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            chain.push_str(": ");
+            chain.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        chain
+    }
+}
+
+fn is_connection_lost(err: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    matches!(
+        err,
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _)
+    )
+}
+
+impl From<diesel::result::Error> for ApiError {
+    fn from(err: diesel::result::Error) -> Self {
+        ApiError::database(err)
+    }
+}
+
+impl From<shared::db::PoolError> for ApiError {
+    fn from(err: shared::db::PoolError) -> Self {
+        ApiError::database_unavailable(err)
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(err: StorageError) -> Self {
+        match err.kind() {
+            io::ErrorKind::StorageFull => ApiError::insufficient_storage().with_source(err),
+            io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
+                ApiError::unavailable(format!("the upload volume is not writable: {}", err.io_error()))
+                    .with_source(err)
+            }
+            _ => ApiError::internal(err),
+        }
+    }
+}
+
+impl From<InsertError> for ApiError {
+    fn from(err: InsertError) -> Self {
+        match err {
+            InsertError::Pool(_) => ApiError::database_unavailable(err),
+            InsertError::Query(ref query) if is_connection_lost(query) => ApiError::database_unavailable(err),
+            InsertError::KeyTakenOver => ApiError::idempotency_key_taken_over(),
+            InsertError::Query(_) | InsertError::RowMissing | InsertError::Batch(_) => {
+                ApiError::internal(err)
+            }
+        }
+    }
+}
 /// RFC 9457 problem details.
 #[derive(Debug, Serialize, Clone, utoipa::ToSchema)]
 #[schema(example = json!({"type": "/problems/payload-too-large", "title": "Payload Too Large", "status": 413, "detail": "the upload is larger than the limit of 1000 bytes"}))]
@@ -96,71 +304,6 @@ pub enum UploadRefusals {
     InsufficientStorage(Problem),
 }
 
-impl ApiError {
-    /// The HTTP status of this error.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::BadRequest(_) | ApiError::MissingFilePart => StatusCode::BAD_REQUEST,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    fn slug(&self) -> &'static str {
-        match self {
-            ApiError::UnsupportedMediaType => "unsupported-media-type",
-            ApiError::BadRequest(_) | ApiError::MissingFilePart => "bad-request",
-            ApiError::PayloadTooLarge { .. } => "payload-too-large",
-            ApiError::RequestTimeout(_) => "request-timeout",
-            ApiError::NotFound(_) => "not-found",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::Unavailable(_) => "service-unavailable",
-            ApiError::InsufficientStorage => "insufficient-storage",
-            ApiError::Conflict(_) => "idempotency-key-in-use",
-            ApiError::Unprocessable(_) => "idempotency-key-reused",
-            ApiError::Internal(_) => "internal",
-        }
-    }
-
-    /// The problem document for this error.
-    pub fn problem(&self) -> Problem {
-        let status = self.status();
-        Problem {
-            kind: format!("/problems/{}", self.slug()),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: status.as_u16(),
-            detail: self.to_string(),
-        }
-    }
-}
-
-impl From<diesel::result::Error> for ApiError {
-    fn from(err: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind, Error};
-        match err {
-            Error::DatabaseError(
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-                _,
-            ) => ApiError::Unavailable("the database is unreachable; try again shortly".into()),
-            other => ApiError::Internal(other.into()),
-        }
-    }
-}
-
-impl From<shared::db::PoolError> for ApiError {
-    fn from(_: shared::db::PoolError) -> Self {
-        ApiError::Unavailable("the database is unreachable; try again shortly".into())
-    }
-}
-
 /// The cause of a failed request, carried in the response's extensions from
 /// [`IntoResponse`] (which logs nothing) to [`log_failures`] (which logs it, once).
 #[derive(Debug, Clone)]
@@ -168,7 +311,8 @@ pub struct FailureCause(pub String);
 
 /// Logs every failed request once, inside its request span, at the level its status deserves:
 /// 5xx at ERROR with the cause, 503 and 507 (an outage the operator may already know of, a full
-/// volume) at WARN, 4xx at DEBUG (the client's mistake, not the service's).
+/// volume) at WARN, 4xx at DEBUG (the client's mistake, not the service's). The cause is the
+/// problem's detail followed by the error chain behind it (a diesel or IO message, say).
 pub async fn log_failures(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
@@ -190,24 +334,52 @@ pub async fn log_failures(request: axum::extract::Request, next: axum::middlewar
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let problem = self.problem();
-        let mut response = (self.status(), axum::Json(problem)).into_response();
-        let cause = match &self {
-            ApiError::Internal(cause) => format!("{cause:#}"),
-            other => other.to_string(),
-        };
-        response.extensions_mut().insert(FailureCause(cause));
+        let mut response = (self.status, axum::Json(self.problem())).into_response();
+        response.extensions_mut().insert(FailureCause(self.cause_chain()));
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if matches!(self, ApiError::Unavailable(_)) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-        }
-        if matches!(self, ApiError::Conflict(_)) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(CONFLICT_RETRY_AFTER_SECONDS));
-        }
-        if matches!(self, ApiError::Unauthorized) {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        for (name, value) in self.headers {
+            headers.insert(name, value);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_database_connection_is_a_503_whose_log_line_keeps_the_diesel_message() {
+        let lost = diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ClosedConnection,
+            Box::new("server closed the connection unexpectedly".to_owned()),
+        );
+        let err = ApiError::from(lost);
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.problem().detail, DATABASE_UNREACHABLE);
+        let response = err.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        let logged = &response.extensions().get::<FailureCause>().unwrap().0;
+        assert!(logged.contains("server closed the connection unexpectedly"), "{logged}");
+    }
+
+    #[test]
+    fn an_unexpected_error_is_an_opaque_500_whose_log_line_keeps_the_whole_chain() {
+        let cause = anyhow::anyhow!("disk on fire").context("cannot insert the task");
+        let response = ApiError::internal(cause).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let logged = &response.extensions().get::<FailureCause>().unwrap().0;
+        assert_eq!(logged, "internal error: cannot insert the task: disk on fire");
+    }
+
+    #[test]
+    fn each_idempotency_problem_carries_its_own_type_and_headers() {
+        let in_use = ApiError::idempotency_key_in_use().into_response();
+        assert_eq!(in_use.status(), StatusCode::CONFLICT);
+        assert_eq!(in_use.headers()[header::RETRY_AFTER], "1");
+        let reused = ApiError::idempotency_key_reused("other file".into());
+        assert_eq!(reused.problem().kind, "/problems/idempotency-key-reused");
+        assert!(reused.into_response().headers().get(header::RETRY_AFTER).is_none());
     }
 }

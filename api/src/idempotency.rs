@@ -44,10 +44,10 @@ impl IdempotencyKey {
         let mut values = headers.get_all(HEADER).iter();
         let Some(value) = values.next() else { return Ok(None) };
         if values.next().is_some() {
-            return Err(ApiError::BadRequest("send one Idempotency-Key header, not several".into()));
+            return Err(ApiError::bad_request("send one Idempotency-Key header, not several"));
         }
         let invalid = || {
-            ApiError::BadRequest(format!(
+            ApiError::bad_request(format!(
                 "Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters (a UUID is a good key)"
             ))
         };

@@ -7,6 +7,7 @@ pub mod body;
 pub mod commits;
 pub mod config;
 pub mod error;
+pub mod form;
 pub mod idempotency;
 pub mod notify;
 pub mod openapi;
@@ -15,6 +16,7 @@ pub mod routes;
 pub mod serve;
 pub mod slots;
 pub mod state;
+pub mod storage;
 pub mod upload;
 
 use std::future::Future;
@@ -51,7 +53,7 @@ pub async fn run(
     let stop_listening = CancellationToken::new();
     let finished =
         notify::FinishedTasks::listen(config.database.database_url.clone(), stop_listening.clone());
-    upload::spawn_part_janitor(
+    storage::janitor::spawn(
         config.storage.upload_dir.clone(),
         config.body_bounds().idle,
         stop_listening.clone(),
@@ -62,10 +64,12 @@ pub async fn run(
         grace: Duration::from_secs(config.shutdown_grace_seconds),
         max_connections: config.max_connections,
     };
-    let commits = commits::Commits::spawn(&config.storage.upload_dir, &pool);
+    let commits = commits::Commits::spawn(&pool);
+    let storage = storage::Storage::new(&config.storage.upload_dir, config.min_free_bytes);
     let state = AppState {
         upload_slots: slots::UploadSlots::new(config.max_concurrent_uploads, config.uploads_per_client()),
         config: Arc::new(config),
+        storage,
         commits,
         pool,
         queue,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use shared::JobMessage;
-use shared::batch::Batcher;
+use shared::batch::{BatchError, Batcher};
 
 /// XADDs every job in one pipeline (one round trip).
 async fn add_all(mut connection: ConnectionManager, stream: &str, jobs: &[JobMessage]) -> anyhow::Result<()> {
@@ -63,7 +63,7 @@ impl JobQueue {
 
     /// XADDs the job (pipelined with other uploads' jobs); an error means the sweeper will
     /// have to enqueue it later.
-    pub async fn enqueue(&self, job: &JobMessage) -> anyhow::Result<()> {
+    pub async fn enqueue(&self, job: &JobMessage) -> Result<(), BatchError> {
         self.adds.call(job.clone()).await
     }
 

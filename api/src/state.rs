@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::notify::FinishedTasks;
 use crate::queue::JobQueue;
 use crate::slots::UploadSlots;
+use crate::storage::Storage;
 use shared::db::Pool;
 
 /// Shared handler state.
@@ -16,7 +17,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Postgres connections.
     pub pool: Pool,
-    /// The group commits of finished uploads: renames with their folder `fsync`, and rows.
+    /// Where uploads are stored: partial files, and their batched durable renames.
+    pub storage: Storage,
+    /// The group commit of finished uploads' rows.
     pub commits: Commits,
     /// Where uploads are announced to the workers.
     pub queue: JobQueue,

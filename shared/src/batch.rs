@@ -8,10 +8,72 @@
 //! its answer only after the statement that carried its request has completed.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-type Reply<Resp> = oneshot::Sender<Result<Resp, String>>;
+type Reply<Resp> = oneshot::Sender<Result<Resp, BatchError>>;
+
+/// Why a batched request got no response of its own. Every caller of a failed batch gets the
+/// same error, its cause chain intact (`source()` reaches the statement's own error).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BatchError {
+    /// The batch's flush returned an error.
+    #[error("the {batch} batch failed")]
+    Failed {
+        /// The batcher's name.
+        batch: &'static str,
+        /// What the flush returned.
+        #[source]
+        cause: SharedError,
+    },
+    /// The batch's flush panicked.
+    #[error("the {batch} batch panicked")]
+    Panicked {
+        /// The batcher's name.
+        batch: &'static str,
+        /// The panic, as the runtime reported it.
+        #[source]
+        cause: SharedError,
+    },
+    /// The flush answered a different number of responses than it got requests.
+    #[error("the {batch} batch answered {responses} responses for {requests} requests")]
+    Miscounted {
+        /// The batcher's name.
+        batch: &'static str,
+        /// Responses returned.
+        responses: usize,
+        /// Requests given.
+        requests: usize,
+    },
+    /// The batching task is gone (the runtime is shutting down).
+    #[error("the {0} batcher has stopped")]
+    Stopped(&'static str),
+}
+
+/// One error shared by every caller of a batch: cloning shares it, and its `source()` chain is
+/// the original one.
+#[derive(Debug, Clone)]
+pub struct SharedError(Arc<anyhow::Error>);
+
+impl SharedError {
+    fn new(err: impl Into<anyhow::Error>) -> Self {
+        SharedError(Arc::new(err.into()))
+    }
+}
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let inner: &(dyn std::error::Error + 'static) = self.0.as_ref().as_ref();
+        inner.source()
+    }
+}
 
 /// A handle for submitting requests to one batching task; cheap to clone.
 pub struct Batcher<Req, Resp> {
@@ -47,11 +109,13 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                 // On a task of its own, so a panic in one flush fails its batch, not the batcher.
                 let outcome = match tokio::spawn(flush(batch)).await {
                     Ok(Ok(responses)) if responses.len() == size => Ok(responses),
-                    Ok(Ok(responses)) => {
-                        Err(format!("{name}: {} responses for {size} requests", responses.len()))
-                    }
-                    Ok(Err(err)) => Err(format!("{err:#}")),
-                    Err(join) => Err(format!("{name}: {join}")),
+                    Ok(Ok(responses)) => Err(BatchError::Miscounted {
+                        batch: name,
+                        responses: responses.len(),
+                        requests: size,
+                    }),
+                    Ok(Err(err)) => Err(BatchError::Failed { batch: name, cause: SharedError::new(err) }),
+                    Err(join) => Err(BatchError::Panicked { batch: name, cause: SharedError::new(join) }),
                 };
                 match outcome {
                     Ok(responses) => {
@@ -59,9 +123,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
                             let _ = reply.send(Ok(response));
                         }
                     }
-                    Err(message) => {
+                    Err(err) => {
                         for reply in replies {
-                            let _ = reply.send(Err(message.clone()));
+                            let _ = reply.send(Err(err.clone()));
                         }
                     }
                 }
@@ -71,16 +135,10 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     }
 
     /// Submits `request` with the next batch and waits for its own response.
-    pub async fn call(&self, request: Req) -> anyhow::Result<Resp> {
+    pub async fn call(&self, request: Req) -> Result<Resp, BatchError> {
         let (reply, response) = oneshot::channel();
-        self.requests
-            .send((request, reply))
-            .map_err(|_| anyhow::anyhow!("the {} batcher has stopped", self.name))?;
-        match response.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(message)) => Err(anyhow::anyhow!(message)),
-            Err(_) => Err(anyhow::anyhow!("the {} batcher dropped the request", self.name)),
-        }
+        self.requests.send((request, reply)).map_err(|_| BatchError::Stopped(self.name))?;
+        response.await.map_err(|_| BatchError::Stopped(self.name))?
     }
 }
 
@@ -126,8 +184,9 @@ mod tests {
                 _ => Ok(batch),
             }
         });
-        assert_eq!(batcher.call(0).await.unwrap_err().to_string(), "the statement failed");
-        assert!(batcher.call(1).await.is_err());
+        let failed = anyhow::Error::new(batcher.call(0).await.unwrap_err());
+        assert_eq!(format!("{failed:#}"), "the test batch failed: the statement failed");
+        assert!(matches!(batcher.call(1).await, Err(BatchError::Panicked { .. })));
         assert_eq!(batcher.call(2).await.unwrap(), 2);
     }
 }

@@ -27,6 +27,11 @@ pub const TASK_FINISHED_CHANNEL: &str = "md5_task_finished";
 /// Key of the advisory lock that serializes migration runs across processes.
 const MIGRATION_LOCK_KEY: i64 = 0x6d64_355f_6d69_6772; // "md5_migr"
 
+/// A connection from `pool`, or an error that says there is none (its cause attached).
+pub async fn connection(pool: &Pool) -> anyhow::Result<PooledConnection> {
+    pool.get().await.context("no Postgres connection")
+}
+
 /// Builds the pool: at most `db_pool_size` connections, each tagged with `application_name`,
 /// and no wait (for a connection or a free slot) longer than `db_timeout_ms`.
 pub fn build_pool(args: &DatabaseArgs, application_name: &str) -> anyhow::Result<Pool> {

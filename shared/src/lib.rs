@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod config;
 pub mod db;
+pub mod digest;
 pub mod job;
 pub mod log_line;
 pub mod md5_hex;
@@ -17,6 +18,7 @@ pub mod schema;
 pub mod telemetry;
 pub mod time;
 
+pub use digest::{Algorithm, Digests};
 pub use job::JobMessage;
 pub use log_line::LogLine;
 pub use md5_hex::Md5Hex;

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{Md5Hex, Task, TaskStatus};
+use crate::{Digests, Task, TaskStatus};
 
 /// A results-log line: `{"ts", "task_id", "status", "md5", "size_bytes", "worker", "error"}`.
 ///
@@ -19,8 +19,9 @@ pub struct LogLine {
     pub task_id: Uuid,
     /// `done` or `failed`.
     pub status: TaskStatus,
-    /// The MD5, for `done`.
-    pub md5: Option<Md5Hex>,
+    /// The file's digests, for `done` (written as the `md5` field; `null` for `failed`).
+    #[serde(flatten, with = "crate::digest::nullable_fields")]
+    pub digests: Option<Digests>,
     /// Size of the hashed upload.
     pub size_bytes: i64,
     /// Consumer name of the worker that wrote the line.
@@ -36,7 +37,7 @@ impl LogLine {
             ts: now,
             task_id: task.task_id,
             status: task.status,
-            md5: task.result.clone(),
+            digests: task.digests(),
             size_bytes: task.size_bytes,
             worker: worker.to_owned(),
             error: task.error.clone(),
@@ -61,7 +62,7 @@ mod tests {
             ts: "2026-11-27T19:00:01.456789Z".parse().unwrap(),
             task_id: Uuid::nil(),
             status: TaskStatus::Failed,
-            md5: None,
+            digests: None,
             size_bytes: 3,
             worker: "w1".into(),
             error: Some("bad\n\"name\"".into()),
@@ -76,5 +77,29 @@ mod tests {
         assert_eq!(line.matches('\n').count(), 1);
         let back: LogLine = serde_json::from_str(&line).unwrap();
         assert_eq!(back.ts.to_rfc3339(), "2026-11-27T19:00:01.456+00:00", "milliseconds, read back");
+        assert_eq!(back.digests, None);
+    }
+
+    #[test]
+    fn a_done_line_carries_its_digests_as_the_md5_field() {
+        let md5: crate::Md5Hex = "9e107d9d372bb6826bd81d3542a419d6".parse().unwrap();
+        let line = LogLine {
+            ts: "2026-11-27T19:00:01.456Z".parse().unwrap(),
+            task_id: Uuid::nil(),
+            status: TaskStatus::Done,
+            digests: Some(Digests { md5: md5.clone() }),
+            size_bytes: 43,
+            worker: "w1".into(),
+            error: None,
+        };
+        let json = line.to_json_line();
+        assert!(
+            json.contains(
+                "\"status\":\"done\",\"md5\":\"9e107d9d372bb6826bd81d3542a419d6\",\"size_bytes\":43"
+            ),
+            "{json}"
+        );
+        let back: LogLine = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.digests.map(|digests| digests.md5), Some(md5));
     }
 }

@@ -99,6 +99,13 @@ pub struct Task {
     pub request_id: Option<String>,
 }
 
+impl Task {
+    /// The file's digests, once `done` (the `result` column holds its MD5).
+    pub fn digests(&self) -> Option<crate::Digests> {
+        Some(crate::Digests { md5: self.result.clone()? })
+    }
+}
+
 /// The values the api inserts for a new upload.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = md5_tasks, check_for_backend(Pg))]

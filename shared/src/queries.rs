@@ -11,17 +11,17 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use std::time::Duration;
 use uuid::Uuid;
 
-use crate::md5_hex::Md5Hex;
+use crate::digest::Digests;
 use crate::models::{IdempotencyRecord, NewTask, Task, TaskStatus};
 use crate::schema::md5_tasks::dsl;
 
 /// The result a worker records for a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Hashed: the MD5 as 32 lowercase hex digits.
+    /// Hashed.
     Done {
-        /// The digest.
-        md5: Md5Hex,
+        /// The file's digests.
+        digests: Digests,
     },
     /// Could not be hashed, for this reason.
     Failed {
@@ -118,7 +118,7 @@ pub async fn complete_tasks(
         ids.push(*task_id);
         statuses.push(outcome.status().as_str());
         let (md5, error) = match outcome {
-            Outcome::Done { md5 } => (Some(md5.as_str()), None),
+            Outcome::Done { digests } => (Some(digests.md5.as_str()), None),
             Outcome::Failed { error } => (None, Some(error.as_str())),
         };
         results.push(md5);

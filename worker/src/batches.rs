@@ -10,11 +10,10 @@ use std::time::Duration;
 
 use shared::Task;
 use shared::batch::Batcher;
-use shared::db::Pool;
+use shared::db::{Pool, connection};
 use shared::queries::{self, Outcome};
 use uuid::Uuid;
 
-use crate::job::connection;
 use crate::stream::JobsHandle;
 
 /// Most requests one statement carries.

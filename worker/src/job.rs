@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use shared::db::{Pool, PooledConnection};
+use shared::db::connection;
 use shared::queries::{self, Outcome};
 use shared::{LogLine, Md5Hex, Task};
 use tracing::Instrument as _;
@@ -205,7 +205,7 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
     let hashing = async {
         let _turn = ctx.hashing.acquire().await;
         let started = std::time::Instant::now();
-        let hashed = tokio::task::spawn_blocking(move || crate::hash::md5_file(&path)).await;
+        let hashed = tokio::task::spawn_blocking(move || crate::hash::digest_file(&path)).await;
         (hashed, started.elapsed())
     };
     tokio::pin!(hashing);
@@ -231,11 +231,11 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
         }
     };
     match result {
-        Ok(Ok((md5, size))) if size == task.size_bytes as u64 => {
+        Ok(Ok((digests, size))) if size == task.size_bytes as u64 => {
             metrics::histogram!("md5_hash_duration_seconds").record(took.as_secs_f64());
             metrics::counter!("md5_hashed_bytes_total").increment(size);
             tracing::info!(hash.duration_ms = took.as_millis() as u64, hash.size_bytes = size, "hashed");
-            Outcome::Done { md5 }
+            Outcome::Done { digests }
         }
         Ok(Ok((_, size))) => Outcome::Failed {
             error: format!("the stored upload is {size} bytes, expected {}", task.size_bytes),
@@ -246,11 +246,6 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
         Ok(Err(err)) => Outcome::Failed { error: format!("the uploaded file cannot be read: {err}") },
         Err(join) => Outcome::Failed { error: format!("hashing failed: {join}") },
     }
-}
-
-/// A connection from `pool`, or an error that says there is none.
-pub(crate) async fn connection(pool: &Pool) -> anyhow::Result<PooledConnection> {
-    pool.get().await.map_err(|err| anyhow::anyhow!("no Postgres connection: {err}"))
 }
 
 /// Runs `step` until it succeeds, backing off from 100 ms to 5 s, for at most [`RETRY_FOR`]

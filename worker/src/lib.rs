@@ -10,10 +10,10 @@ pub mod context;
 pub mod fault;
 pub mod hash;
 pub mod job;
+pub mod maintenance;
 pub mod read_loop;
 pub mod results_log;
 pub mod stream;
-pub mod sweeper;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +26,10 @@ use tokio_util::sync::CancellationToken;
 use batches::Batches;
 pub use config::Config;
 use context::JobContext;
+use maintenance::Maintenance;
+use maintenance::log_rotation::RotateOnHangup;
+use maintenance::metrics_server::MetricsServer;
+use maintenance::sweeper::Sweeper;
 use results_log::ResultsLog;
 use stream::Jobs;
 
@@ -74,17 +78,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
             stop.cancel();
         });
     }
+    let metrics_server = match config.metrics_addr {
+        Some(addr) => Some(MetricsServer::bind(addr).await?),
+        None => None,
+    };
     tracing::info!(consumer = %consumer, concurrency, stream = %jobs.stream, group = %jobs.group, "md5-worker started");
-    let sweeper = tokio::spawn(sweep_loop(ctx.clone(), stop.clone()));
-    tokio::spawn(rotate_on_sighup(ctx.log.clone(), stop.clone()));
-    if let Some(addr) = config.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))?;
-        tokio::spawn(serve_metrics(listener, stop.clone()));
+    let mut maintenance = Maintenance::new(stop.clone());
+    maintenance.start(Sweeper { ctx: ctx.clone() });
+    maintenance.start(RotateOnHangup { log: ctx.log.clone() });
+    if let Some(server) = metrics_server {
+        maintenance.start(server);
     }
 
-    let mut running = read_loop::run(ctx.clone(), jobs, stop.clone()).await?;
+    let mut running = read_loop::run(ctx.clone(), jobs).await?;
 
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     tracing::info!(jobs.in_flight = running.len(), "stopping: finishing in-flight jobs");
@@ -96,69 +102,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         );
         running.abort_all();
     }
-    sweeper.abort();
+    maintenance.stop().await;
     tracing::info!("md5-worker stopped");
     Ok(())
-}
-
-/// Serves `GET /metrics` (Prometheus text) until `stop`.
-async fn serve_metrics(listener: tokio::net::TcpListener, stop: CancellationToken) {
-    let handle = shared::telemetry::metrics();
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let handle = handle.clone();
-            async move {
-                (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    handle.render(),
-                )
-            }
-        }),
-    );
-    let served =
-        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-    if let Err(err) = served {
-        tracing::warn!(error = %err, "metrics listener failed");
-    }
-}
-
-/// Rotates the results log whenever the process gets SIGHUP (what logrotate's `postrotate` or
-/// an operator sends), until `stop`.
-async fn rotate_on_sighup(log: ResultsLog, stop: CancellationToken) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; the log rotates by LOG_MAX_BYTES only");
-        return;
-    };
-    loop {
-        tokio::select! {
-            received = hangups.recv() => {
-                if received.is_none() {
-                    return;
-                }
-                match log.rotate().await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => tracing::info!("SIGHUP: the results log is empty; nothing to rotate"),
-                    Err(err) => tracing::warn!(error = %err, "SIGHUP: cannot rotate the results log"),
-                }
-            }
-            () = stop.cancelled() => return,
-        }
-    }
-}
-
-async fn sweep_loop(ctx: Arc<JobContext>, stop: CancellationToken) {
-    let mut ticker = tokio::time::interval(ctx.config.sweep_interval());
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            () = stop.cancelled() => return,
-        }
-        if let Err(err) = sweeper::sweep_once(&ctx).await {
-            tracing::warn!(error = format!("{err:#}"), "sweep failed; trying again next interval");
-        }
-    }
 }
 
 /// The durable and the bookkeeping pool's sizes for `DB_POOL_SIZE` connections in all: half

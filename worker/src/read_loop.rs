@@ -1,5 +1,6 @@
 //! The read loop: takes a free job slot, reads new entries from the group (or takes over idle
-//! ones, every half `CLAIM_IDLE_MS`), and runs each delivery as a job of its own, until `stop`.
+//! ones, every half `CLAIM_IDLE_MS`), and runs each delivery as a job of its own, until the
+//! worker's shutdown token (`JobContext::shutdown`) is cancelled.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +14,9 @@ use crate::context::JobContext;
 use crate::job;
 use crate::stream::Jobs;
 
-/// Runs until `stop`; returns the jobs still running, for the caller's grace period.
-pub async fn run(
-    ctx: Arc<JobContext>,
-    mut jobs: Jobs,
-    stop: CancellationToken,
-) -> anyhow::Result<JoinSet<()>> {
+/// Runs until shutdown; returns the jobs still running, for the caller's grace period.
+pub async fn run(ctx: Arc<JobContext>, mut jobs: Jobs) -> anyhow::Result<JoinSet<()>> {
+    let stop = ctx.shutdown.clone();
     let concurrency = ctx.config.concurrency();
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();

@@ -105,11 +105,19 @@ pub async fn create_hash(
     let client = client.map(|Extension(ClientAddr(ip))| ip);
     let request_id = super::request_id(&headers);
     // The older service knew no Idempotency-Key: the header is ignored here.
-    match upload::receive(&state, &headers, body, request_id, client, upload::Parts::Lenient, None).await {
+    let request = upload::UploadRequest {
+        headers: &headers,
+        body,
+        request_id,
+        client,
+        parts: upload::Parts::Lenient,
+        key: None,
+    };
+    match upload::receive(&state, request).await {
         Ok(upload) => Ok(Json(CreatedTask { task_id: upload.task.task_id }).into_response()),
         // FastAPI reads a form only from a form body: anything else, or a form without the
         // field, is a missing `file`.
-        Err(ApiError::MissingFilePart | ApiError::UnsupportedMediaType) => {
+        Err(err) if err.is_missing_file_field() => {
             Ok(unprocessable(["body", "file"], "field required", "value_error.missing"))
         }
         Err(err) => Err(err),

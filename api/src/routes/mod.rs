@@ -72,7 +72,7 @@ async fn require_api_key(
             .unwrap_or("");
         let matches: bool = presented.as_bytes().ct_eq(expected.as_bytes()).into();
         if !matches {
-            return Err(ApiError::Unauthorized);
+            return Err(ApiError::unauthorized());
         }
     }
     Ok(next.run(request).await)

@@ -122,23 +122,19 @@ pub async fn create_hash(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = IdempotencyKey::from_headers(&headers)?;
-    let upload = upload::receive(
-        &state,
-        &headers,
+    let request = upload::UploadRequest {
+        headers: &headers,
         body,
-        super::request_id(&headers),
-        client.map(|Extension(ClientAddr(ip))| ip),
-        upload::Parts::Strict,
+        request_id: super::request_id(&headers),
+        client: client.map(|Extension(ClientAddr(ip))| ip),
+        parts: upload::Parts::Strict,
         key,
-    )
-    .await?;
+    };
+    let upload = upload::receive(&state, request).await?;
     let location = format!("/api/v1/hashes/{}", upload.task.task_id);
     let mut response = (StatusCode::ACCEPTED, Json(TaskView::from(upload.task))).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::LOCATION,
-        HeaderValue::from_str(&location).map_err(|err| ApiError::Internal(err.into()))?,
-    );
+    headers.insert(header::LOCATION, HeaderValue::from_str(&location).map_err(ApiError::internal)?);
     if upload.replayed {
         headers.insert(REPLAYED, HeaderValue::from_static("true"));
     }
@@ -175,9 +171,9 @@ pub async fn get_hash(
     query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Json<TaskView>, ApiError> {
     // A path that is not even text cannot name a task: 404, like any other unknown id.
-    let Path(id) = id.map_err(|_| ApiError::NotFound("(invalid id)".into()))?;
-    let Query(query) = query.map_err(|err| ApiError::BadRequest(err.body_text()))?;
-    let task_id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound(id.clone()))?;
+    let Path(id) = id.map_err(|_| ApiError::task_not_found("(invalid id)"))?;
+    let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
+    let task_id = Uuid::parse_str(&id).map_err(|_| ApiError::task_not_found(&id))?;
     let wait = parse_wait(query.wait.as_deref(), state.config.max_wait_seconds)?;
     let task = if wait.is_zero() {
         load(&state, task_id).await?
@@ -196,7 +192,7 @@ fn parse_wait(raw: Option<&str>, max_seconds: u64) -> Result<Duration, ApiError>
         .ok()
         .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s <= max_seconds as f64)
         .ok_or_else(|| {
-            ApiError::BadRequest(format!("wait must be a number of seconds from 0 to {max_seconds}"))
+            ApiError::bad_request(format!("wait must be a number of seconds from 0 to {max_seconds}"))
         })?;
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -204,7 +200,7 @@ fn parse_wait(raw: Option<&str>, max_seconds: u64) -> Result<Duration, ApiError>
 /// Loads a task or fails with 404.
 pub async fn load(state: &AppState, task_id: Uuid) -> Result<Task, ApiError> {
     let mut conn = state.pool.get().await?;
-    queries::find_task(&mut conn, task_id).await?.ok_or_else(|| ApiError::NotFound(task_id.to_string()))
+    queries::find_task(&mut conn, task_id).await?.ok_or_else(|| ApiError::task_not_found(task_id))
 }
 
 /// Answers as soon as the task is finished (woken by its notification), or after `wait`.

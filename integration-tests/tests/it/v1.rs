@@ -37,7 +37,7 @@ async fn a_multi_megabyte_upload_is_hashed_logged_once_and_its_file_deleted() {
     .unwrap();
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0].task_id.to_string(), id);
-    assert_eq!(lines[0].md5.as_ref().map(shared::Md5Hex::as_str), Some(expected.as_str()));
+    assert_eq!(lines[0].digests.as_ref().map(|digests| digests.md5.as_str()), Some(expected.as_str()));
     integration_tests::eventually(Duration::from_secs(10), "the upload to be deleted", || async {
         app.upload_files().is_empty().then_some(())
     })

@@ -44,7 +44,7 @@ async fn three_worker_processes_finish_every_upload_with_exactly_one_log_line_ea
     for line in &lines {
         let id = line.task_id.to_string();
         assert_eq!(
-            line.md5.as_ref().map(shared::Md5Hex::as_str),
+            line.digests.as_ref().map(|digests| digests.md5.as_str()),
             Some(expected[&id].as_str()),
             "md5 of {id}"
         );

@@ -8,11 +8,43 @@
 use std::sync::Arc;
 
 use shared::{JobMessage, queries};
+use tokio_util::sync::CancellationToken;
 
-use crate::job::JobContext;
+use super::Service;
+use crate::context::JobContext;
 
 /// Most tasks re-enqueued per sweep.
 const SWEEP_BATCH: i64 = 5000;
+
+/// Sweeps every `SWEEP_INTERVAL_MS`.
+pub struct Sweeper {
+    /// What the jobs share: the pools, the stream and the settings.
+    pub ctx: Arc<JobContext>,
+}
+
+impl Service for Sweeper {
+    fn name(&self) -> &'static str {
+        "sweeper"
+    }
+
+    async fn run(self, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.ctx.config.sweep_interval());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let swept = tokio::select! {
+                swept = sweep_once(&self.ctx) => swept,
+                () = stop.cancelled() => return,
+            };
+            if let Err(err) = swept {
+                tracing::warn!(error = format!("{err:#}"), "sweep failed; trying again next interval");
+            }
+        }
+    }
+}
 
 /// Runs one sweep if this worker gets the turn; returns how many tasks it re-enqueued.
 pub async fn sweep_once(ctx: &Arc<JobContext>) -> anyhow::Result<usize> {
@@ -21,8 +53,7 @@ pub async fn sweep_once(ctx: &Arc<JobContext>) -> anyhow::Result<usize> {
         return Ok(0);
     }
     let candidates = {
-        let mut conn =
-            ctx.pool.get().await.map_err(|err| anyhow::anyhow!("no Postgres connection: {err}"))?;
+        let mut conn = shared::db::connection(&ctx.pool).await?;
         queries::tasks_to_sweep(&mut conn, interval, SWEEP_BATCH).await?
     };
     if candidates.is_empty() {

@@ -1,0 +1,73 @@
+//! The janitor of `UPLOAD_DIR`: removes the partial files of uploads whose api died mid-body.
+//!
+//! Its rule: a live upload receives bytes at least every `BODY_IDLE_TIMEOUT_SECONDS` (else it
+//! is cut) and writes them at least every [`PART_TOUCH_INTERVAL`], so a partial file untouched
+//! for twice that long belongs to no live upload. Every api sharing the volume must use the same
+//! `BODY_IDLE_TIMEOUT_SECONDS`. (An upload that may pause between requests needs a rule of its
+//! own: this one would remove it.)
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use super::PART_TOUCH_INTERVAL;
+
+/// Longest pause between two looks for partial files of uploads that died with their api.
+const JANITOR_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Age past which a partial file belongs to an upload that is no longer alive, for bodies cut
+/// after `idle` without a byte.
+pub fn stale_part_age(idle: Duration) -> Duration {
+    2 * (idle + PART_TOUCH_INTERVAL)
+}
+
+/// Removes partial files (`.<id>.part`) older than `older_than` from `upload_dir`: what an api
+/// killed mid-upload leaves behind. Safe beside other apis' live uploads (see [`stale_part_age`]).
+/// Returns how many it removed.
+pub fn remove_stale_parts(upload_dir: &Path, older_than: Duration) -> io::Result<usize> {
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in std::fs::read_dir(upload_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with('.') && name.ends_with(".part")) {
+            continue;
+        }
+        let Ok(modified) = entry.metadata().and_then(|meta| meta.modified()) else { continue };
+        if now.duration_since(modified).is_ok_and(|age| age > older_than)
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Runs [`remove_stale_parts`] now, then every [`stale_part_age`] (at most every
+/// [`JANITOR_INTERVAL`]) until `stop`.
+pub fn spawn(upload_dir: PathBuf, idle: Duration, stop: CancellationToken) {
+    let older_than = stale_part_age(idle);
+    let interval = older_than.min(JANITOR_INTERVAL);
+    tokio::spawn(async move {
+        loop {
+            let dir = upload_dir.clone();
+            match tokio::task::spawn_blocking(move || remove_stale_parts(&dir, older_than)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => {
+                    tracing::info!(files.removed = removed, "removed partial files of dead uploads")
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "cannot scan UPLOAD_DIR for stale partial files")
+                }
+                Err(err) => tracing::warn!(error = %err, "stale partial file scan panicked"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,277 @@
+//! Upload storage: how an upload's bytes reach `UPLOAD_DIR` durably, and who may remove them.
+//!
+//! An upload is written to its partial file `.<task id>.part` ([`PartFile`], through two write
+//! buffers on blocking threads), flushed to disk, then renamed to its final name (the task id)
+//! in a batch with other uploads' renames that share one folder `fsync` ([`Storage::promote`]).
+//! A partial file is removed unless its owner [keeps](PartFile::keep) it, and what an api killed
+//! mid-upload leaves behind is removed by the [`janitor`].
+//!
+//! **This module knows nothing about HTTP, multipart or Postgres**: every upload protocol (one
+//! request, or several that each append a part) stores its bytes through it.
+
+pub mod janitor;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shared::batch::{BatchError, Batcher};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Size of each of the two write buffers of an upload (one filling, one being written).
+pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// A live upload writes to its partial file at least this often (when bytes arrive at all), so
+/// the age of a partial file tells whether its upload is still alive (see [`janitor`]).
+pub const PART_TOUCH_INTERVAL: Duration = Duration::from_secs(5);
+/// Most renames one folder `fsync` carries.
+const MAX_RENAME_BATCH: usize = 256;
+
+/// Why storing an upload failed: the file-system error (its kind tells a full volume from a
+/// read-only one) and what was being done.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// A file-system call failed.
+    #[error("{action}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The error, shared by every upload of a batch.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// A blocking write or the rename batch did not complete.
+    #[error("the upload's {0} did not complete")]
+    Task(&'static str, #[source] Arc<dyn std::error::Error + Send + Sync>),
+}
+
+impl StorageError {
+    fn io(action: &'static str, err: io::Error) -> Self {
+        StorageError::Io { action, source: Arc::new(err) }
+    }
+
+    /// The kind of the file-system error (`Other` when the failure was not one).
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            StorageError::Io { source, .. } => source.kind(),
+            StorageError::Task(..) => io::ErrorKind::Other,
+        }
+    }
+
+    /// The file-system error itself, for a message that names it.
+    pub fn io_error(&self) -> &dyn std::error::Error {
+        match self {
+            StorageError::Io { source, .. } => &**source,
+            StorageError::Task(_, source) => &**source,
+        }
+    }
+}
+
+/// The upload folder and its rename batcher; cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    dir: PathBuf,
+    min_free_bytes: u64,
+    renames: Batcher<(PathBuf, PathBuf), Result<(), StorageError>>,
+}
+
+impl Storage {
+    /// Storage in `dir`, refusing new uploads when less than `min_free_bytes` are free.
+    pub fn new(dir: &Path, min_free_bytes: u64) -> Self {
+        let folder = dir.to_owned();
+        let renames = Batcher::spawn("rename", MAX_RENAME_BATCH, move |moves: Vec<(PathBuf, PathBuf)>| {
+            let folder = folder.clone();
+            async move { Ok(tokio::task::spawn_blocking(move || rename_all_and_sync(&folder, &moves)).await?) }
+        });
+        Storage { dir: dir.to_owned(), min_free_bytes, renames }
+    }
+
+    /// The upload folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Fails with [`io::ErrorKind::StorageFull`] when the folder has less than the reserve free.
+    pub fn check_free_space(&self) -> Result<(), StorageError> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let stats = rustix::fs::statvfs(&self.dir)
+            .map_err(|err| StorageError::io("cannot stat UPLOAD_DIR", err.into()))?;
+        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+        if free < self.min_free_bytes {
+            return Err(StorageError::io(
+                "the upload volume is below its free-space reserve",
+                io::Error::new(io::ErrorKind::StorageFull, format!("{free} bytes free")),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The partial file of a new upload for `task_id` (created on its first write).
+    pub fn create(&self, task_id: Uuid) -> PartFile {
+        PartFile {
+            partial: self.dir.join(format!(".{task_id}.part")),
+            stored: shared::config::upload_path(&self.dir, task_id),
+            file: None,
+            in_flight: None,
+            kept: false,
+        }
+    }
+
+    /// Renames `part`'s finished, flushed file to its final name and makes the rename durable,
+    /// in a batch with other uploads' renames (one folder `fsync` for all).
+    pub async fn promote(&self, part: &mut PartFile) -> Result<(), StorageError> {
+        part.wait().await?;
+        part.file = None;
+        let done = self.renames.call((part.partial.clone(), part.stored.clone())).await;
+        done.map_err(|err: BatchError| StorageError::Task("rename", Arc::new(err)))?
+    }
+}
+
+fn rename_all_and_sync(upload_dir: &Path, moves: &[(PathBuf, PathBuf)]) -> Vec<Result<(), StorageError>> {
+    let mut done: Vec<Result<(), StorageError>> = moves
+        .iter()
+        .map(|(from, to)| {
+            std::fs::rename(from, to).map_err(|err| StorageError::io("cannot rename the upload", err))
+        })
+        .collect();
+    if done.iter().any(Result::is_ok) {
+        let synced = std::fs::File::open(upload_dir).and_then(|dir| dir.sync_all());
+        if let Err(err) = synced {
+            let failure = StorageError::io("cannot flush the upload folder", err);
+            for result in done.iter_mut().filter(|result| result.is_ok()) {
+                *result = Err(failure.clone());
+            }
+        }
+    }
+    done
+}
+
+/// What a blocking write gives back: the file to write to next, and the emptied buffer.
+type WriteDone = (std::fs::File, Vec<u8>);
+
+/// The files of one upload in progress, and the blocking write in flight; removed unless
+/// [`PartFile::keep`] was called. This covers errors, panics and a client that disconnects
+/// (the handler future is dropped): a write still running on a blocking thread is awaited
+/// before the files are removed, so it cannot recreate one afterwards.
+pub struct PartFile {
+    partial: PathBuf,
+    stored: PathBuf,
+    file: Option<std::fs::File>,
+    in_flight: Option<JoinHandle<io::Result<WriteDone>>>,
+    kept: bool,
+}
+
+impl PartFile {
+    /// Waits for the previous write, then starts writing `buffer` (creating the file on the
+    /// first call) and gives back the previous write's buffer, emptied, to fill next. With
+    /// `last`, also waits for this write and flushes the file to disk.
+    pub async fn write(&mut self, buffer: Vec<u8>, last: bool) -> Result<Vec<u8>, StorageError> {
+        let spare = self.wait().await?;
+        let file = self.file.take();
+        let partial = self.partial.clone();
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let mut file = match file {
+                Some(file) => file,
+                None => std::fs::OpenOptions::new().write(true).create_new(true).open(&partial)?,
+            };
+            file.write_all(&buffer)?;
+            if last {
+                file.sync_data()?;
+            }
+            Ok((file, buffer))
+        }));
+        if last {
+            self.wait().await?;
+        }
+        Ok(spare
+            .map(|mut spare| {
+                spare.clear();
+                spare
+            })
+            .unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER_BYTES)))
+    }
+
+    /// Waits for the write in flight, if any; returns its buffer.
+    async fn wait(&mut self) -> Result<Option<Vec<u8>>, StorageError> {
+        let Some(in_flight) = self.in_flight.as_mut() else { return Ok(None) };
+        let result = in_flight.await;
+        self.in_flight = None;
+        let (file, buffer) = result
+            .map_err(|err| StorageError::Task("write", Arc::new(err)))?
+            .map_err(|err| StorageError::io("cannot write the upload", err))?;
+        self.file = Some(file);
+        Ok(Some(buffer))
+    }
+
+    /// Keeps the files: their upload is committed.
+    pub fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let names = [std::mem::take(&mut self.partial), std::mem::take(&mut self.stored)];
+        let remove = move || {
+            for name in &names {
+                let _ = std::fs::remove_file(name);
+            }
+        };
+        match (self.in_flight.take(), tokio::runtime::Handle::try_current()) {
+            (Some(in_flight), Ok(runtime)) => {
+                runtime.spawn(async move {
+                    let _ = in_flight.await;
+                    remove();
+                });
+            }
+            _ => remove(),
+        }
+    }
+}
+
+/// A [`PartFile`] written through its two buffers: chunks of any size go in, whole buffers go
+/// out to a blocking thread while the next fills, and [`PartWriter::finish`] makes every byte
+/// durable.
+pub struct PartWriter {
+    part: PartFile,
+    buffer: Vec<u8>,
+    last_write: Instant,
+}
+
+impl PartWriter {
+    /// Writes into `part` from its first byte.
+    pub fn new(part: PartFile) -> Self {
+        PartWriter { part, buffer: Vec::with_capacity(WRITE_BUFFER_BYTES), last_write: Instant::now() }
+    }
+
+    /// Adds `chunk`, writing each buffer as it fills (and at least every
+    /// [`PART_TOUCH_INTERVAL`] while bytes arrive, so the janitor sees the upload is alive).
+    pub async fn write(&mut self, mut chunk: &[u8]) -> Result<(), StorageError> {
+        while !chunk.is_empty() {
+            let take = chunk.len().min(WRITE_BUFFER_BYTES - self.buffer.len());
+            self.buffer.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if self.buffer.len() == WRITE_BUFFER_BYTES || self.last_write.elapsed() >= PART_TOUCH_INTERVAL {
+                let full = std::mem::take(&mut self.buffer);
+                self.buffer = self.part.write(full, false).await?;
+                self.last_write = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and flushes the file to disk (`fdatasync`): the promise outlives
+    /// a crash of this host, because the bytes are on disk before the row exists.
+    pub async fn finish(mut self) -> Result<PartFile, StorageError> {
+        let last = std::mem::take(&mut self.buffer);
+        self.part.write(last, true).await?;
+        Ok(self.part)
+    }
+}
