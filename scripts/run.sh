@@ -92,11 +92,13 @@ fi
 
 export UPLOAD_DIR=${UPLOAD_DIR:-$root/data/uploads}
 export LOG_FILE=${LOG_FILE:-$root/data/log/md5.log}
+# shellcheck source=scripts/target-dir.sh
+source "$root/scripts/target-dir.sh"
 cargo build --release --bins & pids+=($!)
 wait "${pids[0]}"
 pids=()
-"$root/target/release/md5-api" & pids+=($!)
-for _ in $(seq "${WORKERS:-2}"); do "$root/target/release/md5-worker" & pids+=($!); done
+"$cargo_bin/md5-api" & pids+=($!)
+for _ in $(seq "${WORKERS:-2}"); do "$cargo_bin/md5-worker" & pids+=($!); done
 printf '%s\n' "${pids[@]}" >"$state/pids"
 echo "md5-api on http://${BIND_ADDR:-127.0.0.1:9000} with ${WORKERS:-2} workers; results log: $LOG_FILE; Ctrl-C stops"
 # The first process to end ends the run: a busy BIND_ADDR or a bad setting exits non-zero.

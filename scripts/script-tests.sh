@@ -4,6 +4,7 @@
 #   - run.sh after `kill -9` of a previous run: it stops the api and workers left behind, reuses
 #     the Postgres and Redis, serves again, and stops everything on SIGTERM;
 #   - run.sh with a busy BIND_ADDR ends with a non-zero status;
+#   - the scripts look for the binaries in cargo's target directory, CARGO_TARGET_DIR included;
 #   - SIGTERM during run.sh's build stops the build and starts nothing (a cold build in a
 #     throw-away target folder, interrupted after its first crate).
 # Each check prints "-- ok: <what>"; the first failure ends the script with status 1.
@@ -53,6 +54,14 @@ trap cleanup EXIT
   true
 ) || exit 1
 ok "with nothing configured, the test command starts a private Postgres and Redis and removes them"
+
+# 1b. The scripts find the binaries where cargo puts them, also with CARGO_TARGET_DIR set.
+(
+  # shellcheck source=scripts/target-dir.sh
+  CARGO_TARGET_DIR=$work/elsewhere source scripts/target-dir.sh
+  [[ $cargo_bin == "$work/elsewhere/release" ]] || fail "with CARGO_TARGET_DIR set, the binaries are looked for in $cargo_bin"
+) || exit 1
+ok "run.sh, test.sh and with-service.sh look for the binaries in cargo's target directory (CARGO_TARGET_DIR too)"
 
 # 2. run.sh after kill -9 of a previous run.
 export RUN_STATE_DIR=$work/state UPLOAD_DIR=$work/uploads LOG_FILE=$work/log/md5.log WORKERS=1 RUST_LOG=warn

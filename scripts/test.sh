@@ -52,6 +52,8 @@ if ! cmp -s web/package-lock.json web/node_modules/.installed-package-lock.json 
   cp web/package-lock.json web/node_modules/.installed-package-lock.json
 fi
 
+# shellcheck source=scripts/target-dir.sh
+source scripts/target-dir.sh
 echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
@@ -61,8 +63,8 @@ echo "== cargo build --release --bins (what run.sh and the images build: no test
 cargo build --release --bins
 echo "== the fault tests' worker with crash points (md5-worker-faulty; the shipped md5-worker is untouched)"
 cargo build --release --workspace --bin md5-worker-faulty --features worker/fault-injection
-if grep -qa FAULT_CRASH_AT target/release/md5-worker; then
-    echo "error: target/release/md5-worker was built with the fault-injection hooks" >&2
+if grep -qa FAULT_CRASH_AT "$cargo_bin/md5-worker"; then
+    echo "error: $cargo_bin/md5-worker was built with the fault-injection hooks" >&2
     exit 1
 fi
 echo "== cargo test --release --workspace"
@@ -74,7 +76,7 @@ echo "== browser tests (Chromium + playwright-core)"
 echo "== deployment checks (compose, hadolint, Kubernetes schemas, Dockerfile builds)"
 ./scripts/deploy-check.sh 2>&1 | tee "$logs/deploy"
 echo "== benchmark smoke run (tiny sizes; checks every task, asserts no timing)"
-target/release/bench --smoke 2>&1 | tee "$logs/bench"
+"$cargo_bin/bench" --smoke 2>&1 | tee "$logs/bench"
 echo "== script tests of the two commands (private test services; run.sh after kill -9, SIGTERM, busy BIND_ADDR)"
 ./scripts/script-tests.sh 2>&1 | tee "$logs/scripts"
 

@@ -5,8 +5,10 @@
 #   scripts/with-service.sh <command> [args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ -x target/release/md5-api && -x target/release/md5-worker ]] \
-  || { echo "build the binaries first: cargo build --release --bins" >&2; exit 1; }
+# shellcheck source=scripts/target-dir.sh
+source scripts/target-dir.sh
+[[ -x $cargo_bin/md5-api && -x $cargo_bin/md5-worker ]] \
+  || { echo "build the binaries first: cargo build --release --bins (looked in $cargo_bin)" >&2; exit 1; }
 
 admin=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 db="md5_live_$$"
@@ -25,8 +27,8 @@ trap cleanup EXIT
 export DATABASE_URL="${admin%/*}/$db" REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379}
 export JOBS_STREAM="live:$$:jobs" JOBS_GROUP="live-$$" UPLOAD_DIR="$work/uploads" LOG_FILE="$work/log/md5.log"
 export BIND_ADDR="127.0.0.1:$port" MAX_UPLOAD_BYTES=${MAX_UPLOAD_BYTES:-1048576} MIN_FREE_BYTES=0 RUST_LOG=warn
-target/release/md5-api 2>"$work/api.log" & pids+=($!)
-target/release/md5-worker 2>"$work/worker.log" & pids+=($!)
+"$cargo_bin/md5-api" 2>"$work/api.log" & pids+=($!)
+"$cargo_bin/md5-worker" 2>"$work/worker.log" & pids+=($!)
 for _ in $(seq 300); do
   curl -sf "http://$BIND_ADDR/readyz" >/dev/null && break
   sleep 0.1

@@ -14,7 +14,7 @@ pub const DEFAULT_BIND_ADDR: &str = "127.0.0.1:9000";
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 
 /// The api's whole configuration, parsed once at start.
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(
     name = "md5-api",
     version,

@@ -4,54 +4,14 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use uuid::Uuid;
 
-use crate::fault::free_port;
-use crate::{admin_database_url, eventually, redis_url, replace_database, sibling_binary};
-
-/// A database created for one test and dropped with it.
-pub struct TestDatabase {
-    /// Its URL.
-    pub url: String,
-    name: String,
-}
-
-impl TestDatabase {
-    /// Creates an empty database on the test Postgres.
-    pub async fn create() -> anyhow::Result<Self> {
-        let name = format!("md5_test_{}", &Uuid::new_v4().simple().to_string()[..16]);
-        let admin = admin_database_url();
-        let mut conn = AsyncPgConnection::establish(&admin).await.with_context(|| {
-            format!("cannot reach Postgres at {admin} (start it, or set TEST_DATABASE_URL)")
-        })?;
-        diesel::sql_query(format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
-        Ok(TestDatabase { url: replace_database(&admin, &name), name })
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let admin = admin_database_url();
-        // Async I/O on a thread of its own, so Drop works inside or outside a runtime.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                let mut conn = AsyncPgConnection::establish(&admin).await.ok()?;
-                diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await
-                    .ok()
-            })
-        })
-        .join();
-    }
-}
+use crate::database::TestDatabase;
+use crate::eventually;
+use crate::launcher::{Launch, ServiceConfig, free_port};
 
 /// A running `md5-api` process (no workers).
 pub struct ApiProcess {
@@ -65,46 +25,36 @@ pub struct ApiProcess {
     pub root: PathBuf,
     /// `UPLOAD_DIR`.
     pub upload_dir: PathBuf,
+    /// What the process was started with.
+    pub config: api::Config,
     stderr_path: PathBuf,
     child: Option<Child>,
-    env: Vec<(String, String)>,
     wrapper: Vec<String>,
     _database: TestDatabase,
 }
 
 impl ApiProcess {
-    /// Starts the api with test defaults overridden by `settings`.
-    pub async fn start(settings: &[(&str, &str)]) -> anyhow::Result<Self> {
-        ApiProcess::start_wrapped(&[], settings).await
+    /// Starts the api with test defaults, then whatever `change` sets.
+    pub async fn start(change: impl FnOnce(&mut api::Config)) -> anyhow::Result<Self> {
+        ApiProcess::start_wrapped(&[], change).await
     }
 
     /// Starts the api under `wrapper` (e.g. `prlimit --nofile=256:4096`).
-    pub async fn start_wrapped(wrapper: &[&str], settings: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        change: impl FnOnce(&mut api::Config),
+    ) -> anyhow::Result<Self> {
         let database = TestDatabase::create().await?;
         let id = Uuid::new_v4().simple().to_string();
         let root = std::env::temp_dir().join(format!("md5-api-{id}"));
-        let upload_dir = root.join("uploads");
+        let services = ServiceConfig::new(&database.url, &crate::redis_url(), &root, free_port())
+            .with_stream(&format!("test:{id}:jobs"), &format!("test-{id}"));
+        let mut config = services.api;
+        config.database.db_pool_size = 8;
+        change(&mut config);
+        let upload_dir = config.storage.upload_dir.clone();
         std::fs::create_dir_all(&upload_dir)?;
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let mut env: Vec<(String, String)> = [
-            ("DATABASE_URL", database.url.clone()),
-            ("REDIS_URL", redis_url()),
-            ("JOBS_STREAM", format!("test:{id}:jobs")),
-            ("JOBS_GROUP", format!("test-{id}")),
-            ("UPLOAD_DIR", upload_dir.display().to_string()),
-            ("BIND_ADDR", addr.to_string()),
-            ("MIN_FREE_BYTES", "0".to_owned()),
-            ("DB_POOL_SIZE", "8".to_owned()),
-            ("RUST_LOG", "info".to_owned()),
-            ("PATH", std::env::var("PATH").unwrap_or_default()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for (key, value) in settings {
-            env.retain(|(k, _)| k != key);
-            env.push(((*key).to_owned(), (*value).to_owned()));
-        }
+        let addr = config.bind_addr;
         let mut api = ApiProcess {
             base_url: format!("http://{addr}"),
             addr,
@@ -112,8 +62,8 @@ impl ApiProcess {
             stderr_path: root.join("api.log"),
             root,
             upload_dir,
+            config,
             child: None,
-            env,
             wrapper: wrapper.iter().map(|s| (*s).to_owned()).collect(),
             _database: database,
         };
@@ -123,19 +73,9 @@ impl ApiProcess {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let binary = sibling_binary("md5-api")?;
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr_path)?;
-        let mut command = match self.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(&binary);
-                command
-            }
-            None => Command::new(&binary),
-        };
-        command.env_clear().envs(self.env.iter().map(|(k, v)| (k, v)));
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
-        self.child = Some(command.spawn().context("start md5-api")?);
+        let wrapper: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        let launch = Launch::api(&self.config).wrapped(&wrapper).stderr_to(&self.stderr_path);
+        self.child = Some(launch.spawn()?);
         Ok(())
     }
 

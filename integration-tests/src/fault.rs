@@ -1,13 +1,12 @@
-//! Fault-test environment: private Postgres and Redis on free ports (never the shared ones),
-//! `md5-api` and `md5-worker` as real processes, real signals, and the checker every scenario
-//! ends with.
+//! Fault-test environment: private Postgres and Redis (`private_services`), `md5-api` and
+//! `md5-worker` as real processes started from their typed configs (`launcher`), real signals,
+//! and the checker every scenario ends with.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use diesel::{QueryDsl as _, SelectableHelper as _};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use rustix::process::{Pid, Signal};
@@ -15,218 +14,9 @@ use serde_json::Value;
 use shared::{Task, TaskStatus};
 use uuid::Uuid;
 
-use crate::{eventually, list_files, read_all_logs, sibling_binary};
-
-/// A TCP port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn is_root() -> bool {
-    rustix::process::getuid().is_root()
-}
-
-/// Runs a Postgres server binary, as the `postgres` user when we are root (the server refuses root).
-fn pg_command(binary: &Path) -> Command {
-    if is_root() {
-        let mut command = Command::new("runuser");
-        command.arg("-u").arg("postgres").arg("--").arg(binary);
-        command
-    } else {
-        Command::new(binary)
-    }
-}
-
-fn run(mut command: Command, what: &str) -> anyhow::Result<()> {
-    let output = command.stdin(Stdio::null()).output().with_context(|| format!("cannot run {what}"))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
-
-/// A Postgres cluster of the test's own, in a temporary folder, on a free port.
-pub struct PrivatePostgres {
-    bin: PathBuf,
-    dir: PathBuf,
-    durable: bool,
-    /// Its port.
-    pub port: u16,
-}
-
-impl PrivatePostgres {
-    /// `initdb`, start, and create the `md5` database; `fsync` off (fault tests kill the server,
-    /// never the machine).
-    pub fn start_new(root: &Path) -> anyhow::Result<Self> {
-        Self::start_new_with(root, false)
-    }
-
-    /// As [`PrivatePostgres::start_new`]; `durable` keeps Postgres's default `fsync=on`, as the
-    /// benchmark must.
-    pub fn start_new_with(root: &Path, durable: bool) -> anyhow::Result<Self> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .context("no /usr/lib/postgresql: install the server with `apt-get install postgresql`")?
-            .flatten()
-            .map(|entry| entry.path().join("bin"))
-            .filter(|bin| bin.join("initdb").exists())
-            .max()
-            .context("no initdb under /usr/lib/postgresql/*/bin: `apt-get install postgresql`")?;
-        let dir = root.join("pg");
-        std::fs::create_dir_all(&dir)?;
-        if is_root() {
-            run(
-                {
-                    let mut c = Command::new("chown");
-                    c.arg("-R").arg("postgres").arg(root);
-                    c
-                },
-                "chown",
-            )?;
-        }
-        let mut initdb = pg_command(&bin.join("initdb"));
-        initdb.arg("-D").arg(&dir).arg("-U").arg("postgres").arg("--auth=trust").arg("--no-sync");
-        run(initdb, "initdb")?;
-        let pg = PrivatePostgres { bin, dir, durable, port: free_port() };
-        pg.start()?;
-        let mut createdb = pg_command(&pg.bin.join("createdb"));
-        createdb
-            .arg("-h")
-            .arg("127.0.0.1")
-            .arg("-p")
-            .arg(pg.port.to_string())
-            .arg("-U")
-            .arg("postgres")
-            .arg("md5");
-        run(createdb, "createdb")?;
-        Ok(pg)
-    }
-
-    /// The `md5` database's URL.
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/md5", self.port)
-    }
-
-    /// Starts the server and waits until it accepts connections.
-    pub fn start(&self) -> anyhow::Result<()> {
-        let mut start = pg_command(&self.bin.join("pg_ctl"));
-        start
-            .arg("-D")
-            .arg(&self.dir)
-            .arg("-l")
-            .arg(self.dir.join("server.log"))
-            .arg("-w")
-            .arg("-o")
-            // fsync off unless durable: the fault tests kill the server, never the machine.
-            .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync={}",
-                self.port,
-                self.dir.display(),
-                if self.durable { "on" } else { "off" }
-            ))
-            .arg("start");
-        run(start, "pg_ctl start")
-    }
-
-    /// The postmaster's process id, while the server runs (from `postmaster.pid`).
-    pub fn pid(&self) -> Option<u32> {
-        let text = std::fs::read_to_string(self.dir.join("postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
-    }
-
-    /// `pg_ctl stop -m immediate`: the server dies as in a crash.
-    pub fn stop_immediate(&self) -> anyhow::Result<()> {
-        let mut stop = pg_command(&self.bin.join("pg_ctl"));
-        stop.arg("-D").arg(&self.dir).arg("-m").arg("immediate").arg("stop");
-        run(stop, "pg_ctl stop")
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        let _ = self.stop_immediate();
-    }
-}
-
-/// A Redis of the test's own, without persistence, on a free port.
-pub struct PrivateRedis {
-    /// Its port.
-    pub port: u16,
-    child: std::sync::Mutex<Option<Child>>,
-    extra: Vec<String>,
-}
-
-impl PrivateRedis {
-    /// Starts `redis-server --save ''` on a free port.
-    pub fn start_new() -> anyhow::Result<Self> {
-        Self::start_new_with(&["--appendonly", "no"])
-    }
-
-    /// As [`PrivateRedis::start_new`], with these persistence arguments instead.
-    pub fn start_new_with(persistence: &[&str]) -> anyhow::Result<Self> {
-        let redis = PrivateRedis {
-            port: free_port(),
-            child: std::sync::Mutex::new(None),
-            extra: persistence.iter().map(|s| (*s).to_owned()).collect(),
-        };
-        redis.start()?;
-        Ok(redis)
-    }
-
-    /// The URL.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again) on its port and waits for PING.
-    pub fn start(&self) -> anyhow::Result<()> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("cannot start redis-server: `apt-get install redis-server`")?;
-        *self.child.lock().expect("redis child lock") = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        anyhow::bail!("redis-server did not start on port {}", self.port)
-    }
-
-    /// The server's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.lock().expect("redis child lock").as_ref().map(Child::id)
-    }
-
-    /// Kills the server (SIGKILL): everything in it is gone.
-    pub fn kill(&self) {
-        if let Some(mut child) = self.child.lock().expect("redis child lock").take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// `FLUSHALL`.
-    pub async fn flushall(&self) -> anyhow::Result<()> {
-        let client = redis::Client::open(self.url())?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await?;
-        Ok(())
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::launcher::{Launch, ServiceConfig, free_port};
+use crate::private_services::{PrivatePostgres, PrivateRedis};
+use crate::{eventually, list_files, read_all_logs};
 
 /// What a task must end as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,52 +83,40 @@ pub struct FaultEnv {
     pub api: Option<Child>,
     /// Worker processes, in start order.
     pub workers: std::sync::Mutex<Vec<WorkerProcess>>,
-    settings: Vec<(String, String)>,
+    /// The settings every process is started with.
+    pub config: ServiceConfig,
 }
 
 impl FaultEnv {
-    /// Starts private services and the api; `settings` are extra environment variables for
-    /// every process (they win over the defaults here).
-    pub async fn start(settings: &[(&str, &str)]) -> anyhow::Result<Self> {
+    /// Starts private services and the api. The processes get the binaries' own defaults, short
+    /// fault-test timings, and then whatever `change` sets.
+    pub async fn start(change: impl FnOnce(&mut ServiceConfig)) -> anyhow::Result<Self> {
         let root = std::env::temp_dir().join(format!("md5-fault-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&root)?;
         let pg = PrivatePostgres::start_new(&root)?;
         let redis = PrivateRedis::start_new()?;
-        let upload_dir = root.join("uploads");
-        let log_file = root.join("log").join("md5.log");
         let api_port = free_port();
-        let mut all: Vec<(String, String)> = [
-            ("DATABASE_URL", pg.url()),
-            ("REDIS_URL", redis.url()),
-            ("UPLOAD_DIR", upload_dir.display().to_string()),
-            ("LOG_FILE", log_file.display().to_string()),
-            ("BIND_ADDR", format!("127.0.0.1:{api_port}")),
-            ("CLAIM_IDLE_MS", "1500".into()),
-            ("SWEEP_INTERVAL_MS", "1000".into()),
-            ("READ_BLOCK_MS", "300".into()),
-            ("DB_TIMEOUT_MS", "1000".into()),
-            ("MIN_FREE_BYTES", "0".into()),
-            ("WORKER_CONCURRENCY", "2".into()),
-            ("SHUTDOWN_GRACE_SECONDS", "20".into()),
-            ("RUST_LOG", "info".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for (key, value) in settings {
-            all.retain(|(k, _)| k != key);
-            all.push(((*key).to_owned(), (*value).to_owned()));
+        let mut config = ServiceConfig::new(&pg.url(), &redis.url(), &root, api_port);
+        for database in [&mut config.api.database, &mut config.worker.database] {
+            database.db_timeout_ms = 1000;
         }
+        config.api.shutdown_grace_seconds = 20;
+        config.worker.shutdown_grace_seconds = 20;
+        config.worker.claim_idle_ms = 1500;
+        config.worker.sweep_interval_ms = 1000;
+        config.worker.read_block_ms = 300;
+        config.worker.worker_concurrency = 2;
+        change(&mut config);
         let mut env = FaultEnv {
             pg,
             redis,
-            upload_dir,
-            log_file,
-            api_url: format!("http://127.0.0.1:{api_port}"),
+            upload_dir: config.api.storage.upload_dir.clone(),
+            log_file: config.worker.log_file.clone(),
+            api_url: format!("http://{}", config.api.bind_addr),
             client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
             api: None,
             workers: std::sync::Mutex::new(Vec::new()),
-            settings: all,
+            config,
             root,
         };
         env.start_api()?;
@@ -351,35 +129,21 @@ impl FaultEnv {
         Ok(env)
     }
 
-    fn command(
-        &self,
-        binary: &Path,
-        name: &str,
-        extra: &[(&str, &str)],
-    ) -> anyhow::Result<(Command, PathBuf)> {
-        let stderr_path = self.root.join(format!("{name}.log"));
-        let stderr = std::fs::File::create(&stderr_path)?;
-        let mut command = Command::new(binary);
-        command.env_clear().envs(self.settings.iter().map(|(k, v)| (k, v)));
-        command.envs(extra.iter().copied());
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
-        Ok((command, stderr_path))
-    }
-
     /// Starts the api process.
     pub fn start_api(&mut self) -> anyhow::Result<()> {
-        let (mut command, _) = self.command(&sibling_binary("md5-api")?, "api", &[])?;
-        self.api = Some(command.spawn()?);
+        let launch = Launch::api(&self.config.api).stderr_to(&self.root.join("api.log"));
+        self.api = Some(launch.spawn()?);
         Ok(())
     }
 
-    /// Starts a worker process (the fault-injection build) with extra settings; returns its index.
-    pub fn spawn_worker(&self, extra: &[(&str, &str)]) -> anyhow::Result<usize> {
+    /// Starts a worker process (the fault-injection build) with its crash `hooks`
+    /// (`FAULT_CRASH_AT`, `FAULT_FAIL_FLUSH_ONCE`); returns its index.
+    pub fn spawn_worker(&self, hooks: &[(&str, &str)]) -> anyhow::Result<usize> {
         let mut workers = self.workers.lock().expect("workers lock");
         let index = workers.len();
-        let binary = sibling_binary("md5-worker-faulty")?;
-        let (mut command, stderr) = self.command(&binary, &format!("worker-{index}"), extra)?;
-        workers.push(WorkerProcess { child: command.spawn()?, stderr });
+        let stderr = self.root.join(format!("worker-{index}.log"));
+        let child = Launch::faulty_worker(&self.config.worker, hooks).stderr_to(&stderr).spawn()?;
+        workers.push(WorkerProcess { child, stderr });
         Ok(index)
     }
 
@@ -531,8 +295,8 @@ impl FaultEnv {
     async fn pending(&self) -> anyhow::Result<usize> {
         let client = redis::Client::open(self.redis.url())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
-        let group = self.setting("JOBS_GROUP").unwrap_or("md5-workers");
-        let stream = self.setting("JOBS_STREAM").unwrap_or("md5:jobs");
+        let group = &self.config.worker.stream.jobs_group;
+        let stream = &self.config.worker.stream.jobs_stream;
         let reply: redis::RedisResult<redis::Value> =
             redis::cmd("XPENDING").arg(stream).arg(group).query_async(&mut conn).await;
         match reply {
@@ -545,10 +309,6 @@ impl FaultEnv {
             Ok(other) => anyhow::bail!("unexpected XPENDING reply {other:?}"),
             Err(err) => Err(err.into()),
         }
-    }
-
-    fn setting(&self, key: &str) -> Option<&str> {
-        self.settings.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     /// Uploads `count` small files from `clients` concurrent clients; returns what each must end as.

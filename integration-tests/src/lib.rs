@@ -7,8 +7,13 @@
 
 pub mod api_process;
 pub mod attacks;
+pub mod database;
 pub mod fault;
+pub mod launcher;
+pub mod private_services;
 pub mod proxy;
+
+pub use database::{admin_database_url, redis_url};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,17 +25,6 @@ use serde_json::Value;
 use shared::LogLine;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// Admin URL used to create and drop per-test databases.
-pub fn admin_database_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// Redis for tests.
-pub fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
 
 /// The one upload request of the tests and the benchmark: `POST url` with a multipart form whose
 /// single part, `file`, is `part` named `file_name`.
@@ -99,7 +93,7 @@ pub struct TestApp {
     /// The test's own database.
     pub database_url: String,
     /// Dropped (with the database) after everything else of the test.
-    _database: api_process::TestDatabase,
+    _database: database::TestDatabase,
     /// Redis.
     pub redis_url: String,
     /// The test's own stream.
@@ -123,7 +117,7 @@ impl TestApp {
     /// Creates the database and folders and starts the api and `options.in_process_workers` workers.
     pub async fn spawn(options: TestOptions) -> anyhow::Result<TestApp> {
         let id = Uuid::new_v4().simple().to_string();
-        let database = api_process::TestDatabase::create().await?;
+        let database = database::TestDatabase::create().await?;
         let root = std::env::temp_dir().join(format!("md5-it-{id}"));
         let upload_dir = root.join("uploads");
         let log_file = root.join("log").join("md5.log");
@@ -470,19 +464,4 @@ pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
             exe.display()
         )
     })
-}
-
-pub(crate) fn replace_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let base = match base.rsplit_once('/') {
-        Some((host, _)) if host.contains("//") && host.len() > "postgres://".len() - 1 => host,
-        _ => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
 }

@@ -20,7 +20,7 @@ pub const DEFAULT_JOBS_GROUP: &str = "md5-workers";
 pub const DEFAULT_UPLOAD_DIR: &str = "./data/uploads";
 
 /// Where Postgres is and how the pool talks to it.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct DatabaseArgs {
     /// Postgres URL; the source of truth for every task.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
@@ -50,7 +50,7 @@ impl DatabaseArgs {
 }
 
 /// Where Redis is.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct RedisArgs {
     /// Redis URL; the transport for jobs, never the only copy of one.
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
@@ -58,7 +58,7 @@ pub struct RedisArgs {
 }
 
 /// The stream and consumer group jobs travel through.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct StreamArgs {
     /// Redis stream key the api adds jobs to.
     #[arg(long, env = "JOBS_STREAM", default_value = DEFAULT_JOBS_STREAM)]
@@ -77,7 +77,7 @@ impl StreamArgs {
 }
 
 /// The folder uploads are stored in.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct StorageArgs {
     /// Folder for uploaded files, shared by the api and every worker.
     #[arg(long, env = "UPLOAD_DIR", default_value = DEFAULT_UPLOAD_DIR)]
@@ -85,7 +85,8 @@ pub struct StorageArgs {
 }
 
 /// Output format of the process's own logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -94,7 +95,7 @@ pub enum LogFormat {
 }
 
 /// How the process logs.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, serde::Serialize)]
 pub struct TelemetryArgs {
     /// Tracing filter, e.g. `info` or `worker=debug,info`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]

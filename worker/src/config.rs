@@ -11,7 +11,7 @@ use shared::config::{DatabaseArgs, RedisArgs, StorageArgs, StreamArgs, Telemetry
 pub const DEFAULT_LOG_FILE: &str = "./data/log/md5.log";
 
 /// The worker's whole configuration, parsed once at start.
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Parser, serde::Serialize)]
 #[command(
     name = "md5-worker",
     version,

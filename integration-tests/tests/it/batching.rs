@@ -7,7 +7,7 @@ use std::time::Duration;
 use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use futures_util::StreamExt as _;
 use integration_tests::api_process::ApiProcess;
-use integration_tests::fault::free_port;
+use integration_tests::launcher::free_port;
 use integration_tests::{TestApp, TestOptions, eventually, random_bytes};
 use serde_json::Value;
 use shared::TaskStatus;
@@ -82,7 +82,7 @@ async fn a_backlog_is_claimed_recorded_marked_and_acknowledged_in_shared_stateme
 async fn concurrent_uploads_share_the_folder_fsync_the_insert_and_the_xadd() {
     const UPLOADS: usize = 300;
     let stream = format!("test:{}:jobs", Uuid::new_v4().simple());
-    let api = ApiProcess::start(&[("JOBS_STREAM", stream.as_str())]).await.unwrap();
+    let api = ApiProcess::start(|c| c.stream.jobs_stream = stream.clone()).await.unwrap();
     let accepted =
         futures_util::stream::iter(0..UPLOADS)
             .map(|n| {

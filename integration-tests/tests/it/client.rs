@@ -186,7 +186,7 @@ async fn uploads_whose_answers_are_lost_are_retried_under_their_key_and_make_one
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_killed_and_restarted_mid_run_costs_no_file_a_second_task() {
-    let mut env = FaultEnv::start(&[("WORKER_CONCURRENCY", "2")]).await.unwrap();
+    let mut env = FaultEnv::start(|c| c.worker.worker_concurrency = 2).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     let files = write_files(&env.root, 200, &[50_000_000, 30_000_000, 20_000_000, 20_000_000, 10_000_000]);
     let mut run = client(&env.root, &env.api_url, &["hash", "-r", "-j", "4", "--retries", "20", "files"])

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::fault::free_port;
+use integration_tests::launcher::free_port;
 use integration_tests::{TestApp, TestOptions, eventually};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -224,10 +224,12 @@ fn help_documents_every_setting_and_bad_settings_fail_naming_the_variable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_request_is_logged_once_and_a_refused_one_not_above_debug() {
     use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
-    let api =
-        integration_tests::api_process::ApiProcess::start(&[("LOG_FORMAT", "json"), ("RUST_LOG", "info")])
-            .await
-            .unwrap();
+    let api = integration_tests::api_process::ApiProcess::start(|c| {
+        c.telemetry.log_format = shared::config::LogFormat::Json;
+        c.telemetry.log_filter = "info".into();
+    })
+    .await
+    .unwrap();
     let count = |level: &str| {
         api.stderr().lines().filter(|line| line.contains(&format!("\"level\":\"{level}\""))).count()
     };

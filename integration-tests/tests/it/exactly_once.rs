@@ -92,7 +92,7 @@ async fn a_dead_workers_entry_behind_many_live_ones_is_taken_over_within_three_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_that_fails_after_the_write_still_leaves_one_line() {
     use integration_tests::fault::{Expect, FaultEnv};
-    let env = FaultEnv::start(&[]).await.unwrap();
+    let env = FaultEnv::start(|_| {}).await.unwrap();
     // The worker's first flush fails after its write went through; the job retries its append.
     env.spawn_worker(&[("FAULT_FAIL_FLUSH_ONCE", "true")]).unwrap();
     let mut expected = std::collections::HashMap::new();
@@ -113,7 +113,12 @@ async fn a_flush_that_fails_after_the_write_still_leaves_one_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_given_up_then_crashed_on_is_dead_lettered_once() {
     use integration_tests::fault::{Expect, FaultEnv};
-    let env = FaultEnv::start(&[("MAX_DELIVERIES", "2"), ("WORKER_CONCURRENCY", "1")]).await.unwrap();
+    let env = FaultEnv::start(|c| {
+        c.worker.max_deliveries = 2;
+        c.worker.worker_concurrency = 1;
+    })
+    .await
+    .unwrap();
     let id = env.upload("poison", b"poison".to_vec()).await.expect("202");
     // Attempts 1 and 2 crash after hashing; attempt 3 is past MAX_DELIVERIES, copies the job to
     // the dead-letter stream and crashes before recording the result; attempt 4 runs clean.
@@ -138,7 +143,7 @@ async fn rotation_by_size_and_by_sighup_during_kills_keeps_one_line_per_task_acr
     use integration_tests::fault::FaultEnv;
     use rustix::process::Signal;
     // A line is ~200 bytes: a rotation every ~20 lines.
-    let env = FaultEnv::start(&[("LOG_MAX_BYTES", "4096")]).await.unwrap();
+    let env = FaultEnv::start(|c| c.worker.log_max_bytes = Some(4096)).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     env.spawn_worker(&[]).unwrap();
     let uploads = env.upload_many(300, 8, 5);

@@ -35,7 +35,7 @@ fn assert_clean(report: &integration_tests::fault::Report) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_hash_has_its_job_finished_by_another() {
-    let env = FaultEnv::start(&[("WORKER_CONCURRENCY", "1")]).await.unwrap();
+    let env = FaultEnv::start(|c| c.worker.worker_concurrency = 1).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     let (id, expect) = upload_big(&env).await;
     wait_status(&env, &id, TaskStatus::Processing).await;
@@ -49,7 +49,7 @@ async fn a_worker_killed_mid_hash_has_its_job_finished_by_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_at_any_step_boundary_leaves_one_result_and_one_line() {
-    let env = FaultEnv::start(&[("WORKER_CONCURRENCY", "1")]).await.unwrap();
+    let env = FaultEnv::start(|c| c.worker.worker_concurrency = 1).await.unwrap();
     let mut expected = HashMap::new();
     for (n, step) in ["after_claim", "after_hash", "after_commit", "after_log", "before_ack", "before_mark"]
         .iter()
@@ -70,7 +70,7 @@ async fn a_worker_killed_at_any_step_boundary_leaves_one_result_and_one_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_worker_that_wakes_after_a_takeover_records_nothing() {
-    let env = FaultEnv::start(&[("WORKER_CONCURRENCY", "1")]).await.unwrap();
+    let env = FaultEnv::start(|c| c.worker.worker_concurrency = 1).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     let (id, expect) = upload_big(&env).await;
     wait_status(&env, &id, TaskStatus::Processing).await;
@@ -123,7 +123,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_flushall_in_the_middle_of_a_load_loses_nothing() {
-    let env = FaultEnv::start(&[]).await.unwrap();
+    let env = FaultEnv::start(|_| {}).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     env.spawn_worker(&[]).unwrap();
     let expected = load_with_fault(&env, 300, 100, || async { env.redis.flushall().await.unwrap() }).await;
@@ -132,7 +132,7 @@ async fn redis_flushall_in_the_middle_of_a_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_without_persistence_mid_load_loses_nothing() {
-    let env = FaultEnv::start(&[]).await.unwrap();
+    let env = FaultEnv::start(|_| {}).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     env.spawn_worker(&[]).unwrap();
     let expected = load_with_fault(&env, 300, 100, || async {
@@ -145,7 +145,7 @@ async fn a_redis_restart_without_persistence_mid_load_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_while_redis_is_down_get_202_and_run_once_it_is_back() {
-    let env = FaultEnv::start(&[]).await.unwrap();
+    let env = FaultEnv::start(|_| {}).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     env.redis.kill();
     let expected = env.upload_many(30, 4, 2).await;
@@ -156,7 +156,7 @@ async fn uploads_while_redis_is_down_get_202_and_run_once_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_crashing_mid_load_loses_no_accepted_upload() {
-    let env = FaultEnv::start(&[]).await.unwrap();
+    let env = FaultEnv::start(|_| {}).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     env.spawn_worker(&[]).unwrap();
     let expected = load_with_fault(&env, 300, 100, || async {
@@ -174,7 +174,12 @@ async fn postgres_crashing_mid_load_loses_no_accepted_upload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_crashes_every_worker_is_failed_after_max_deliveries_and_dead_lettered() {
-    let env = FaultEnv::start(&[("MAX_DELIVERIES", "2"), ("WORKER_CONCURRENCY", "1")]).await.unwrap();
+    let env = FaultEnv::start(|c| {
+        c.worker.max_deliveries = 2;
+        c.worker.worker_concurrency = 1;
+    })
+    .await
+    .unwrap();
     let id = env.upload("poison", b"poison".to_vec()).await.expect("202");
     // Act as a supervisor that restarts crashing workers, until the task is given up.
     let mut crashes = 0;
@@ -201,7 +206,7 @@ async fn a_job_that_crashes_every_worker_is_failed_after_max_deliveries_and_dead
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_load_loses_no_job_and_exits_0() {
-    let env = FaultEnv::start(&[]).await.unwrap();
+    let env = FaultEnv::start(|_| {}).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     env.spawn_worker(&[]).unwrap();
     let expected = load_with_fault(&env, 200, 50, || async { env.signal_worker(0, Signal::TERM) }).await;
@@ -225,7 +230,7 @@ async fn sigterm_during_a_load_loses_no_job_and_exits_0() {
 async fn a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing() {
     // The log also rotates every ~300 lines, and every replacement worker's first flush fails
     // after its write.
-    let env = FaultEnv::start(&[("LOG_MAX_BYTES", "65536")]).await.unwrap();
+    let env = FaultEnv::start(|c| c.worker.log_max_bytes = Some(65536)).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     env.spawn_worker(&[]).unwrap();
     // At least 2,000 uploads, and as many more as it takes for two full rounds of faults.

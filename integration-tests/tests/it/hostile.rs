@@ -30,7 +30,7 @@ fn no_partial_files(api: &ApiProcess) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_preamble_or_part_header_that_never_ends_is_refused_without_being_held() {
-    let api = ApiProcess::start(&[]).await.unwrap();
+    let api = ApiProcess::start(|_| {}).await.unwrap();
     let normal = api.client_from(normal_address());
     for what in ["a long preamble", "an endless part header"] {
         let attack = tokio::spawn({
@@ -53,7 +53,7 @@ async fn a_preamble_or_part_header_that_never_ends_is_refused_without_being_held
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_body_counts_against_the_upload_limit() {
-    let api = ApiProcess::start(&[("MAX_UPLOAD_BYTES", "1048576")]).await.unwrap();
+    let api = ApiProcess::start(|c| c.max_upload_bytes = 1_048_576).await.unwrap();
     // 4 MiB of preamble before a tiny valid part, on an api that takes 1 MiB.
     let status = attacks::long_preamble(&api.base_url, 4 << 20).await;
     assert!(status == 400 || status == 413, "got {status}");
@@ -69,7 +69,7 @@ async fn the_whole_body_counts_against_the_upload_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_large_uploads_in_flight_keep_the_api_under_64_mib() {
-    let api = ApiProcess::start(&[("MAX_UPLOADS_PER_CLIENT", "64")]).await.unwrap();
+    let api = ApiProcess::start(|c| c.max_uploads_per_client = Some(64)).await.unwrap();
     let normal = api.client_from(normal_address());
     let data = bytes::Bytes::from(random_bytes(16 * 1024 * 1024, 7));
     let uploads: Vec<_> = (0..64)
@@ -127,10 +127,10 @@ fn soft_open_file_limit(pid: u32) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_and_capped_while_others_are_served() {
     raise_own_file_limit();
-    let api = ApiProcess::start_wrapped(
-        &["prlimit", "--nofile=512:4096", "--"],
-        &[("HEADER_TIMEOUT_SECONDS", "2"), ("MAX_CONNECTIONS", "200")],
-    )
+    let api = ApiProcess::start_wrapped(&["prlimit", "--nofile=512:4096", "--"], |c| {
+        c.header_timeout_seconds = 2;
+        c.max_connections = 200;
+    })
     .await
     .unwrap();
     assert_eq!(
@@ -171,12 +171,12 @@ async fn silent_connections_are_closed_and_capped_while_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trickle_uploads_are_cut_and_cannot_take_every_slot() {
-    let api = ApiProcess::start(&[
-        ("MAX_CONCURRENT_UPLOADS", "8"),
-        ("MAX_UPLOADS_PER_CLIENT", "6"),
-        ("MIN_UPLOAD_BYTES_PER_SECOND", "1000"),
-        ("UPLOAD_RATE_WINDOW_SECONDS", "3"),
-    ])
+    let api = ApiProcess::start(|c| {
+        c.max_concurrent_uploads = 8;
+        c.max_uploads_per_client = Some(6);
+        c.min_upload_bytes_per_second = 1000;
+        c.upload_rate_window_seconds = 3;
+    })
     .await
     .unwrap();
     let normal = api.client_from(normal_address());
@@ -258,7 +258,7 @@ impl Drop for ReadOnly {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_upload_volume_makes_the_api_unready_and_uploads_503() {
-    let api = ApiProcess::start(&[]).await.unwrap();
+    let api = ApiProcess::start(|_| {}).await.unwrap();
     let readyz = || async { api.client.get(format!("{}/readyz", api.base_url)).send().await.unwrap() };
     assert_eq!(readyz().await.status(), 200);
     {
@@ -287,7 +287,7 @@ fn backdate(path: &std::path::Path, by: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_files_of_a_killed_api_are_removed_and_live_ones_kept() {
     // BODY_IDLE_TIMEOUT_SECONDS=1: a partial file untouched for 12 s belongs to a dead upload.
-    let mut api = ApiProcess::start(&[("BODY_IDLE_TIMEOUT_SECONDS", "1")]).await.unwrap();
+    let mut api = ApiProcess::start(|c| c.body_idle_timeout_seconds = 1).await.unwrap();
     // An upload in progress when the api is killed.
     let mut stream = raw_http::connect(&api.base_url).await;
     let head = "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n\
@@ -324,7 +324,7 @@ async fn partial_files_of_a_killed_api_are_removed_and_live_ones_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_api_key_means_no_authentication_and_is_warned_about() {
-    let api = ApiProcess::start(&[("API_KEY", "")]).await.unwrap();
+    let api = ApiProcess::start(|c| c.api_key = Some(String::new())).await.unwrap();
     assert!(api.stderr().contains("API_KEY is set but empty"), "{}", api.stderr());
     assert_eq!(api.upload_with(&api.client, "a.txt", b"a".to_vec()).await, 202);
     let url = format!("{}/api/v1/hashes/{}", api.base_url, uuid::Uuid::new_v4());
@@ -398,7 +398,7 @@ async fn a_database_url_that_cannot_work_fails_at_once_and_a_refused_one_names_t
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("DATABASE_URL"), "{url}: {stderr}");
     }
-    let port = integration_tests::fault::free_port();
+    let port = integration_tests::launcher::free_port();
     let mut child = tokio::process::Command::new(&binary)
         .env("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{port}/md5"))
         .env("UPLOAD_DIR", std::env::temp_dir().join("md5-unused-uploads"))

@@ -1,0 +1,96 @@
+//! What `/proc` tells about the processes under test: CPU time, children, peak memory.
+
+use anyhow::Context as _;
+
+/// CPU time in clock ticks (`USER_HZ`, 100 per second on Linux).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Cpu {
+    pub(crate) api: u64,
+    pub(crate) workers: u64,
+    pub(crate) postgres: u64,
+    pub(crate) redis: u64,
+    /// This benchmark process: the load generator.
+    pub(crate) load: u64,
+    /// Every core's busy time (all but idle and iowait), whatever ran.
+    pub(crate) machine: u64,
+}
+
+impl Cpu {
+    /// Milliseconds of CPU per job between `before` and `self`, as one table cell.
+    pub(crate) fn per_job_since(&self, before: &Cpu, jobs: usize) -> (String, f64) {
+        let ms = |after: u64, before: u64| (after.saturating_sub(before)) as f64 * 10.0 / jobs as f64;
+        let parts = format!(
+            "api {:.2} + workers {:.2} + Postgres {:.2} + Redis {:.2} + load generator {:.2} ms",
+            ms(self.api, before.api),
+            ms(self.workers, before.workers),
+            ms(self.postgres, before.postgres),
+            ms(self.redis, before.redis),
+            ms(self.load, before.load),
+        );
+        (parts, ms(self.machine, before.machine))
+    }
+
+    /// Api + workers, in ms per job.
+    pub(crate) fn service_per_job_since(&self, before: &Cpu, jobs: usize) -> f64 {
+        let ticks = (self.api + self.workers).saturating_sub(before.api + before.workers);
+        ticks as f64 * 10.0 / jobs as f64
+    }
+}
+
+/// (own user + system, waited-for children's user + system) ticks of a process; 0 if it is gone.
+pub(crate) fn process_ticks(pid: u32) -> (u64, u64) {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return (0, 0) };
+    // Fields after the command name, which is in parentheses and may hold spaces: state is the
+    // first, utime/stime the 12th/13th, cutime/cstime the 14th/15th.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+    (at(10) + at(11), at(12) + at(13))
+}
+
+/// Live child processes of `parent`.
+pub(crate) fn children(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+/// Busy ticks of every core since boot, from `/proc/stat`.
+pub(crate) fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    total - idle
+}
+
+/// Peak resident memory (VmHWM) of a process, in bytes.
+pub(crate) fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .context("no VmHWM")?
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()?;
+    Ok(kb * 1024)
+}

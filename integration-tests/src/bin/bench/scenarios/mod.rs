@@ -1,0 +1,7 @@
+//! The benchmark's scenarios, one file each; `main.rs` runs them in order.
+
+pub(crate) mod hostile;
+pub(crate) mod large_file;
+pub(crate) mod memory;
+pub(crate) mod scaling;
+pub(crate) mod small_files;
