@@ -263,3 +263,45 @@ async fn a_failed_request_is_logged_once_and_a_refused_one_not_above_debug() {
     assert!(new_errors[0].contains("md5_tasks"), "it carries the cause: {}", new_errors[0]);
     assert_eq!(count("WARN"), warnings, "refused requests log nothing above DEBUG");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_for_an_unreachable_database_is_logged_once_with_the_driver_message() {
+    use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
+    let api = integration_tests::api_process::ApiProcess::start(|c| {
+        c.telemetry.log_format = shared::config::LogFormat::Json;
+        c.telemetry.log_filter = "info".into();
+    })
+    .await
+    .unwrap();
+    let failures = || -> Vec<Value> {
+        api.stderr()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["fields"]["message"] == "request failed")
+            .collect()
+    };
+    // The database goes away under the running api: every pooled connection is cut, and a new
+    // one is refused by the server.
+    let name = api.database_url().rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+    let mut admin =
+        diesel_async::AsyncPgConnection::establish(&integration_tests::admin_database_url()).await.unwrap();
+    diesel::sql_query(format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin).await.unwrap();
+    let id = uuid::Uuid::new_v4();
+    let response = api.client.get(format!("{}/api/v1/hashes/{id}", api.base_url)).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["detail"], "the database is unreachable; try again shortly", "the cause is not sent");
+    let logged = eventually(Duration::from_secs(5), "the refusal to be logged", || async {
+        (!failures().is_empty()).then_some(())
+    })
+    .await;
+    assert!(logged.is_ok(), "{}", api.stderr());
+    let failures = failures();
+    assert_eq!(failures.len(), 1, "one line for one 503: {failures:#?}");
+    assert_eq!(failures[0]["level"], "WARN");
+    let error = failures[0]["fields"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("the database is unreachable; try again shortly: ") && error.contains(&name),
+        "the line carries the driver's message after the problem's detail: {error}"
+    );
+}
