@@ -203,13 +203,17 @@ impl ApiError {
         }
     }
 
-    /// What the log line says: the detail, then every cause in its chain.
+    /// What the log line says: the detail, then every cause in its chain (a cause whose text
+    /// its wrapper already quoted is not repeated).
     fn cause_chain(&self) -> String {
         let mut chain = self.detail.to_string();
         let mut source = std::error::Error::source(self);
         while let Some(cause) = source {
-            chain.push_str(": ");
-            chain.push_str(&cause.to_string());
+            let text = cause.to_string();
+            if !chain.ends_with(&text) {
+                chain.push_str(": ");
+                chain.push_str(&text);
+            }
             source = cause.source();
         }
         chain

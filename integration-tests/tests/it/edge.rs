@@ -277,7 +277,7 @@ async fn a_503_for_an_unreachable_database_is_logged_once_with_the_driver_messag
         api.stderr()
             .lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|line| line["fields"]["message"] == "request failed")
+            .filter(|line| line["message"] == "request failed")
             .collect()
     };
     // The database goes away under the running api: every pooled connection is cut, and a new
@@ -299,7 +299,7 @@ async fn a_503_for_an_unreachable_database_is_logged_once_with_the_driver_messag
     let failures = failures();
     assert_eq!(failures.len(), 1, "one line for one 503: {failures:#?}");
     assert_eq!(failures[0]["level"], "WARN");
-    let error = failures[0]["fields"]["error"].as_str().unwrap_or_default();
+    let error = failures[0]["error"].as_str().unwrap_or_default();
     assert!(
         error.starts_with("the database is unreachable; try again shortly: ") && error.contains(&name),
         "the line carries the driver's message after the problem's detail: {error}"
