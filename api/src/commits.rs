@@ -9,9 +9,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use diesel_async::AsyncConnection as _;
+use crate::database::{Database, DbError};
 use shared::batch::{BatchError, Batcher};
-use shared::db::{Pool, PoolError};
 use shared::models::NewTask;
 use shared::{Task, queries};
 use uuid::Uuid;
@@ -39,12 +38,9 @@ pub struct PendingTask {
 /// error would be.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum InsertError {
-    /// No connection could be had: the database is unreachable.
-    #[error("cannot get a database connection")]
-    Pool(#[source] Arc<PoolError>),
-    /// The INSERT (or its transaction) failed.
+    /// The INSERT (or its transaction) failed, or Postgres could not be reached in time.
     #[error("cannot insert the task")]
-    Query(#[source] Arc<diesel::result::Error>),
+    Database(#[source] Arc<DbError>),
     /// The upload's `Idempotency-Key` reservation ran out and another upload took the key.
     #[error("the upload's Idempotency-Key was taken over by another upload")]
     KeyTakenOver,
@@ -64,11 +60,11 @@ pub struct Commits {
 
 impl Commits {
     /// Spawns the batcher committing rows through `pool`.
-    pub fn spawn(pool: &Pool) -> Self {
-        let pool = pool.clone();
+    pub fn spawn(db: &Database) -> Self {
+        let db = db.clone();
         let inserts = Batcher::spawn("insert", MAX_BATCH, move |pending: Vec<PendingTask>| {
-            let pool = pool.clone();
-            async move { Ok(insert_all(&pool, &pending).await) }
+            let db = db.clone();
+            async move { Ok(insert_all(&db, &pending).await) }
         });
         Commits { inserts }
     }
@@ -79,22 +75,23 @@ impl Commits {
     }
 }
 
-async fn insert_all(pool: &Pool, pending: &[PendingTask]) -> Vec<Result<Task, InsertError>> {
-    let rows = async {
-        let mut conn = pool.get().await.map_err(|err| InsertError::Pool(Arc::new(err)))?;
-        let keyed: Vec<(&str, Uuid, &str, i64)> = pending
-            .iter()
-            .filter_map(|task| {
-                let key = task.idempotency_key.as_deref()?;
-                Some((key, task.task_id, task.file_name.as_str(), task.size_bytes))
-            })
-            .collect();
-        let inserted = if keyed.is_empty() {
-            queries::insert_tasks(&mut conn, &new_tasks(pending, &HashSet::new())).await
-        } else {
-            // Keys and rows commit together: a key is completed only with its task's row, and a
-            // task whose key was taken over is not inserted.
-            conn.transaction::<_, diesel::result::Error, _>(async |conn| {
+async fn insert_all(db: &Database, pending: &[PendingTask]) -> Vec<Result<Task, InsertError>> {
+    // A transaction, so that a Postgres that stalls mid-INSERT commits nothing once this upload
+    // has been answered 503 (see `Database::write`).
+    let rows = db
+        .write(async |conn| {
+            let keyed: Vec<(&str, Uuid, &str, i64)> = pending
+                .iter()
+                .filter_map(|task| {
+                    let key = task.idempotency_key.as_deref()?;
+                    Some((key, task.task_id, task.file_name.as_str(), task.size_bytes))
+                })
+                .collect();
+            if keyed.is_empty() {
+                queries::insert_tasks(conn, &new_tasks(pending, &HashSet::new())).await
+            } else {
+                // Keys and rows commit together: a key is completed only with its task's row, and a
+                // task whose key was taken over is not inserted.
                 let completed: HashSet<String> =
                     queries::complete_keys(conn, &keyed).await?.into_iter().collect();
                 let lost: HashSet<Uuid> = pending
@@ -104,12 +101,10 @@ async fn insert_all(pool: &Pool, pending: &[PendingTask]) -> Vec<Result<Task, In
                     .collect();
                 let new = new_tasks(pending, &lost);
                 if new.is_empty() { Ok(Vec::new()) } else { queries::insert_tasks(conn, &new).await }
-            })
-            .await
-        };
-        inserted.map_err(|err| InsertError::Query(Arc::new(err)))
-    }
-    .await;
+            }
+        })
+        .await
+        .map_err(|err| InsertError::Database(Arc::new(err)));
     match rows {
         Ok(rows) => {
             let mut rows: HashMap<Uuid, Task> = rows.into_iter().map(|row| (row.task_id, row)).collect();

@@ -74,6 +74,17 @@ pub struct Config {
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
+    /// Put `GET /metrics` behind `API_KEY` too (off by default, as Prometheus scrapers expect an
+    /// open endpoint; the counts it shows are read from Postgres at most every 15 s either way).
+    #[arg(long, env = "METRICS_REQUIRE_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub metrics_require_auth: bool,
+
+    /// Close a connection (HTTP/1 keep-alive or HTTP/2) that has had no request running and no
+    /// body bytes moving for this long; HTTP/2 pings do not count. When every connection slot is
+    /// taken, the longest-idle connection (idle at least a second) is closed for a new one.
+    #[arg(long, env = "IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_seconds: u64,
+
     /// Seconds an `Idempotency-Key` of `POST /api/v1/hashes` names its task: a repeat within
     /// this window gets the original task; after it the key may be used for a new upload.
     #[arg(long, env = "IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]

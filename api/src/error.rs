@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::commits::InsertError;
+use crate::database::DbError;
 use crate::storage::StorageError;
 
 /// Seconds a client is told to wait after a 503.
@@ -253,18 +254,33 @@ impl From<StorageError> for ApiError {
     }
 }
 
+impl From<DbError> for ApiError {
+    fn from(err: DbError) -> Self {
+        if is_unavailable(&err) { ApiError::database_unavailable(err) } else { ApiError::internal(err) }
+    }
+}
+
+/// True when the database could not be reached (or answered too late), as opposed to a statement
+/// that failed on a working connection.
+fn is_unavailable(err: &DbError) -> bool {
+    match err {
+        DbError::Pool(_) | DbError::TimedOut(_) => true,
+        DbError::Query(query) => is_connection_lost(query),
+    }
+}
+
 impl From<InsertError> for ApiError {
     fn from(err: InsertError) -> Self {
         match err {
-            InsertError::Pool(_) => ApiError::database_unavailable(err),
-            InsertError::Query(ref query) if is_connection_lost(query) => ApiError::database_unavailable(err),
+            InsertError::Database(ref db) if is_unavailable(db) => ApiError::database_unavailable(err),
             InsertError::KeyTakenOver => ApiError::idempotency_key_taken_over(),
-            InsertError::Query(_) | InsertError::RowMissing | InsertError::Batch(_) => {
+            InsertError::Database(_) | InsertError::RowMissing | InsertError::Batch(_) => {
                 ApiError::internal(err)
             }
         }
     }
 }
+
 /// RFC 9457 problem details.
 #[derive(Debug, Serialize, Clone, utoipa::ToSchema)]
 #[schema(example = json!({"type": "/problems/payload-too-large", "title": "Payload Too Large", "status": 413, "detail": "the upload is larger than the limit of 1000 bytes"}))]

@@ -12,8 +12,8 @@
 
 use std::time::Duration;
 
+use crate::database::Database;
 use axum::http::HeaderMap;
-use shared::db::Pool;
 use shared::models::IdempotencyRecord;
 use shared::queries;
 use tokio_util::sync::CancellationToken;
@@ -82,16 +82,16 @@ pub enum Begin {
 
 /// Looks the key up and reserves it for the upload that will create `task_id` if it is free.
 pub async fn begin(
-    pool: &Pool,
+    db: &Database,
     key: IdempotencyKey,
     task_id: Uuid,
     ttl: Duration,
 ) -> Result<Begin, ApiError> {
-    let mut conn = pool.get().await?;
-    let existing = queries::reserve_key(&mut conn, key.as_str(), task_id, RESERVATION_LEASE, ttl).await?;
-    drop(conn);
+    let existing = db
+        .run(async |conn| queries::reserve_key(conn, key.as_str(), task_id, RESERVATION_LEASE, ttl).await)
+        .await?;
     let outcome = match existing {
-        None => Begin::Reserved(Reservation::hold(pool.clone(), key, task_id)),
+        None => Begin::Reserved(Reservation::hold(db.clone(), key, task_id)),
         Some(record) if record.reserved_until.is_some() => Begin::InProgress,
         Some(record) => Begin::Completed(record),
     };
@@ -109,15 +109,15 @@ pub async fn begin(
 pub struct Reservation {
     key: IdempotencyKey,
     task_id: Uuid,
-    pool: Pool,
+    db: Database,
     refresh: CancellationToken,
     completed: bool,
 }
 
 impl Reservation {
-    fn hold(pool: Pool, key: IdempotencyKey, task_id: Uuid) -> Self {
+    fn hold(db: Database, key: IdempotencyKey, task_id: Uuid) -> Self {
         let refresh = CancellationToken::new();
-        let (stop, refresh_pool, refresh_key) = (refresh.clone(), pool.clone(), key.0.clone());
+        let (stop, refresh_db, refresh_key) = (refresh.clone(), db.clone(), key.0.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -126,22 +126,23 @@ impl Reservation {
                 }
                 // A refresh that fails is tried again at the next tick; if the database stays
                 // away, the upload fails at its commit anyway.
-                if let Ok(mut conn) = refresh_pool.get().await {
-                    let refreshed =
-                        queries::extend_key_reservation(&mut conn, &refresh_key, task_id, RESERVATION_LEASE)
-                            .await;
-                    match refreshed {
-                        Ok(true) => {}
-                        // Taken over after it ran out: the upload's commit will find that out.
-                        Ok(false) => return,
-                        Err(err) => {
-                            tracing::warn!(task.id = %task_id, error = %err, "cannot refresh an idempotency key's reservation")
-                        }
+                let refreshed = refresh_db
+                    .run(async |conn| {
+                        queries::extend_key_reservation(conn, &refresh_key, task_id, RESERVATION_LEASE).await
+                    })
+                    .await;
+                match refreshed {
+                    Ok(true) => {}
+                    // Taken over after it ran out: the upload's commit will find that out.
+                    Ok(false) => return,
+                    Err(err) => {
+                        let err = anyhow::Error::new(err);
+                        tracing::warn!(task.id = %task_id, error = format!("{err:#}"), "cannot refresh an idempotency key's reservation")
                     }
                 }
             }
         });
-        Reservation { key, task_id, pool, refresh, completed: false }
+        Reservation { key, task_id, db, refresh, completed: false }
     }
 
     /// The reserved key.
@@ -161,13 +162,11 @@ impl Drop for Reservation {
         if self.completed {
             return;
         }
-        let (pool, key, task_id) = (self.pool.clone(), self.key.0.clone(), self.task_id);
+        let (db, key, task_id) = (self.db.clone(), self.key.0.clone(), self.task_id);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 // If this fails the reservation simply runs out after RESERVATION_LEASE.
-                if let Ok(mut conn) = pool.get().await {
-                    let _ = queries::release_key(&mut conn, &key, task_id).await;
-                }
+                let _ = db.run(async |conn| queries::release_key(conn, &key, task_id).await).await;
             });
         }
     }
@@ -175,16 +174,16 @@ impl Drop for Reservation {
 
 /// Deletes keys past the retention window now, then every [`PURGE_INTERVAL`], until `stop`:
 /// the table holds at most the keys of the last `ttl`.
-pub fn spawn_purge(pool: Pool, ttl: Duration, stop: CancellationToken) {
+pub fn spawn_purge(db: Database, ttl: Duration, stop: CancellationToken) {
     tokio::spawn(async move {
         loop {
-            let purged = async {
-                queries::purge_keys(&mut *pool.get().await?, ttl).await.map_err(anyhow::Error::from)
-            };
-            match purged.await {
+            match db.run(async |conn| queries::purge_keys(conn, ttl).await).await {
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(keys.purged = purged, "deleted expired idempotency keys"),
-                Err(err) => tracing::warn!(error = %err, "cannot delete expired idempotency keys"),
+                Err(err) => {
+                    let err = anyhow::Error::new(err);
+                    tracing::warn!(error = format!("{err:#}"), "cannot delete expired idempotency keys")
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(PURGE_INTERVAL) => {}

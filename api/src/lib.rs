@@ -6,6 +6,8 @@
 pub mod body;
 pub mod commits;
 pub mod config;
+pub mod connections;
+pub mod database;
 pub mod error;
 pub mod form;
 pub mod idempotency;
@@ -17,6 +19,7 @@ pub mod serve;
 pub mod slots;
 pub mod state;
 pub mod storage;
+pub mod task_counts;
 pub mod upload;
 
 use std::future::Future;
@@ -46,9 +49,28 @@ pub async fn run(
     if config.api_key.as_deref() == Some("") {
         tracing::warn!("API_KEY is set but empty: authentication is off (unset it, or give it a value)");
     }
-    shared::db::run_migrations_when_ready(&config.database, "md5-api").await?;
+    // The shutdown signal is watched from the start: a SIGTERM while Postgres is not up yet
+    // ends the start-up, too.
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
+    tokio::select! {
+        migrated = shared::db::run_migrations_when_ready(&config.database, "md5-api") => migrated?,
+        () = stop.cancelled() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    }
     let _ = shared::telemetry::metrics();
-    let pool = shared::db::build_pool(&config.database, "md5-api")?;
+    let db = database::Database::new(
+        shared::db::build_pool(&config.database, "md5-api")?,
+        config.database.timeout(),
+    );
     let queue = queue::JobQueue::new(&config.redis.redis_url, config.stream.jobs_stream.clone())?;
     let stop_listening = CancellationToken::new();
     let finished =
@@ -58,26 +80,28 @@ pub async fn run(
         config.body_bounds().idle,
         stop_listening.clone(),
     );
-    idempotency::spawn_purge(pool.clone(), config.idempotency_ttl(), stop_listening.clone());
+    idempotency::spawn_purge(db.clone(), config.idempotency_ttl(), stop_listening.clone());
     let options = serve::ServeOptions {
         header_timeout: Duration::from_secs(config.header_timeout_seconds),
         grace: Duration::from_secs(config.shutdown_grace_seconds),
         max_connections: config.max_connections,
+        idle_timeout: Duration::from_secs(config.idle_timeout_seconds),
     };
-    let commits = commits::Commits::spawn(&pool);
+    let commits = commits::Commits::spawn(&db);
     let storage = storage::Storage::new(&config.storage.upload_dir, config.min_free_bytes);
     let state = AppState {
         upload_slots: slots::UploadSlots::new(config.max_concurrent_uploads, config.uploads_per_client()),
         config: Arc::new(config),
+        task_counts: task_counts::TaskCounts::new(db.clone()),
         storage,
         commits,
-        pool,
+        db,
         queue,
         finished,
     };
     let app = app(state);
     tracing::info!(addr = %listener.local_addr()?, "md5-api listening");
-    serve::serve(listener, app, options, shutdown).await;
+    serve::serve(listener, app, options, stop.cancelled_owned()).await;
     stop_listening.cancel();
     Ok(())
 }
@@ -89,7 +113,7 @@ pub fn app(state: AppState) -> axum::Router {
     let max_wait_seconds = state.config.max_wait_seconds;
     let (router, document) = routes::router(state);
     let router = router
-        .merge(axum::Router::from(openapi::swagger_ui(openapi::document(document, max_wait_seconds))).layer(
+        .merge(openapi::docs_router(&openapi::document(document, max_wait_seconds)).layer(
             tower_http::set_header::SetResponseHeaderLayer::overriding(
                 axum::http::header::CONTENT_SECURITY_POLICY,
                 axum::http::HeaderValue::from_static(routes::DOCS_CONTENT_SECURITY_POLICY),

@@ -5,10 +5,12 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // First: a SIGTERM during start-up then stops the process gracefully instead of killing it.
+    let shutdown = shared::telemetry::shutdown_signal();
     let config = api::Config::parse();
     shared::telemetry::init(&config.telemetry)?;
     let listener = tokio::net::TcpListener::bind(config.bind_addr)
         .await
         .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
-    api::run(config, listener, shared::telemetry::shutdown_signal()).await
+    api::run(config, listener, shutdown).await
 }

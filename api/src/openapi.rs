@@ -76,9 +76,18 @@ pub fn document(mut openapi: utoipa::openapi::OpenApi, max_wait_seconds: u64) ->
     openapi
 }
 
-/// Swagger UI at `/docs`, reading `/openapi.json`, which serves `openapi`.
-pub fn swagger_ui(openapi: utoipa::openapi::OpenApi) -> utoipa_swagger_ui::SwaggerUi {
-    utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi)
+/// `/docs` (vendored Swagger UI, no internet needed) and `/openapi.json`, which is serialized
+/// once: every request gets the same shared bytes, so a client that requests it many times and
+/// never reads the answers holds no copy of its own.
+pub fn docs_router(openapi: &utoipa::openapi::OpenApi) -> axum::Router {
+    let json = bytes::Bytes::from(serde_json::to_vec(openapi).expect("the OpenAPI document serializes"));
+    let document = axum::routing::get(move || {
+        let json = json.clone();
+        async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], json) }
+    });
+    let ui =
+        utoipa_swagger_ui::SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json"));
+    axum::Router::new().route("/openapi.json", document).merge(axum::Router::from(ui))
 }
 
 #[cfg(test)]

@@ -7,7 +7,11 @@
 //!   header timeout then covers every later request on an HTTP/1 connection, and HTTP/2 pings
 //!   close a connection whose peer stops answering.
 //! - Read buffers and HTTP/2 flow-control windows are small, so a connection that sends faster
-//!   than its upload is written holds at most a few hundred KiB.
+//!   than its upload is written holds at most a few hundred KiB; what hyper buffers for a stream
+//!   whose peer does not read is capped too ([`H2_MAX_SEND_BUFFER_BYTES`]).
+//! - A connection idle for `IDLE_TIMEOUT_SECONDS` is closed (HTTP/1 keep-alive and HTTP/2 alike;
+//!   pings are not activity), and when every connection slot is taken the longest-idle
+//!   connection is closed to let the new one in (see [`crate::connections`]).
 
 use std::future::Future;
 use std::io;
@@ -28,6 +32,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt as _;
 
+use crate::connections::{Connections, TrackedBody};
+
 /// The address of the client a request came from, put into every request's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
@@ -42,6 +48,8 @@ pub const H2_CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
 pub const H2_MAX_STREAMS: u32 = 32;
 /// Largest HTTP/2 header list.
 pub const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// Most response bytes hyper buffers for one HTTP/2 stream beyond what the peer's window takes.
+pub const H2_MAX_SEND_BUFFER_BYTES: usize = 64 * 1024;
 /// File descriptors kept free for everything but client connections (files, Postgres, Redis).
 const RESERVED_FDS: u64 = 256;
 
@@ -54,6 +62,8 @@ pub struct ServeOptions {
     pub grace: Duration,
     /// Most open connections.
     pub max_connections: u32,
+    /// A connection with no running handler and no body progress for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Serves `app` until `shutdown` completes, then waits up to `options.grace` for open connections.
@@ -79,15 +89,25 @@ pub async fn serve(
         .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES)
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
+        .max_send_buf_size(H2_MAX_SEND_BUFFER_BYTES)
         .keep_alive_interval(Some(header_timeout))
         .keep_alive_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
+    let open_connections = Arc::new(Connections::default());
+    let idle_timeout = options.idle_timeout;
     let mut accept_backoff = Duration::from_millis(10);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => permit.expect("the connection semaphore is never closed"),
-            () = &mut shutdown => break,
+        let permit = match connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Full: the longest-idle connection makes room, or the next one to end does.
+                open_connections.evict_longest_idle();
+                tokio::select! {
+                    permit = connections.clone().acquire_owned() => permit.expect("the connection semaphore is never closed"),
+                    () = &mut shutdown => break,
+                }
+            }
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -106,13 +126,23 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let client = ClientAddr(peer.ip().to_canonical());
         let request_seen = Arc::new(RequestSeen::default());
+        let open = open_connections.open();
         let service = {
             let request_seen = request_seen.clone();
             let app = app.clone();
+            let activity = open.activity.clone();
             hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                 request_seen.mark();
                 request.extensions_mut().insert(client);
-                app.clone().oneshot(request.map(Body::new))
+                let running = activity.handler_running();
+                let (app, activity) = (app.clone(), activity.clone());
+                async move {
+                    let response = app.oneshot(request.map(Body::new)).await?;
+                    drop(running);
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|body| Body::new(TrackedBody::new(body, activity))),
+                    )
+                }
             })
         };
         let io = ProblemOnRefusal::new(stream, request_seen.clone());
@@ -120,6 +150,8 @@ pub async fn serve(
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _permit = permit;
+            let activity = open.activity.clone();
+            let _open = open;
             let first_head = async {
                 if tokio::time::timeout(header_timeout, request_seen.notify.notified()).await.is_ok() {
                     std::future::pending::<()>().await;
@@ -131,6 +163,10 @@ pub async fn serve(
                 },
                 () = first_head => {
                     tracing::debug!(client.addr = %client.0, "closed a connection that sent no request head in time");
+                }
+                () = activity.idle_timeout(idle_timeout) => {
+                    metrics::counter!("md5_idle_connections_closed_total").increment(1);
+                    tracing::debug!(client.addr = %client.0, "closed an idle connection");
                 }
             }
         });

@@ -4,19 +4,22 @@ use std::sync::Arc;
 
 use crate::commits::Commits;
 use crate::config::Config;
+use crate::database::Database;
 use crate::notify::FinishedTasks;
 use crate::queue::JobQueue;
 use crate::slots::UploadSlots;
 use crate::storage::Storage;
-use shared::db::Pool;
+use crate::task_counts::TaskCounts;
 
 /// Shared handler state.
 #[derive(Clone)]
 pub struct AppState {
     /// Settings, parsed once.
     pub config: Arc<Config>,
-    /// Postgres connections.
-    pub pool: Pool,
+    /// Postgres, every use bounded by `DB_TIMEOUT_MS`.
+    pub db: Database,
+    /// Tasks by status for `/metrics`, cached.
+    pub task_counts: TaskCounts,
     /// Where uploads are stored: partial files, and their batched durable renames.
     pub storage: Storage,
     /// The group commit of finished uploads' rows.

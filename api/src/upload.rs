@@ -127,10 +127,10 @@ async fn open_destination(
     key: Option<IdempotencyKey>,
 ) -> Result<Destination, ApiError> {
     let Some(key) = key else {
-        drop(state.pool.get().await?);
+        state.db.check_available().await?;
         return Ok(Destination::Store(PartWriter::new(state.storage.create(task_id)), None));
     };
-    match idempotency::begin(&state.pool, key, task_id, state.config.idempotency_ttl()).await? {
+    match idempotency::begin(&state.db, key, task_id, state.config.idempotency_ttl()).await? {
         Begin::Reserved(reservation) => {
             Ok(Destination::Store(PartWriter::new(state.storage.create(task_id)), Some(reservation)))
         }
@@ -237,8 +237,8 @@ async fn replay(
             original.size_bytes.unwrap_or(0),
         )));
     }
-    let mut conn = state.pool.get().await?;
-    let task = shared::queries::find_task(&mut conn, original.task_id).await?.ok_or_else(|| {
+    let task = state.db.run(async |conn| shared::queries::find_task(conn, original.task_id).await).await?;
+    let task = task.ok_or_else(|| {
         ApiError::internal(anyhow::anyhow!(
             "idempotency key names task {} which has no row",
             original.task_id

@@ -339,6 +339,7 @@ impl Drop for FaultEnv {
         }
         // Postgres and Redis stop in their own Drop; the folder goes after them.
         let root = self.root.clone();
+        let _ = self.pg.resume();
         let _ = self.pg.stop_immediate();
         self.redis.kill();
         if std::env::var_os("KEEP_FAULT_DIRS").is_none() {

@@ -9,6 +9,7 @@ pub mod api_process;
 pub mod attacks;
 pub mod database;
 pub mod fault;
+pub mod h2_attacks;
 pub mod launcher;
 pub mod private_services;
 pub mod proxy;

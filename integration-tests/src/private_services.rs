@@ -123,6 +123,27 @@ impl PrivatePostgres {
         text.lines().next()?.trim().parse().ok()
     }
 
+    /// `SIGSTOP` to the postmaster and every backend: connections stay open and nothing answers,
+    /// like a server stalled on its disk or a network path that stopped delivering.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal_all(rustix::process::Signal::STOP)
+    }
+
+    /// `SIGCONT` to the same processes: the server goes on where it stopped.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal_all(rustix::process::Signal::CONT)
+    }
+
+    fn signal_all(&self, signal: rustix::process::Signal) -> anyhow::Result<()> {
+        let postmaster = self.pid().context("the private Postgres is not running")?;
+        for pid in std::iter::once(postmaster).chain(children_of(postmaster)) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+        Ok(())
+    }
+
     /// `pg_ctl stop -m immediate`: the server dies as in a crash.
     pub fn stop_immediate(&self) -> anyhow::Result<()> {
         let mut stop = pg_command(&self.bin.join("pg_ctl"));
@@ -133,6 +154,8 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
+        // A paused server would not stop.
+        let _ = self.resume();
         let _ = self.stop_immediate();
     }
 }
@@ -212,4 +235,19 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Live child processes of `parent`, from `/proc`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
 }

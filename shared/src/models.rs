@@ -132,7 +132,8 @@ pub struct IdempotencyRecord {
     pub file_name: Option<String>,
     /// Its size, once completed.
     pub size_bytes: Option<i64>,
-    /// When the key was first used; it may be used again `IDEMPOTENCY_TTL_SECONDS` later.
+    /// When the key's window began: its reservation, then its upload's completion; it may be used
+    /// for another upload `IDEMPOTENCY_TTL_SECONDS` later.
     pub created_at: DateTime<Utc>,
     /// Set while the first upload with the key is still streaming.
     pub reserved_until: Option<DateTime<Utc>>,

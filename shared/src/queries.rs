@@ -267,7 +267,9 @@ pub async fn release_key(conn: &mut AsyncPgConnection, key: &str, task_id: Uuid)
 }
 
 /// Completes reserved keys with the request they were used for, as `(key, task_id, file_name,
-/// size_bytes)`; run it in the transaction that inserts the tasks. Returns the keys it completed:
+/// size_bytes)`; run it in the transaction that inserts the tasks. The retention window starts
+/// again here (`created_at`): a key is good for `IDEMPOTENCY_TTL_SECONDS` after its upload
+/// completed, however long the upload took. Returns the keys it completed:
 /// a key not returned was no longer reserved by that task (its reservation passed and another
 /// upload took the key over).
 pub async fn complete_keys(
@@ -282,7 +284,7 @@ pub async fn complete_keys(
     }
     let rows: Vec<Completed> = diesel::sql_query(
         "UPDATE md5_idempotency_keys AS k \
-         SET file_name = v.file_name, size_bytes = v.size_bytes, reserved_until = NULL \
+         SET file_name = v.file_name, size_bytes = v.size_bytes, reserved_until = NULL, created_at = now() \
          FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int8[]) AS v(key, task_id, file_name, size_bytes) \
          WHERE k.key = v.key AND k.task_id = v.task_id AND k.reserved_until IS NOT NULL \
          RETURNING k.key",

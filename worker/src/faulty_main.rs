@@ -5,7 +5,9 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // First: a SIGTERM during start-up then stops the process gracefully instead of killing it.
+    let shutdown = shared::telemetry::shutdown_signal();
     let config = worker::Config::parse();
     shared::telemetry::init(&config.telemetry)?;
-    worker::run(config, shared::telemetry::shutdown_signal()).await
+    worker::run(config, shutdown).await
 }

@@ -38,7 +38,23 @@ use stream::Jobs;
 /// the group and are taken over by another worker.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let consumer = config.consumer();
-    shared::db::run_migrations_when_ready(&config.database, "md5-worker").await?;
+    // One shutdown token for the whole worker, watching the signal from the start: a SIGTERM
+    // while Postgres is not up yet ends the start-up, too.
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
+    tokio::select! {
+        migrated = shared::db::run_migrations_when_ready(&config.database, "md5-worker") => migrated?,
+        () = stop.cancelled() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    }
     let concurrency = config.concurrency();
     // Install the recorder before any job records a metric.
     let _ = shared::telemetry::metrics();
@@ -57,7 +73,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     if config.fault_fail_flush_once {
         log.fail_next_flush();
     }
-    let stop = CancellationToken::new();
     let batches = Batches::spawn(&pool, &bookkeeping, &jobs.commands(), &consumer, config.claim_idle());
     let hash_threads = std::thread::available_parallelism().map_or(2, usize::from);
     let ctx = Arc::new(JobContext {
@@ -71,13 +86,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         consumer: consumer.clone(),
         shutdown: stop.clone(),
     });
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            stop.cancel();
-        });
-    }
     let metrics_server = match config.metrics_addr {
         Some(addr) => Some(MetricsServer::bind(addr).await?),
         None => None,

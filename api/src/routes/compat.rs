@@ -158,8 +158,7 @@ pub async fn get_hash(
         }
         return Ok(unprocessable(["path", "task_id"], "value is not a valid uuid", "type_error.uuid"));
     };
-    let mut conn = state.pool.get().await?;
-    let Some(task) = queries::find_task(&mut conn, id).await? else {
+    let Some(task) = state.db.run(async |conn| queries::find_task(conn, id).await).await? else {
         return Ok(not_found());
     };
     let result = match task.status {

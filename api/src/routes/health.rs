@@ -24,13 +24,15 @@ pub async fn healthz() -> Json<Value> {
             example = json!({"postgres": {"error": "connection refused"}, "redis": "ok", "upload_dir": "ok"})),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let postgres = match state.pool.get().await {
-        Ok(mut conn) => {
+    let postgres = state
+        .db
+        .run(async |conn| {
             use diesel_async::RunQueryDsl as _;
-            diesel::sql_query("SELECT 1").execute(&mut conn).await.map(drop).map_err(|e| e.to_string())
-        }
-        Err(err) => Err(err.to_string()),
-    };
+            diesel::sql_query("SELECT 1").execute(conn).await
+        })
+        .await
+        .map(drop)
+        .map_err(|err| format!("{:#}", anyhow::Error::new(err)));
     let redis = state.queue.ping().await.map_err(|err| err.to_string());
     let upload_dir = probe_upload_dir(state.config.storage.upload_dir.clone()).await;
     let check = |result: &Result<(), String>| match result {

@@ -8,7 +8,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::state::AppState;
-use shared::queries;
 
 /// The method as a label from a closed set: a client that invents methods cannot add series.
 fn method_label(method: &Method) -> &'static str {
@@ -44,18 +43,27 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
     response
 }
 
-/// `GET /metrics`: the api's own counters plus, read at scrape time, tasks by status, the
-/// stream's length and the group's pending entries.
+/// `GET /metrics`: the api's own counters plus tasks by status (read from Postgres at most once
+/// per `task_counts::TASK_COUNTS_MAX_AGE`, whatever the number of scrapers), the stream's length
+/// and the group's pending entries. Behind the API key when `METRICS_REQUIRE_AUTH` is set.
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String))
+    responses(
+        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
+        (status = 401, description = "`METRICS_REQUIRE_AUTH` and `API_KEY` are set and the bearer token is missing or wrong",
+            body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security((), ("bearer" = []))
 )]
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    if let Ok(mut conn) = state.pool.get().await
-        && let Ok(counts) = queries::count_by_status(&mut conn).await
+pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if state.config.metrics_require_auth
+        && let Err(refused) = super::check_api_key(&state, &headers)
     {
+        return refused.into_response();
+    }
+    if let Some(counts) = state.task_counts.current().await {
         for status in [
             shared::TaskStatus::Queued,
             shared::TaskStatus::Processing,

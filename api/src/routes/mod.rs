@@ -63,19 +63,21 @@ async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = state.config.api_key() {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(bearer_token)
-            .unwrap_or("");
-        let matches: bool = presented.as_bytes().ct_eq(expected.as_bytes()).into();
-        if !matches {
-            return Err(ApiError::unauthorized());
-        }
-    }
+    check_api_key(&state, request.headers())?;
     Ok(next.run(request).await)
+}
+
+/// 401 unless `API_KEY` is unset or `headers` carry `Authorization: Bearer <key>` (compared in
+/// constant time).
+pub fn check_api_key(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = state.config.api_key() else { return Ok(()) };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(bearer_token)
+        .unwrap_or("");
+    let matches: bool = presented.as_bytes().ct_eq(expected.as_bytes()).into();
+    if matches { Ok(()) } else { Err(ApiError::unauthorized()) }
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive

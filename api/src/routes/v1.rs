@@ -199,8 +199,8 @@ fn parse_wait(raw: Option<&str>, max_seconds: u64) -> Result<Duration, ApiError>
 
 /// Loads a task or fails with 404.
 pub async fn load(state: &AppState, task_id: Uuid) -> Result<Task, ApiError> {
-    let mut conn = state.pool.get().await?;
-    queries::find_task(&mut conn, task_id).await?.ok_or_else(|| ApiError::task_not_found(task_id))
+    let task = state.db.run(async |conn| queries::find_task(conn, task_id).await).await?;
+    task.ok_or_else(|| ApiError::task_not_found(task_id))
 }
 
 /// Answers as soon as the task is finished (woken by its notification), or after `wait`.

@@ -306,3 +306,47 @@ async fn a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing
     assert!(recoveries.len() >= 6, "every kind of fault was applied twice, and progress resumed after each");
     assert_clean(&report);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_postgres_is_not_up_yet_stops_api_and_worker_with_status_0() {
+    use integration_tests::launcher::{Launch, ServiceConfig, free_port};
+    let root = std::env::temp_dir().join(format!("md5-startup-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&root).unwrap();
+    // Nothing listens on this port: the processes wait for Postgres, as in any start order.
+    let database_url = format!("postgres://postgres@127.0.0.1:{}/md5", free_port());
+    let config = ServiceConfig::new(&database_url, &integration_tests::redis_url(), &root, free_port());
+    let (api_log, worker_log) = (root.join("api.log"), root.join("worker.log"));
+    let mut processes = [
+        (Launch::api(&config.api).stderr_to(&api_log).spawn().unwrap(), api_log),
+        (Launch::worker(&config.worker).stderr_to(&worker_log).spawn().unwrap(), worker_log),
+    ];
+    for (_, log) in &processes {
+        let waiting = integration_tests::eventually(
+            Duration::from_secs(20),
+            "the process to wait for Postgres",
+            || async { std::fs::read_to_string(log).ok()?.contains("not ready; retrying").then_some(()) },
+        )
+        .await;
+        assert!(waiting.is_ok(), "{}", std::fs::read_to_string(log).unwrap_or_default());
+    }
+    for (child, _) in &processes {
+        rustix::process::kill_process(rustix::process::Pid::from_child(child), Signal::TERM).unwrap();
+    }
+    for (child, log) in &mut processes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "still running 10 s after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "stopped, not killed: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    let _ = std::fs::remove_dir_all(root);
+}

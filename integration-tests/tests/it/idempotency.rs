@@ -293,3 +293,24 @@ fn tokio_stream_from<T: Send + 'static>(
     })
     .boxed()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_window_counts_from_the_uploads_completion_not_its_start() {
+    let app = TestApp::spawn(TestOptions::default().no_workers().api(|c| c.idempotency_ttl_seconds = 3))
+        .await
+        .unwrap();
+    let first = SlowUpload::start(&app, "long", "long.bin").await;
+    wait_key_rows(&app, 1, "the key to be reserved").await;
+    // The upload outlasts the whole retention window: this wait is what the test is about.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let first = first.finish().await;
+    assert_eq!(first.status(), 202);
+    let id = first.json::<Value>().await.unwrap()["id"].clone();
+    // A retry at once (the client lost the answer) is within the window of the completed upload.
+    let retry = keyed(&app, "long", "long.bin", &[b'a'; 2000]).await;
+    assert_eq!(retry.status(), 202);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(retry.json::<Value>().await.unwrap()["id"], id, "the retry names the same task");
+    assert_eq!(app.row_count().await, 1, "no second task");
+    app.stop().await;
+}

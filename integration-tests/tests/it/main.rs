@@ -13,6 +13,7 @@ mod errors;
 mod exactly_once;
 mod faults;
 mod hostile;
+mod hostile_round_two;
 mod idempotency;
 mod log_writers;
 mod raw_http;

@@ -1,0 +1,202 @@
+//! What each open connection is doing, so that an idle one is closed and, when every connection
+//! slot is taken, the longest-idle one gives its slot to a new client.
+//!
+//! A connection is *idle* when no request handler of it is running and nothing moved in any of
+//! its request or response bodies for a while. HTTP/2 pings and SETTINGS do not count: an h2
+//! client library that answers pings by itself, or a peer that keeps a zero flow-control window
+//! so that its responses never drain, holds its connection only [`IDLE_TIMEOUT_SECONDS`]
+//! (`IDLE_TIMEOUT_SECONDS`), and not at all once the server is full and someone else knocks.
+//! A handler that legitimately waits (`?wait=`, an upload) is not idle: its own bounds apply.
+//!
+//! [`IDLE_TIMEOUT_SECONDS`]: crate::config::Config::idle_timeout_seconds
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use hyper::body::Frame;
+use tokio::sync::Notify;
+
+/// A connection idle for less than this is never evicted for a new one (a keep-alive client
+/// between two requests).
+const EVICTION_MIN_IDLE: Duration = Duration::from_secs(1);
+
+/// What one connection is doing.
+#[derive(Debug)]
+pub struct Activity {
+    opened: Instant,
+    handlers: AtomicUsize,
+    last_progress_ms: AtomicU64,
+    evict: Notify,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            opened: Instant::now(),
+            handlers: AtomicUsize::new(0),
+            last_progress_ms: AtomicU64::new(0),
+            evict: Notify::new(),
+        }
+    }
+
+    /// Something moved: a request began or ended, a body chunk went in or out.
+    pub fn touch(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_progress_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// How long the connection has been idle; `None` while a handler runs.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.handlers.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Relaxed));
+        Some(self.opened.elapsed().saturating_sub(last))
+    }
+
+    /// Marks a handler as running until the guard is dropped.
+    pub fn handler_running(self: &Arc<Self>) -> HandlerRunning {
+        self.handlers.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        HandlerRunning(self.clone())
+    }
+
+    /// Completes when the connection has been idle for `timeout`, or was chosen for eviction
+    /// while idle.
+    pub async fn idle_timeout(&self, timeout: Duration) {
+        loop {
+            let wait = match self.idle_for() {
+                Some(idle) if idle >= timeout => return,
+                Some(idle) => timeout - idle,
+                None => timeout,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.evict.notified() => {
+                    if self.idle_for().is_some_and(|idle| idle >= EVICTION_MIN_IDLE) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A running handler of a connection; dropping it (the handler finished or was cancelled)
+/// counts as progress.
+pub struct HandlerRunning(Arc<Activity>);
+
+impl Drop for HandlerRunning {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.handlers.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Every open connection's [`Activity`].
+#[derive(Debug, Default)]
+pub struct Connections {
+    open: Mutex<HashMap<u64, Arc<Activity>>>,
+    next_id: AtomicU64,
+}
+
+impl Connections {
+    /// Registers a new connection until the returned handle is dropped.
+    pub fn open(self: &Arc<Self>) -> OpenConnection {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let activity = Arc::new(Activity::new());
+        self.open.lock().expect("connections lock").insert(id, activity.clone());
+        OpenConnection { id, activity, connections: self.clone() }
+    }
+
+    /// Asks the longest-idle connection (idle for at least a second) to close; true if one was asked.
+    pub fn evict_longest_idle(&self) -> bool {
+        let open = self.open.lock().expect("connections lock");
+        let longest = open
+            .values()
+            .filter_map(|activity| Some((activity.idle_for()?, activity)))
+            .filter(|(idle, _)| *idle >= EVICTION_MIN_IDLE)
+            .max_by_key(|(idle, _)| *idle);
+        match longest {
+            Some((_, activity)) => {
+                activity.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A registered connection; unregistered on drop.
+pub struct OpenConnection {
+    id: u64,
+    /// What it is doing.
+    pub activity: Arc<Activity>,
+    connections: Arc<Connections>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.connections.open.lock().expect("connections lock").remove(&self.id);
+    }
+}
+
+/// A response body that counts each chunk it hands to hyper as progress of its connection.
+pub struct TrackedBody {
+    inner: Body,
+    activity: Arc<Activity>,
+}
+
+impl TrackedBody {
+    /// Wraps `inner`.
+    pub fn new(inner: Body, activity: Arc<Activity>) -> Self {
+        TrackedBody { inner, activity }
+    }
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_idle_only_while_no_handler_runs() {
+        let connections = Arc::new(Connections::default());
+        let open = connections.open();
+        let activity = open.activity.clone();
+        let running = activity.handler_running();
+        assert_eq!(activity.idle_for(), None);
+        assert!(!connections.evict_longest_idle(), "a connection with a running handler is not evicted");
+        drop(running);
+        assert!(activity.idle_for().is_some());
+    }
+}
