@@ -4,7 +4,10 @@
 
 const STORE_KEY = 'md5.recentTasks';
 const MAX_RECENT = 50;
-const WAIT_SECONDS = 30;
+// Seconds one long-poll asks for; lowered to the service's longest wait if it says it is shorter.
+let waitSeconds = 30;
+// Statuses of a task still on its way; any other is final.
+const PENDING = new Set(['queued', 'processing', 'uploading']);
 const $ = (id) => document.getElementById(id);
 let apiKey = sessionStorage.getItem('md5.apiKey') || '';
 
@@ -121,20 +124,35 @@ async function fetchTask(id, wait) {
   return { status: response.status, body };
 }
 
-// Follows a task until it is finished, one long-poll at a time (never a tight loop).
+// Follows a task until it is finished, one long-poll at a time (never a tight loop: a server
+// that answers "not yet" sooner than asked is asked again after a growing pause).
 async function follow(view, id) {
   let failures = 0;
+  let pause = 250;
   for (;;) {
     let result;
+    const asked = Date.now();
     try {
-      result = await fetchTask(id, WAIT_SECONDS);
+      result = await fetchTask(id, waitSeconds);
     } catch {
       result = { status: 0, body: null };
     }
     if (result.status === 200) {
       failures = 0;
       render(view, result.body);
-      if (result.body.status === 'done' || result.body.status === 'failed') return result.body;
+      if (!PENDING.has(result.body.status)) return result.body;
+      if (Date.now() - asked < Math.max(waitSeconds, 1) * 1000) {
+        await new Promise((resolve) => setTimeout(resolve, pause));
+        pause = Math.min(5000, pause * 2);
+      } else {
+        pause = 250;
+      }
+      continue;
+    }
+    // The service's longest wait is shorter than ours: it says so in the problem.
+    const maxWait = result.body && Number.isInteger(result.body.max_wait_seconds) ? result.body.max_wait_seconds : null;
+    if (result.status === 400 && maxWait !== null && maxWait < waitSeconds) {
+      waitSeconds = maxWait;
       continue;
     }
     if (result.status === 401 && askForKey()) continue;
@@ -218,7 +236,7 @@ $('lookup-form').addEventListener('submit', async (event) => {
   if (existing) existing.remove();
   const view = card(result.body.file_name);
   render(view, result.body);
-  if (result.body.status !== 'done' && result.body.status !== 'failed') follow(view, result.body.id);
+  if (PENDING.has(result.body.status)) follow(view, result.body.id);
 });
 
 for (const type of ['dragenter', 'dragover']) {

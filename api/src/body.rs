@@ -4,6 +4,10 @@
 //! - **Idle**: no byte for `BODY_IDLE_TIMEOUT_SECONDS` ends the body.
 //! - **Rate**: fewer than `MIN_UPLOAD_BYTES_PER_SECOND` × `UPLOAD_RATE_WINDOW_SECONDS` bytes in any
 //!   window ends the body, so a trickle cannot hold an upload slot for long.
+//! - **Chunk size**: every [`CHUNK_WINDOW`] chunks must bring at least `MIN_UPLOAD_CHUNK_BYTES`
+//!   each on average, so the cost of an upload is bounded per byte whatever its framing (a body
+//!   sent in 1-byte HTTP/1.1 chunks or DATA frames costs the api ~200× the CPU per byte of a
+//!   normal one); the bad window is cut after [`CHUNK_WINDOW`] chunks, a few milliseconds of work.
 //! - **Form head**: while the multipart parser looks for the next part (the preamble before the
 //!   first boundary, a part's headers), it may pull at most [`FormHead`]'s budget; multer buffers
 //!   everything it pulls in that state, so without this bound a body that never shows a boundary
@@ -39,6 +43,18 @@ pub enum BodyLimit {
         /// The configured floor.
         min_per_second: u64,
     },
+    /// The chunks are too small on average.
+    #[error(
+        "the upload sent {bytes} bytes in {chunks} chunks, below the minimum average of {min_average} bytes per chunk"
+    )]
+    Fragmented {
+        /// Chunks in the window.
+        chunks: u64,
+        /// Bytes they carried.
+        bytes: u64,
+        /// The configured floor.
+        min_average: u64,
+    },
     /// The preamble or a part's headers are larger than the budget.
     #[error("the multipart preamble or part headers exceed {0} bytes")]
     FormHeadTooLarge(u64),
@@ -73,7 +89,12 @@ pub struct BodyBounds {
     pub min_bytes_per_second: u64,
     /// The window the rate is measured over.
     pub rate_window: Duration,
+    /// Minimum average bytes per chunk over each [`CHUNK_WINDOW`] chunks (0 disables the check).
+    pub min_chunk_bytes: u64,
 }
+
+/// Chunks over which the average chunk size is measured.
+pub const CHUNK_WINDOW: u64 = 1024;
 
 /// Shared between the upload path and the body stream: how many more bytes the multipart
 /// parser may pull before it has found the next part. The upload path opens the budget before
@@ -120,7 +141,15 @@ pub fn guard(
     bounds: BodyBounds,
     head: FormHead,
 ) -> impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static {
-    let state = Guard { body, bounds, head, window_started: Instant::now(), window_bytes: 0 };
+    let state = Guard {
+        body,
+        bounds,
+        head,
+        window_started: Instant::now(),
+        window_bytes: 0,
+        chunks: 0,
+        chunk_bytes: 0,
+    };
     futures_util::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
         match state.next().await {
@@ -137,6 +166,9 @@ struct Guard<S> {
     head: FormHead,
     window_started: Instant,
     window_bytes: u64,
+    /// Chunks, and their bytes, in the current chunk window.
+    chunks: u64,
+    chunk_bytes: u64,
 }
 
 impl<S> Guard<S>
@@ -146,7 +178,7 @@ where
     async fn next(&mut self) -> Result<Option<Bytes>, io::Error> {
         let limit = |limit: BodyLimit| {
             let kind = match limit {
-                BodyLimit::FormHeadTooLarge(_) => io::ErrorKind::InvalidData,
+                BodyLimit::FormHeadTooLarge(_) | BodyLimit::Fragmented { .. } => io::ErrorKind::InvalidData,
                 _ => io::ErrorKind::TimedOut,
             };
             io::Error::new(kind, limit)
@@ -160,6 +192,7 @@ where
                 Ok(Some(Ok(bytes))) => {
                     self.head.count(bytes.len()).map_err(limit)?;
                     self.window_bytes += bytes.len() as u64;
+                    self.check_chunk_size(bytes.len()).map_err(limit)?;
                     self.check_rate().map_err(limit)?;
                     return Ok(Some(bytes));
                 }
@@ -171,6 +204,25 @@ where
                 Err(_) => self.check_rate().map_err(limit)?,
             }
         }
+    }
+
+    /// Every [`CHUNK_WINDOW`] chunks, their average size must reach the floor.
+    fn check_chunk_size(&mut self, len: usize) -> Result<(), BodyLimit> {
+        let min_average = self.bounds.min_chunk_bytes;
+        if min_average == 0 {
+            return Ok(());
+        }
+        self.chunks += 1;
+        self.chunk_bytes += len as u64;
+        if self.chunks < CHUNK_WINDOW {
+            return Ok(());
+        }
+        let (chunks, bytes) = (self.chunks, self.chunk_bytes);
+        (self.chunks, self.chunk_bytes) = (0, 0);
+        if bytes < chunks.saturating_mul(min_average) {
+            return Err(BodyLimit::Fragmented { chunks, bytes, min_average });
+        }
+        Ok(())
     }
 
     /// At the end of each window, the bytes received in it must reach the floor.
@@ -208,6 +260,7 @@ mod tests {
             idle: Duration::from_secs(5),
             min_bytes_per_second: 0,
             rate_window: Duration::from_secs(5),
+            min_chunk_bytes: 0,
         }
     }
 
@@ -236,6 +289,7 @@ mod tests {
             idle: Duration::from_secs(30),
             min_bytes_per_second: 100,
             rate_window: Duration::from_secs(1),
+            min_chunk_bytes: 0,
         };
         let mut body = Box::pin(guard(Box::pin(trickle), bounds, FormHead::new(u64::MAX)));
         let started = Instant::now();
@@ -259,9 +313,34 @@ mod tests {
             idle: Duration::from_secs(1),
             min_bytes_per_second: 0,
             rate_window: Duration::from_secs(1),
+            min_chunk_bytes: 0,
         };
         let mut body = Box::pin(guard(silent, bounds, FormHead::new(10)));
         let err = body.next().await.unwrap().unwrap_err();
         assert_eq!(BodyLimit::find(&err), Some(&BodyLimit::Idle(1)));
+    }
+
+    #[tokio::test]
+    async fn a_body_of_tiny_chunks_is_cut_after_one_window_and_large_chunks_pass() {
+        let bounds = BodyBounds { min_chunk_bytes: 256, ..bounds() };
+        let tiny = futures_util::stream::iter((0..10 * CHUNK_WINDOW).map(|_| Ok(Bytes::from_static(b"x"))));
+        let mut body = Box::pin(guard(Box::pin(tiny), bounds, FormHead::new(u64::MAX)));
+        let mut passed = 0;
+        let err = loop {
+            match body.next().await {
+                Some(Ok(_)) => passed += 1,
+                Some(Err(err)) => break err,
+                None => panic!("the tiny chunks were not cut"),
+            }
+        };
+        assert_eq!(passed, CHUNK_WINDOW - 1, "cut at the end of the first window");
+        assert!(matches!(BodyLimit::find(&err), Some(BodyLimit::Fragmented { chunks: CHUNK_WINDOW, .. })));
+        let large =
+            futures_util::stream::iter((0..3 * CHUNK_WINDOW).map(|_| Ok(Bytes::from(vec![0u8; 300]))));
+        let body = guard(Box::pin(large), bounds, FormHead::new(u64::MAX));
+        assert_eq!(
+            body.filter(|chunk| std::future::ready(chunk.is_ok())).count().await as u64,
+            3 * CHUNK_WINDOW
+        );
     }
 }

@@ -79,6 +79,13 @@ pub struct Config {
     #[arg(long, env = "METRICS_REQUIRE_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
     pub metrics_require_auth: bool,
 
+    /// Minimum average size of an upload's body chunks (HTTP/1.1 chunks, HTTP/2 DATA frames,
+    /// whatever each read delivers), measured over every 1024 chunks; below it the upload is cut
+    /// with 400, so that tiny chunks cannot cost the api a hundred times the CPU per byte. 0
+    /// disables the check.
+    #[arg(long, env = "MIN_UPLOAD_CHUNK_BYTES", default_value_t = 256)]
+    pub min_upload_chunk_bytes: u64,
+
     /// Close a connection (HTTP/1 keep-alive or HTTP/2) that has had no request running and no
     /// body bytes moving for this long; HTTP/2 pings do not count. When every connection slot is
     /// taken, the longest-idle connection (idle at least a second) is closed for a new one.
@@ -122,6 +129,7 @@ impl Config {
             idle: Duration::from_secs(self.body_idle_timeout_seconds),
             min_bytes_per_second: self.min_upload_bytes_per_second,
             rate_window: Duration::from_secs(self.upload_rate_window_seconds),
+            min_chunk_bytes: self.min_upload_chunk_bytes,
         }
     }
 

@@ -32,6 +32,8 @@ pub struct ApiError {
     slug: &'static str,
     detail: Cow<'static, str>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// The problem's `max_wait_seconds` member, for a `wait` out of range.
+    max_wait_seconds: Option<u64>,
     /// True for the two ways a request has no `file` field at all (the compatibility routes
     /// answer those as FastAPI did).
     no_file_field: bool,
@@ -57,6 +59,7 @@ impl ApiError {
             slug,
             detail: detail.into(),
             headers: Vec::new(),
+            max_wait_seconds: None,
             no_file_field: false,
             source: None,
         }
@@ -99,6 +102,13 @@ impl ApiError {
     pub fn upload_interrupted(cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
         let cause = cause.into();
         ApiError::bad_request(format!("the upload was interrupted: {cause}")).with_source(cause)
+    }
+
+    /// 400: `?wait=` is not a number of seconds from 0 to `max` (the problem says `max`).
+    pub fn wait_out_of_range(max: u64) -> Self {
+        let mut err = ApiError::bad_request(format!("wait must be a number of seconds from 0 to {max}"));
+        err.max_wait_seconds = Some(max);
+        err
     }
 
     /// 413: the upload is larger than `MAX_UPLOAD_BYTES`.
@@ -201,6 +211,7 @@ impl ApiError {
             title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
             detail: self.detail.to_string(),
+            max_wait_seconds: self.max_wait_seconds,
         }
     }
 
@@ -294,6 +305,10 @@ pub struct Problem {
     pub status: u16,
     /// What happened in this request.
     pub detail: String,
+    /// For a `wait` out of range: the longest wait this service accepts, so a client can ask
+    /// again with it (an RFC 9457 extension member).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_wait_seconds: Option<u64>,
 }
 
 /// The refusals every `/api/` and `/hashes` route may answer, for the OpenAPI document

@@ -81,6 +81,7 @@ pub fn multipart_error(err: multer::Error, limit: u64) -> ApiError {
             BodyLimit::FormHeadTooLarge(_) => {
                 ApiError::bad_request(format!("malformed multipart body: {cut}"))
             }
+            BodyLimit::Fragmented { .. } => ApiError::bad_request(cut.to_string()),
             BodyLimit::Idle(_) | BodyLimit::TooSlow { .. } => ApiError::request_timeout(cut.to_string()),
         };
     }

@@ -36,6 +36,11 @@ pub struct Cli {
     #[arg(long, default_value_t = 10, global = true)]
     pub retries: u32,
 
+    /// Longest time, in seconds, to wait for one task to finish after its upload; a task still
+    /// unfinished then counts as failed.
+    #[arg(long, default_value_t = 3600, global = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

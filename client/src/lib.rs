@@ -24,7 +24,8 @@ use service::{Failure, Service, Task};
 
 /// Runs the command line; the exit status says whether everything succeeded.
 pub async fn run(cli: Cli) -> ExitCode {
-    let service = match Service::new(&cli.url, cli.api_key.as_deref(), cli.retries) {
+    let timeout = std::time::Duration::from_secs(cli.timeout);
+    let service = match Service::new(&cli.url, cli.api_key.as_deref(), cli.retries, timeout) {
         Ok(service) => service,
         Err(err) => {
             eprintln!("md5-client: {err:#}");
@@ -226,15 +227,16 @@ async fn status(service: &Service, args: StatusArgs) -> bool {
         let retry = |reason: &str, wait: Duration| {
             eprintln!("md5-client: {id}: {reason}; trying again in {:.1} s", wait.as_secs_f64());
         };
-        match service.task_json(id, args.wait, &retry).await {
-            Ok(task) => {
+        let answer = service.task_json(id, args.wait, &retry).await;
+        match answer.and_then(|json| Ok((service.checked_task(json.clone())?, json))) {
+            Ok((task, json)) => {
                 if args.json {
-                    println!("{task}");
+                    println!("{json}");
                 } else {
-                    let detail = task["md5"].as_str().or(task["error"].as_str()).unwrap_or("-");
-                    println!("{id}  {}  {detail}", task["status"].as_str().unwrap_or("?"));
+                    let detail = task.md5.as_deref().or(task.error.as_deref()).unwrap_or("-");
+                    println!("{}  {}  {}", shown(id), task.status, shown(detail));
                 }
-                ok &= task["status"] != "failed";
+                ok &= task.status != "failed" && (!task.is_finished() || task.status == "done");
             }
             Err(failure) => {
                 eprintln!("md5-client: {id}: {failure}");

@@ -1,8 +1,15 @@
 //! The service's v1 API as the client uses it: a streamed upload with an `Idempotency-Key`, the
 //! task by id with `?wait=`, and retries of transient failures.
+//!
+//! The client trusts its server no more than it must: every answer is read up to
+//! [`MAX_ANSWER_BYTES`], every task is checked before it is used (a known status; a `done` task
+//! has an MD5 of 32 lowercase hex digits), a server that answers at once whatever `?wait=` says
+//! is polled with growing pauses, and no task is waited for longer than `--timeout`.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt as _;
 use reqwest::StatusCode;
@@ -18,8 +25,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// Seconds one `GET …?wait=` asks the service to hold the request.
+/// Seconds one `GET …?wait=` asks the service to hold the request, unless the service says its
+/// longest wait is shorter (a 400 with `max_wait_seconds`).
 const WAIT_SECONDS: u64 = 30;
+/// Longest answer the client reads: a task or a problem is well under 1 KiB.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// Told of each retry: the transient failure and how long the client waits before trying again.
 pub type Retry<'a> = &'a (dyn Fn(&str, Duration) + Sync);
@@ -29,7 +39,8 @@ pub type Retry<'a> = &'a (dyn Fn(&str, Duration) + Sync);
 pub struct Task {
     /// The promise id.
     pub id: String,
-    /// `queued`, `processing`, `done` or `failed`.
+    /// `queued`, `processing`, `done` or `failed` (and, from newer services, `uploading`,
+    /// `expired` or `cancelled`).
     pub status: String,
     /// The MD5 once `done`.
     pub md5: Option<String>,
@@ -41,10 +52,43 @@ pub struct Task {
     pub error: Option<String>,
 }
 
+/// Statuses of a task still on its way.
+const PENDING_STATUSES: &[&str] = &["queued", "processing", "uploading"];
+/// Statuses of a task that ended without a result.
+const FAILED_STATUSES: &[&str] = &["failed", "expired", "cancelled"];
+
 impl Task {
-    /// True for `done` and `failed`.
+    /// True once the task has ended, with a result or without.
     pub fn is_finished(&self) -> bool {
-        matches!(self.status.as_str(), "done" | "failed")
+        !PENDING_STATUSES.contains(&self.status.as_str())
+    }
+
+    /// The task if it is one the client can use: a known status, and for `done` an MD5 of 32
+    /// lowercase hex digits (anything else could print a line `md5sum -c` would misread).
+    fn checked(self, server: &str) -> Result<Task, Failure> {
+        let status = self.status.as_str();
+        if status == "done" {
+            let valid = self.md5.as_deref().is_some_and(|md5| {
+                md5.len() == 32 && md5.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            });
+            if !valid {
+                return Err(Failure::Permanent(format!(
+                    "the service at {server} answered `done` without a valid MD5 (32 lowercase hex digits): {}",
+                    crate::shown(
+                        &format!("{:?}", self.md5.as_deref().unwrap_or("null"))
+                            .chars()
+                            .take(80)
+                            .collect::<String>()
+                    )
+                )));
+            }
+        } else if !PENDING_STATUSES.contains(&status) && !FAILED_STATUSES.contains(&status) {
+            return Err(Failure::Permanent(format!(
+                "the service at {server} answered an unknown status {}",
+                crate::shown(&format!("{:?}", status.chars().take(40).collect::<String>()))
+            )));
+        }
+        Ok(self)
     }
 }
 
@@ -70,11 +114,16 @@ pub struct Service {
     http: reqwest::Client,
     base: String,
     retries: u32,
+    /// Longest time a task is waited for.
+    timeout: Duration,
+    /// Seconds one `?wait=` asks for: [`WAIT_SECONDS`], or the service's longest wait once known.
+    wait_seconds: Arc<AtomicU64>,
 }
 
 impl Service {
-    /// A client of the service at `base` (http://host:port), authenticating with `api_key`.
-    pub fn new(base: &str, api_key: Option<&str>, retries: u32) -> anyhow::Result<Self> {
+    /// A client of the service at `base` (http://host:port), authenticating with `api_key`,
+    /// waiting at most `timeout` for a task to finish.
+    pub fn new(base: &str, api_key: Option<&str>, retries: u32, timeout: Duration) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&base)
             .map_err(|err| anyhow::anyhow!("--url {base:?} is not a URL: {err}"))?;
@@ -96,7 +145,7 @@ impl Service {
             // Longer than the longest `?wait=`; a dead server never holds the client forever.
             .read_timeout(Duration::from_secs(WAIT_SECONDS * 3))
             .build()?;
-        Ok(Service { http, base, retries })
+        Ok(Service { http, base, retries, timeout, wait_seconds: Arc::new(AtomicU64::new(WAIT_SECONDS)) })
     }
 
     /// Uploads `path` under `key` (retried with the same key), calling `sent` with each chunk's
@@ -149,17 +198,38 @@ impl Service {
             .await
             .map_err(request_failure)?;
         match response.status() {
-            StatusCode::ACCEPTED => response.json().await.map_err(request_failure),
-            _ => Err(refusal(response).await),
+            StatusCode::ACCEPTED => {
+                let task: Task = parse(&read_answer(response, &self.base).await?, &self.base)?;
+                task.checked(&self.base)
+            }
+            _ => Err(refusal(response, &self.base).await.0),
         }
     }
 
-    /// Waits for the task to finish (re-asking every [`WAIT_SECONDS`]), retrying transient failures.
+    /// Waits for the task to finish (re-asking with `?wait=`), retrying transient failures, for
+    /// at most the client's timeout. A service that answers "not yet" sooner than it was asked to
+    /// wait is asked again after a pause that grows from 0.25 s to 5 s, not at once.
     pub async fn wait_finished(&self, id: &str, retry: Retry<'_>) -> Result<Task, Failure> {
+        let started = Instant::now();
+        let mut pause = FIRST_BACKOFF;
         loop {
-            let task = self.task(id, WAIT_SECONDS as f64, retry).await?;
+            let asked = Instant::now();
+            let wait = self.wait_seconds.load(Ordering::Relaxed) as f64;
+            let task = self.task(id, wait, retry).await?;
             if task.is_finished() {
                 return Ok(task);
+            }
+            if started.elapsed() >= self.timeout {
+                return Err(Failure::Permanent(format!(
+                    "not finished after {} s (--timeout); the task is {id}",
+                    self.timeout.as_secs()
+                )));
+            }
+            if asked.elapsed() < Duration::from_secs_f64(wait.max(1.0)) {
+                tokio::time::sleep(jitter(pause)).await;
+                pause = (pause * 2).min(MAX_BACKOFF);
+            } else {
+                pause = FIRST_BACKOFF;
             }
         }
     }
@@ -167,7 +237,15 @@ impl Service {
     /// The task `id`, held up to `wait` seconds until it is finished; transient failures retried.
     pub async fn task(&self, id: &str, wait: f64, retry: Retry<'_>) -> Result<Task, Failure> {
         let json = self.task_json(id, wait, retry).await?;
-        serde_json::from_value(json).map_err(|err| Failure::Permanent(format!("unexpected answer: {err}")))
+        self.checked_task(json)
+    }
+
+    /// The task object `json` if the client can use it (see [`Task`]'s checks).
+    pub fn checked_task(&self, json: serde_json::Value) -> Result<Task, Failure> {
+        let task: Task = serde_json::from_value(json).map_err(|err| {
+            Failure::Permanent(format!("the service at {} answered an unexpected task: {err}", self.base))
+        })?;
+        task.checked(&self.base)
     }
 
     /// [`Service::task`] as the service's JSON object.
@@ -178,11 +256,22 @@ impl Service {
         retry: Retry<'_>,
     ) -> Result<serde_json::Value, Failure> {
         let attempt = || async {
-            let response = self.http.get(self.task_url(id, wait)?).send().await.map_err(request_failure)?;
-            match response.status() {
-                StatusCode::OK => response.json().await.map_err(request_failure),
-                _ => Err(refusal(response).await),
+            // Asked again at once, once, when the service says its longest wait is shorter.
+            for _ in 0..2 {
+                let wait = wait.min(self.wait_seconds.load(Ordering::Relaxed) as f64);
+                let response =
+                    self.http.get(self.task_url(id, wait)?).send().await.map_err(request_failure)?;
+                match response.status() {
+                    StatusCode::OK => return parse(&read_answer(response, &self.base).await?, &self.base),
+                    _ => match refusal(response, &self.base).await {
+                        (_, Some(max)) if (max as f64) < wait => {
+                            self.wait_seconds.fetch_min(max, Ordering::Relaxed);
+                        }
+                        (failure, _) => return Err(failure),
+                    },
+                }
             }
+            Err(Failure::Permanent(format!("the service at {} refuses every wait", self.base)))
         };
         self.retrying(attempt, retry).await
     }
@@ -239,26 +328,56 @@ fn request_failure(err: reqwest::Error) -> Failure {
     }
 }
 
-/// A non-success answer: the problem document's detail, transient for 409, 503 and 507.
-async fn refusal(response: reqwest::Response) -> Failure {
+/// The body of an answer, read up to [`MAX_ANSWER_BYTES`]: a server that sends more (or never
+/// stops) gets an error, not the client's memory.
+async fn read_answer(mut response: reqwest::Response, server: &str) -> Result<Vec<u8>, Failure> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(request_failure)? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Failure::Permanent(format!(
+                "the service at {server} sent an answer larger than {} KiB; it was not read further",
+                MAX_ANSWER_BYTES / 1024
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A JSON answer.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], server: &str) -> Result<T, Failure> {
+    serde_json::from_slice(body).map_err(|err| {
+        Failure::Permanent(format!("the service at {server} answered something unexpected: {err}"))
+    })
+}
+
+/// A non-success answer: the problem document's detail, transient for 409, 503 and 507; and the
+/// service's longest wait, when the problem states it (`max_wait_seconds`).
+async fn refusal(response: reqwest::Response, server: &str) -> (Failure, Option<u64>) {
     let status = response.status();
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)
         .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body = response.text().await.unwrap_or_default();
-    let detail = serde_json::from_str::<serde_json::Value>(&body)
-        .ok()
+    let body = match read_answer(response, server).await {
+        Ok(body) => String::from_utf8_lossy(&body).into_owned(),
+        Err(failure) => return (failure, None),
+    };
+    let problem = serde_json::from_str::<serde_json::Value>(&body).ok();
+    let max_wait = problem.as_ref().and_then(|problem| problem["max_wait_seconds"].as_u64());
+    let detail = problem
+        .as_ref()
         .and_then(|problem| problem["detail"].as_str().map(str::to_owned))
         .unwrap_or_else(|| body.chars().take(200).collect());
-    let message = format!("the service answered {status}: {detail}");
-    match status {
+    let message = format!("the service answered {status}: {}", crate::shown(&detail));
+    let failure = match status {
         StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE => {
             Failure::Transient { message, retry_after }
         }
         _ => Failure::Permanent(message),
-    }
+    };
+    (failure, max_wait)
 }
 
 /// `wait` plus up to a quarter more, so clients that failed together do not retry together.

@@ -71,6 +71,32 @@ pub async fn chunked_upload(base_url: &str, prefix: &[u8], filler_bytes: usize, 
     status
 }
 
+/// Attack 10: a valid upload form whose `payload_bytes`-byte file part goes in 1-byte HTTP/1.1
+/// chunks (6 bytes on the wire each), from `local`; returns the answer's status (0: none).
+pub async fn tiny_chunks_upload(base_url: &str, local: Option<IpAddr>, payload_bytes: usize) -> u16 {
+    let Ok(stream) = connect(base_url, local).await else { return 0 };
+    let (mut reader, mut writer) = stream.into_split();
+    let writing = tokio::spawn(async move {
+        let head = "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\n\
+                    Content-Type: multipart/form-data; boundary=B\r\nTransfer-Encoding: chunked\r\n\r\n";
+        writer.write_all(head.as_bytes()).await?;
+        let form_head =
+            b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"tiny.bin\"\r\n\r\n";
+        writer.write_all(format!("{:x}\r\n", form_head.len()).as_bytes()).await?;
+        writer.write_all(form_head).await?;
+        writer.write_all(b"\r\n").await?;
+        let chunks = b"1\r\na\r\n".repeat(64 * 1024);
+        for _ in 0..payload_bytes.div_ceil(64 * 1024) {
+            writer.write_all(&chunks).await?;
+        }
+        writer.write_all(b"8\r\n\r\n--B--\r\n\r\n0\r\n\r\n").await?;
+        Ok::<_, std::io::Error>(writer)
+    });
+    let status = read_status(&mut reader, Duration::from_secs(60)).await;
+    writing.abort();
+    status
+}
+
 /// A valid last part, after an attack's filler: the body ends as a well-formed form would.
 pub const VALID_LAST_PART: &[u8] =
     b"\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.bin\"\r\n\r\nhello\r\n--B--\r\n";

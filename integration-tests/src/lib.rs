@@ -11,6 +11,7 @@ pub mod database;
 pub mod fault;
 pub mod h2_attacks;
 pub mod launcher;
+pub mod lying_server;
 pub mod private_services;
 pub mod proxy;
 

@@ -112,6 +112,7 @@ pub async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
         status: status.as_u16(),
         detail,
+        max_wait_seconds: None,
     };
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));

@@ -191,9 +191,7 @@ fn parse_wait(raw: Option<&str>, max_seconds: u64) -> Result<Duration, ApiError>
         .parse()
         .ok()
         .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s <= max_seconds as f64)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("wait must be a number of seconds from 0 to {max_seconds}"))
-        })?;
+        .ok_or_else(|| ApiError::wait_out_of_range(max_seconds))?;
     Ok(Duration::from_secs_f64(seconds))
 }
 

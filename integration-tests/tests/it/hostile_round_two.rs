@@ -200,3 +200,29 @@ async fn metrics_can_be_put_behind_the_api_key_and_are_open_by_default() {
     assert_eq!(allowed.status(), 200);
     assert!(allowed.text().await.unwrap().contains("md5_http_requests_total"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_in_one_byte_chunks_is_cut_before_it_costs_much_cpu() {
+    let api = ApiProcess::start(|_| {}).await.unwrap();
+    let before = api.cpu_seconds();
+    let status =
+        integration_tests::attacks::tiny_chunks_upload(&api.base_url, Some(attacker_address()), 1 << 20)
+            .await;
+    let spent = api.cpu_seconds() - before;
+    assert_eq!(status, 400, "1 MiB in 1-byte chunks is refused");
+    assert!(spent < 0.3, "the attack cost the api {spent:.2} s of CPU");
+    assert!(healthz_takes(&api).await < Duration::from_secs(3), "a normal client is served");
+    // The same form in ordinary chunks goes through.
+    let status = integration_tests::attacks::chunked_upload(
+        &api.base_url,
+        b"--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"ok.bin\"\r\n\r\n",
+        1 << 20,
+        b"\r\n--B--\r\n",
+    )
+    .await;
+    assert_eq!(status, 202, "64 KiB chunks are an ordinary upload");
+    assert!(
+        api.upload_files().iter().all(|path| !path.to_string_lossy().ends_with(".part")),
+        "nothing partial is left"
+    );
+}

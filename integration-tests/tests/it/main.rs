@@ -7,6 +7,7 @@
 
 mod batching;
 mod client;
+mod client_distrust;
 mod compat;
 mod edge;
 mod errors;
