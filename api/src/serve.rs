@@ -44,8 +44,9 @@ pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 pub const H2_STREAM_WINDOW_BYTES: u32 = 256 * 1024;
 /// HTTP/2 per-connection flow-control window.
 pub const H2_CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
-/// Most concurrent HTTP/2 streams on one connection.
-pub const H2_MAX_STREAMS: u32 = 32;
+/// Most concurrent HTTP/2 streams on one connection: plenty for a page and its assets, and what
+/// a peer that never reads its responses can pin (a few KiB a stream) is halved from 32.
+pub const H2_MAX_STREAMS: u32 = 16;
 /// Largest HTTP/2 header list.
 pub const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 /// Most response bytes hyper buffers for one HTTP/2 stream beyond what the peer's window takes.

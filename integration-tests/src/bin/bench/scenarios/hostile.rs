@@ -105,5 +105,90 @@ pub(crate) async fn hostile(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> 
         ratio: "—".into(),
         target: "answered".into(),
     });
+    drop(service);
+    hostile_h2(root, sizes, rows).await
+}
+
+/// The api's peak memory while `sizes.h2_idle` HTTP/2 connections sit idle answering pings and
+/// `sizes.h2_zero_window` connections hold unread `/openapi.json` responses on every stream the
+/// api allows (asking for 32; it allows 16), all at
+/// once, with `/healthz` asked on a new connection every 250 ms throughout.
+async fn hostile_h2(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    use integration_tests::h2_attacks;
+    raise_own_file_limit();
+    let service = Service::start_with(&root.join("hostile-h2"), 0, |_| {}).await?;
+    let api_pid = Service::pid(service.api.as_ref().context("api")?);
+    let quiet_rss = peak_rss(api_pid)?;
+    let url = service.api_url.clone();
+    let watching = tokio_util::sync::CancellationToken::new();
+    let watcher = tokio::spawn({
+        let (url, stop) = (url.clone(), watching.clone());
+        async move {
+            // A new connection each time: a client that arrives during the attack.
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(10))
+                .build()?;
+            let (mut answered, mut slowest) = (0usize, Duration::ZERO);
+            while !stop.is_cancelled() {
+                let started = Instant::now();
+                let ok = client.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status() == 200);
+                anyhow::ensure!(ok, "/healthz was not answered during the HTTP/2 attacks");
+                answered += 1;
+                slowest = slowest.max(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            anyhow::Ok((answered, slowest))
+        }
+    });
+    let attacker: std::net::IpAddr = [127, 0, 0, 3].into();
+    let mut held = Vec::new();
+    for _ in 0..sizes.h2_idle {
+        held.push(h2_attacks::idle_connection(&url, Some(attacker)).await?);
+    }
+    for _ in 0..sizes.h2_zero_window {
+        held.push(h2_attacks::zero_window_connection(&url, Some(attacker), "/openapi.json", 32).await?);
+    }
+    // Held for a few seconds, all of them at once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let open = held.iter().filter(|connection| !connection.is_closed()).count();
+    let unread = held.iter().map(h2_attacks::HeldConnection::streams).sum::<usize>();
+    let attacked_rss = peak_rss(api_pid)?;
+    watching.cancel();
+    let (answered, slowest) = watcher.await??;
+    anyhow::ensure!(
+        open == held.len(),
+        "{} of {} attack connections were closed before the idle timeout",
+        held.len() - open,
+        held.len()
+    );
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    rows.push(Row {
+        scenario: format!(
+            "5. api peak RSS, {} idle HTTP/2 connections + {} zero-window ones holding {unread} unread responses",
+            sizes.h2_idle, sizes.h2_zero_window
+        ),
+        figure: format!("{:.1} MiB", mib(attacked_rss)),
+        baseline: format!("quiet {:.1} MiB", mib(quiet_rss)),
+        ratio: ratio(mib(attacked_rss), mib(quiet_rss)),
+        target: "≤ 64 MiB".into(),
+    });
+    rows.push(Row {
+        scenario: "5. /healthz on a new connection every 250 ms during the HTTP/2 attacks".into(),
+        figure: format!(
+            "{answered} of {answered} answered, slowest {:.0} ms",
+            slowest.as_secs_f64() * 1000.0
+        ),
+        baseline: "—".into(),
+        ratio: "—".into(),
+        target: "answered throughout".into(),
+    });
     Ok(())
+}
+
+/// The benchmark opens more connections than a default soft limit of 1,024 descriptors allows.
+fn raise_own_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
 }
