@@ -17,7 +17,13 @@ use std::time::Duration;
 use diesel::QueryResult;
 use diesel_async::AsyncPgConnection;
 use diesel_async::SimpleAsyncConnection as _;
-use shared::db::{Pool, PoolError};
+use shared::db::{Pool, PoolError, PooledConnection};
+
+/// Takes `conn` out of the pool for good: its state is unknown (a statement or a transaction may
+/// still be open on it).
+fn discard(conn: PooledConnection) {
+    drop(deadpool::managed::Object::take(conn));
+}
 
 /// Why a database call failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,18 +64,23 @@ impl Database {
         query: impl AsyncFnOnce(&mut AsyncPgConnection) -> QueryResult<T>,
     ) -> Result<T, DbError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut conn = tokio::time::timeout_at(deadline, self.pool.get())
-            .await
-            .map_err(|_| DbError::TimedOut(self.timeout))?
-            .map_err(DbError::Pool)?;
+        let mut conn = self.connection(deadline).await?;
         match tokio::time::timeout_at(deadline, query(&mut conn)).await {
             Ok(result) => result.map_err(DbError::Query),
             Err(_) => {
                 // Its statement may still be running: never hand this connection out again.
-                drop(deadpool::managed::Object::take(conn));
+                discard(conn);
                 Err(DbError::TimedOut(self.timeout))
             }
         }
+    }
+
+    /// A pooled connection, by `deadline`.
+    async fn connection(&self, deadline: tokio::time::Instant) -> Result<PooledConnection, DbError> {
+        tokio::time::timeout_at(deadline, self.pool.get())
+            .await
+            .map_err(|_| DbError::TimedOut(self.timeout))?
+            .map_err(DbError::Pool)
     }
 
     /// Runs `statements` in a transaction and commits it. `BEGIN` and the statements must finish
@@ -80,10 +91,7 @@ impl Database {
         statements: impl AsyncFnOnce(&mut AsyncPgConnection) -> QueryResult<T>,
     ) -> Result<T, DbError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let mut conn = tokio::time::timeout_at(deadline, self.pool.get())
-            .await
-            .map_err(|_| DbError::TimedOut(self.timeout))?
-            .map_err(DbError::Pool)?;
+        let mut conn = self.connection(deadline).await?;
         let done = tokio::time::timeout_at(deadline, async {
             conn.batch_execute("BEGIN").await?;
             statements(&mut conn).await
@@ -93,18 +101,18 @@ impl Database {
             Ok(Ok(value)) => match conn.batch_execute("COMMIT").await {
                 Ok(()) => Ok(value),
                 Err(err) => {
-                    drop(deadpool::managed::Object::take(conn));
+                    discard(conn);
                     Err(DbError::Query(err))
                 }
             },
             // The transaction is left open on a connection nobody will use again: Postgres
             // rolls it back when the connection closes, however late it gets to it.
             Ok(Err(err)) => {
-                drop(deadpool::managed::Object::take(conn));
+                discard(conn);
                 Err(DbError::Query(err))
             }
             Err(_) => {
-                drop(deadpool::managed::Object::take(conn));
+                discard(conn);
                 Err(DbError::TimedOut(self.timeout))
             }
         }

@@ -51,20 +51,9 @@ pub async fn run(
     }
     // The shutdown signal is watched from the start: a SIGTERM while Postgres is not up yet
     // ends the start-up, too.
-    let stop = CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            stop.cancel();
-        });
-    }
-    tokio::select! {
-        migrated = shared::db::run_migrations_when_ready(&config.database, "md5-api") => migrated?,
-        () = stop.cancelled() => {
-            tracing::info!("stopped during start-up");
-            return Ok(());
-        }
+    let stop = shared::telemetry::watch_shutdown(shutdown);
+    if !shared::db::run_migrations_unless_stopped(&config.database, "md5-api", &stop).await? {
+        return Ok(());
     }
     let _ = shared::telemetry::metrics();
     let db = database::Database::new(

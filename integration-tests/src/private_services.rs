@@ -214,8 +214,25 @@ impl PrivateRedis {
         self.child.lock().expect("redis child lock").as_ref().map(Child::id)
     }
 
+    /// `SIGSTOP` (`resume`: `SIGCONT`): connections stay open and nothing answers.
+    pub fn pause(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// `SIGCONT` after [`PrivateRedis::pause`].
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        if let Some(pid) = self.pid().and_then(|pid| rustix::process::Pid::from_raw(pid as i32)) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+
     /// Kills the server (SIGKILL): everything in it is gone.
     pub fn kill(&self) {
+        self.resume();
         if let Some(mut child) = self.child.lock().expect("redis child lock").take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -238,7 +255,7 @@ impl Drop for PrivateRedis {
 }
 
 /// Live child processes of `parent`, from `/proc`.
-fn children_of(parent: u32) -> Vec<u32> {
+pub fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())

@@ -93,6 +93,22 @@ pub async fn run_migrations(args: &DatabaseArgs, application_name: &str) -> anyh
     .context("migration thread panicked")?
 }
 
+/// [`run_migrations_when_ready`], unless `stop` is cancelled first (a SIGTERM while Postgres is
+/// not up yet): then `Ok(false)`, and the process should end.
+pub async fn run_migrations_unless_stopped(
+    args: &DatabaseArgs,
+    application_name: &str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<bool> {
+    tokio::select! {
+        migrated = run_migrations_when_ready(args, application_name) => migrated.map(|()| true),
+        () = stop.cancelled() => {
+            tracing::info!("stopped during start-up");
+            Ok(false)
+        }
+    }
+}
+
 /// How long start-up keeps retrying a Postgres that is not up yet, so any start order works.
 const STARTUP_RETRY: Duration = Duration::from_secs(60);
 

@@ -60,6 +60,20 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
     }
 }
 
+/// A token cancelled when `shutdown` completes: the one shutdown signal of a process, watched
+/// from the moment this is called.
+pub fn watch_shutdown(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        cancel.cancel();
+    });
+    stop
+}
+
 /// The process's Prometheus recorder, installed on first use; `render()` gives the text format.
 ///
 /// Latency histograms (metric names ending in `_seconds`) share buckets from 1 ms to 10 min.

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 use batches::Batches;
 pub use config::Config;
@@ -40,20 +39,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let consumer = config.consumer();
     // One shutdown token for the whole worker, watching the signal from the start: a SIGTERM
     // while Postgres is not up yet ends the start-up, too.
-    let stop = CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            stop.cancel();
-        });
-    }
-    tokio::select! {
-        migrated = shared::db::run_migrations_when_ready(&config.database, "md5-worker") => migrated?,
-        () = stop.cancelled() => {
-            tracing::info!("stopped during start-up");
-            return Ok(());
-        }
+    let stop = shared::telemetry::watch_shutdown(shutdown);
+    if !shared::db::run_migrations_unless_stopped(&config.database, "md5-worker", &stop).await? {
+        return Ok(());
     }
     let concurrency = config.concurrency();
     // Install the recorder before any job records a metric.

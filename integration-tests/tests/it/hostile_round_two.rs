@@ -228,3 +228,26 @@ async fn an_upload_in_one_byte_chunks_is_cut_before_it_costs_much_cpu() {
         "nothing partial is left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_delays_no_upload_and_readyz_says_so_in_time() {
+    use integration_tests::fault::FaultEnv;
+    let env = FaultEnv::start(|_| {}).await.unwrap();
+    env.upload("before", b"before".to_vec()).await.expect("202 before the stall");
+    env.redis.pause();
+    let started = Instant::now();
+    let ready = env.client.get(format!("{}/readyz", env.api_url)).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(4), "/readyz answered in {:?}", started.elapsed());
+    let started = Instant::now();
+    let during = env.upload("during", b"during".to_vec()).await;
+    assert!(during.is_some(), "the row is committed: 202, and the sweeper enqueues it later");
+    assert!(started.elapsed() < Duration::from_secs(4), "the upload was answered in {:?}", started.elapsed());
+    env.redis.resume();
+    env.spawn_worker(&[]).unwrap();
+    let done = integration_tests::eventually(Duration::from_secs(30), "both tasks to be done", || async {
+        (env.done_count().await == Some(2)).then_some(())
+    })
+    .await;
+    assert!(done.is_ok(), "the task uploaded during the stall was enqueued and hashed");
+}

@@ -52,17 +52,7 @@ pub(crate) fn process_ticks(pid: u32) -> (u64, u64) {
 
 /// Live child processes of `parent`.
 pub(crate) fn children(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-                    == Some(parent)
-            })
-        })
-        .collect()
+    integration_tests::private_services::children_of(parent)
 }
 
 /// Busy ticks of every core since boot, from `/proc/stat`.
