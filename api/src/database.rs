@@ -52,11 +52,6 @@ impl Database {
         Database { pool, timeout }
     }
 
-    /// The deadline of one use.
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// Runs `query` on a pooled connection; the wait for the connection and the query together
     /// take at most [`Database::timeout`].
     pub async fn run<T>(

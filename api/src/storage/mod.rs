@@ -87,11 +87,6 @@ impl Storage {
         Storage { dir: dir.to_owned(), min_free_bytes, renames }
     }
 
-    /// The upload folder.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Fails with [`io::ErrorKind::StorageFull`] when the folder has less than the reserve free.
     pub fn check_free_space(&self) -> Result<(), StorageError> {
         if self.min_free_bytes == 0 {
