@@ -97,6 +97,17 @@ pub struct Config {
     #[arg(long, env = "IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub idempotency_ttl_seconds: u64,
 
+    /// Seconds a resumable upload (`/api/v1/uploads`) may go without an append before it expires:
+    /// its file is removed and its task ends `expired`. Announced in `Upload-Expires` (tus) and
+    /// `Upload-Limit: max-age` (the IETF draft).
+    #[arg(long, env = "UPLOAD_EXPIRY_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub upload_expiry_seconds: u64,
+
+    /// Most resumable uploads open at once (created, not yet complete, expired or terminated),
+    /// across every api sharing the database; a creation past it gets 503.
+    #[arg(long, env = "MAX_OPEN_UPLOADS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_open_uploads: u32,
+
     /// Seconds in-flight requests get to finish after SIGTERM before the api exits anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -136,6 +147,11 @@ impl Config {
     /// How long an `Idempotency-Key` names its task.
     pub fn idempotency_ttl(&self) -> Duration {
         Duration::from_secs(self.idempotency_ttl_seconds)
+    }
+
+    /// How long a resumable upload lives without an append.
+    pub fn upload_expiry(&self) -> Duration {
+        Duration::from_secs(self.upload_expiry_seconds)
     }
 
     /// The API key, if authentication is on: an empty `API_KEY` means none.

@@ -34,10 +34,21 @@ pub struct ApiError {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// The problem's `max_wait_seconds` member, for a `wait` out of range.
     max_wait_seconds: Option<u64>,
+    /// What a resumable-upload problem adds (boxed: most errors have none).
+    upload: Option<Box<UploadProblem>>,
     /// True for the two ways a request has no `file` field at all (the compatibility routes
     /// answer those as FastAPI did).
     no_file_field: bool,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+/// The members a resumable-upload problem may add.
+#[derive(Debug, Default)]
+struct UploadProblem {
+    /// An absolute problem type URI (an IANA-registered type) instead of `/problems/<slug>`.
+    type_uri: Option<&'static str>,
+    /// The `expected-offset` and `provided-offset` members of a mismatching upload offset.
+    offsets: Option<(u64, u64)>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -60,9 +71,36 @@ impl ApiError {
             detail: detail.into(),
             headers: Vec::new(),
             max_wait_seconds: None,
+            upload: None,
             no_file_field: false,
             source: None,
         }
+    }
+
+    /// A refusal of a resumable-upload protocol: the status and problem slug it fixes.
+    pub fn upload_protocol(
+        status: StatusCode,
+        slug: &'static str,
+        detail: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        ApiError::new(status, slug, detail)
+    }
+
+    /// The same problem under a registered type URI.
+    pub fn with_type_uri(mut self, uri: &'static str) -> Self {
+        self.upload.get_or_insert_default().type_uri = Some(uri);
+        self
+    }
+
+    /// The same problem with `expected-offset` and `provided-offset` members.
+    pub fn with_offsets(mut self, expected: u64, provided: u64) -> Self {
+        self.upload.get_or_insert_default().offsets = Some((expected, provided));
+        self
+    }
+
+    /// The same problem with one more response header.
+    pub fn with_response_header(self, name: HeaderName, value: HeaderValue) -> Self {
+        self.with_header(name, value)
     }
 
     fn with_source(mut self, source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
@@ -81,6 +119,18 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-media-type",
             "the request body must be multipart/form-data with a part named \"file\"",
+        );
+        err.no_file_field = true;
+        err
+    }
+
+    /// 415: `POST /api/v1/hashes` with a body that is neither a form nor a bare file.
+    pub fn unsupported_upload_media_type() -> Self {
+        let mut err = ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "the request body must be multipart/form-data with a part named \"file\", or the file itself \
+             as application/octet-stream (its name in a Content-Disposition header)",
         );
         err.no_file_field = true;
         err
@@ -206,12 +256,25 @@ impl ApiError {
 
     /// The problem document for this error.
     pub fn problem(&self) -> Problem {
+        let upload = self.upload.as_deref();
+        let offsets = upload.and_then(|upload| upload.offsets);
         Problem {
-            kind: format!("/problems/{}", self.slug),
-            title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
+            kind: upload
+                .and_then(|upload| upload.type_uri)
+                .map_or_else(|| format!("/problems/{}", self.slug), str::to_owned),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or(match self.status.as_u16() {
+                    460 => "Checksum Mismatch",
+                    _ => "Error",
+                })
+                .to_owned(),
             status: self.status.as_u16(),
             detail: self.detail.to_string(),
             max_wait_seconds: self.max_wait_seconds,
+            expected_offset: offsets.map(|(expected, _)| expected),
+            provided_offset: offsets.map(|(_, provided)| provided),
         }
     }
 
@@ -309,6 +372,12 @@ pub struct Problem {
     /// again with it (an RFC 9457 extension member).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_wait_seconds: Option<u64>,
+    /// For a resumable upload's mismatching offset: the offset the upload is at.
+    #[serde(rename = "expected-offset", skip_serializing_if = "Option::is_none")]
+    pub expected_offset: Option<u64>,
+    /// For a resumable upload's mismatching offset: the offset the request gave.
+    #[serde(rename = "provided-offset", skip_serializing_if = "Option::is_none")]
+    pub provided_offset: Option<u64>,
 }
 
 /// The refusals every `/api/` and `/hashes` route may answer, for the OpenAPI document

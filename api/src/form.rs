@@ -54,18 +54,56 @@ impl Parts {
     }
 }
 
-/// The multipart boundary, or 415 for any other body type.
-pub fn multipart_boundary(headers: &HeaderMap) -> Result<String, ApiError> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .ok_or_else(ApiError::unsupported_media_type)?;
+/// How an upload's body carries its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadBody {
+    /// A `multipart/form-data` form with this boundary, the file in its `file` part.
+    Form(String),
+    /// The body is the file (`application/octet-stream`); its name comes from the request's
+    /// `Content-Disposition` header.
+    Raw {
+        /// The file name, sanitized.
+        file_name: String,
+    },
+}
+
+/// How the body carries the file: a form, or (where `raw` allows it) the bare file; 415 for any
+/// other body type.
+pub fn upload_body(headers: &HeaderMap, raw: bool) -> Result<UploadBody, ApiError> {
+    let refused =
+        || if raw { ApiError::unsupported_upload_media_type() } else { ApiError::unsupported_media_type() };
+    let content_type =
+        headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).ok_or_else(refused)?;
     let essence = content_type.split(';').next().unwrap_or("").trim();
+    if raw && essence.eq_ignore_ascii_case("application/octet-stream") {
+        let name = headers
+            .get(header::CONTENT_DISPOSITION)
+            .and_then(|value| FormPart::parse_disposition(value.as_bytes()).file_name);
+        return Ok(UploadBody::Raw { file_name: sanitize_file_name(name.as_deref()) });
+    }
     if !essence.eq_ignore_ascii_case("multipart/form-data") {
-        return Err(ApiError::unsupported_media_type());
+        return Err(refused());
     }
     multer::parse_boundary(content_type)
+        .map(UploadBody::Form)
         .map_err(|_| ApiError::bad_request("the multipart Content-Type has no boundary"))
+}
+
+/// What a failed body read means for the client: 408 for a body cut for stalling or trickling,
+/// 400 for one cut for tiny chunks or broken off.
+pub fn body_error(err: std::io::Error) -> ApiError {
+    match BodyLimit::find(&err) {
+        Some(cut) => body_limit_error(cut),
+        None => ApiError::upload_interrupted(err),
+    }
+}
+
+fn body_limit_error(cut: &BodyLimit) -> ApiError {
+    match cut {
+        BodyLimit::FormHeadTooLarge(_) => ApiError::bad_request(format!("malformed multipart body: {cut}")),
+        BodyLimit::Fragmented { .. } => ApiError::bad_request(cut.to_string()),
+        BodyLimit::Idle(_) | BodyLimit::TooSlow { .. } => ApiError::request_timeout(cut.to_string()),
+    }
 }
 
 /// The request's `Content-Length`, when it has a valid one.
@@ -77,13 +115,7 @@ pub fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// for stalling or trickling, 400 for anything malformed or interrupted.
 pub fn multipart_error(err: multer::Error, limit: u64) -> ApiError {
     if let Some(cut) = BodyLimit::find(&err) {
-        return match cut {
-            BodyLimit::FormHeadTooLarge(_) => {
-                ApiError::bad_request(format!("malformed multipart body: {cut}"))
-            }
-            BodyLimit::Fragmented { .. } => ApiError::bad_request(cut.to_string()),
-            BodyLimit::Idle(_) | BodyLimit::TooSlow { .. } => ApiError::request_timeout(cut.to_string()),
-        };
+        return body_limit_error(cut);
     }
     match err {
         multer::Error::StreamSizeExceeded { .. } | multer::Error::FieldSizeExceeded { .. } => {

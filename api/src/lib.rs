@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod notify;
 pub mod openapi;
 pub mod queue;
+pub mod resumable;
 pub mod routes;
 pub mod serve;
 pub mod slots;
@@ -88,6 +89,7 @@ pub async fn run(
         queue,
         finished,
     };
+    resumable::expiry::spawn(state.clone(), stop_listening.clone());
     let app = app(state);
     tracing::info!(addr = %listener.local_addr()?, "md5-api listening");
     serve::serve(listener, app, options, stop.cancelled_owned()).await;

@@ -18,6 +18,8 @@ use utoipa::{Modify, OpenApi};
     modifiers(&BearerAuth),
     tags(
         (name = "v1", description = "The API the web page and new clients use"),
+        (name = "uploads", description = "Resumable uploads: tus 1.0.0 or the IETF draft -05 (interop version 6) on one resource; \
+            the upload's id is its task's id"),
         (name = "compatibility", description = "The older Python service's interface (see the README for where it differs)"),
         (name = "operations", description = "Health and metrics"),
     )

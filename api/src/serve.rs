@@ -259,6 +259,8 @@ fn problem_response(status: axum::http::StatusCode) -> Vec<u8> {
         status: status.as_u16(),
         detail: "the request could not be read: its head is malformed or too large".to_owned(),
         max_wait_seconds: None,
+        expected_offset: None,
+        provided_offset: None,
     };
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     let mut response = format!(

@@ -10,17 +10,19 @@ use std::net::IpAddr;
 
 use axum::body::Body;
 use axum::http::HeaderMap;
+use futures_util::StreamExt as _;
 use uuid::Uuid;
 
 use crate::body::{self, FormHead};
 use crate::commits::PendingTask;
 use crate::error::ApiError;
 pub use crate::form::Parts;
-use crate::form::{self, FORM_HEAD_BYTES, FormPart, MULTIPART_OVERHEAD_BYTES};
+use crate::form::{self, FORM_HEAD_BYTES, FormPart, MULTIPART_OVERHEAD_BYTES, UploadBody};
 use crate::idempotency::{self, Begin, IdempotencyKey, Reservation};
 use crate::slots::{SlotRefusal, UploadSlot};
 use crate::state::AppState;
 use crate::storage::{PartFile, PartWriter};
+
 use shared::models::IdempotencyRecord;
 use shared::{JobMessage, Task};
 
@@ -28,8 +30,10 @@ use shared::{JobMessage, Task};
 pub struct UploadRequest<'a> {
     /// The request's headers.
     pub headers: &'a HeaderMap,
-    /// The request body: a multipart form.
+    /// The request body: a multipart form, or (where `raw` allows it) the file itself.
     pub body: Body,
+    /// Whether the body may be the bare file (`application/octet-stream`).
+    pub raw: bool,
     /// The `x-request-id`, carried into the task and the worker's log.
     pub request_id: Option<&'a str>,
     /// The peer address, used to share upload slots fairly between clients.
@@ -56,10 +60,12 @@ pub struct Upload {
 /// body without storing it and gets the original task (see [`crate::idempotency`]).
 pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upload, ApiError> {
     let limit = state.config.max_upload_bytes;
-    let boundary = form::multipart_boundary(request.headers)?;
-    if form::content_length(request.headers)
-        .is_some_and(|length| length > limit.saturating_add(MULTIPART_OVERHEAD_BYTES))
-    {
+    let body_kind = form::upload_body(request.headers, request.raw)?;
+    let overhead = match body_kind {
+        UploadBody::Form(_) => MULTIPART_OVERHEAD_BYTES,
+        UploadBody::Raw { .. } => 0,
+    };
+    if form::content_length(request.headers).is_some_and(|length| length > limit.saturating_add(overhead)) {
         return Err(ApiError::payload_too_large(limit));
     }
     let _slot = take_slot(state, request.client)?;
@@ -67,8 +73,15 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
     let task_id = Uuid::now_v7();
     let destination = open_destination(state, task_id, request.key).await?;
 
-    let (file_name, size, received) =
-        read_form(state, request.body, boundary, request.parts, destination).await?;
+    let (file_name, size, received) = match body_kind {
+        UploadBody::Form(boundary) => {
+            read_form(state, request.body, boundary, request.parts, destination).await?
+        }
+        UploadBody::Raw { file_name } => {
+            let (size, received) = read_raw(state, request.body, destination).await?;
+            (file_name, size, received)
+        }
+    };
     let (part, reservation) = match received {
         Received::Stored(part, reservation) => (part, reservation),
         Received::Counted(original) => return replay(state, &original, &file_name, size).await,
@@ -92,7 +105,7 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
 }
 
 /// One upload slot for `client`, or 503.
-fn take_slot(state: &AppState, client: Option<IpAddr>) -> Result<UploadSlot, ApiError> {
+pub fn take_slot(state: &AppState, client: Option<IpAddr>) -> Result<UploadSlot, ApiError> {
     state.upload_slots.try_acquire(client).map_err(|refusal| {
         ApiError::unavailable(match refusal {
             SlotRefusal::Full => "too many uploads in progress; try again shortly",
@@ -128,11 +141,11 @@ async fn open_destination(
 ) -> Result<Destination, ApiError> {
     let Some(key) = key else {
         state.db.check_available().await?;
-        return Ok(Destination::Store(PartWriter::new(state.storage.create(task_id)), None));
+        return Ok(Destination::Store(state.storage.create(task_id), None));
     };
     match idempotency::begin(&state.db, key, task_id, state.config.idempotency_ttl()).await? {
         Begin::Reserved(reservation) => {
-            Ok(Destination::Store(PartWriter::new(state.storage.create(task_id)), Some(reservation)))
+            Ok(Destination::Store(state.storage.create(task_id), Some(reservation)))
         }
         Begin::Completed(record) => Ok(Destination::Count(record)),
         Begin::InProgress => Err(ApiError::idempotency_key_in_use()),
@@ -181,11 +194,40 @@ async fn read_form(
         file_part = Some((file_name, size));
     }
     let (file_name, size) = file_part.ok_or_else(ApiError::missing_file_part)?;
-    let received = match destination {
-        Destination::Store(writer, reservation) => Received::Stored(writer.finish().await?, reservation),
-        Destination::Count(original) => Received::Counted(original),
-    };
-    Ok((file_name, size, received))
+    Ok((file_name, size, destination.finish().await?))
+}
+
+/// Reads a bare-file body to its end into `destination`; returns its size and what it became.
+async fn read_raw(
+    state: &AppState,
+    body: Body,
+    mut destination: Destination,
+) -> Result<(u64, Received), ApiError> {
+    let limit = state.config.max_upload_bytes;
+    let body = body::guard(body.into_data_stream(), state.config.body_bounds(), FormHead::new(u64::MAX));
+    let mut body = std::pin::pin!(body);
+    let mut size: u64 = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(form::body_error)?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        if let Destination::Store(writer, _) = &mut destination {
+            writer.write(&chunk).await?;
+        }
+    }
+    Ok((size, destination.finish().await?))
+}
+
+impl Destination {
+    /// What the part became once the body ended: a durable partial file, or a count.
+    async fn finish(self) -> Result<Received, ApiError> {
+        Ok(match self {
+            Destination::Store(writer, reservation) => Received::Stored(writer.finish().await?, reservation),
+            Destination::Count(original) => Received::Counted(original),
+        })
+    }
 }
 
 /// Streams one part into its partial file, failing with 413 as soon as it passes `limit` bytes.
@@ -277,15 +319,20 @@ async fn commit(state: AppState, upload: Stored) -> Result<Task, ApiError> {
     if let Some(reservation) = reservation {
         reservation.completed();
     }
+    enqueue(&state, task_id, size, request_id).await;
+    Ok(task)
+}
+
+/// Announces a committed, `queued` task of `size` bytes to the workers (every upload protocol
+/// ends here). A failed XADD is logged, not returned: the row is committed, and the sweeper
+/// enqueues it once Redis answers again.
+pub async fn enqueue(state: &AppState, task_id: Uuid, size: u64, request_id: Option<String>) {
     metrics::counter!("md5_uploads_total").increment(1);
     metrics::counter!("md5_upload_bytes_total").increment(size);
     tracing::info!(task.id = %task_id, upload.size_bytes = size, "upload stored");
-
     let job = JobMessage { task_id, request_id };
     if let Err(err) = state.queue.enqueue(&job).await {
-        // The row is committed: the sweeper enqueues it once Redis answers again.
         let err = anyhow::Error::new(err);
         tracing::warn!(task.id = %task_id, error = format!("{err:#}"), "cannot enqueue job; the sweeper will retry");
     }
-    Ok(task)
 }

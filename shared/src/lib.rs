@@ -17,6 +17,7 @@ pub mod queries;
 pub mod schema;
 pub mod telemetry;
 pub mod time;
+pub mod uploads;
 
 pub use digest::{Algorithm, Digests};
 pub use job::JobMessage;

@@ -12,13 +12,16 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::md5_hex::Md5Hex;
-use crate::schema::{md5_idempotency_keys, md5_tasks, sql_types};
+use crate::schema::{md5_idempotency_keys, md5_tasks, md5_uploads, sql_types};
 
-/// Where a task is in its life: `queued` → `processing` → `done` or `failed`.
+/// Where a task is in its life: `queued` → `processing` → `done` or `failed`; a resumable upload's
+/// task is `uploading` first, and ends `expired` or `cancelled` if it never completes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize, Deserialize)]
 #[diesel(sql_type = sql_types::TaskStatus)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
+    /// A resumable upload still receiving bytes; not queued yet.
+    Uploading,
     /// Stored and waiting for a worker.
     Queued,
     /// A worker holds it under a lease.
@@ -27,23 +30,41 @@ pub enum TaskStatus {
     Done,
     /// Could not be hashed; `error` says why.
     Failed,
+    /// A resumable upload abandoned before its last byte: its file is gone, it gets no log line.
+    Expired,
+    /// A resumable upload terminated by its client: its file is gone, it gets no log line.
+    Cancelled,
 }
 
 impl TaskStatus {
     /// The Postgres enum label.
     pub fn as_str(self) -> &'static str {
         match self {
+            TaskStatus::Uploading => "uploading",
             TaskStatus::Queued => "queued",
             TaskStatus::Processing => "processing",
             TaskStatus::Done => "done",
             TaskStatus::Failed => "failed",
+            TaskStatus::Expired => "expired",
+            TaskStatus::Cancelled => "cancelled",
         }
     }
 
-    /// True for `done` and `failed`: nothing will change the result any more.
+    /// True for `done`, `failed`, `expired` and `cancelled`: nothing will change the task any more.
     pub fn is_finished(self) -> bool {
-        matches!(self, TaskStatus::Done | TaskStatus::Failed)
+        matches!(self, TaskStatus::Done | TaskStatus::Failed | TaskStatus::Expired | TaskStatus::Cancelled)
     }
+
+    /// Every status, in the order of a task's life.
+    pub const ALL: [TaskStatus; 7] = [
+        TaskStatus::Uploading,
+        TaskStatus::Queued,
+        TaskStatus::Processing,
+        TaskStatus::Done,
+        TaskStatus::Failed,
+        TaskStatus::Expired,
+        TaskStatus::Cancelled,
+    ];
 }
 
 impl ToSql<sql_types::TaskStatus, Pg> for TaskStatus {
@@ -56,10 +77,13 @@ impl ToSql<sql_types::TaskStatus, Pg> for TaskStatus {
 impl FromSql<sql_types::TaskStatus, Pg> for TaskStatus {
     fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
         match bytes.as_bytes() {
+            b"uploading" => Ok(TaskStatus::Uploading),
             b"queued" => Ok(TaskStatus::Queued),
             b"processing" => Ok(TaskStatus::Processing),
             b"done" => Ok(TaskStatus::Done),
             b"failed" => Ok(TaskStatus::Failed),
+            b"expired" => Ok(TaskStatus::Expired),
+            b"cancelled" => Ok(TaskStatus::Cancelled),
             other => Err(format!("unknown task_status {:?}", String::from_utf8_lossy(other)).into()),
         }
     }
@@ -137,4 +161,20 @@ pub struct IdempotencyRecord {
     pub created_at: DateTime<Utc>,
     /// Set while the first upload with the key is still streaming.
     pub reserved_until: Option<DateTime<Utc>>,
+}
+
+/// One row of `md5_uploads`: a resumable upload still receiving bytes.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = md5_uploads, check_for_backend(Pg))]
+pub struct UploadRow {
+    /// Its task's id (the task is `uploading`).
+    pub task_id: Uuid,
+    /// The declared length; `None` while the client defers it.
+    pub upload_length: Option<i64>,
+    /// The durable length of its file: the offset the next append must start at.
+    pub received_bytes: i64,
+    /// tus `Upload-Metadata` as the client sent it.
+    pub metadata: Option<String>,
+    /// When it expires unless an append renews it.
+    pub expires_at: DateTime<Utc>,
 }

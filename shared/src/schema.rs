@@ -29,6 +29,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    md5_uploads (task_id) {
+        task_id -> Uuid,
+        upload_length -> Nullable<Int8>,
+        received_bytes -> Int8,
+        metadata -> Nullable<Text>,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(md5_uploads -> md5_tasks (task_id));
+diesel::allow_tables_to_appear_in_same_query!(md5_tasks, md5_uploads);
+
+diesel::table! {
     md5_idempotency_keys (key) {
         key -> Text,
         task_id -> Uuid,

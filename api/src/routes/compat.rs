@@ -108,6 +108,7 @@ pub async fn create_hash(
     let request = upload::UploadRequest {
         headers: &headers,
         body,
+        raw: false,
         request_id,
         client,
         parts: upload::Parts::Lenient,
@@ -162,9 +163,12 @@ pub async fn get_hash(
         return Ok(not_found());
     };
     let result = match task.status {
-        TaskStatus::Queued | TaskStatus::Processing => TaskResult { status: "PENDING", result: None },
+        TaskStatus::Uploading | TaskStatus::Queued | TaskStatus::Processing => {
+            TaskResult { status: "PENDING", result: None }
+        }
         TaskStatus::Done => TaskResult { status: "SUCCESS", result: task.result.map(String::from) },
-        TaskStatus::Failed => TaskResult { status: "ERROR", result: task.error },
+        TaskStatus::Failed | TaskStatus::Expired => TaskResult { status: "ERROR", result: task.error },
+        TaskStatus::Cancelled => TaskResult { status: "ERROR", result: Some("cancelled".to_owned()) },
     };
     Ok(Json(result).into_response())
 }

@@ -64,12 +64,7 @@ pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderM
         return refused.into_response();
     }
     if let Some(counts) = state.task_counts.current().await {
-        for status in [
-            shared::TaskStatus::Queued,
-            shared::TaskStatus::Processing,
-            shared::TaskStatus::Done,
-            shared::TaskStatus::Failed,
-        ] {
+        for status in shared::TaskStatus::ALL {
             let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
             metrics::gauge!("md5_tasks", "status" => status.as_str()).set(n as f64);
         }

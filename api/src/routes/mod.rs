@@ -3,6 +3,7 @@
 pub mod compat;
 pub mod health;
 pub mod metrics;
+pub mod uploads;
 pub mod v1;
 pub mod web;
 
@@ -28,6 +29,13 @@ fn api_routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
     let protected = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(v1::create_hash))
         .routes(routes!(v1::get_hash))
+        .routes(routes!(uploads::create_upload, uploads::upload_options))
+        .routes(routes!(
+            uploads::upload_offset,
+            uploads::append_upload,
+            uploads::terminate_upload,
+            uploads::upload_resource_options
+        ))
         .routes(routes!(compat::create_hash))
         .routes(routes!(compat::get_hash))
         .route(compat::ALIAS_WITHOUT_SLASH, post(compat::create_hash));
@@ -113,6 +121,8 @@ pub async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
         status: status.as_u16(),
         detail,
         max_wait_seconds: None,
+        expected_offset: None,
+        provided_offset: None,
     };
     let body = serde_json::to_vec(&problem).unwrap_or_default();
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));

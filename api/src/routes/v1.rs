@@ -17,7 +17,8 @@ use crate::idempotency::IdempotencyKey;
 use crate::serve::ClientAddr;
 use crate::state::AppState;
 use crate::upload;
-use shared::{Task, TaskStatus, queries};
+use shared::models::UploadRow;
+use shared::{Task, TaskStatus, uploads};
 
 /// Set on the answer to a repeated `Idempotency-Key`: the task is the original request's.
 pub const REPLAYED: &str = "idempotent-replayed";
@@ -30,7 +31,8 @@ const WAIT_RECHECK: Duration = Duration::from_secs(1);
 pub struct TaskView {
     /// The promise id.
     pub id: Uuid,
-    /// `queued`, `processing`, `done` or `failed`.
+    /// `uploading` (a resumable upload still receiving bytes), `queued`, `processing`, `done`,
+    /// `failed`, `expired` (a resumable upload abandoned) or `cancelled` (one terminated).
     #[schema(schema_with = status_schema)]
     pub status: TaskStatus,
     /// The MD5 once `done`: 32 lowercase hex digits.
@@ -38,13 +40,16 @@ pub struct TaskView {
     pub md5: Option<shared::Md5Hex>,
     /// The client's file name, sanitized.
     pub file_name: String,
-    /// Size of the upload.
+    /// Size of the upload (while `uploading`, its declared length, 0 if deferred).
     pub size_bytes: i64,
+    /// While `uploading`: the bytes received and durable so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<i64>,
     /// Why the task failed.
     pub error: Option<String>,
     /// How many times a worker took the task.
     pub attempts: i32,
-    /// When the upload was accepted.
+    /// When the upload was accepted (a resumable upload: created, then completed).
     #[serde(serialize_with = "shared::time::millis::serialize")]
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// When a worker last started on it.
@@ -58,18 +63,25 @@ pub struct TaskView {
 fn status_schema() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(["queued", "processing", "done", "failed"]))
+        .enum_values(Some(TaskStatus::ALL.map(TaskStatus::as_str)))
         .build()
 }
 
 impl From<Task> for TaskView {
     fn from(task: Task) -> Self {
+        TaskView::from((task, None))
+    }
+}
+
+impl From<(Task, Option<UploadRow>)> for TaskView {
+    fn from((task, upload): (Task, Option<UploadRow>)) -> Self {
         TaskView {
             id: task.task_id,
             status: task.status,
             md5: task.result,
             file_name: task.file_name,
             size_bytes: task.size_bytes,
+            bytes_received: upload.map(|upload| upload.received_bytes),
             error: task.error,
             attempts: task.attempts,
             created_at: task.created_at,
@@ -125,6 +137,7 @@ pub async fn create_hash(
     let request = upload::UploadRequest {
         headers: &headers,
         body,
+        raw: true,
         request_id: super::request_id(&headers),
         client: client.map(|Extension(ClientAddr(ip))| ip),
         parts: upload::Parts::Strict,
@@ -195,20 +208,24 @@ fn parse_wait(raw: Option<&str>, max_seconds: u64) -> Result<Duration, ApiError>
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// Loads a task or fails with 404.
-pub async fn load(state: &AppState, task_id: Uuid) -> Result<Task, ApiError> {
-    let task = state.db.run(async |conn| queries::find_task(conn, task_id).await).await?;
+/// Loads a task (with its upload row while it is `uploading`) or fails with 404.
+pub async fn load(state: &AppState, task_id: Uuid) -> Result<(Task, Option<UploadRow>), ApiError> {
+    let task = state.db.run(async |conn| uploads::find(conn, task_id).await).await?;
     task.ok_or_else(|| ApiError::task_not_found(task_id))
 }
 
 /// Answers as soon as the task is finished (woken by its notification), or after `wait`.
-async fn wait_for_finish(state: &AppState, task_id: Uuid, wait: Duration) -> Result<Task, ApiError> {
+async fn wait_for_finish(
+    state: &AppState,
+    task_id: Uuid,
+    wait: Duration,
+) -> Result<(Task, Option<UploadRow>), ApiError> {
     // Subscribe before the first read, so a finish between the read and the wait is not missed.
     let mut finished = state.finished.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let task = load(state, task_id).await?;
-        if task.status.is_finished() || tokio::time::Instant::now() >= deadline {
+        if task.0.status.is_finished() || tokio::time::Instant::now() >= deadline {
             return Ok(task);
         }
         let recheck_at = deadline.min(tokio::time::Instant::now() + WAIT_RECHECK);

@@ -10,6 +10,7 @@
 //! request, or several that each append a part) stores its bytes through it.
 
 pub mod janitor;
+pub mod resumable;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,11 +18,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shared::batch::{BatchError, Batcher};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-/// Size of each of the two write buffers of an upload (one filling, one being written).
+/// Size of each of the two write buffers of an upload (one filling, one being written) when the
+/// large-buffer budget is spent.
 pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Size of each of the two write buffers of an upload that got a share of the budget: 16× fewer
+/// hand-offs to a blocking thread than [`WRITE_BUFFER_BYTES`] (one per MiB instead of per 64 KiB).
+pub const LARGE_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
+/// Memory the uploads in flight may hold in large buffers together: the first eight uploads at
+/// once write in 1 MiB blocks, the others in 64 KiB ones, so 64 uploads hold at most
+/// 16 MiB + 56 × 128 KiB = 23 MiB of buffers.
+pub const LARGE_BUFFER_BUDGET_BYTES: usize = 16 * 1024 * 1024;
 /// A live upload writes to its partial file at least this often (when bytes arrive at all), so
 /// the age of a partial file tells whether its upload is still alive (see [`janitor`]).
 pub const PART_TOUCH_INTERVAL: Duration = Duration::from_secs(5);
@@ -73,6 +83,10 @@ impl StorageError {
 pub struct Storage {
     dir: PathBuf,
     min_free_bytes: u64,
+    /// Permits of [`LARGE_WRITE_BUFFER_BYTES`], two per upload that writes in large blocks.
+    large_buffers: Arc<Semaphore>,
+    /// Resumable uploads locked by this process (see [`resumable`]).
+    locked: resumable::Locked,
     renames: Batcher<(PathBuf, PathBuf), Result<(), StorageError>>,
 }
 
@@ -84,7 +98,13 @@ impl Storage {
             let folder = folder.clone();
             async move { Ok(tokio::task::spawn_blocking(move || rename_all_and_sync(&folder, &moves)).await?) }
         });
-        Storage { dir: dir.to_owned(), min_free_bytes, renames }
+        Storage {
+            dir: dir.to_owned(),
+            min_free_bytes,
+            renames,
+            large_buffers: Arc::new(Semaphore::new(LARGE_BUFFER_BUDGET_BYTES / LARGE_WRITE_BUFFER_BYTES)),
+            locked: resumable::Locked::default(),
+        }
     }
 
     /// Fails with [`io::ErrorKind::StorageFull`] when the folder has less than the reserve free.
@@ -104,14 +124,23 @@ impl Storage {
         Ok(())
     }
 
-    /// The partial file of a new upload for `task_id` (created on its first write).
-    pub fn create(&self, task_id: Uuid) -> PartFile {
-        PartFile {
+    /// A writer into the partial file of a new upload for `task_id` (created on its first write).
+    pub fn create(&self, task_id: Uuid) -> PartWriter {
+        let part = PartFile {
             partial: self.dir.join(format!(".{task_id}.part")),
             stored: shared::config::upload_path(&self.dir, task_id),
             file: None,
             in_flight: None,
             kept: false,
+        };
+        PartWriter::new(part, self.buffer_grant())
+    }
+
+    /// Large write buffers if the budget has room for two more, else small ones.
+    fn buffer_grant(&self) -> BufferGrant {
+        match self.large_buffers.clone().try_acquire_many_owned(2) {
+            Ok(permit) => BufferGrant { block: LARGE_WRITE_BUFFER_BYTES, _permit: Some(permit) },
+            Err(_) => BufferGrant { block: WRITE_BUFFER_BYTES, _permit: None },
         }
     }
 
@@ -164,6 +193,7 @@ impl PartFile {
     /// first call) and gives back the previous write's buffer, emptied, to fill next. With
     /// `last`, also waits for this write and flushes the file to disk.
     pub async fn write(&mut self, buffer: Vec<u8>, last: bool) -> Result<Vec<u8>, StorageError> {
+        let block = buffer.capacity();
         let spare = self.wait().await?;
         let file = self.file.take();
         let partial = self.partial.clone();
@@ -187,7 +217,7 @@ impl PartFile {
                 spare.clear();
                 spare
             })
-            .unwrap_or_else(|| Vec::with_capacity(WRITE_BUFFER_BYTES)))
+            .unwrap_or_else(|| Vec::with_capacity(block)))
     }
 
     /// Waits for the write in flight, if any; returns its buffer.
@@ -231,29 +261,36 @@ impl Drop for PartFile {
     }
 }
 
+/// The size of an upload's two write buffers, and its share of the large-buffer budget.
+struct BufferGrant {
+    block: usize,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
 /// A [`PartFile`] written through its two buffers: chunks of any size go in, whole buffers go
 /// out to a blocking thread while the next fills, and [`PartWriter::finish`] makes every byte
 /// durable.
 pub struct PartWriter {
     part: PartFile,
     buffer: Vec<u8>,
+    grant: BufferGrant,
     last_write: Instant,
 }
 
 impl PartWriter {
     /// Writes into `part` from its first byte.
-    pub fn new(part: PartFile) -> Self {
-        PartWriter { part, buffer: Vec::with_capacity(WRITE_BUFFER_BYTES), last_write: Instant::now() }
+    fn new(part: PartFile, grant: BufferGrant) -> Self {
+        PartWriter { part, buffer: Vec::with_capacity(grant.block), grant, last_write: Instant::now() }
     }
 
     /// Adds `chunk`, writing each buffer as it fills (and at least every
     /// [`PART_TOUCH_INTERVAL`] while bytes arrive, so the janitor sees the upload is alive).
     pub async fn write(&mut self, mut chunk: &[u8]) -> Result<(), StorageError> {
         while !chunk.is_empty() {
-            let take = chunk.len().min(WRITE_BUFFER_BYTES - self.buffer.len());
+            let take = chunk.len().min(self.grant.block - self.buffer.len());
             self.buffer.extend_from_slice(&chunk[..take]);
             chunk = &chunk[take..];
-            if self.buffer.len() == WRITE_BUFFER_BYTES || self.last_write.elapsed() >= PART_TOUCH_INTERVAL {
+            if self.buffer.len() == self.grant.block || self.last_write.elapsed() >= PART_TOUCH_INTERVAL {
                 let full = std::mem::take(&mut self.buffer);
                 self.buffer = self.part.write(full, false).await?;
                 self.last_write = Instant::now();
@@ -265,8 +302,15 @@ impl PartWriter {
     /// Writes what is buffered and flushes the file to disk (`fdatasync`): the promise outlives
     /// a crash of this host, because the bytes are on disk before the row exists.
     pub async fn finish(mut self) -> Result<PartFile, StorageError> {
-        let last = std::mem::take(&mut self.buffer);
-        self.part.write(last, true).await?;
+        self.sync().await?;
         Ok(self.part)
+    }
+
+    /// Writes what is buffered and flushes the file to disk; writing may go on afterwards.
+    pub async fn sync(&mut self) -> Result<(), StorageError> {
+        let last = std::mem::take(&mut self.buffer);
+        self.buffer = self.part.write(last, true).await?;
+        self.last_write = Instant::now();
+        Ok(())
     }
 }

@@ -1,0 +1,66 @@
+//! The expiry janitor: ends resumable uploads that went `UPLOAD_EXPIRY_SECONDS` without an
+//! append: each task ends `expired`, its file and row go, and it gets no log line.
+//!
+//! Every api runs it; the conditional updates let them race safely, and an upload whose lock is
+//! held (an append in progress, here or elsewhere) is alive whatever its clock says, so it is
+//! skipped. A completed upload is never touched: it has no row here.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::UploadError;
+use crate::state::AppState;
+use shared::{TaskStatus, uploads};
+
+/// Most uploads one pass ends.
+const BATCH: i64 = 100;
+
+/// How often the janitor looks: a quarter of the expiry, between 1 s and 60 s.
+pub fn period(expiry: Duration) -> Duration {
+    (expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Ends the uploads whose time has passed; returns how many it ended.
+pub async fn run_once(state: &AppState) -> Result<usize, UploadError> {
+    let due = state.db.run(async |conn| uploads::expired(conn, BATCH).await).await?;
+    let mut ended = 0;
+    for task_id in due {
+        let lock = match super::lock(state, task_id).await {
+            Ok(lock) => lock,
+            // Being appended to: alive.
+            Err(UploadError::Busy) => continue,
+            Err(err) => return Err(err),
+        };
+        let detail = format!(
+            "the upload expired: no bytes arrived for {} s before it was complete",
+            state.config.upload_expiry_seconds
+        );
+        if super::end(state, lock, TaskStatus::Expired, &detail, true).await? {
+            ended += 1;
+        }
+    }
+    Ok(ended)
+}
+
+/// Runs [`run_once`] every [`period`] until `stop`.
+pub fn spawn(state: AppState, stop: CancellationToken) {
+    let period = period(state.config.upload_expiry());
+    tokio::spawn(async move {
+        loop {
+            match run_once(&state).await {
+                Ok(0) => {}
+                Ok(ended) => {
+                    metrics::counter!("md5_resumable_uploads_total", "event" => "expired")
+                        .increment(ended as u64);
+                    tracing::info!(uploads.expired = ended, "removed expired resumable uploads");
+                }
+                Err(err) => tracing::warn!(error = ?err, "cannot expire resumable uploads"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,153 @@
+//! Queries of resumable uploads (`md5_uploads` beside its `uploading` task); the api runs them.
+//!
+//! An upload's row lives while it receives bytes: created with its task, renewed by every append,
+//! deleted in the transaction that queues its task (complete), or after its task ends `expired` or
+//! `cancelled`. Every change is conditional on the task still being `uploading`, so two replicas
+//! racing (an append and the expiry, a completion and a termination) leave one outcome.
+
+use diesel::dsl::now;
+use diesel::prelude::*;
+use diesel::sql_types::Timestamptz;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use std::time::Duration;
+use uuid::Uuid;
+
+use crate::models::{NewTask, Task, TaskStatus, UploadRow};
+use crate::queries::interval;
+use crate::schema::md5_tasks::dsl as tasks;
+use crate::schema::md5_uploads::dsl as uploads;
+
+/// Creates an `uploading` task and its upload row, expiring `expiry` from now. Run it in a
+/// transaction: both rows or neither.
+pub async fn create(
+    conn: &mut AsyncPgConnection,
+    task: &NewTask<'_>,
+    upload_length: Option<i64>,
+    metadata: Option<&str>,
+    expiry: Duration,
+) -> QueryResult<(Task, UploadRow)> {
+    let task: Task = diesel::insert_into(tasks::md5_tasks)
+        .values((task, tasks::status.eq(TaskStatus::Uploading)))
+        .returning(Task::as_returning())
+        .get_result(conn)
+        .await?;
+    let upload = diesel::insert_into(uploads::md5_uploads)
+        .values((
+            uploads::task_id.eq(task.task_id),
+            uploads::upload_length.eq(upload_length),
+            uploads::metadata.eq(metadata),
+            uploads::expires_at.eq(now.into_sql::<Timestamptz>() + interval(expiry)),
+        ))
+        .returning(UploadRow::as_returning())
+        .get_result(conn)
+        .await?;
+    Ok((task, upload))
+}
+
+/// A task and, while it is `uploading`, its upload row; `None` if there is no such task.
+pub async fn find(
+    conn: &mut AsyncPgConnection,
+    task_id: Uuid,
+) -> QueryResult<Option<(Task, Option<UploadRow>)>> {
+    tasks::md5_tasks
+        .left_join(uploads::md5_uploads)
+        .filter(tasks::task_id.eq(task_id))
+        .select((Task::as_select(), Option::<UploadRow>::as_select()))
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Records that the upload's file is durable up to `received` bytes, its length (`None` while
+/// still deferred; the caller holds the upload's lock and passes the length it read or was just
+/// told) and renews its expiry; `None` if the upload is no longer open
+/// (completed, expired or terminated meanwhile).
+pub async fn record_append(
+    conn: &mut AsyncPgConnection,
+    task_id: Uuid,
+    received: i64,
+    upload_length: Option<i64>,
+    expiry: Duration,
+) -> QueryResult<Option<UploadRow>> {
+    diesel::update(uploads::md5_uploads.find(task_id))
+        .set((
+            uploads::received_bytes.eq(received),
+            uploads::upload_length.eq(upload_length),
+            uploads::expires_at.eq(now.into_sql::<Timestamptz>() + interval(expiry)),
+        ))
+        .returning(UploadRow::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// Completes the upload of `size` bytes: its row goes and its task becomes `queued` (its
+/// `created_at` the time of completion, when the upload was accepted whole). Run it in a
+/// transaction. `None` if the task was no longer `uploading`.
+pub async fn complete(conn: &mut AsyncPgConnection, task_id: Uuid, size: i64) -> QueryResult<Option<Task>> {
+    diesel::delete(uploads::md5_uploads.find(task_id)).execute(conn).await?;
+    diesel::update(tasks::md5_tasks.find(task_id).filter(tasks::status.eq(TaskStatus::Uploading)))
+        .set((
+            tasks::status.eq(TaskStatus::Queued),
+            tasks::size_bytes.eq(size),
+            tasks::created_at.eq(now.into_sql::<Timestamptz>()),
+        ))
+        .returning(Task::as_returning())
+        .get_result(conn)
+        .await
+        .optional()
+}
+
+/// Ends an `uploading` task as `status` (`expired` or `cancelled`) with `error`; `None` if it was
+/// no longer uploading. With `only_if_expired`, only once its upload's time has passed (the
+/// janitor's check, in the same statement as the change).
+pub async fn end(
+    conn: &mut AsyncPgConnection,
+    task_id: Uuid,
+    status: TaskStatus,
+    error: &str,
+    only_if_expired: bool,
+) -> QueryResult<Option<Task>> {
+    let expired = uploads::md5_uploads
+        .filter(uploads::task_id.eq(task_id))
+        .filter(uploads::expires_at.lt(now.into_sql::<Timestamptz>()));
+    let target = tasks::md5_tasks.find(task_id).filter(tasks::status.eq(TaskStatus::Uploading));
+    let changes = (
+        tasks::status.eq(status),
+        tasks::error.eq(error),
+        tasks::finished_at.eq(now.into_sql::<Timestamptz>().nullable()),
+    );
+    let query = if only_if_expired {
+        diesel::update(target.filter(diesel::dsl::exists(expired)))
+            .set(changes)
+            .returning(Task::as_returning())
+            .get_result(conn)
+            .await
+    } else {
+        diesel::update(target).set(changes).returning(Task::as_returning()).get_result(conn).await
+    };
+    query.optional()
+}
+
+/// Deletes the upload row of a task that ended (its file is gone).
+pub async fn forget(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<()> {
+    diesel::delete(uploads::md5_uploads.find(task_id)).execute(conn).await?;
+    Ok(())
+}
+
+/// Uploads whose time has passed (or whose task already ended and whose row remains): at most
+/// `limit`, the longest expired first.
+pub async fn expired(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Vec<Uuid>> {
+    uploads::md5_uploads
+        .filter(uploads::expires_at.lt(now.into_sql::<Timestamptz>()))
+        .order(uploads::expires_at.asc())
+        .limit(limit)
+        .select(uploads::task_id)
+        .load(conn)
+        .await
+}
+
+/// How many uploads are open.
+pub async fn count_open(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
+    uploads::md5_uploads.count().get_result(conn).await
+}
