@@ -18,7 +18,9 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:9000";
         `md5-client hash` uploads files (folders with -r) to the service, waits for their results and \
         prints `<md5>  <path>` lines that `md5sum -c` verifies. Every upload carries an Idempotency-Key: \
         when a connection drops or the service answers 503/507/409, the file is sent again with the same \
-        key, so a retried file never becomes two tasks. Files are streamed, never read into memory.\n\n\
+        key, so a retried file never becomes two tasks. Files of 64 MiB and more (--resume-threshold) are \
+        sent resumably: after a dropped connection or an api restart they go on from where the service \
+        got to. Files are streamed, never read into memory.\n\n\
         Exit status: 0 when every file was hashed, 1 when any failed (the reason is on stderr), 2 for a \
         usage error."
 )]
@@ -83,6 +85,16 @@ pub struct HashArgs {
     /// Same as `--progress none`.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+
+    /// Files of at least this many bytes are sent resumably (tus on /api/v1/uploads): after a
+    /// dropped connection or an api restart the upload goes on from the service's offset
+    /// instead of starting again.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_name = "BYTES")]
+    pub resume_threshold: u64,
+
+    /// Send every file in one request (POST /api/v1/hashes), whatever its size.
+    #[arg(long)]
+    pub no_resume: bool,
 }
 
 /// `md5-client status`.

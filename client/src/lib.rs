@@ -67,11 +67,12 @@ async fn hash(service: &Service, args: HashArgs) -> bool {
         (_, ProgressMode::Auto) => Display::Lines,
     };
     let progress = Progress::new(display, jobs.len(), jobs.iter().map(|job| job.size).sum());
+    let resume = Resume { threshold: args.resume_threshold, disabled: args.no_resume };
     let mut outcomes = futures_util::stream::iter(jobs)
         .map(|job| {
             let (service, progress) = (service.clone(), progress.clone());
             async move {
-                let result = hash_one(&service, &progress, &job).await;
+                let result = hash_one(&service, &progress, &job, resume).await;
                 (job.index, Outcome { path: job.path, result })
             }
         })
@@ -96,8 +97,15 @@ async fn hash(service: &Service, args: HashArgs) -> bool {
     ok
 }
 
-/// Uploads one file (retried under one key) and waits for its result.
-async fn hash_one(service: &Service, progress: &Progress, job: &Job) -> Result<Task, String> {
+/// When files are sent resumably.
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    threshold: u64,
+    disabled: bool,
+}
+
+/// Uploads one file (retried under one key, or resumably when large) and waits for its result.
+async fn hash_one(service: &Service, progress: &Progress, job: &Job, resume: Resume) -> Result<Task, String> {
     let file = progress.file(&job.path.to_string_lossy(), job.size);
     // One key per file and run: every retry of this file is the same upload to the service.
     let key = uuid::Uuid::new_v4().to_string();
@@ -105,8 +113,13 @@ async fn hash_one(service: &Service, progress: &Progress, job: &Job) -> Result<T
     let retry = |reason: &str, wait: Duration| {
         progress.note(&format!("{name}: {reason}; trying again in {:.1} s", wait.as_secs_f64()));
     };
+    let resumable = !resume.disabled && job.size >= resume.threshold;
     let result = async {
-        let created = service.upload(&job.path, &key, file.sent(), || file.restart(), &retry).await?;
+        let created = if resumable {
+            service.upload_resumable(&job.path, file.sent(), |offset| file.restart_at(offset), &retry).await?
+        } else {
+            service.upload(&job.path, &key, file.sent(), || file.restart(), &retry).await?
+        };
         file.uploaded();
         let task =
             if created.is_finished() { created } else { service.wait_finished(&created.id, &retry).await? };

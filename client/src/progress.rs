@@ -191,11 +191,18 @@ impl FileProgress {
 
     /// The upload starts again: what it had sent no longer counts.
     pub fn restart(&self) {
+        self.restart_at(0);
+    }
+
+    /// The upload goes on from byte `offset` (a resumed upload): what was sent past it counts
+    /// no more.
+    pub fn restart_at(&self, offset: u64) {
         let counter = &self.counter;
-        let sent = counter.sent.swap(0, Ordering::Relaxed);
-        let total = counter.progress.shared.sent.fetch_sub(sent, Ordering::Relaxed) - sent;
+        let sent = counter.sent.swap(offset, Ordering::Relaxed);
+        counter.progress.shared.sent.fetch_sub(sent, Ordering::Relaxed);
+        let total = counter.progress.shared.sent.fetch_add(offset, Ordering::Relaxed) + offset;
         if let Some(bar) = &counter.bar {
-            bar.set_position(0);
+            bar.set_position(offset);
         }
         if let Some((_, bar)) = &counter.progress.shared.bars {
             bar.set_position(total);

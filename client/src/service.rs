@@ -1,5 +1,6 @@
-//! The service's v1 API as the client uses it: a streamed upload with an `Idempotency-Key`, the
-//! task by id with `?wait=`, and retries of transient failures.
+//! The service's v1 API as the client uses it: a streamed upload with an `Idempotency-Key`, a
+//! resumable upload (tus 1.0.0) for large files, the task by id with `?wait=`, and retries of
+//! transient failures.
 //!
 //! The client trusts its server no more than it must: every answer is read up to
 //! [`MAX_ANSWER_BYTES`], every task is checked before it is used (a known status; a `done` task
@@ -206,6 +207,144 @@ impl Service {
         }
     }
 
+    /// Uploads `path` resumably (tus 1.0.0 on `/api/v1/uploads`): creates the upload, then sends
+    /// the file from the service's offset, and after a dropped connection or an api restart asks
+    /// the service where it got to (`HEAD`) and goes on from there. Gives up after `retries`
+    /// failures in a row that moved nothing forward. Returns the task (its id is the upload's).
+    pub async fn upload_resumable(
+        &self,
+        path: &Path,
+        sent: impl Fn(u64) + Clone + Send + Sync + 'static,
+        restart_at: impl Fn(u64),
+        retry: Retry<'_>,
+    ) -> Result<Task, Failure> {
+        let length = tokio::fs::metadata(path)
+            .await
+            .map_err(|err| Failure::Permanent(format!("cannot read: {err}")))?
+            .len();
+        let url = self.retrying(|| self.create_upload(path, length), retry).await?;
+        let mut offset = 0;
+        let mut failures = 0;
+        let mut backoff = FIRST_BACKOFF;
+        while offset < length || length == 0 {
+            restart_at(offset);
+            match self.append(path, &url, offset, length, sent.clone()).await {
+                Ok(now) => offset = now,
+                Err(Failure::Transient { message, retry_after }) => {
+                    failures += 1;
+                    if failures > self.retries {
+                        return Err(Failure::Permanent(format!(
+                            "{message} (gave up after {failures} tries)"
+                        )));
+                    }
+                    let wait =
+                        jitter(retry_after.map_or(backoff, |asked| asked.min(MAX_RETRY_AFTER).max(backoff)));
+                    retry(&format!("{message}; will resume from the service's offset"), wait);
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let resumed = self.retrying(|| self.upload_offset(&url), retry).await?;
+                    if resumed > offset {
+                        // Progress was kept: the next failure starts a new count.
+                        failures = 0;
+                        backoff = FIRST_BACKOFF;
+                    }
+                    offset = resumed;
+                }
+                Err(failure) => return Err(failure),
+            }
+            if length == 0 {
+                break;
+            }
+        }
+        let id = url.rsplit('/').next().unwrap_or_default().to_owned();
+        self.task(&id, 0.0, retry).await
+    }
+
+    /// `POST /api/v1/uploads`: the new upload's URL.
+    async fn create_upload(&self, path: &Path, length: u64) -> Result<String, Failure> {
+        use base64::Engine as _;
+        let name: String = path.file_name().map_or_else(
+            || "upload".into(),
+            |name| name.to_string_lossy().chars().filter(|c| !c.is_control()).collect(),
+        );
+        let metadata = format!("filename {}", base64::engine::general_purpose::STANDARD.encode(name));
+        let response = self
+            .http
+            .post(format!("{}/api/v1/uploads", self.base))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", length)
+            .header("Upload-Metadata", metadata)
+            .send()
+            .await
+            .map_err(request_failure)?;
+        if response.status() != StatusCode::CREATED {
+            return Err(refusal(response, &self.base).await.0);
+        }
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .filter(|location| location.starts_with("/api/v1/uploads/") && location.len() < 100)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                Failure::Permanent(format!(
+                    "the service at {} created an upload without a usable Location",
+                    self.base
+                ))
+            })?;
+        Ok(format!("{}{location}", self.base))
+    }
+
+    /// `HEAD` of the upload: the offset the service has durably.
+    async fn upload_offset(&self, url: &str) -> Result<u64, Failure> {
+        let response =
+            self.http.head(url).header("Tus-Resumable", "1.0.0").send().await.map_err(request_failure)?;
+        if response.status() != StatusCode::OK {
+            return Err(refusal(response, &self.base).await.0);
+        }
+        upload_offset_header(response.headers(), &self.base)
+    }
+
+    /// One `PATCH` carrying the file from `offset` to its end; the new offset.
+    async fn append(
+        &self,
+        path: &Path,
+        url: &str,
+        offset: u64,
+        length: u64,
+        sent: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<u64, Failure> {
+        use tokio::io::AsyncSeekExt as _;
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|err| Failure::Permanent(format!("cannot open: {err}")))?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|err| Failure::Permanent(format!("cannot read: {err}")))?;
+        let chunks = ReaderStream::with_capacity(file, READ_CHUNK_BYTES)
+            .inspect_ok(move |chunk| sent(chunk.len() as u64));
+        let response = self
+            .http
+            .patch(url)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", offset)
+            .header(reqwest::header::CONTENT_TYPE, "application/offset+octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, length - offset)
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .map_err(request_failure)?;
+        match response.status() {
+            StatusCode::NO_CONTENT => upload_offset_header(response.headers(), &self.base),
+            // Another request still holds the upload (the service has not yet seen the last one end).
+            StatusCode::LOCKED => Err(Failure::Transient {
+                message: "the upload is still locked by an earlier request".into(),
+                retry_after: None,
+            }),
+            _ => Err(refusal(response, &self.base).await.0),
+        }
+    }
+
     /// Waits for the task to finish (re-asking with `?wait=`), retrying transient failures, for
     /// at most the client's timeout. A service that answers "not yet" sooner than it was asked to
     /// wait is asked again after a pause that grows from 0.25 s to 5 s, not at once.
@@ -328,6 +467,13 @@ fn request_failure(err: reqwest::Error) -> Failure {
     }
 }
 
+/// The `Upload-Offset` of an answer.
+fn upload_offset_header(headers: &HeaderMap, server: &str) -> Result<u64, Failure> {
+    headers.get("upload-offset").and_then(|value| value.to_str().ok()?.parse().ok()).ok_or_else(|| {
+        Failure::Permanent(format!("the service at {server} answered without a valid Upload-Offset"))
+    })
+}
+
 /// The body of an answer, read up to [`MAX_ANSWER_BYTES`]: a server that sends more (or never
 /// stops) gets an error, not the client's memory.
 async fn read_answer(mut response: reqwest::Response, server: &str) -> Result<Vec<u8>, Failure> {
@@ -372,9 +518,10 @@ async fn refusal(response: reqwest::Response, server: &str) -> (Failure, Option<
         .unwrap_or_else(|| body.chars().take(200).collect());
     let message = format!("the service answered {status}: {}", crate::shown(&detail));
     let failure = match status {
-        StatusCode::CONFLICT | StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE => {
-            Failure::Transient { message, retry_after }
-        }
+        StatusCode::CONFLICT
+        | StatusCode::LOCKED
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::INSUFFICIENT_STORAGE => Failure::Transient { message, retry_after },
         _ => Failure::Permanent(message),
     };
     (failure, max_wait)

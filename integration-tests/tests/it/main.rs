@@ -18,5 +18,6 @@ mod hostile_round_two;
 mod idempotency;
 mod log_writers;
 mod raw_http;
+mod resumable;
 mod v1;
 mod workers;
