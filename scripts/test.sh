@@ -73,6 +73,8 @@ echo "== schemathesis fuzz of the API from /openapi.json"
 ./scripts/fuzz.sh 2>&1 | tee "$logs/fuzz"
 echo "== browser tests (Chromium + playwright-core)"
 ./scripts/browser-test.sh 2>&1 | tee "$logs/browser"
+echo "== interop with tus-js-client under Node (tus 1.0.0 and the IETF draft -05, 64 MiB in 4 MiB chunks)"
+./scripts/interop-test.sh 2>&1 | tee "$logs/interop"
 echo "== deployment checks (compose, hadolint, Kubernetes schemas, Dockerfile builds)"
 ./scripts/deploy-check.sh 2>&1 | tee "$logs/deploy"
 echo "== benchmark smoke run (tiny sizes; checks every task, asserts no timing)"
@@ -86,11 +88,13 @@ rust=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/
 fuzz=$(grep -oE '[0-9]+ passed' "$logs/fuzz" | tail -1 | grep -oE '[0-9]+' || echo 0)
 browser_pass=$(grep -oE '^# pass [0-9]+' "$logs/browser" | grep -oE '[0-9]+' || echo 0)
 browser_fail=$(grep -oE '^# fail [0-9]+' "$logs/browser" | grep -oE '[0-9]+' || echo 0)
+interop_pass=$(grep -oE '^# pass [0-9]+' "$logs/interop" | grep -oE '[0-9]+' || echo 0)
+interop_fail=$(grep -oE '^# fail [0-9]+' "$logs/interop" | grep -oE '[0-9]+' || echo 0)
 deploy=$(grep -cE '(\.\.\. ok$|^-- )' "$logs/deploy" || true)
 bench=$(grep -c '^bench smoke:' "$logs/bench" || true)
 scripts=$(grep -c '^-- ok:' "$logs/scripts" || true)
 read -r rust_pass rust_fail <<<"$rust"
 echo "ran: Rust tests $rust_pass passed, $rust_fail failed; schemathesis $fuzz cases passed;" \
-  "browser $browser_pass passed, $browser_fail failed; deployment $deploy checks; benchmark smoke $bench;" \
+  "browser $browser_pass passed, $browser_fail failed; interop $interop_pass passed, $interop_fail failed; deployment $deploy checks; benchmark smoke $bench;" \
   "script tests $scripts"
-echo "summary: $((rust_pass + fuzz + browser_pass + deploy + bench + scripts)) passed, $((rust_fail + browser_fail)) failed"
+echo "summary: $((rust_pass + fuzz + browser_pass + interop_pass + deploy + bench + scripts)) passed, $((rust_fail + browser_fail + interop_fail)) failed"

@@ -114,7 +114,8 @@ pub enum Completion {
     /// When the upload reaches its declared length (tus).
     AtLength,
     /// As the request says (the IETF draft's `Upload-Complete`): `true` makes this append the
-    /// last, whatever length it reaches.
+    /// last, whatever length it reaches; `false` still completes an upload that reaches its
+    /// declared length.
     Declared(bool),
 }
 
@@ -353,7 +354,9 @@ async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Re
                     length.unwrap_or(0)
                 )));
             }
-            complete
+            // A known length reached completes the upload too: some clients (tus-js-client reading
+            // a stream) send their last bytes with `Upload-Complete: ?0`, their length declared.
+            complete || length == Some(received)
         }
     };
     if !complete {
