@@ -93,3 +93,59 @@ async fn relay(client: TcpStream, server: TcpStream, to_cut: Arc<AtomicUsize>, c
         () = answers => {}
     }
 }
+
+/// A TCP proxy in front of the api that counts the bytes clients send through it.
+pub struct CountingProxy {
+    /// `http://127.0.0.1:<port>`: point the client here.
+    pub url: String,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingProxy {
+    /// Forwards to `upstream` (refusing clients, by closing, while it is down).
+    pub async fn start(upstream: SocketAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = sent.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else { return };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let requests = async move {
+                        let mut buffer = vec![0; 64 * 1024];
+                        while let Ok(n @ 1..) = client_read.read(&mut buffer).await {
+                            if server_write.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                            counter.fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                    };
+                    let answers = async move {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    };
+                    tokio::select! {
+                        () = requests => {}
+                        () = answers => {}
+                    }
+                });
+            }
+        });
+        Ok(CountingProxy { url, sent, task })
+    }
+
+    /// Bytes clients have sent through it so far (written to the api's socket).
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -19,5 +19,6 @@ mod idempotency;
 mod log_writers;
 mod raw_http;
 mod resumable;
+mod resumable_faults;
 mod v1;
 mod workers;

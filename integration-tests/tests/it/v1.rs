@@ -114,3 +114,91 @@ async fn a_file_deleted_before_its_job_runs_ends_failed_without_looping() {
     assert_eq!(compat["status"], "ERROR");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_body_upload_is_stored_without_a_form_and_named_by_content_disposition() {
+    let app = integration_tests::TestApp::spawn(
+        integration_tests::TestOptions::default().api(|c| c.max_upload_bytes = 1024 * 1024),
+    )
+    .await
+    .unwrap();
+    let bytes = integration_tests::random_bytes(700_000, 21);
+    let answer = app
+        .client
+        .post(format!("{}/api/v1/hashes", app.base_url))
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Disposition", "attachment; filename*=UTF-8''r%C3%A9sum%C3%A9.bin")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let task: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(task["file_name"], "résumé.bin");
+    let done = app.wait_finished(task["id"].as_str().unwrap(), std::time::Duration::from_secs(30)).await;
+    assert_eq!(done["md5"], integration_tests::md5_hex(&bytes));
+    // Without a name it is `upload`; an empty body is a file of 0 bytes.
+    let empty = app
+        .client
+        .post(format!("{}/api/v1/hashes", app.base_url))
+        .header("Content-Type", "application/octet-stream")
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 202);
+    let task: serde_json::Value = empty.json().await.unwrap();
+    assert_eq!((task["file_name"].as_str(), task["size_bytes"].as_u64()), (Some("upload"), Some(0)));
+    // Over the limit: 413 from Content-Length, and while streaming without one; nothing left.
+    let large = app
+        .client
+        .post(format!("{}/api/v1/hashes", app.base_url))
+        .header("Content-Type", "application/octet-stream")
+        .body(vec![0u8; 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(large.status(), 413);
+    let chunks = futures_util::stream::iter(
+        (0..20).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 64 * 1024]))),
+    );
+    let streamed = app
+        .client
+        .post(format!("{}/api/v1/hashes", app.base_url))
+        .header("Content-Type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 413);
+    // Another type: 415 naming both accepted forms; the compatibility route takes forms only.
+    let text = app
+        .client
+        .post(format!("{}/api/v1/hashes", app.base_url))
+        .header("Content-Type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(text.status(), 415);
+    assert!(text.text().await.unwrap().contains("application/octet-stream"));
+    let compat = app
+        .client
+        .post(format!("{}/hashes/", app.base_url))
+        .header("Content-Type", "application/octet-stream")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(compat.status(), 200);
+    integration_tests::eventually(
+        std::time::Duration::from_secs(10),
+        "refused uploads to leave no file",
+        || async {
+            app.upload_files().iter().all(|file| !file.to_string_lossy().contains(".part")).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    app.stop().await;
+}
