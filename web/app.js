@@ -1,5 +1,7 @@
 // The MD5 service page: uploads with progress, live status through ?wait=, lookup by id,
-// and this browser's recent tasks (localStorage). Uses only the v1 API.
+// and this browser's recent tasks (localStorage). Uses only the v1 API. Files from 8 MiB on go
+// through tus-js-client (vendored, /assets/tus.min.js) to /api/v1/uploads in 4 MiB chunks: an
+// interrupted one (a lost connection, a reload) can be continued from where the service got to.
 'use strict';
 
 const STORE_KEY = 'md5.recentTasks';
@@ -8,6 +10,9 @@ const MAX_RECENT = 50;
 let waitSeconds = 30;
 // Statuses of a task still on its way; any other is final.
 const PENDING = new Set(['queued', 'processing', 'uploading']);
+// Files this large (and larger) are uploaded resumably.
+const RESUMABLE_BYTES = 8 * 1024 * 1024;
+const CHUNK_BYTES = 4 * 1024 * 1024;
 const $ = (id) => document.getElementById(id);
 let apiKey = sessionStorage.getItem('md5.apiKey') || '';
 
@@ -95,7 +100,7 @@ function render(view, task) {
     md5Row.append('MD5: ', md5, copyButton('Copy MD5', task.md5));
     view.body.append(md5Row);
   }
-  if (task.status === 'failed') {
+  if (task.error) {
     const error = document.createElement('div');
     error.className = 'error';
     error.textContent = `Error: ${task.error}`;
@@ -125,15 +130,17 @@ async function fetchTask(id, wait) {
 }
 
 // Follows a task until it is finished, one long-poll at a time (never a tight loop: a server
-// that answers "not yet" sooner than asked is asked again after a growing pause).
-async function follow(view, id) {
+// that answers "not yet" sooner than asked is asked again after a growing pause). `firstWait`
+// 0 shows the task at once (a card that has nothing to show yet).
+async function follow(view, id, firstWait = waitSeconds) {
   let failures = 0;
   let pause = 250;
+  let wait = firstWait;
   for (;;) {
     let result;
     const asked = Date.now();
     try {
-      result = await fetchTask(id, waitSeconds);
+      result = await fetchTask(id, wait);
     } catch {
       result = { status: 0, body: null };
     }
@@ -141,7 +148,11 @@ async function follow(view, id) {
       failures = 0;
       render(view, result.body);
       if (!PENDING.has(result.body.status)) return result.body;
-      if (Date.now() - asked < Math.max(waitSeconds, 1) * 1000) {
+      if (wait === 0) {
+        wait = waitSeconds;
+        continue;
+      }
+      if (Date.now() - asked < Math.max(wait, 1) * 1000) {
         await new Promise((resolve) => setTimeout(resolve, pause));
         pause = Math.min(5000, pause * 2);
       } else {
@@ -151,8 +162,9 @@ async function follow(view, id) {
     }
     // The service's longest wait is shorter than ours: it says so in the problem.
     const maxWait = result.body && Number.isInteger(result.body.max_wait_seconds) ? result.body.max_wait_seconds : null;
-    if (result.status === 400 && maxWait !== null && maxWait < waitSeconds) {
+    if (result.status === 400 && maxWait !== null && maxWait < wait) {
       waitSeconds = maxWait;
+      wait = maxWait;
       continue;
     }
     if (result.status === 401 && askForKey()) continue;
@@ -167,6 +179,10 @@ async function follow(view, id) {
 }
 
 function upload(file) {
+  if (file.size >= RESUMABLE_BYTES && window.tus && window.tus.isSupported) {
+    uploadResumable(file);
+    return;
+  }
   const view = card(file.name);
   const progress = document.createElement('progress');
   progress.max = file.size || 1;
@@ -213,6 +229,109 @@ function upload(file) {
   xhr.send(form);
 }
 
+// The answer a tus-js-client error carries: its status and problem, if the service answered.
+function tusFailure(error) {
+  const response = error && error.originalResponse;
+  if (!response) return { status: 0, body: null };
+  let body = null;
+  try { body = JSON.parse(response.getBody()); } catch { /* not JSON */ }
+  return { status: response.getStatus(), body };
+}
+
+// Asks whether to continue an interrupted upload of this file; resolves true to continue.
+function offerToContinue(view, previous) {
+  return new Promise((resolve) => {
+    const row = document.createElement('div');
+    row.className = 'row resume-offer';
+    const text = document.createElement('span');
+    const started = previous.creationTime ? ` (started ${new Date(previous.creationTime).toLocaleString()})` : '';
+    text.textContent = `An earlier upload of this file was interrupted${started}.`;
+    const resume = document.createElement('button');
+    resume.type = 'button';
+    resume.textContent = 'Continue it';
+    const fresh = document.createElement('button');
+    fresh.type = 'button';
+    fresh.textContent = 'Start over';
+    resume.addEventListener('click', () => { row.remove(); resolve(true); });
+    fresh.addEventListener('click', () => { row.remove(); resolve(false); });
+    row.append(text, resume, fresh);
+    view.body.prepend(row);
+    resume.focus();
+  });
+}
+
+async function uploadResumable(file) {
+  const view = card(file.name);
+  const progress = document.createElement('progress');
+  progress.max = file.size;
+  progress.value = 0;
+  progress.setAttribute('aria-label', `Upload progress of ${file.name}`);
+  const label = document.createElement('span');
+  label.className = 'upload-label';
+  const cancel = document.createElement('button');
+  cancel.type = 'button';
+  cancel.textContent = 'Cancel';
+  const row = document.createElement('div');
+  row.className = 'row';
+  row.append(label, cancel);
+  view.body.append(progress, row);
+  let resumedFrom = 0;
+  let first = true;
+  const upload = new window.tus.Upload(file, {
+    endpoint: '/api/v1/uploads',
+    chunkSize: CHUNK_BYTES,
+    retryDelays: [0, 1000, 3000, 5000, 10000],
+    metadata: { filename: file.name, filetype: file.type || 'application/octet-stream' },
+    headers: authHeaders(),
+    removeFingerprintOnSuccess: true,
+    onUploadUrlAvailable: () => {
+      const id = upload.url.split('/').pop();
+      view.li.dataset.taskId = id;
+      remember({ id, file_name: file.name });
+    },
+    onProgress: (sent, total) => {
+      if (first) { resumedFrom = sent; first = false; }
+      progress.max = total;
+      progress.value = sent;
+      const from = resumedFrom > 0 ? ` (continued from ${formatBytes(resumedFrom)})` : '';
+      label.textContent = `Uploading: ${formatBytes(sent)} of ${formatBytes(total)}${from}`;
+    },
+    onError: (error) => {
+      const { status, body } = tusFailure(error);
+      if (status === 401 && askForKey()) {
+        view.li.remove();
+        uploadResumable(file);
+        return;
+      }
+      showError(view, status ? problemText(status, body)
+        : 'The upload was interrupted: the server could not be reached. Choose the file again to continue it.');
+    },
+    onSuccess: async () => {
+      const id = upload.url.split('/').pop();
+      const result = await fetchTask(id, 0).catch(() => ({ status: 0, body: null }));
+      if (result.status === 200) {
+        remember(result.body);
+        render(view, result.body);
+      }
+      follow(view, id);
+    },
+  });
+  cancel.addEventListener('click', () => {
+    // Terminates the upload on the service too: its task ends cancelled, its bytes removed.
+    upload.abort(true).catch(() => {});
+    showError(view, 'Upload cancelled.');
+  });
+  const previous = await upload.findPreviousUploads().catch(() => []);
+  if (previous.length > 0) {
+    if (await offerToContinue(view, previous[0])) {
+      upload.resumeFromPreviousUpload(previous[0]);
+    } else {
+      for (const old of previous) upload.options.urlStorage.removeUpload(old.urlStorageKey).catch(() => {});
+    }
+  }
+  upload.start();
+}
+
 $('upload-form').addEventListener('submit', (event) => {
   event.preventDefault();
   const input = $('file-input');
@@ -252,5 +371,5 @@ document.addEventListener('drop', (event) => {
 // Recent tasks survive a reload; unfinished ones keep updating.
 for (const saved of recent().reverse()) {
   const view = card(saved.file_name);
-  follow(view, saved.id);
+  follow(view, saved.id, 0);
 }

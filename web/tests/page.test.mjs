@@ -3,7 +3,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const BASE = process.env.MD5_BASE_URL;
@@ -175,6 +177,53 @@ test('the page asks for the longest wait the service allows', async () => {
   assert.ok(waits.length >= 1 && waits.every((wait, i) => (i === 0 ? wait === 30 : wait === 5)), `waits asked: ${waits}`);
   assert.equal(await tab.getByText('Retrying').count(), 0, 'no error was shown');
   await own.close();
+});
+
+test('a large upload cut off by a reload is offered again and continued from the service\'s offset', async () => {
+  const big = randomBytes(12 * 1024 * 1024);
+  const bigMd5 = createHash('md5').update(big).digest('hex');
+  // From disk, so that both choices of the file have the same modification time (part of
+  // tus-js-client's fingerprint of a file).
+  const dir = mkdtempSync(join(tmpdir(), 'md5-page-'));
+  const file = join(dir, 'large.bin');
+  writeFileSync(file, big);
+  const resumable = await browser.newContext();
+  const tab = watchCsp(await resumable.newPage());
+  // The first 4 MiB chunk reaches the service; the second never does (the request hangs until
+  // the reload cancels it; the route stays, so nothing lets it through meanwhile).
+  let patches = 0;
+  let blocking = true;
+  await tab.route('**/api/v1/uploads/*', (route) => {
+    if (blocking && route.request().method() === 'PATCH' && ++patches > 1) return new Promise(() => {});
+    return route.continue();
+  });
+  await tab.goto(BASE);
+  await tab.getByLabel('Choose one or more files').setInputFiles(file);
+  await tab.getByRole('button', { name: 'Upload' }).click();
+  await tab.waitForFunction(() => document.querySelector('.task')?.dataset.taskId);
+  const id = await tab.locator('.task').first().getAttribute('data-task-id');
+  for (let i = 0; ; i += 1) {
+    const task = await (await fetch(`${BASE}/api/v1/hashes/${id}`)).json();
+    assert.equal(task.status, 'uploading');
+    if (task.bytes_received >= 4 * 1024 * 1024) break;
+    assert.ok(i < 200, 'the first chunk did not arrive');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  await tab.reload();
+  blocking = false;
+  // The page lists the unfinished task again (its script has run).
+  await tab.locator(`.task[data-task-id="${id}"] .status-uploading`).waitFor({ timeout: 10000 });
+  await tab.getByLabel('Choose one or more files').setInputFiles(file);
+  await tab.getByRole('button', { name: 'Upload' }).click();
+  await tab.getByRole('button', { name: 'Continue it' }).click();
+  const md5 = tab.locator(`.task[data-task-id="${id}"] .md5`).first();
+  await md5.waitFor({ timeout: 30000 });
+  assert.equal(await md5.textContent(), bigMd5, 'the continued upload (same id) has the whole file\'s MD5');
+  const task = await (await fetch(`${BASE}/api/v1/hashes/${id}`)).json();
+  assert.equal(task.size_bytes, big.length);
+  await tab.screenshot({ path: `${SHOTS}/resumed.png` });
+  await resumable.close();
+  rmSync(dir, { recursive: true, force: true });
 });
 
 test('no page reported a Content-Security-Policy violation', () => {

@@ -99,6 +99,66 @@ impl Service {
         Ok(response.json::<Value>().await?["id"].as_str().context("id")?.to_owned())
     }
 
+    /// Streams a file as the bare body of `POST /api/v1/hashes` (`application/octet-stream`).
+    pub(crate) async fn upload_raw(&self, path: &Path) -> anyhow::Result<String> {
+        let file = tokio::fs::File::open(path).await?;
+        let length = file.metadata().await?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let response = self
+            .client
+            .post(format!("{}/api/v1/hashes", self.api_url))
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Disposition", "attachment; filename=\"large.bin\"")
+            .header("Content-Length", length)
+            .body(body)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 202, "raw upload answered {}", response.status());
+        Ok(response.json::<Value>().await?["id"].as_str().context("id")?.to_owned())
+    }
+
+    /// Sends a file with tus 1.0.0 in `chunk`-byte `PATCH`es; the task id once the last is in.
+    pub(crate) async fn upload_tus(&self, path: &Path, chunk: u64) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+        let length = tokio::fs::metadata(path).await?.len();
+        let created = self
+            .client
+            .post(format!("{}/api/v1/uploads", self.api_url))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Length", length)
+            .send()
+            .await?;
+        anyhow::ensure!(created.status() == 201, "tus creation answered {}", created.status());
+        let location = created.headers()["location"].to_str()?.to_owned();
+        let url = format!("{}{location}", self.api_url);
+        let mut offset = 0;
+        while offset < length {
+            let take = chunk.min(length - offset);
+            let mut file = tokio::fs::File::open(path).await?;
+            file.seek(std::io::SeekFrom::Start(offset)).await?;
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file.take(take), 1 << 20));
+            let answer = self
+                .client
+                .patch(&url)
+                .header("Tus-Resumable", "1.0.0")
+                .header("Upload-Offset", offset)
+                .header("Content-Type", "application/offset+octet-stream")
+                .header("Content-Length", take)
+                .body(body)
+                .send()
+                .await?;
+            anyhow::ensure!(answer.status() == 204, "tus append answered {}", answer.status());
+            offset += take;
+        }
+        Ok(location.rsplit('/').next().context("upload id")?.to_owned())
+    }
+
+    /// Resets the api's peak resident memory (VmHWM), so the next reading covers what follows.
+    pub(crate) fn reset_api_peak_rss(&self) -> anyhow::Result<()> {
+        let pid = self.api.as_ref().context("api")?.id();
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").context("reset VmHWM through clear_refs")
+    }
+
     pub(crate) async fn wait_done(&self, id: &str) -> anyhow::Result<Value> {
         loop {
             let task: Value = self
