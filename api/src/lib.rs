@@ -101,10 +101,10 @@ pub async fn run(
 /// error, browser security headers.
 pub fn app(state: AppState) -> axum::Router {
     let request_id = HeaderName::from_static("x-request-id");
-    let max_wait_seconds = state.config.max_wait_seconds;
+    let (max_wait_seconds, max_upload_bytes) = (state.config.max_wait_seconds, state.config.max_upload_bytes);
     let (router, document) = routes::router(state);
     let router = router
-        .merge(openapi::docs_router(&openapi::document(document, max_wait_seconds)).layer(
+        .merge(openapi::docs_router(&openapi::document(document, max_wait_seconds, max_upload_bytes)).layer(
             tower_http::set_header::SetResponseHeaderLayer::overriding(
                 axum::http::header::CONTENT_SECURITY_POLICY,
                 axum::http::HeaderValue::from_static(routes::DOCS_CONTENT_SECURITY_POLICY),

@@ -50,10 +50,14 @@ fn restrict_compat_part_names(openapi: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// The router's OpenAPI document, finished: the compatibility form's part names restricted, and
-/// the longest `?wait=` the configured `max_wait_seconds` (`MAX_WAIT_SECONDS`) instead of the
-/// annotations' 60.
-pub fn document(mut openapi: utoipa::openapi::OpenApi, max_wait_seconds: u64) -> utoipa::openapi::OpenApi {
+/// The router's OpenAPI document, finished: the compatibility form's part names restricted, the
+/// longest `?wait=` the configured `max_wait_seconds` (`MAX_WAIT_SECONDS`) instead of the
+/// annotations' 60, and the largest `Upload-Length` the configured `max_upload_bytes`.
+pub fn document(
+    mut openapi: utoipa::openapi::OpenApi,
+    max_wait_seconds: u64,
+    max_upload_bytes: u64,
+) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::RefOr;
     use utoipa::openapi::schema::Schema;
     let waits = openapi
@@ -72,6 +76,23 @@ pub fn document(mut openapi: utoipa::openapi::OpenApi, max_wait_seconds: u64) ->
         ));
         if let Some(RefOr::T(Schema::Object(schema))) = wait.schema.as_mut() {
             schema.maximum = Some(utoipa::Number::UInt(max_wait_seconds as usize));
+        }
+    }
+    // A declared length is at most MAX_UPLOAD_BYTES.
+    let lengths = openapi
+        .paths
+        .paths
+        .values_mut()
+        .filter_map(|item| item.post.as_mut()?.parameters.as_mut())
+        .flatten()
+        .filter_map(|parameter| match parameter {
+            RefOr::T(parameter) if parameter.name == "Upload-Length" => Some(parameter),
+            _ => None,
+        });
+    for length in lengths {
+        if let Some(RefOr::T(Schema::Object(schema))) = length.schema.as_mut() {
+            schema.maximum =
+                Some(utoipa::Number::UInt(usize::try_from(max_upload_bytes).unwrap_or(usize::MAX)));
         }
     }
     restrict_compat_part_names(&mut openapi);
@@ -98,7 +119,7 @@ mod tests {
 
     #[test]
     fn every_route_describes_the_shared_refusals_in_the_same_words() {
-        let doc = serde_json::to_value(document(crate::routes::api_document(), 60)).unwrap();
+        let doc = serde_json::to_value(document(crate::routes::api_document(), 60, 1000)).unwrap();
         let operation = |path: &str, method: &str| doc["paths"][path][method]["responses"].clone();
         let uploads = [operation("/api/v1/hashes", "post"), operation("/hashes/", "post")];
         let reads = [operation("/api/v1/hashes/{id}", "get"), operation("/hashes/{task_id}", "get")];
@@ -118,7 +139,7 @@ mod tests {
 
     #[test]
     fn the_documented_longest_wait_is_the_configured_one() {
-        let doc = serde_json::to_value(document(crate::routes::api_document(), 7)).unwrap();
+        let doc = serde_json::to_value(document(crate::routes::api_document(), 7, 1000)).unwrap();
         let parameters = doc["paths"]["/api/v1/hashes/{id}"]["get"]["parameters"].as_array().unwrap();
         let wait = parameters.iter().find(|p| p["name"] == "wait").expect("a wait parameter");
         assert_eq!(wait["schema"]["maximum"], 7, "{wait}");

@@ -49,12 +49,22 @@ pub fn options(state: &AppState) -> Response {
     tus(response)
 }
 
-/// 412 for a request without `Tus-Resumable: 1.0.0`.
+/// 412 for a `Tus-Resumable` other than 1.0.0 (as tus requires).
 pub fn unsupported_version() -> Response {
     let err = ApiError::upload_protocol(
         StatusCode::PRECONDITION_FAILED,
         "unsupported-protocol-version",
-        "send Tus-Resumable: 1.0.0 (tus) or Upload-Draft-Interop-Version: 6 (the IETF draft -05)",
+        "this service speaks tus 1.0.0 (Tus-Resumable: 1.0.0) and the IETF draft -05 (Upload-Draft-Interop-Version: 6)",
+    )
+    .with_response_header(name("tus-version"), HeaderValue::from_static(VERSION));
+    tus(err.into_response())
+}
+
+/// 400 for a request that names neither protocol.
+pub fn missing_version() -> Response {
+    let err = ApiError::bad_request(
+        "a resumable upload request names its protocol: send Tus-Resumable: 1.0.0 (tus) or \
+         Upload-Draft-Interop-Version: 6 (the IETF draft -05)",
     )
     .with_response_header(name("tus-version"), HeaderValue::from_static(VERSION));
     tus(err.into_response())

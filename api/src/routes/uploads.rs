@@ -15,6 +15,14 @@ use crate::resumable::{ietf, tus};
 use crate::serve::ClientAddr;
 use crate::state::AppState;
 
+/// The tus version a request names (`Tus-Resumable`), for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+pub enum TusVersion {
+    /// tus 1.0.0.
+    #[schema(rename = "1.0.0")]
+    V1,
+}
+
 /// Which protocol a request speaks.
 enum Protocol {
     Tus,
@@ -23,7 +31,9 @@ enum Protocol {
 
 /// A request whose protocol version this service does not speak.
 enum UnknownProtocol {
-    /// No `Tus-Resumable: 1.0.0` and no interop version.
+    /// Neither `Tus-Resumable` nor an interop version: not a resumable-upload request.
+    Missing,
+    /// A `Tus-Resumable` other than 1.0.0.
     Tus,
     /// An interop version other than 6.
     Ietf(String),
@@ -32,6 +42,7 @@ enum UnknownProtocol {
 impl IntoResponse for UnknownProtocol {
     fn into_response(self) -> Response {
         match self {
+            UnknownProtocol::Missing => tus::missing_version(),
             UnknownProtocol::Tus => tus::unsupported_version(),
             UnknownProtocol::Ietf(version) => ietf::unsupported_version(&version),
         }
@@ -50,7 +61,8 @@ fn protocol(headers: &HeaderMap) -> Result<Protocol, UnknownProtocol> {
     }
     match headers.get("tus-resumable").map(|value| value.as_bytes()) {
         Some(version) if version == tus::VERSION.as_bytes() => Ok(Protocol::Tus),
-        _ => Err(UnknownProtocol::Tus),
+        Some(_) => Err(UnknownProtocol::Tus),
+        None => Err(UnknownProtocol::Missing),
     }
 }
 
@@ -69,30 +81,30 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
 }
 
 /// `POST /api/v1/uploads`.
+///
+/// Documented here in tus 1.0.0 terms (what `OPTIONS` advertises): `Upload-Length`, or
+/// `Upload-Defer-Length: 1` to give it later; `Upload-Metadata` (`key base64,…`, `filename` or
+/// `name` names the task); the first bytes may come in the body (`application/offset+octet-stream`,
+/// creation-with-upload), checked by `Upload-Checksum` (`sha1|md5|sha256 <base64>`, 460 on a
+/// mismatch). The IETF draft -05 creates on the same route: `Upload-Draft-Interop-Version: 6`
+/// instead of `Tus-Resumable`, `Upload-Complete: ?0|?1`, optional `Upload-Length`, any body type.
 #[utoipa::path(
     post,
     path = "/api/v1/uploads",
     operation_id = "create_upload",
     tag = "uploads",
     params(
-        ("Tus-Resumable" = Option<String>, Header, description = "`1.0.0` for tus; or send Upload-Draft-Interop-Version"),
-        ("Upload-Draft-Interop-Version" = Option<String>, Header, description = "`6` for the IETF draft -05"),
-        ("Upload-Length" = Option<u64>, Header, description = "The file's length (tus: this or Upload-Defer-Length)"),
-        ("Upload-Defer-Length" = Option<String>, Header, description = "tus: `1` to give the length later"),
-        ("Upload-Metadata" = Option<String>, Header, description = "tus-style `key base64,…`; `filename` (or `name`) names the task"),
-        ("Upload-Complete" = Option<String>, Header, description = "IETF: `?1` when the body is the whole file, `?0` otherwise"),
-        ("Upload-Checksum" = Option<String>, Header, description = "tus: `sha1|md5|sha256 <base64>` of this request's body"),
+        ("Tus-Resumable" = inline(TusVersion), Header, description = "`1.0.0` (the IETF draft sends `Upload-Draft-Interop-Version: 6` instead)"),
+        ("Upload-Length" = u64, Header, description = "The file's length in bytes (at most MAX_UPLOAD_BYTES)", minimum = 0),
     ),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream",
-        description = "Optional first bytes (tus: application/offset+octet-stream; IETF: any type)"),
     responses(
         (status = 201, description = "Created; `Location` is the upload (its id is its task's id)",
             headers(("Location" = String, description = "/api/v1/uploads/{id}"),
-                ("Upload-Offset" = u64, description = "Bytes stored durably"),
+                ("Upload-Offset" = u64, description = "Bytes stored durably (when the request carried some)"),
                 ("Upload-Expires" = String, description = "tus: when the upload expires without an append"),
                 ("Upload-Limit" = String, description = "IETF: `max-size=…, max-age=…`"))),
         (status = 400, description = "Malformed or contradictory headers", body = Problem, content_type = "application/problem+json"),
-        (status = 412, description = "Neither `Tus-Resumable: 1.0.0` nor `Upload-Draft-Interop-Version: 6`", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "A `Tus-Resumable` other than 1.0.0 (`Tus-Version` says which this service speaks)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "tus: a body that is not application/offset+octet-stream", body = Problem, content_type = "application/problem+json"),
         (status = 460, description = "tus: the body does not match Upload-Checksum", body = Problem, content_type = "application/problem+json"),
         UploadRefusals, Refusals,
@@ -154,7 +166,8 @@ pub async fn upload_resource_options(State(state): State<AppState>, headers: Hea
     path = "/api/v1/uploads/{id}",
     operation_id = "upload_offset",
     tag = "uploads",
-    params(("id" = String, Path, description = "The upload's (and its task's) id")),
+    params(("id" = String, Path, description = "The upload's (and its task's) id"),
+        ("Tus-Resumable" = inline(TusVersion), Header, description = "`1.0.0` (or the IETF draft's `Upload-Draft-Interop-Version: 6`)")),
     responses(
         (status = 200, description = "tus: Upload-Offset, Upload-Length (or Upload-Defer-Length), Upload-Metadata, Upload-Expires"),
         (status = 204, description = "IETF: Upload-Offset, Upload-Complete, Upload-Length, Upload-Limit"),
@@ -181,6 +194,11 @@ pub async fn upload_offset(
 }
 
 /// `PATCH /api/v1/uploads/{id}`: appends the body at `Upload-Offset`.
+///
+/// tus: `application/offset+octet-stream`, optional `Upload-Checksum` (`sha1|md5|sha256
+/// <base64>` of this body; 460 and nothing appended on a mismatch), `Upload-Length` once for a
+/// deferred length. IETF draft -05: `Upload-Draft-Interop-Version: 6`, `application/partial-upload`,
+/// `Upload-Complete: ?1` on the last append.
 #[utoipa::path(
     patch,
     path = "/api/v1/uploads/{id}",
@@ -188,10 +206,8 @@ pub async fn upload_offset(
     tag = "uploads",
     params(
         ("id" = String, Path, description = "The upload's (and its task's) id"),
-        ("Upload-Offset" = u64, Header, description = "Where this body starts: the offset HEAD gave"),
-        ("Upload-Complete" = Option<String>, Header, description = "IETF: `?1` when this body ends the file"),
-        ("Upload-Length" = Option<u64>, Header, description = "The length, if deferred until now"),
-        ("Upload-Checksum" = Option<String>, Header, description = "tus: `sha1|md5|sha256 <base64>` of this body"),
+        ("Tus-Resumable" = inline(TusVersion), Header, description = "`1.0.0` (or the IETF draft's `Upload-Draft-Interop-Version: 6`)"),
+        ("Upload-Offset" = u64, Header, description = "Where this body starts: the offset HEAD gave", minimum = 0),
     ),
     request_body(content = Vec<u8>, content_type = "application/offset+octet-stream",
         description = "The bytes (IETF: application/partial-upload)"),
@@ -234,7 +250,8 @@ pub async fn append_upload(
     path = "/api/v1/uploads/{id}",
     operation_id = "terminate_upload",
     tag = "uploads",
-    params(("id" = String, Path, description = "The upload's (and its task's) id")),
+    params(("id" = String, Path, description = "The upload's (and its task's) id"),
+        ("Tus-Resumable" = inline(TusVersion), Header, description = "`1.0.0` (or the IETF draft's `Upload-Draft-Interop-Version: 6`)")),
     responses(
         (status = 204, description = "Terminated: its file is removed, its task is `cancelled`"),
         (status = 400, description = "IETF: the upload is complete", body = Problem, content_type = "application/problem+json"),

@@ -110,7 +110,11 @@ pub struct UploadForm {
         example = "0f8c5c2e-3c1b-4f5e-9a59-2a4d1c7e8b90",
         description = "Makes a retry safe: a repeat with the same key and the same file name and size \
             within IDEMPOTENCY_TTL_SECONDS (default 24 h) answers with the original task and stores nothing")),
-    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    request_body(content(
+        (UploadForm = "multipart/form-data"),
+        (Vec<u8> = "application/octet-stream", example = json!("hello")),
+    ), description = "The file: a form's `file` part, or the whole body as application/octet-stream \
+        (its name from a `Content-Disposition: attachment; filename=…` header; no form parsed)"),
     responses(
         (status = 202, description = "Stored and queued (or, for a repeated Idempotency-Key, the original task); \
             the body is the task, `Location` its URL", body = TaskView,

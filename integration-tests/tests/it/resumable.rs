@@ -219,11 +219,14 @@ async fn bad_protocol_requests_get_clear_errors_and_change_nothing() {
         .unwrap();
     let base = &app.base_url;
     let post = || app.client.post(format!("{base}/api/v1/uploads"));
-    // No protocol: 412 naming both.
+    // No protocol: 400 naming both; another tus version: 412 with Tus-Version (as tus requires).
     let none = post().header("Upload-Length", 10).send().await.unwrap();
-    assert_eq!(none.status(), 412);
+    assert_eq!(none.status(), 400);
     assert_eq!(none.headers()["tus-version"], "1.0.0");
     assert!(none.text().await.unwrap().contains("Upload-Draft-Interop-Version: 6"));
+    let future = post().header("Tus-Resumable", "2.0.0").header("Upload-Length", 10).send().await.unwrap();
+    assert_eq!(future.status(), 412);
+    assert_eq!(future.headers()["tus-version"], "1.0.0");
     // Another interop version: 400.
     let old = post()
         .header("Upload-Draft-Interop-Version", "3")

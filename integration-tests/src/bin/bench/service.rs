@@ -136,7 +136,10 @@ impl Service {
             let take = chunk.min(length - offset);
             let mut file = tokio::fs::File::open(path).await?;
             file.seek(std::io::SeekFrom::Start(offset)).await?;
-            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file.take(take), 1 << 20));
+            let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                file.take(take),
+                1 << 20,
+            ));
             let answer = self
                 .client
                 .patch(&url)

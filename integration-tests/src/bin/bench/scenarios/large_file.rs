@@ -102,7 +102,8 @@ pub(crate) async fn large_file(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) 
             );
             let row =
                 service.rows().await?.into_iter().find(|row| row.task_id.to_string() == id).context("row")?;
-            let hash = (row.finished_at.context("finished")? - row.started_at.context("started")?).to_std()?;
+            let hash =
+                (row.finished_at.context("finished")? - row.started_at.context("started")?).to_std()?;
             if best.is_none_or(|(best_total, _, _)| total < best_total) {
                 best = Some((total, uploaded, hash));
             }
