@@ -576,3 +576,36 @@ async fn two_api_processes_appending_to_one_upload_at_once_never_interleave() {
     integration_tests::stop_process(&mut second);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_creating_uploads_without_end_is_stopped_at_max_open_uploads_while_others_are_served() {
+    let app = TestApp::spawn(TestOptions::default().api(|c| c.max_open_uploads = 5)).await.unwrap();
+    let mut open = Vec::new();
+    for n in 0..5 {
+        open.push(create(&app.client, &app.base_url, 1000, &format!("hoard-{n}")).await);
+    }
+    let refused = app
+        .client
+        .post(format!("{}/api/v1/uploads", app.base_url))
+        .header(TUS.0, TUS.1)
+        .header("Upload-Length", 1000)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["tus-resumable"], "1.0.0");
+    assert!(refused.text().await.unwrap().contains("unfinished resumable uploads"));
+    assert_eq!(app.upload_files().len(), 5, "the refused creation left no file");
+    // A one-shot upload is still served, and a terminated upload frees its place.
+    let bytes = random_bytes(10_000, 8);
+    let answer = app.upload("normal.bin", bytes.clone()).await;
+    assert_eq!(answer.status(), 202);
+    let task: Value = answer.json().await.unwrap();
+    assert_eq!(
+        app.wait_finished(task["id"].as_str().unwrap(), Duration::from_secs(30)).await["md5"],
+        md5_hex(&bytes)
+    );
+    assert_eq!(app.client.delete(&open[0]).header(TUS.0, TUS.1).send().await.unwrap().status(), 204);
+    create(&app.client, &app.base_url, 1000, "after").await;
+    app.stop().await;
+}
