@@ -3,8 +3,8 @@
 //! Its rule: a live upload receives bytes at least every `BODY_IDLE_TIMEOUT_SECONDS` (else it
 //! is cut) and writes them at least every [`PART_TOUCH_INTERVAL`], so a partial file untouched
 //! for twice that long belongs to no live upload. Every api sharing the volume must use the same
-//! `BODY_IDLE_TIMEOUT_SECONDS`. (An upload that may pause between requests needs a rule of its
-//! own: this one would remove it.)
+//! `BODY_IDLE_TIMEOUT_SECONDS`. A resumable upload, which may pause between requests, is never
+//! a `.part` file: its file has its final name and its own rule (`crate::resumable::expiry`).
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -609,3 +609,47 @@ async fn a_client_creating_uploads_without_end_is_stopped_at_max_open_uploads_wh
     create(&app.client, &app.base_url, 1000, "after").await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_resumable_request_needs_the_api_key_when_one_is_set() {
+    let app = TestApp::spawn(TestOptions::default().no_workers().api(|c| c.api_key = Some("s3cret".into())))
+        .await
+        .unwrap();
+    let base = &app.base_url;
+    let anonymous = app
+        .client
+        .post(format!("{base}/api/v1/uploads"))
+        .header(TUS.0, TUS.1)
+        .header("Upload-Length", 10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let created = app
+        .client
+        .post(format!("{base}/api/v1/uploads"))
+        .bearer_auth("s3cret")
+        .header(TUS.0, TUS.1)
+        .header("Upload-Length", 10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let url = format!("{base}{}", created.headers()["location"].to_str().unwrap());
+    let requests = [
+        app.client.head(&url).header(TUS.0, TUS.1),
+        app.client
+            .patch(&url)
+            .header(TUS.0, TUS.1)
+            .header("Upload-Offset", 0)
+            .header("Content-Type", "application/offset+octet-stream")
+            .body("0123456789"),
+        app.client.delete(&url).header(TUS.0, TUS.1),
+    ];
+    for request in requests {
+        assert_eq!(request.send().await.unwrap().status(), 401);
+    }
+    let head = app.client.head(&url).bearer_auth("s3cret").header(TUS.0, TUS.1).send().await.unwrap();
+    assert_eq!(offset(&head), 0, "nothing was appended without the key");
+    app.stop().await;
+}
