@@ -341,7 +341,7 @@ async fn bad_protocol_requests_get_clear_errors_and_change_nothing() {
                 .header("Upload-Offset", 0)
                 .header("Content-Type", "application/offset+octet-stream")
                 .body("abc"),
-            412,
+            400,
         ),
     ];
     for (request, status) in cases {
