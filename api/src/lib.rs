@@ -21,6 +21,7 @@ pub mod slots;
 pub mod state;
 pub mod storage;
 pub mod task_counts;
+pub mod task_view;
 pub mod upload;
 
 use std::future::Future;

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
@@ -16,80 +16,16 @@ use crate::error::{ApiError, Problem, Refusals, UploadRefusals};
 use crate::idempotency::IdempotencyKey;
 use crate::serve::ClientAddr;
 use crate::state::AppState;
+pub use crate::task_view::TaskView;
 use crate::upload;
 use shared::models::UploadRow;
-use shared::{Task, TaskStatus, uploads};
+use shared::{Task, uploads};
 
 /// Set on the answer to a repeated `Idempotency-Key`: the task is the original request's.
 pub const REPLAYED: &str = "idempotent-replayed";
 
 /// How often a waiting request re-reads its row even without a notification.
 const WAIT_RECHECK: Duration = Duration::from_secs(1);
-
-/// The task object of the v1 API.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct TaskView {
-    /// The promise id.
-    pub id: Uuid,
-    /// `uploading` (a resumable upload still receiving bytes), `queued`, `processing`, `done`,
-    /// `failed`, `expired` (a resumable upload abandoned) or `cancelled` (one terminated).
-    #[schema(schema_with = status_schema)]
-    pub status: TaskStatus,
-    /// The MD5 once `done`: 32 lowercase hex digits.
-    #[schema(value_type = Option<String>, pattern = "^[0-9a-f]{32}$", example = "5d41402abc4b2a76b9719d911017c592")]
-    pub md5: Option<shared::Md5Hex>,
-    /// The client's file name, sanitized.
-    pub file_name: String,
-    /// Size of the upload (while `uploading`, its declared length, 0 if deferred).
-    pub size_bytes: i64,
-    /// While `uploading`: the bytes received and durable so far.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes_received: Option<i64>,
-    /// Why the task failed.
-    pub error: Option<String>,
-    /// How many times a worker took the task.
-    pub attempts: i32,
-    /// When the upload was accepted (a resumable upload: created, then completed).
-    #[serde(serialize_with = "shared::time::millis::serialize")]
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    /// When a worker last started on it.
-    #[serde(serialize_with = "shared::time::option_millis::serialize")]
-    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// When the result was recorded.
-    #[serde(serialize_with = "shared::time::option_millis::serialize")]
-    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-fn status_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(TaskStatus::ALL.map(TaskStatus::as_str)))
-        .build()
-}
-
-impl From<Task> for TaskView {
-    fn from(task: Task) -> Self {
-        TaskView::from((task, None))
-    }
-}
-
-impl From<(Task, Option<UploadRow>)> for TaskView {
-    fn from((task, upload): (Task, Option<UploadRow>)) -> Self {
-        TaskView {
-            id: task.task_id,
-            status: task.status,
-            md5: task.result,
-            file_name: task.file_name,
-            size_bytes: task.size_bytes,
-            bytes_received: upload.map(|upload| upload.received_bytes),
-            error: task.error,
-            attempts: task.attempts,
-            created_at: task.created_at,
-            started_at: task.started_at,
-            finished_at: task.finished_at,
-        }
-    }
-}
 
 /// The multipart form every upload route takes: exactly one part, named `file`.
 #[derive(Debug, utoipa::ToSchema, serde::Deserialize)]

@@ -1,0 +1,73 @@
+//! The task object of the v1 API, as every route that answers with a task renders it (the v1
+//! routes, and the resumable uploads' completion).
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use shared::models::UploadRow;
+use shared::{Task, TaskStatus};
+
+/// The task object of the v1 API.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TaskView {
+    /// The promise id.
+    pub id: Uuid,
+    /// `uploading` (a resumable upload still receiving bytes), `queued`, `processing`, `done`,
+    /// `failed`, `expired` (a resumable upload abandoned) or `cancelled` (one terminated).
+    #[schema(schema_with = status_schema)]
+    pub status: TaskStatus,
+    /// The MD5 once `done`: 32 lowercase hex digits.
+    #[schema(value_type = Option<String>, pattern = "^[0-9a-f]{32}$", example = "5d41402abc4b2a76b9719d911017c592")]
+    pub md5: Option<shared::Md5Hex>,
+    /// The client's file name, sanitized.
+    pub file_name: String,
+    /// Size of the upload (while `uploading`, its declared length, 0 if deferred).
+    pub size_bytes: i64,
+    /// While `uploading`: the bytes received and durable so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<i64>,
+    /// Why the task failed.
+    pub error: Option<String>,
+    /// How many times a worker took the task.
+    pub attempts: i32,
+    /// When the upload was accepted (a resumable upload: created, then completed).
+    #[serde(serialize_with = "shared::time::millis::serialize")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// When a worker last started on it.
+    #[serde(serialize_with = "shared::time::option_millis::serialize")]
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the result was recorded.
+    #[serde(serialize_with = "shared::time::option_millis::serialize")]
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn status_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(TaskStatus::ALL.map(TaskStatus::as_str)))
+        .build()
+}
+
+impl From<Task> for TaskView {
+    fn from(task: Task) -> Self {
+        TaskView::from((task, None))
+    }
+}
+
+impl From<(Task, Option<UploadRow>)> for TaskView {
+    fn from((task, upload): (Task, Option<UploadRow>)) -> Self {
+        TaskView {
+            id: task.task_id,
+            status: task.status,
+            md5: task.result,
+            file_name: task.file_name,
+            size_bytes: task.size_bytes,
+            bytes_received: upload.map(|upload| upload.received_bytes),
+            error: task.error,
+            attempts: task.attempts,
+            created_at: task.created_at,
+            started_at: task.started_at,
+            finished_at: task.finished_at,
+        }
+    }
+}
