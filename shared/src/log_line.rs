@@ -87,7 +87,7 @@ mod tests {
             ts: "2026-11-27T19:00:01.456Z".parse().unwrap(),
             task_id: Uuid::nil(),
             status: TaskStatus::Done,
-            digests: Some(Digests { md5: md5.clone() }),
+            digests: Some(Digests::md5_only(md5.clone())),
             size_bytes: 43,
             worker: "w1".into(),
             error: None,

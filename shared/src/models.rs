@@ -126,7 +126,7 @@ pub struct Task {
 impl Task {
     /// The file's digests, once `done` (the `result` column holds its MD5).
     pub fn digests(&self) -> Option<crate::Digests> {
-        Some(crate::Digests { md5: self.result.clone()? })
+        Some(crate::Digests::md5_only(self.result.clone()?))
     }
 }
 

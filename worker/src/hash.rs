@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use md5::{Digest as _, Md5};
-use shared::{Digests, Md5Hex};
+use shared::{Algorithm, Digests, Md5Hex};
 
 /// Read size. Measured on the 2-core machine (1 GiB in page cache, md-5 0.10 asm): 64 KiB reads
 /// hash at ~514 MB/s, 1 MiB reads at ~399 MB/s, because a buffer that outgrows the L2 cache is
@@ -21,25 +21,96 @@ const OVERLAP_ABOVE_BYTES: u64 = 4 * READ_BUFFER_BYTES as u64;
 const BUFFERS: usize = 4;
 
 /// Every digest of one stream of bytes, each fed from the same buffers (rclone's
-/// `hash.MultiHasher`): the file is read once whatever the number of algorithms.
+/// `hash.MultiHasher`): the file is read once whatever the number of algorithms. MD5 is always
+/// one of them.
 pub struct MultiHasher {
     md5: Md5,
+    others: Vec<Hasher>,
+}
+
+/// One algorithm's running state (each crate picks its hardware path at run time: SHA-NI for
+/// sha2/sha1, SSE4.2/PCLMULQDQ/VPCLMULQDQ for crc-fast, SSE4.1/AVX2/AVX-512 for blake3).
+enum Hasher {
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+    Crc32c(crc_fast::Digest),
+    Crc64Nvme(crc_fast::Digest),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl Hasher {
+    /// The state of `algorithm`; `None` for MD5 (which [`MultiHasher`] always keeps itself).
+    fn new(algorithm: Algorithm) -> Option<Hasher> {
+        use sha2::Digest as _;
+        Some(match algorithm {
+            Algorithm::Md5 => return None,
+            Algorithm::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
+            Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+            Algorithm::Crc32c => Hasher::Crc32c(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi)),
+            Algorithm::Crc64Nvme => {
+                Hasher::Crc64Nvme(crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc64Nvme))
+            }
+            Algorithm::Blake3 => Hasher::Blake3(Box::new(blake3::Hasher::new())),
+        })
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        use sha2::Digest as _;
+        match self {
+            Hasher::Sha1(hasher) => hasher.update(bytes),
+            Hasher::Sha256(hasher) => hasher.update(bytes),
+            Hasher::Sha512(hasher) => hasher.update(bytes),
+            Hasher::Crc32c(hasher) | Hasher::Crc64Nvme(hasher) => hasher.update(bytes),
+            Hasher::Blake3(hasher) => {
+                hasher.update(bytes);
+            }
+        }
+    }
+
+    /// The algorithm and its digest as lowercase hex (a CRC as its big-endian bytes).
+    fn finish(self) -> (Algorithm, String) {
+        use sha2::Digest as _;
+        match self {
+            Hasher::Sha1(hasher) => (Algorithm::Sha1, hex::encode(hasher.finalize())),
+            Hasher::Sha256(hasher) => (Algorithm::Sha256, hex::encode(hasher.finalize())),
+            Hasher::Sha512(hasher) => (Algorithm::Sha512, hex::encode(hasher.finalize())),
+            Hasher::Crc32c(hasher) => (Algorithm::Crc32c, format!("{:08x}", hasher.finalize())),
+            Hasher::Crc64Nvme(hasher) => (Algorithm::Crc64Nvme, format!("{:016x}", hasher.finalize())),
+            Hasher::Blake3(hasher) => (Algorithm::Blake3, hasher.finalize().to_hex().to_string()),
+        }
+    }
 }
 
 impl MultiHasher {
-    /// A hasher for every algorithm the service computes.
+    /// A hasher for MD5 alone.
     pub fn new() -> Self {
-        MultiHasher { md5: Md5::new() }
+        MultiHasher::with(&[])
+    }
+
+    /// A hasher for MD5 and each of `algorithms` (each once, whatever the list repeats).
+    pub fn with(algorithms: &[Algorithm]) -> Self {
+        let mut wanted: Vec<Algorithm> = algorithms.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        MultiHasher { md5: Md5::new(), others: wanted.into_iter().filter_map(Hasher::new).collect() }
     }
 
     /// Feeds `bytes` to every digest.
     pub fn update(&mut self, bytes: &[u8]) {
         self.md5.update(bytes);
+        for hasher in &mut self.others {
+            hasher.update(bytes);
+        }
     }
 
     /// The digests of everything fed so far.
     pub fn finish(self) -> Digests {
-        Digests { md5: Md5Hex::from_digest(self.md5.finalize().into()) }
+        Digests {
+            md5: Md5Hex::from_digest(self.md5.finalize().into()),
+            others: self.others.into_iter().map(Hasher::finish).collect(),
+        }
     }
 }
 
@@ -56,8 +127,13 @@ impl Default for MultiHasher {
 /// cache and the hash overlap, so the hash runs at md-5's in-memory speed); a small one is read
 /// and hashed in turn.
 pub fn digest_file(path: &Path) -> io::Result<(Digests, u64)> {
+    digest_file_with(path, &[])
+}
+
+/// [`digest_file`] with `algorithms` besides MD5, all from one read of the file.
+pub fn digest_file_with(path: &Path, algorithms: &[Algorithm]) -> io::Result<(Digests, u64)> {
     let mut file = File::open(path)?;
-    let mut hasher = MultiHasher::new();
+    let mut hasher = MultiHasher::with(algorithms);
     let total = if file.metadata()?.len() <= OVERLAP_ABOVE_BYTES {
         hash_in_turn(&mut file, &mut hasher)?
     } else {
@@ -157,6 +233,56 @@ mod tests {
         std::fs::write(&big, &bytes).unwrap();
         let expected = hex::encode(Md5::digest(&bytes));
         assert_eq!(md5(&big), (expected.parse().unwrap(), bytes.len() as u64));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The first field of `tool file`'s output (`sha256sum` and friends).
+    fn reference(tool: &str, path: &Path) -> String {
+        let output = std::process::Command::new(tool).arg(path).output().expect("coreutils are installed");
+        assert!(output.status.success(), "{tool} failed");
+        String::from_utf8(output.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+    }
+
+    #[test]
+    fn every_algorithm_equals_the_reference_tools_at_every_padding_edge_and_size() {
+        let dir = std::env::temp_dir().join(format!("md5-hash-all-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let crc32c = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+        let crc64 = crc::Crc::<u64>::new(&crc::CRC_64_NVME);
+        // The catalogue's check values (of "123456789"), through the service's own path.
+        let check = dir.join("check");
+        std::fs::write(&check, b"123456789").unwrap();
+        let (digests, _) = digest_file_with(&check, Algorithm::ALL).unwrap();
+        assert_eq!(digests.get(Algorithm::Crc32c), Some("e3069283"));
+        assert_eq!(digests.get(Algorithm::Crc64Nvme), Some("ae8b14860a799888"));
+        for size in [0usize, 1, 55, 56, 63, 64, 65, 1 << 20, 100 << 20] {
+            let bytes: Vec<u8> = (0..size).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            let path = dir.join(format!("f{size}"));
+            std::fs::write(&path, &bytes).unwrap();
+            let (digests, read) = digest_file_with(&path, Algorithm::ALL).unwrap();
+            assert_eq!(read, size as u64);
+            assert_eq!(digests.iter().count(), Algorithm::ALL.len(), "{size}: every algorithm");
+            for (algorithm, hex) in digests.iter() {
+                assert_eq!(hex.len(), algorithm.hex_len(), "{algorithm} at {size} bytes");
+            }
+            let expect = |algorithm: Algorithm, want: String| {
+                assert_eq!(digests.get(algorithm), Some(want.as_str()), "{algorithm} of {size} bytes");
+            };
+            expect(Algorithm::Md5, reference("md5sum", &path));
+            expect(Algorithm::Sha1, reference("sha1sum", &path));
+            expect(Algorithm::Sha256, reference("sha256sum", &path));
+            expect(Algorithm::Sha512, reference("sha512sum", &path));
+            expect(Algorithm::Blake3, blake3::hash(&bytes).to_hex().to_string());
+            // A second CRC implementation (the `crc` crate's table-driven one).
+            expect(Algorithm::Crc32c, format!("{:08x}", crc32c.checksum(&bytes)));
+            expect(Algorithm::Crc64Nvme, format!("{:016x}", crc64.checksum(&bytes)));
+            // MD5 alone is what it always was, and asking twice for one algorithm computes it once.
+            assert_eq!(digest_file(&path).unwrap().0, Digests::md5_only(digests.md5.clone()));
+            let twice =
+                digest_file_with(&path, &[Algorithm::Sha256, Algorithm::Sha256, Algorithm::Md5]).unwrap().0;
+            assert_eq!(twice.others.len(), 1);
+            std::fs::remove_file(&path).unwrap();
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

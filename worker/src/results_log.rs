@@ -368,7 +368,7 @@ mod tests {
             ts: chrono::DateTime::parse_from_rfc3339(ts).unwrap().with_timezone(&Utc),
             task_id,
             status: TaskStatus::Done,
-            digests: Some(shared::Digests { md5: "d41d8cd98f00b204e9800998ecf8427e".parse().unwrap() }),
+            digests: Some(shared::Digests::md5_only("d41d8cd98f00b204e9800998ecf8427e".parse().unwrap())),
             size_bytes: 0,
             worker: "w".into(),
             error: None,

@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
             ts: chrono::Utc::now(),
             task_id: uuid::Uuid::now_v7(),
             status: TaskStatus::Done,
-            digests: Some(shared::Digests { md5: "d41d8cd98f00b204e9800998ecf8427e".parse().unwrap() }),
+            digests: Some(shared::Digests::md5_only("d41d8cd98f00b204e9800998ecf8427e".parse().unwrap())),
             size_bytes: 0,
             worker: writer.clone(),
             error: None,

@@ -142,7 +142,7 @@ async fn a_shared_statement_answers_each_job_as_if_it_ran_alone() {
         queries::claim_tasks(&mut conn, &[b, c], "w2", lease).await.unwrap().iter().all(|t| t.task_id == c)
     );
 
-    let done = |md5: &str| Outcome::Done { digests: shared::Digests { md5: md5.parse().unwrap() } };
+    let done = |md5: &str| Outcome::Done { digests: shared::Digests::md5_only(md5.parse().unwrap()) };
     let failed = Outcome::Failed { error: "unreadable".into() };
     // `c` is held by w2: w1 records nothing for it; `a` listed twice is recorded once.
     let finished = queries::complete_tasks(
