@@ -108,6 +108,11 @@ pub struct Config {
     #[arg(long, env = "MAX_OPEN_UPLOADS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub max_open_uploads: u32,
 
+    /// Most resumable uploads one client address may have open at once (default: three quarters
+    /// of MAX_OPEN_UPLOADS, so one client never takes every place); a creation past it gets 503.
+    #[arg(long, env = "MAX_OPEN_UPLOADS_PER_CLIENT", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub max_open_uploads_per_client: Option<u32>,
+
     /// Seconds in-flight requests get to finish after SIGTERM before the api exits anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -157,6 +162,13 @@ impl Config {
     /// The API key, if authentication is on: an empty `API_KEY` means none.
     pub fn api_key(&self) -> Option<&str> {
         self.api_key.as_deref().filter(|key| !key.is_empty())
+    }
+
+    /// Resumable uploads one client address may have open at once.
+    pub fn open_uploads_per_client(&self) -> u32 {
+        self.max_open_uploads_per_client
+            .unwrap_or_else(|| (self.max_open_uploads * 3 / 4).max(1))
+            .min(self.max_open_uploads)
     }
 
     /// Uploads one client address may stream at once.

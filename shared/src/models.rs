@@ -175,6 +175,8 @@ pub struct UploadRow {
     pub received_bytes: i64,
     /// tus `Upload-Metadata` as the client sent it.
     pub metadata: Option<String>,
+    /// The address it was created from.
+    pub client: Option<String>,
     /// When it expires unless an append renews it.
     pub expires_at: DateTime<Utc>,
 }

@@ -34,6 +34,7 @@ diesel::table! {
         upload_length -> Nullable<Int8>,
         received_bytes -> Int8,
         metadata -> Nullable<Text>,
+        client -> Nullable<Text>,
         expires_at -> Timestamptz,
     }
 }

@@ -24,6 +24,7 @@ pub async fn create(
     task: &NewTask<'_>,
     upload_length: Option<i64>,
     metadata: Option<&str>,
+    client: Option<&str>,
     expiry: Duration,
 ) -> QueryResult<(Task, UploadRow)> {
     let task: Task = diesel::insert_into(tasks::md5_tasks)
@@ -36,6 +37,7 @@ pub async fn create(
             uploads::task_id.eq(task.task_id),
             uploads::upload_length.eq(upload_length),
             uploads::metadata.eq(metadata),
+            uploads::client.eq(client),
             uploads::expires_at.eq(now.into_sql::<Timestamptz>() + interval(expiry)),
         ))
         .returning(UploadRow::as_returning())
@@ -147,7 +149,10 @@ pub async fn expired(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Ve
         .await
 }
 
-/// How many uploads are open.
-pub async fn count_open(conn: &mut AsyncPgConnection) -> QueryResult<i64> {
-    uploads::md5_uploads.count().get_result(conn).await
+/// How many uploads are open, and how many of them `client` created.
+pub async fn count_open(conn: &mut AsyncPgConnection, client: Option<&str>) -> QueryResult<(i64, i64)> {
+    let all: i64 = uploads::md5_uploads.count().get_result(conn).await?;
+    let Some(client) = client else { return Ok((all, 0)) };
+    let own: i64 = uploads::md5_uploads.filter(uploads::client.eq(client)).count().get_result(conn).await?;
+    Ok((all, own))
 }

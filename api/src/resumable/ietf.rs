@@ -151,7 +151,7 @@ pub async fn create(
         let complete = upload_complete(headers)?;
         let length = headers::number(headers, "upload-length")?;
         let (metadata, file_name) = headers::metadata(headers)?;
-        let new = NewUpload { length, metadata, file_name, request_id: request_id.clone() };
+        let new = NewUpload { length, metadata, file_name, request_id: request_id.clone(), client };
         let (task, upload, lock) = super::create(state, new).await?;
         let task_id = task.task_id;
         let location = super::tus::location(task_id);

@@ -106,6 +106,8 @@ pub struct NewUpload {
     pub file_name: String,
     /// The `x-request-id` of the creation.
     pub request_id: Option<String>,
+    /// The peer address, for the per-client bound on open uploads.
+    pub client: Option<IpAddr>,
 }
 
 /// When an append ends the upload.
@@ -157,10 +159,17 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
     if new.length.is_some_and(|length| length > limit) {
         return Err(ApiError::payload_too_large(limit).into());
     }
-    let open = state.db.run(async |conn| uploads::count_open(conn).await).await?;
+    let client = new.client.map(|ip| ip.to_string());
+    let (open, own) = state.db.run(async |conn| uploads::count_open(conn, client.as_deref()).await).await?;
     if open >= i64::from(state.config.max_open_uploads) {
         return Err(ApiError::unavailable(
             "too many unfinished resumable uploads; finish or terminate one, or try again later",
+        )
+        .into());
+    }
+    if own >= i64::from(state.config.open_uploads_per_client()) {
+        return Err(ApiError::unavailable(
+            "this client has too many unfinished resumable uploads; finish or terminate one first",
         )
         .into());
     }
@@ -178,7 +187,7 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
                 size_bytes: length.unwrap_or(0),
                 request_id: new.request_id.as_deref(),
             };
-            uploads::create(conn, &task, length, new.metadata.as_deref(), expiry).await
+            uploads::create(conn, &task, length, new.metadata.as_deref(), client.as_deref(), expiry).await
         })
         .await;
     match created {
@@ -241,11 +250,21 @@ pub async fn append(
     held: Option<UploadLock>,
     append: Append,
 ) -> Result<Appended, UploadError> {
-    let _slot = upload::take_slot(state, append.client)?;
-    state.storage.check_free_space()?;
-    let lock = match held {
-        Some(lock) => lock,
-        None => lock(state, task_id).await?,
+    let locked = async {
+        let slot = upload::take_slot(state, append.client)?;
+        state.storage.check_free_space()?;
+        let lock = match held {
+            Some(lock) => lock,
+            None => lock(state, task_id).await?,
+        };
+        Ok::<_, UploadError>((slot, lock))
+    };
+    let (_slot, lock) = match locked.await {
+        Ok(locked) => locked,
+        Err(err) => {
+            drain(append.body).await;
+            return Err(err);
+        }
     };
     let state = state.clone();
     tokio::spawn(async move { append_locked(&state, lock, append).await })
@@ -253,37 +272,36 @@ pub async fn append(
         .map_err(|err| UploadError::Api(ApiError::internal(anyhow::Error::new(err).context("append task"))))?
 }
 
+/// Most bytes of a refused append's body read (and dropped) before the answer, so that a small
+/// request gets its answer rather than a connection reset (a socket closed with unread bytes
+/// is reset).
+const DRAIN_BYTES: usize = 64 * 1024;
+
+/// Reads and drops up to [`DRAIN_BYTES`] of `body`, for at most a second.
+async fn drain(body: Body) {
+    let mut stream = body.into_data_stream();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut read = 0;
+        while read <= DRAIN_BYTES {
+            match stream.next().await {
+                Some(Ok(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
 async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Result<Appended, UploadError> {
+    let (length, offset) = match check_append(state, &lock, append.offset, append.length).await {
+        Ok(checked) => checked,
+        Err(err) => {
+            drain(append.body).await;
+            return Err(err);
+        }
+    };
     let task_id = lock.task_id();
-    let found = state.db.run(async |conn| uploads::find(conn, task_id).await).await?;
-    let upload = match classify(found)? {
-        UploadState::Open { upload, .. } => upload,
-        UploadState::Complete { task } => {
-            return Err(UploadError::Completed { length: u64::try_from(task.size_bytes).unwrap_or(0) });
-        }
-    };
-    let offset = u64::try_from(upload.received_bytes).map_err(ApiError::internal)?;
-    if append.offset != offset {
-        return Err(UploadError::OffsetMismatch { expected: offset, provided: append.offset });
-    }
-    let recorded_length = upload.upload_length.map(u64::try_from).transpose().map_err(ApiError::internal)?;
-    let length = match (recorded_length, append.length) {
-        (Some(recorded), Some(given)) if recorded != given => {
-            return Err(UploadError::InconsistentLength(format!(
-                "the upload's length is {recorded} bytes; this request says {given}"
-            )));
-        }
-        (_, Some(given)) if given < offset => {
-            return Err(UploadError::InconsistentLength(format!(
-                "the upload already holds {offset} bytes; this request says its length is {given}"
-            )));
-        }
-        (recorded, given) => recorded.or(given),
-    };
     let limit = state.config.max_upload_bytes;
-    if length.is_some_and(|length| length > limit) {
-        return Err(ApiError::payload_too_large(limit).into());
-    }
 
     let mut writer = lock.writer_at(&state.storage, offset).await?;
     let mut hasher = append.checksum.as_ref().map(Checksum::hasher);
@@ -372,6 +390,48 @@ async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Re
     metrics::counter!("md5_resumable_uploads_total", "event" => "completed").increment(1);
     upload::enqueue(state, task_id, received, append.request_id).await;
     Ok(Appended { offset: received, length: Some(received), completed: Some(task), expires_at: None })
+}
+
+/// What an append may do before its body is read: the upload is open, the request's offset is
+/// its, the length (recorded or given) is consistent and within the limit. Returns the length,
+/// if known, and the offset.
+async fn check_append(
+    state: &AppState,
+    lock: &UploadLock,
+    provided: u64,
+    given_length: Option<u64>,
+) -> Result<(Option<u64>, u64), UploadError> {
+    let task_id = lock.task_id();
+    let found = state.db.run(async |conn| uploads::find(conn, task_id).await).await?;
+    let upload = match classify(found)? {
+        UploadState::Open { upload, .. } => upload,
+        UploadState::Complete { task } => {
+            return Err(UploadError::Completed { length: u64::try_from(task.size_bytes).unwrap_or(0) });
+        }
+    };
+    let offset = u64::try_from(upload.received_bytes).map_err(ApiError::internal)?;
+    if provided != offset {
+        return Err(UploadError::OffsetMismatch { expected: offset, provided });
+    }
+    let recorded_length = upload.upload_length.map(u64::try_from).transpose().map_err(ApiError::internal)?;
+    let length = match (recorded_length, given_length) {
+        (Some(recorded), Some(given)) if recorded != given => {
+            return Err(UploadError::InconsistentLength(format!(
+                "the upload's length is {recorded} bytes; this request says {given}"
+            )));
+        }
+        (_, Some(given)) if given < offset => {
+            return Err(UploadError::InconsistentLength(format!(
+                "the upload already holds {offset} bytes; this request says its length is {given}"
+            )));
+        }
+        (recorded, given) => recorded.or(given),
+    };
+    let limit = state.config.max_upload_bytes;
+    if length.is_some_and(|length| length > limit) {
+        return Err(ApiError::payload_too_large(limit).into());
+    }
+    Ok((length, offset))
 }
 
 /// Records the durable length (and the length, once known) and renews the expiry.

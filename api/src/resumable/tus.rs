@@ -148,7 +148,7 @@ async fn try_create(
     }
     let checksum = checksum(headers)?;
     let (metadata, file_name) = headers::metadata(headers)?;
-    let new = NewUpload { length, metadata, file_name, request_id: request_id.clone() };
+    let new = NewUpload { length, metadata, file_name, request_id: request_id.clone(), client };
     let (task, upload, lock) = super::create(state, new).await?;
     let location = location(task.task_id);
     let mut response = StatusCode::CREATED.into_response();

@@ -547,7 +547,9 @@ async fn two_api_processes_appending_to_one_upload_at_once_never_interleave() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Through the second api, at the same offset, with other bytes: refused, nothing written.
-    let rival = patch(&app.client, &format!("{second_url}{path}"), 0, &random_bytes(half, 7), None).await;
+    // (Bodies under 64 KiB: a refused append's body is read that far, so the answer arrives
+    // rather than a connection reset.)
+    let rival = patch(&app.client, &format!("{second_url}{path}"), 0, &random_bytes(60_000, 7), None).await;
     assert_eq!(rival.status(), 423, "{:?}", rival.text().await);
     let rival_ietf = app
         .client
@@ -578,24 +580,38 @@ async fn two_api_processes_appending_to_one_upload_at_once_never_interleave() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_creating_uploads_without_end_is_stopped_at_max_open_uploads_while_others_are_served() {
-    let app = TestApp::spawn(TestOptions::default().api(|c| c.max_open_uploads = 5)).await.unwrap();
+async fn a_client_creating_uploads_without_end_is_stopped_at_its_share_while_others_are_served() {
+    let app = TestApp::spawn(TestOptions::default().api(|c| {
+        c.max_open_uploads = 8;
+        c.max_open_uploads_per_client = Some(5);
+    }))
+    .await
+    .unwrap();
+    let creation = |client: &Client| {
+        client
+            .post(format!("{}/api/v1/uploads", app.base_url))
+            .header(TUS.0, TUS.1)
+            .header("Upload-Length", 1000)
+            .send()
+    };
+    // The hoarder (127.0.0.1) gets its share of five, then 503.
     let mut open = Vec::new();
     for n in 0..5 {
         open.push(create(&app.client, &app.base_url, 1000, &format!("hoard-{n}")).await);
     }
-    let refused = app
-        .client
-        .post(format!("{}/api/v1/uploads", app.base_url))
-        .header(TUS.0, TUS.1)
-        .header("Upload-Length", 1000)
-        .send()
-        .await
-        .unwrap();
+    let refused = creation(&app.client).await.unwrap();
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["tus-resumable"], "1.0.0");
-    assert!(refused.text().await.unwrap().contains("unfinished resumable uploads"));
-    assert_eq!(app.upload_files().len(), 5, "the refused creation left no file");
+    assert!(refused.text().await.unwrap().contains("this client has too many"));
+    // Another client (127.0.0.2) still creates uploads, up to the total of eight.
+    let other = Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
+    for _ in 0..3 {
+        assert_eq!(creation(&other).await.unwrap().status(), 201);
+    }
+    let full = creation(&other).await.unwrap();
+    assert_eq!(full.status(), 503);
+    assert!(full.text().await.unwrap().contains("too many unfinished resumable uploads"));
+    assert_eq!(app.upload_files().len(), 8, "no refused creation left a file");
     // A one-shot upload is still served, and a terminated upload frees its place.
     let bytes = random_bytes(10_000, 8);
     let answer = app.upload("normal.bin", bytes.clone()).await;

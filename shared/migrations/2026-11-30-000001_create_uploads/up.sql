@@ -9,12 +9,15 @@ CREATE TABLE md5_uploads (
     received_bytes bigint      NOT NULL DEFAULT 0 CHECK (received_bytes >= 0),
     -- tus Upload-Metadata as the client sent it (echoed by HEAD).
     metadata       text,
+    -- The address the upload was created from: open uploads are bounded per client too.
+    client         text,
     -- Renewed by every append; past it the janitor removes the upload.
     expires_at     timestamptz NOT NULL,
     CHECK (upload_length IS NULL OR received_bytes <= upload_length)
 );
 
 CREATE INDEX md5_uploads_expires ON md5_uploads (expires_at);
+CREATE INDEX md5_uploads_client ON md5_uploads (client);
 
 -- `?wait=` requests wake for every terminal status.
 DROP TRIGGER md5_tasks_finished ON md5_tasks;
