@@ -30,7 +30,17 @@ pub async fn run_once(state: &AppState) -> Result<usize, UploadError> {
             Ok(lock) => lock,
             // Being appended to: alive.
             Err(UploadError::Busy) => continue,
-            Err(err) => return Err(err),
+            // Ended, its file already gone (an api died between removing it and its row): only
+            // the row is left to remove.
+            Err(UploadError::Gone(_)) => {
+                state.db.run(async |conn| uploads::forget(conn, task_id).await).await?;
+                continue;
+            }
+            // One upload that cannot be handled must not stop the others from expiring.
+            Err(err) => {
+                tracing::warn!(task.id = %task_id, error = ?err, "cannot expire this resumable upload");
+                continue;
+            }
         };
         let detail = format!(
             "the upload expired: no bytes arrived for {} s before it was complete",

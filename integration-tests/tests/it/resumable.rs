@@ -669,3 +669,37 @@ async fn every_resumable_request_needs_the_api_key_when_one_is_set() {
     assert_eq!(offset(&head), 0, "nothing was appended without the key");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_left_half_ended_by_a_dead_api_does_not_stop_others_from_expiring() {
+    use diesel_async::RunQueryDsl as _;
+    let app = TestApp::spawn(TestOptions::default().no_workers().api(|c| c.upload_expiry_seconds = 3))
+        .await
+        .unwrap();
+    // What an api killed between removing an expired upload's file and its row leaves behind.
+    let orphan = create(&app.client, &app.base_url, 1000, "orphan").await;
+    let id: uuid::Uuid = task_id(&orphan).parse().unwrap();
+    diesel::sql_query("UPDATE md5_tasks SET status = 'expired', finished_at = now() WHERE task_id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(id)
+        .execute(&mut app.db().await)
+        .await
+        .unwrap();
+    std::fs::remove_file(app.upload_dir.join(task_id(&orphan))).unwrap();
+    let later = create(&app.client, &app.base_url, 1000, "later").await;
+    eventually(Duration::from_secs(20), "the later upload to expire too", || async {
+        (app.task(task_id(&later), 0).await["status"] == "expired").then_some(())
+    })
+    .await
+    .unwrap();
+    let rows: Vec<Count> =
+        diesel::sql_query("SELECT count(*) AS n FROM md5_uploads").load(&mut app.db().await).await.unwrap();
+    assert_eq!(rows[0].n, 0, "the orphan's row is gone too");
+    assert!(app.upload_files().is_empty());
+    app.stop().await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
