@@ -178,11 +178,8 @@ async function follow(view, id, firstWait = waitSeconds) {
   }
 }
 
-function upload(file) {
-  if (file.size >= RESUMABLE_BYTES && window.tus && window.tus.isSupported) {
-    uploadResumable(file);
-    return;
-  }
+// A card for a file being uploaded: its progress bar, a label and a Cancel button.
+function uploadCard(file) {
   const view = card(file.name);
   const progress = document.createElement('progress');
   progress.max = file.size || 1;
@@ -196,6 +193,15 @@ function upload(file) {
   row.className = 'row';
   row.append(label, cancel);
   view.body.append(progress, row);
+  return { view, progress, label, cancel };
+}
+
+function upload(file) {
+  if (file.size >= RESUMABLE_BYTES && window.tus && window.tus.isSupported) {
+    uploadResumable(file);
+    return;
+  }
+  const { view, progress, label, cancel } = uploadCard(file);
 
   const xhr = new XMLHttpRequest();
   xhr.open('POST', '/api/v1/hashes');
@@ -261,20 +267,7 @@ function offerToContinue(view, previous) {
 }
 
 async function uploadResumable(file) {
-  const view = card(file.name);
-  const progress = document.createElement('progress');
-  progress.max = file.size;
-  progress.value = 0;
-  progress.setAttribute('aria-label', `Upload progress of ${file.name}`);
-  const label = document.createElement('span');
-  label.className = 'upload-label';
-  const cancel = document.createElement('button');
-  cancel.type = 'button';
-  cancel.textContent = 'Cancel';
-  const row = document.createElement('div');
-  row.className = 'row';
-  row.append(label, cancel);
-  view.body.append(progress, row);
+  const { view, progress, label, cancel } = uploadCard(file);
   let resumedFrom = 0;
   let first = true;
   const upload = new window.tus.Upload(file, {

@@ -50,12 +50,12 @@ impl Storage {
     /// and returns its lock.
     pub async fn create_upload_file(&self, task_id: Uuid) -> Result<UploadLock, StorageError> {
         let path = shared::config::upload_path(&self.dir, task_id);
-        let dir = self.dir.clone();
+        let (dir, created) = (self.dir.clone(), path.clone());
         let locked = self.locked.clone();
         locked.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(task_id);
         let unlock = Unlock(locked.clone(), task_id);
         let file = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
-            let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+            let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&created)?;
             rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
             std::fs::File::open(&dir)?.sync_all()?;
             Ok(file)
@@ -64,7 +64,7 @@ impl Storage {
         .map_err(|err| StorageError::Task("create", Arc::new(err)))?
         .map_err(|err| StorageError::io("cannot create the upload's file", err))?;
         std::mem::forget(unlock);
-        Ok(UploadLock { task_id, file, path: shared::config::upload_path(&self.dir, task_id), locked })
+        Ok(UploadLock { task_id, file, path, locked })
     }
 
     /// Takes the lock of `task_id`'s upload without waiting.

@@ -703,3 +703,44 @@ struct Count {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     n: i64,
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_takes_an_upload_slot_and_a_stalled_one_is_cut_keeping_what_arrived() {
+    let app = TestApp::spawn(TestOptions::default().no_workers().api(|c| {
+        c.max_concurrent_uploads = 1;
+        c.body_idle_timeout_seconds = 2;
+    }))
+    .await
+    .unwrap();
+    let bytes = random_bytes(300_000, 9);
+    let first = create(&app.client, &app.base_url, bytes.len() as u64, "first").await;
+    let second = create(&app.client, &app.base_url, bytes.len() as u64, "second").await;
+    // An append that sends 100,000 bytes, then nothing: it holds the one upload slot.
+    let (body, release) = held_body(Bytes::copy_from_slice(&bytes[..100_000]), Bytes::new());
+    let stalled = tokio::spawn(
+        app.client
+            .patch(&first)
+            .header(TUS.0, TUS.1)
+            .header("Upload-Offset", 0)
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(body)
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = patch(&app.client, &second, 0, &bytes[..1000], None).await;
+    assert_eq!(refused.status(), 503, "the slot is taken: {:?}", refused.text().await);
+    assert_eq!(offset(&head(&app.client, &second).await), 0);
+    // The stalled body is cut after BODY_IDLE_TIMEOUT_SECONDS; what arrived is kept, and the
+    // slot is free again.
+    let cut = eventually(Duration::from_secs(15), "the stalled append to be cut and recorded", || async {
+        let now = offset(&head(&app.client, &first).await);
+        (now > 0).then_some(now)
+    })
+    .await
+    .unwrap();
+    assert_eq!(cut, 100_000);
+    assert_eq!(patch(&app.client, &second, 0, &bytes, None).await.status(), 204);
+    drop(release);
+    let _ = stalled.await;
+    app.stop().await;
+}
