@@ -31,6 +31,8 @@ pub struct PendingTask {
     pub request_id: Option<String>,
     /// The `Idempotency-Key` reserved for this task, completed in the same transaction.
     pub idempotency_key: Option<String>,
+    /// The digests it asks for and expects.
+    pub digests: shared::DigestRequest,
 }
 
 /// Why a row was not inserted; every upload of a failed batch gets the same error, its cause
@@ -131,6 +133,8 @@ fn new_tasks<'a>(pending: &'a [PendingTask], skip: &HashSet<Uuid>) -> Vec<NewTas
             file_name: &task.file_name,
             size_bytes: task.size_bytes,
             request_id: task.request_id.as_deref(),
+            algorithms: task.digests.algorithm_names(),
+            expected: task.digests.expected_json(),
         })
         .collect()
 }

@@ -113,6 +113,12 @@ pub struct Config {
     #[arg(long, env = "MAX_OPEN_UPLOADS_PER_CLIENT", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub max_open_uploads_per_client: Option<u32>,
 
+    /// Digests every task computes unless its upload chooses with `?digests=`: comma-separated
+    /// names among md5, sha-1, sha-256, sha-512, crc32c, crc64nvme, blake3 (MD5 is computed
+    /// always). Each one costs the workers CPU for every byte uploaded.
+    #[arg(long, env = "DIGESTS", default_value = "md5", value_parser = parse_digests)]
+    pub digests: String,
+
     /// Seconds in-flight requests get to finish after SIGTERM before the api exits anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -159,6 +165,11 @@ impl Config {
         Duration::from_secs(self.upload_expiry_seconds)
     }
 
+    /// The algorithms of `DIGESTS`.
+    pub fn default_digests(&self) -> Vec<shared::Algorithm> {
+        shared::digest::parse_list(&self.digests).expect("DIGESTS was checked when it was parsed")
+    }
+
     /// The API key, if authentication is on: an empty `API_KEY` means none.
     pub fn api_key(&self) -> Option<&str> {
         self.api_key.as_deref().filter(|key| !key.is_empty())
@@ -177,4 +188,9 @@ impl Config {
             .unwrap_or_else(|| (self.max_concurrent_uploads * 3 / 4).max(1))
             .min(self.max_concurrent_uploads)
     }
+}
+
+/// Checks `DIGESTS`, keeping it as written.
+fn parse_digests(list: &str) -> Result<String, shared::digest::UnknownAlgorithm> {
+    shared::digest::parse_list(list).map(|_| list.to_owned())
 }

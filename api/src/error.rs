@@ -249,6 +249,11 @@ impl ApiError {
         self.status
     }
 
+    /// The problem's detail: what went wrong, for the client.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
     /// True when the request had no `file` field at all: not a form, or a form without it.
     pub fn is_missing_file_field(&self) -> bool {
         self.no_file_field

@@ -8,6 +8,7 @@ pub mod commits;
 pub mod config;
 pub mod connections;
 pub mod database;
+pub mod digests;
 pub mod error;
 pub mod form;
 pub mod idempotency;

@@ -5,7 +5,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use shared::models::UploadRow;
-use shared::{Task, TaskStatus};
+use shared::{Digests, Task, TaskStatus};
 
 /// The task object of the v1 API.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -19,6 +19,12 @@ pub struct TaskView {
     /// The MD5 once `done`: 32 lowercase hex digits.
     #[schema(value_type = Option<String>, pattern = "^[0-9a-f]{32}$", example = "5d41402abc4b2a76b9719d911017c592")]
     pub md5: Option<shared::Md5Hex>,
+    /// Every digest of the file once `done`, algorithm → lowercase hex: `md5` and those the
+    /// upload chose (`?digests=`, else the server's DIGESTS) or sent an expected value for.
+    #[schema(value_type = Option<std::collections::HashMap<String, String>>,
+        example = json!({"md5": "5d41402abc4b2a76b9719d911017c592", "sha-256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}))]
+    #[serde(serialize_with = "digest_object")]
+    pub digests: Option<Digests>,
     /// The client's file name, sanitized.
     pub file_name: String,
     /// Size of the upload (while `uploading`, its declared length, 0 if deferred).
@@ -41,6 +47,13 @@ pub struct TaskView {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+fn digest_object<S: serde::Serializer>(digests: &Option<Digests>, serializer: S) -> Result<S::Ok, S::Error> {
+    match digests {
+        Some(digests) => digests.as_object().serialize(serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
 fn status_schema() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
@@ -57,6 +70,7 @@ impl From<Task> for TaskView {
 impl From<(Task, Option<UploadRow>)> for TaskView {
     fn from((task, upload): (Task, Option<UploadRow>)) -> Self {
         TaskView {
+            digests: task.digests(),
             id: task.task_id,
             status: task.status,
             md5: task.result,

@@ -42,6 +42,8 @@ pub struct UploadRequest<'a> {
     pub parts: Parts,
     /// The `Idempotency-Key`, if the route takes one and the client sent it.
     pub key: Option<IdempotencyKey>,
+    /// The digests the task asks for and expects.
+    pub digests: shared::DigestRequest,
 }
 
 /// An accepted upload.
@@ -97,6 +99,7 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
         size,
         request_id: request.request_id.map(str::to_owned),
         reservation,
+        digests: request.digests,
     };
     let task = tokio::spawn(commit(state.clone(), stored))
         .await
@@ -298,12 +301,13 @@ struct Stored {
     size: u64,
     request_id: Option<String>,
     reservation: Option<Reservation>,
+    digests: shared::DigestRequest,
 }
 
 /// Renames the durable part file to its final name, commits the row (completing its
 /// idempotency key in the same transaction) and enqueues the job.
 async fn commit(state: AppState, upload: Stored) -> Result<Task, ApiError> {
-    let Stored { mut part, task_id, file_name, size, request_id, reservation } = upload;
+    let Stored { mut part, task_id, file_name, size, request_id, reservation, digests } = upload;
     state.storage.promote(&mut part).await?;
     let task = state
         .commits
@@ -313,6 +317,7 @@ async fn commit(state: AppState, upload: Stored) -> Result<Task, ApiError> {
             size_bytes: i64::try_from(size).map_err(ApiError::internal)?,
             request_id: request_id.clone(),
             idempotency_key: reservation.as_ref().map(|reservation| reservation.key().to_owned()),
+            digests,
         })
         .await?;
     part.keep();

@@ -135,29 +135,96 @@ impl Digests {
     }
 }
 
-/// `Option<Digests>` as flattened fields that are always present: a file's digests, or `null`
-/// for each (a failed task's log line has `"md5": null`, as it always had).
-pub mod nullable_fields {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    use super::Digests;
-    use crate::Md5Hex;
-
-    #[derive(Serialize, Deserialize)]
-    struct Fields {
-        md5: Option<Md5Hex>,
+impl Digests {
+    /// The first algorithm whose expected digest differs from the computed one, as
+    /// `(algorithm, expected, computed)`; an expected algorithm that was not computed counts as
+    /// a difference (computed `None`).
+    pub fn mismatch<'a>(
+        &'a self,
+        expected: &'a BTreeMap<Algorithm, String>,
+    ) -> Option<(Algorithm, &'a str, Option<&'a str>)> {
+        expected.iter().find_map(|(&algorithm, want)| {
+            let got = self.get(algorithm);
+            (got != Some(want.as_str())).then_some((algorithm, want.as_str(), got))
+        })
     }
 
-    /// Writes each digest field, `null` when there are none.
-    pub fn serialize<S: Serializer>(digests: &Option<Digests>, serializer: S) -> Result<S::Ok, S::Error> {
-        Fields { md5: digests.as_ref().map(|digests| digests.md5.clone()) }.serialize(serializer)
+    /// The digests as a JSON-style object in [`Algorithm::ALL`] order (MD5 included), for answers.
+    pub fn as_object(&self) -> DigestObject<'_> {
+        DigestObject(self)
+    }
+}
+
+/// [`Digests::as_object`]: serializes as `{"md5": "…", "sha-256": "…", …}`.
+#[derive(Debug, Clone, Copy)]
+pub struct DigestObject<'a>(&'a Digests);
+
+impl Serialize for DigestObject<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = serializer.serialize_map(None)?;
+        for (algorithm, hex) in self.0.iter() {
+            map.serialize_entry(algorithm.name(), hex)?;
+        }
+        map.end()
+    }
+}
+
+/// A name that is not one of [`Algorithm::ALL`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown digest algorithm {0:?}; known: {known}", known = Algorithm::names())]
+pub struct UnknownAlgorithm(pub String);
+
+/// Parses a comma-separated list of algorithm names (`sha-256,crc64nvme`; spaces around names
+/// and empty items are ignored), each once, in [`Algorithm::ALL`] order.
+pub fn parse_list(list: &str) -> Result<Vec<Algorithm>, UnknownAlgorithm> {
+    let mut algorithms = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+        algorithms.push(Algorithm::from_name(name).ok_or_else(|| UnknownAlgorithm(name.to_owned()))?);
+    }
+    algorithms.sort_unstable();
+    algorithms.dedup();
+    Ok(algorithms)
+}
+
+/// What an upload asks of its digests: which to compute, and the values its client expects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DigestRequest {
+    /// The algorithms chosen (the upload's `digests=`, or the server's `DIGESTS`).
+    pub algorithms: Vec<Algorithm>,
+    /// The digests the client expects, as lowercase hex; the task fails if one differs.
+    pub expected: BTreeMap<Algorithm, String>,
+}
+
+impl DigestRequest {
+    /// Every algorithm the worker computes besides MD5 (the chosen ones and every expected
+    /// one), by name, in [`Algorithm::ALL`] order: the task row's `algorithms`.
+    pub fn algorithm_names(&self) -> Vec<String> {
+        let mut all: Vec<Algorithm> = self.algorithms.iter().chain(self.expected.keys()).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        all.into_iter()
+            .filter(|&algorithm| algorithm != Algorithm::Md5)
+            .map(|a| a.name().to_owned())
+            .collect()
     }
 
-    /// Reads the digest fields; `None` when the MD5 is `null`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Digests>, D::Error> {
-        let fields = Fields::deserialize(deserializer)?;
-        Ok(fields.md5.map(Digests::md5_only))
+    /// The expected digests as the task row's `expected` (`None` when there are none).
+    pub fn expected_json(&self) -> Option<serde_json::Value> {
+        (!self.expected.is_empty()).then(|| serde_json::to_value(&self.expected).expect("a map of strings"))
     }
+}
+
+/// Reads a digest column (`{"<algorithm>": "<hex>"}`), skipping names this build does not know
+/// (a row written by a newer api).
+pub fn from_column(value: Option<&serde_json::Value>) -> BTreeMap<Algorithm, String> {
+    let Some(serde_json::Value::Object(object)) = value else {
+        return BTreeMap::new();
+    };
+    object
+        .iter()
+        .filter_map(|(name, hex)| Some((Algorithm::from_name(name)?, hex.as_str()?.to_owned())))
+        .collect()
 }
 
 #[cfg(test)]
@@ -179,6 +246,50 @@ mod tests {
         assert!(
             unknown.contains("known: md5, sha-1, sha-256, sha-512, crc32c, crc64nvme, blake3"),
             "{unknown}"
+        );
+    }
+
+    #[test]
+    fn lists_parse_to_known_algorithms_each_once() {
+        assert_eq!(
+            parse_list(" crc64nvme,sha-256,,sha-256 ").unwrap(),
+            [Algorithm::Sha256, Algorithm::Crc64Nvme]
+        );
+        assert_eq!(parse_list("").unwrap(), []);
+        let err = parse_list("sha-256,sha3-256").unwrap_err();
+        assert_eq!(err, UnknownAlgorithm("sha3-256".into()));
+        assert!(err.to_string().contains("known: md5, sha-1"), "{err}");
+    }
+
+    #[test]
+    fn a_request_computes_the_chosen_and_the_expected_algorithms_and_a_mismatch_is_named() {
+        let request = DigestRequest {
+            algorithms: vec![Algorithm::Md5, Algorithm::Blake3],
+            expected: BTreeMap::from([
+                (Algorithm::Sha256, "ab".repeat(32)),
+                (Algorithm::Md5, "00".repeat(16)),
+            ]),
+        };
+        assert_eq!(request.algorithm_names(), ["sha-256", "blake3"]);
+        let column = request.expected_json();
+        assert_eq!(from_column(column.as_ref()), request.expected);
+
+        let mut digests = Digests::md5_only("00".repeat(16).parse().unwrap());
+        assert_eq!(
+            digests.mismatch(&request.expected),
+            Some((Algorithm::Sha256, "ab".repeat(32).as_str(), None))
+        );
+        digests.others.insert(Algorithm::Sha256, "ab".repeat(32));
+        assert_eq!(digests.mismatch(&request.expected), None);
+        digests.others.insert(Algorithm::Sha256, "cd".repeat(32));
+        let cd = "cd".repeat(32);
+        assert_eq!(
+            digests.mismatch(&request.expected),
+            Some((Algorithm::Sha256, "ab".repeat(32).as_str(), Some(cd.as_str())))
+        );
+        assert_eq!(
+            serde_json::to_string(&digests.as_object()).unwrap(),
+            format!("{{\"md5\":\"{}\",\"sha-256\":\"{cd}\"}}", "00".repeat(16))
         );
     }
 }

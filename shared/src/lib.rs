@@ -19,7 +19,7 @@ pub mod telemetry;
 pub mod time;
 pub mod uploads;
 
-pub use digest::{Algorithm, Digests};
+pub use digest::{Algorithm, DigestRequest, Digests};
 pub use job::JobMessage;
 pub use log_line::LogLine;
 pub use md5_hex::Md5Hex;

@@ -121,12 +121,31 @@ pub struct Task {
     pub lease_until: Option<DateTime<Utc>>,
     /// The `x-request-id` of the upload request.
     pub request_id: Option<String>,
+    /// The algorithms to compute besides MD5, by name (see [`Task::algorithms`]).
+    pub algorithms: Vec<String>,
+    /// The client's expected digests, `{"<algorithm>": "<hex>"}` (see [`Task::expected`]).
+    pub expected: Option<serde_json::Value>,
+    /// The computed digests besides MD5, once `done` (see [`Task::digests`]).
+    pub digests: Option<serde_json::Value>,
 }
 
 impl Task {
-    /// The file's digests, once `done` (the `result` column holds its MD5).
+    /// The file's digests, once `done`: the `result` column's MD5 and the `digests` column's others.
     pub fn digests(&self) -> Option<crate::Digests> {
-        Some(crate::Digests::md5_only(self.result.clone()?))
+        let mut digests = crate::Digests::md5_only(self.result.clone()?);
+        digests.others = crate::digest::from_column(self.digests.as_ref());
+        digests.others.remove(&crate::Algorithm::Md5);
+        Some(digests)
+    }
+
+    /// The algorithms the worker computes besides MD5 (names this build does not know are skipped).
+    pub fn algorithms(&self) -> Vec<crate::Algorithm> {
+        self.algorithms.iter().filter_map(|name| crate::Algorithm::from_name(name)).collect()
+    }
+
+    /// The digests the client expects.
+    pub fn expected(&self) -> std::collections::BTreeMap<crate::Algorithm, String> {
+        crate::digest::from_column(self.expected.as_ref())
     }
 }
 
@@ -142,6 +161,10 @@ pub struct NewTask<'a> {
     pub size_bytes: i64,
     /// The `x-request-id` of the upload request.
     pub request_id: Option<&'a str>,
+    /// The algorithms to compute besides MD5 ([`crate::DigestRequest::algorithm_names`]).
+    pub algorithms: Vec<String>,
+    /// The client's expected digests ([`crate::DigestRequest::expected_json`]).
+    pub expected: Option<serde_json::Value>,
 }
 
 /// One row of `md5_idempotency_keys`: what an `Idempotency-Key` of the v1 upload names.

@@ -103,7 +103,8 @@ pub async fn extend_lease(
 /// Records `worker`'s outcomes for tasks it holds, in one statement (so one commit). Returns the
 /// rows it updated, in no order; a task not returned records nothing, because the worker no
 /// longer holds it (its lease passed and another worker took it over). A task listed twice is
-/// updated once.
+/// updated once. A `done` task's digests (MD5 and the others) are indexed for
+/// [`find_by_digest`] by the same statement.
 pub async fn complete_tasks(
     conn: &mut AsyncPgConnection,
     worker: &str,
@@ -114,29 +115,94 @@ pub async fn complete_tasks(
     let mut statuses = Vec::with_capacity(outcomes.len());
     let mut results = Vec::with_capacity(outcomes.len());
     let mut errors = Vec::with_capacity(outcomes.len());
+    let mut others = Vec::with_capacity(outcomes.len());
     for (task_id, outcome) in outcomes {
         ids.push(*task_id);
         statuses.push(outcome.status().as_str());
-        let (md5, error) = match outcome {
-            Outcome::Done { digests } => (Some(digests.md5.as_str()), None),
-            Outcome::Failed { error } => (None, Some(error.as_str())),
+        let (md5, error, digests) = match outcome {
+            Outcome::Done { digests } => (
+                Some(digests.md5.as_str()),
+                None,
+                (!digests.others.is_empty())
+                    .then(|| serde_json::to_string(&digests.others).expect("a map of strings")),
+            ),
+            Outcome::Failed { error } => (None, Some(error.as_str()), None),
         };
         results.push(md5);
         errors.push(error);
+        others.push(digests);
     }
     diesel::sql_query(
-        "UPDATE md5_tasks AS t \
-         SET status = v.status::task_status, result = v.result, error = v.error, \
-             finished_at = now(), lease_until = NULL \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS v(task_id, status, result, error) \
-         WHERE t.task_id = v.task_id AND t.status = 'processing' AND t.worker = $5 \
-         RETURNING t.*",
+        "WITH updated AS ( \
+             UPDATE md5_tasks AS t \
+             SET status = v.status::task_status, result = v.result, error = v.error, \
+                 digests = v.digests::jsonb, finished_at = now(), lease_until = NULL \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                  AS v(task_id, status, result, error, digests) \
+             WHERE t.task_id = v.task_id AND t.status = 'processing' AND t.worker = $6 \
+             RETURNING t.*), \
+         indexed AS ( \
+             INSERT INTO md5_task_digests (algorithm, digest, finished_at, task_id) \
+             SELECT 'md5', decode(u.result, 'hex'), u.finished_at, u.task_id \
+             FROM updated AS u WHERE u.status = 'done' \
+             UNION ALL \
+             SELECT d.key, decode(d.value, 'hex'), u.finished_at, u.task_id \
+             FROM updated AS u, jsonb_each_text(u.digests) AS d WHERE u.status = 'done' \
+             ON CONFLICT DO NOTHING) \
+         SELECT * FROM updated",
     )
     .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
     .bind::<Array<Text>, _>(statuses)
     .bind::<Array<Nullable<Text>>, _>(results)
     .bind::<Array<Nullable<Text>>, _>(errors)
+    .bind::<Array<Nullable<Text>>, _>(others)
     .bind::<Text, _>(worker)
+    .load(conn)
+    .await
+}
+
+/// A done task found by the digest of its file.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct FoundTask {
+    /// The task.
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub task_id: Uuid,
+    /// Its file name.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub file_name: String,
+    /// Its size.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub size_bytes: i64,
+    /// When it was hashed.
+    #[diesel(sql_type = Timestamptz)]
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Done tasks whose file had `digest` (raw bytes) under `algorithm`, newest first, at most
+/// `limit`, starting after `after` (the `(finished_at, task_id)` of the last task of the page
+/// before). One backward range scan of `md5_task_digests`' primary key.
+pub async fn find_by_digest(
+    conn: &mut AsyncPgConnection,
+    algorithm: crate::Algorithm,
+    digest: &[u8],
+    after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+    limit: i64,
+) -> QueryResult<Vec<FoundTask>> {
+    use diesel::sql_types::{BigInt, Bytea, Nullable, Text};
+    let (after_time, after_id) = after.unzip();
+    diesel::sql_query(
+        "SELECT t.task_id, t.file_name, t.size_bytes, d.finished_at \
+         FROM md5_task_digests AS d JOIN md5_tasks AS t ON t.task_id = d.task_id \
+         WHERE d.algorithm = $1 AND d.digest = $2 \
+           AND ($3::timestamptz IS NULL OR (d.finished_at, d.task_id) < ($3, $4)) \
+         ORDER BY d.finished_at DESC, d.task_id DESC \
+         LIMIT $5",
+    )
+    .bind::<Text, _>(algorithm.name())
+    .bind::<Bytea, _>(digest)
+    .bind::<Nullable<Timestamptz>, _>(after_time)
+    .bind::<Nullable<diesel::sql_types::Uuid>, _>(after_id)
+    .bind::<BigInt, _>(limit)
     .load(conn)
     .await
 }

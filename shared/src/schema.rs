@@ -25,6 +25,18 @@ diesel::table! {
         worker -> Nullable<Text>,
         lease_until -> Nullable<Timestamptz>,
         request_id -> Nullable<Text>,
+        algorithms -> Array<Text>,
+        expected -> Nullable<Jsonb>,
+        digests -> Nullable<Jsonb>,
+    }
+}
+
+diesel::table! {
+    md5_task_digests (algorithm, digest, finished_at, task_id) {
+        algorithm -> Text,
+        digest -> Bytea,
+        finished_at -> Timestamptz,
+        task_id -> Uuid,
     }
 }
 

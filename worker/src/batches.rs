@@ -109,6 +109,9 @@ mod tests {
             worker: None,
             lease_until: None,
             request_id: None,
+            algorithms: Vec::new(),
+            expected: None,
+            digests: None,
         }
     }
 

@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use md5::{Digest as _, Md5};
 use shared::{Algorithm, Digests, Md5Hex};
@@ -17,8 +17,13 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Files up to this size are read and hashed on one thread; larger ones on two.
 const OVERLAP_ABOVE_BYTES: u64 = 4 * READ_BUFFER_BYTES as u64;
 
-/// Buffers in circulation between the reading and the hashing thread.
+/// Buffers in circulation between the reading and the hashing thread: few, so that they stay in
+/// the L2 cache.
 const BUFFERS: usize = 4;
+
+/// Buffers in circulation when a second thread computes the other algorithms (the two hashing
+/// threads may drift apart by this many).
+const PARALLEL_BUFFERS: usize = 8;
 
 /// Every digest of one stream of bytes, each fed from the same buffers (rclone's
 /// `hash.MultiHasher`): the file is read once whatever the number of algorithms. MD5 is always
@@ -142,15 +147,24 @@ pub fn digest_file_with(path: &Path, algorithms: &[Algorithm]) -> io::Result<(Di
     Ok((hasher.finish(), total))
 }
 
-/// Reads on a second thread while this one hashes; returns the bytes read.
+/// Reads on a second thread while this one computes the MD5 and, when there are other
+/// algorithms, a third computes them from the same buffers (shared, never copied: a buffer goes
+/// back to the reader when both are done with it). Costs then do not add up: the file takes
+/// as long as its slowest algorithm. Returns the bytes read.
 fn hash_overlapped(mut file: File, hasher: &mut MultiHasher) -> io::Result<u64> {
     let mut total = 0u64;
-    let (full_tx, full_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(BUFFERS);
-    let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
-    for _ in 0..BUFFERS {
+    let others = std::mem::take(&mut hasher.others);
+    let parallel = !others.is_empty();
+    let buffers = if parallel { PARALLEL_BUFFERS } else { BUFFERS };
+    let (full_tx, full_rx) = mpsc::sync_channel::<io::Result<Arc<Vec<u8>>>>(buffers);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(buffers);
+    for _ in 0..buffers {
         empty_tx.send(vec![0u8; READ_BUFFER_BYTES]).expect("the channel holds every buffer");
     }
-    std::thread::scope(|scope| {
+    // The other algorithms' queue holds at most every buffer, so sending to it never blocks
+    // for long: at worst until their thread is done with one.
+    let (side_tx, side_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(buffers);
+    let others = std::thread::scope(|scope| {
         scope.spawn(move || {
             // Ends when the file ends, a read fails, or the hashing side hangs up.
             while let Ok(mut buffer) = empty_rx.recv() {
@@ -159,7 +173,7 @@ fn hash_overlapped(mut file: File, hasher: &mut MultiHasher) -> io::Result<u64> 
                     Ok(0) => return,
                     Ok(read) => {
                         buffer.truncate(read);
-                        if full_tx.send(Ok(buffer)).is_err() {
+                        if full_tx.send(Ok(Arc::new(buffer))).is_err() {
                             return;
                         }
                     }
@@ -170,16 +184,46 @@ fn hash_overlapped(mut file: File, hasher: &mut MultiHasher) -> io::Result<u64> 
                 }
             }
         });
-        for buffer in full_rx {
-            let buffer = buffer?;
-            hasher.update(&buffer);
-            total += buffer.len() as u64;
-            // The reader may have finished and dropped its receiver: then nothing is needed.
-            let _ = empty_tx.send(buffer);
-        }
-        Ok::<(), io::Error>(())
+        let side = parallel.then(|| {
+            let empty_tx = empty_tx.clone();
+            let mut others = others;
+            scope.spawn(move || {
+                for buffer in side_rx {
+                    for hasher in &mut others {
+                        hasher.update(&buffer);
+                    }
+                    give_back(buffer, &empty_tx);
+                }
+                others
+            })
+        });
+        let hashed = (|| {
+            for buffer in full_rx {
+                let buffer = buffer?;
+                if parallel {
+                    // Cannot fail while the other thread lives; if it died, its join says so.
+                    let _ = side_tx.send(Arc::clone(&buffer));
+                }
+                hasher.md5.update(&buffer[..]);
+                total += buffer.len() as u64;
+                give_back(buffer, &empty_tx);
+            }
+            Ok::<(), io::Error>(())
+        })();
+        drop(side_tx);
+        let others = side.map(|side| side.join().expect("the digest thread does not panic"));
+        hashed.map(|()| others.unwrap_or_default())
     })?;
+    hasher.others = others;
     Ok(total)
+}
+
+/// Returns `buffer` to the reader once nobody else holds it. The reader may have finished and
+/// dropped its receiver: then nothing is needed.
+fn give_back(buffer: Arc<Vec<u8>>, empty: &mpsc::SyncSender<Vec<u8>>) {
+    if let Some(buffer) = Arc::into_inner(buffer) {
+        let _ = empty.send(buffer);
+    }
 }
 
 /// Reads and hashes in turn on this thread; returns the bytes read.

@@ -202,10 +202,12 @@ async fn remove_upload(ctx: &JobContext, task: &Task) {
 /// looking idle, so a long hash is never taken over while this worker lives.
 async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> Outcome {
     let path = shared::config::upload_path(&ctx.config.storage.upload_dir, task.task_id);
+    let algorithms = task.algorithms();
     let hashing = async {
         let _turn = ctx.hashing.acquire().await;
         let started = std::time::Instant::now();
-        let hashed = tokio::task::spawn_blocking(move || crate::hash::digest_file(&path)).await;
+        let hashed =
+            tokio::task::spawn_blocking(move || crate::hash::digest_file_with(&path, &algorithms)).await;
         (hashed, started.elapsed())
     };
     tokio::pin!(hashing);
@@ -235,7 +237,7 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
             metrics::histogram!("md5_hash_duration_seconds").record(took.as_secs_f64());
             metrics::counter!("md5_hashed_bytes_total").increment(size);
             tracing::info!(hash.duration_ms = took.as_millis() as u64, hash.size_bytes = size, "hashed");
-            Outcome::Done { digests }
+            checked(digests, &task.expected())
         }
         Ok(Ok((_, size))) => Outcome::Failed {
             error: format!("the stored upload is {size} bytes, expected {}", task.size_bytes),
@@ -245,6 +247,26 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
         }
         Ok(Err(err)) => Outcome::Failed { error: format!("the uploaded file cannot be read: {err}") },
         Err(join) => Outcome::Failed { error: format!("hashing failed: {join}") },
+    }
+}
+
+/// The outcome of a hash whose client expected `expected`: `done`, or `failed` naming the first
+/// algorithm whose digest differs, the expected and the computed value.
+fn checked(
+    digests: shared::Digests,
+    expected: &std::collections::BTreeMap<shared::Algorithm, String>,
+) -> Outcome {
+    match digests.mismatch(expected) {
+        None => Outcome::Done { digests },
+        Some((algorithm, want, got)) => {
+            metrics::counter!("md5_digest_mismatches_total").increment(1);
+            Outcome::Failed {
+                error: format!(
+                    "{algorithm} mismatch: expected {want}, computed {}",
+                    got.unwrap_or("nothing (the algorithm was not computed)")
+                ),
+            }
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! final answer to a creation carries the same `Location`, which is what clients that create an
 //! upload explicitly (tus-js-client, Apple's `URLSession`) read.
 
+use crate::digests::DigestsQuery;
 use std::net::IpAddr;
 
 use axum::Json;
@@ -144,6 +145,7 @@ pub async fn create(
     state: &AppState,
     client: Option<IpAddr>,
     headers: &HeaderMap,
+    query: &DigestsQuery,
     body: Body,
     request_id: Option<String>,
 ) -> Response {
@@ -151,7 +153,8 @@ pub async fn create(
         let complete = upload_complete(headers)?;
         let length = headers::number(headers, "upload-length")?;
         let (metadata, file_name) = headers::metadata(headers)?;
-        let new = NewUpload { length, metadata, file_name, request_id: request_id.clone(), client };
+        let digests = crate::digests::requested(query, &state.config.default_digests(), headers)?;
+        let new = NewUpload { length, metadata, file_name, request_id: request_id.clone(), client, digests };
         let (task, upload, lock) = super::create(state, new).await?;
         let task_id = task.task_id;
         let location = super::tus::location(task_id);

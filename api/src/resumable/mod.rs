@@ -108,6 +108,8 @@ pub struct NewUpload {
     pub request_id: Option<String>,
     /// The peer address, for the per-client bound on open uploads.
     pub client: Option<IpAddr>,
+    /// The digests its task asks for and expects.
+    pub digests: shared::DigestRequest,
 }
 
 /// When an append ends the upload.
@@ -186,6 +188,8 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
                 file_name: &new.file_name,
                 size_bytes: length.unwrap_or(0),
                 request_id: new.request_id.as_deref(),
+                algorithms: new.digests.algorithm_names(),
+                expected: new.digests.expected_json(),
             };
             uploads::create(conn, &task, length, new.metadata.as_deref(), client.as_deref(), expiry).await
         })

@@ -3,6 +3,7 @@
 //! termination. Every answer carries `Tus-Resumable: 1.0.0`; errors are problem+json (tus does
 //! not fix their bodies).
 
+use crate::digests::DigestsQuery;
 use std::net::IpAddr;
 
 use axum::body::Body;
@@ -117,10 +118,11 @@ pub async fn create(
     state: &AppState,
     client: Option<IpAddr>,
     headers: &HeaderMap,
+    query: &DigestsQuery,
     body: Body,
     request_id: Option<String>,
 ) -> Response {
-    match try_create(state, client, headers, body, request_id).await {
+    match try_create(state, client, headers, query, body, request_id).await {
         Ok(response) => tus(response),
         Err(err) => refusal(err),
     }
@@ -130,6 +132,7 @@ async fn try_create(
     state: &AppState,
     client: Option<IpAddr>,
     headers: &HeaderMap,
+    query: &DigestsQuery,
     body: Body,
     request_id: Option<String>,
 ) -> Result<Response, UploadError> {
@@ -148,7 +151,8 @@ async fn try_create(
     }
     let checksum = checksum(headers)?;
     let (metadata, file_name) = headers::metadata(headers)?;
-    let new = NewUpload { length, metadata, file_name, request_id: request_id.clone(), client };
+    let digests = crate::digests::requested(query, &state.config.default_digests(), headers)?;
+    let new = NewUpload { length, metadata, file_name, request_id: request_id.clone(), client, digests };
     let (task, upload, lock) = super::create(state, new).await?;
     let location = location(task.task_id);
     let mut response = StatusCode::CREATED.into_response();

@@ -104,7 +104,8 @@ pub async fn create_hash(
 ) -> Result<Response, ApiError> {
     let client = client.map(|Extension(ClientAddr(ip))| ip);
     let request_id = super::request_id(&headers);
-    // The older service knew no Idempotency-Key: the header is ignored here.
+    // The older service knew no Idempotency-Key nor expected digests: those headers are
+    // ignored here. Its tasks compute the server's DIGESTS, so they can be found by content.
     let request = upload::UploadRequest {
         headers: &headers,
         body,
@@ -113,6 +114,7 @@ pub async fn create_hash(
         client,
         parts: upload::Parts::Lenient,
         key: None,
+        digests: shared::DigestRequest { algorithms: state.config.default_digests(), ..Default::default() },
     };
     match upload::receive(&state, request).await {
         Ok(upload) => Ok(Json(CreatedTask { task_id: upload.task.task_id }).into_response()),

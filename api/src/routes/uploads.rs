@@ -4,12 +4,13 @@
 
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
+use crate::digests::{DigestsQuery, ExpectedDigests};
 use crate::error::{ApiError, Problem, Refusals, UploadRefusals};
 use crate::resumable::{ietf, tus};
 use crate::serve::ClientAddr;
@@ -96,6 +97,7 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
     params(
         ("Tus-Resumable" = inline(TusVersion), Header, description = "`1.0.0` (the IETF draft sends `Upload-Draft-Interop-Version: 6` instead)"),
         ("Upload-Length" = u64, Header, description = "The file's length in bytes (at most MAX_UPLOAD_BYTES)", minimum = 0),
+        DigestsQuery, ExpectedDigests,
     ),
     responses(
         (status = 201, description = "Created; `Location` is the upload (its id is its task's id)",
@@ -115,12 +117,17 @@ pub async fn create_upload(
     State(state): State<AppState>,
     peer: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
+    query: Result<Query<DigestsQuery>, QueryRejection>,
     body: Body,
 ) -> Response {
     let request_id = request_id(&headers);
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(err) => return ApiError::bad_request(err.body_text()).into_response(),
+    };
     match protocol(&headers) {
-        Ok(Protocol::Tus) => tus::create(&state, client(peer), &headers, body, request_id).await,
-        Ok(Protocol::Ietf) => ietf::create(&state, client(peer), &headers, body, request_id).await,
+        Ok(Protocol::Tus) => tus::create(&state, client(peer), &headers, &query, body, request_id).await,
+        Ok(Protocol::Ietf) => ietf::create(&state, client(peer), &headers, &query, body, request_id).await,
         Err(refused) => refused.into_response(),
     }
 }

@@ -5,13 +5,14 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
+use crate::digests::{self, DigestsQuery, ExpectedDigests};
 use crate::error::{ApiError, Problem, Refusals, UploadRefusals};
 use crate::idempotency::IdempotencyKey;
 use crate::serve::ClientAddr;
@@ -45,7 +46,8 @@ pub struct UploadForm {
     params(("Idempotency-Key" = Option<String>, Header, max_length = 255, pattern = "^[!-~]{1,255}$",
         example = "0f8c5c2e-3c1b-4f5e-9a59-2a4d1c7e8b90",
         description = "Makes a retry safe: a repeat with the same key and the same file name and size \
-            within IDEMPOTENCY_TTL_SECONDS (default 24 h) answers with the original task and stores nothing")),
+            within IDEMPOTENCY_TTL_SECONDS (default 24 h) answers with the original task and stores nothing"),
+        DigestsQuery, ExpectedDigests),
     request_body(content(
         (UploadForm = "multipart/form-data"),
         (Vec<u8> = "application/octet-stream", example = json!("hello")),
@@ -71,8 +73,11 @@ pub async fn create_hash(
     State(state): State<AppState>,
     client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
+    query: Result<Query<DigestsQuery>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
+    let digests = digests::requested(&query, &state.config.default_digests(), &headers)?;
     let key = IdempotencyKey::from_headers(&headers)?;
     let request = upload::UploadRequest {
         headers: &headers,
@@ -82,6 +87,7 @@ pub async fn create_hash(
         client: client.map(|Extension(ClientAddr(ip))| ip),
         parts: upload::Parts::Strict,
         key,
+        digests,
     };
     let upload = upload::receive(&state, request).await?;
     let location = format!("/api/v1/hashes/{}", upload.task.task_id);
@@ -111,7 +117,10 @@ pub struct WaitQuery {
     tag = "v1",
     params(("id" = String, Path, description = "The promise id (a UUID)", example = "019acb5e-4f3a-7c21-9d0e-5b6f7a8c9d01"), WaitQuery),
     responses(
-        (status = 200, description = "The task", body = TaskView),
+        (status = 200, description = "The task", body = TaskView,
+            headers(("File-Digest" = String, description = "Once `done`, the file's sha-256 and sha-512 digests \
+                (those it has) in RFC 9530 `Repr-Digest` syntax, e.g. `sha-256=:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=:`. \
+                Not `Repr-Digest`, which would claim them for this JSON answer"))),
         (status = 400, description = "`wait` out of range", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No task has this id, or it is not a UUID", body = Problem, content_type = "application/problem+json"),
         Refusals,
@@ -122,7 +131,7 @@ pub async fn get_hash(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<WaitQuery>, QueryRejection>,
-) -> Result<Json<TaskView>, ApiError> {
+) -> Result<Response, ApiError> {
     // A path that is not even text cannot name a task: 404, like any other unknown id.
     let Path(id) = id.map_err(|_| ApiError::task_not_found("(invalid id)"))?;
     let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
@@ -133,7 +142,13 @@ pub async fn get_hash(
     } else {
         wait_for_finish(&state, task_id, wait).await?
     };
-    Ok(Json(task.into()))
+    let view = TaskView::from(task);
+    let file_digest = view.digests.as_ref().and_then(digests::file_digest_header);
+    let mut response = Json(view).into_response();
+    if let Some(value) = file_digest {
+        response.headers_mut().insert(HeaderName::from_static("file-digest"), value);
+    }
+    Ok(response)
 }
 
 fn parse_wait(raw: Option<&str>, max_seconds: u64) -> Result<Duration, ApiError> {

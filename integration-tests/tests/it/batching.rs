@@ -132,7 +132,14 @@ async fn a_shared_statement_answers_each_job_as_if_it_ran_alone() {
     let mut conn = AsyncPgConnection::establish(&app.database_url).await.unwrap();
     let [a, b, c] = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
     for id in [a, b, c] {
-        let new = NewTask { task_id: id, file_name: "f", size_bytes: 1, request_id: None };
+        let new = NewTask {
+            task_id: id,
+            file_name: "f",
+            size_bytes: 1,
+            request_id: None,
+            algorithms: vec![],
+            expected: None,
+        };
         queries::insert_tasks(&mut conn, &[new]).await.unwrap();
     }
     let lease = Duration::from_secs(60);

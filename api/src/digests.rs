@@ -1,0 +1,278 @@
+//! Digests in HTTP terms: which algorithms an upload asks for (`?digests=`, else `DIGESTS`), the
+//! digests its client expects (`Repr-Digest`, `Content-MD5`, `x-amz-checksum-*`), and the
+//! `File-Digest` field of a done task's answer.
+//!
+//! Everything here is read before a byte of the body is stored: a malformed or unknown value
+//! is a 400 and nothing is left behind. The worker compares the expected digests with the
+//! computed ones (`worker/src/job.rs`).
+
+use std::collections::BTreeMap;
+
+use axum::http::{HeaderMap, HeaderValue};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+
+use shared::{Algorithm, DigestRequest, Digests};
+
+use crate::error::ApiError;
+
+/// The query every upload route takes.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DigestsQuery {
+    /// Digests to compute besides MD5 (always computed), comma-separated: `sha-1`, `sha-256`,
+    /// `sha-512`, `crc32c`, `crc64nvme`, `blake3`. Default: the server's DIGESTS.
+    #[param(example = "sha-256,crc64nvme")]
+    pub digests: Option<String>,
+}
+
+/// The request headers that carry expected digests (documentation only: [`expected`] reads them).
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "describes headers for OpenAPI")]
+pub struct ExpectedDigests {
+    /// RFC 9530: the file's digests, `sha-256=:<base64>:, md5=:<base64>:` (registry names; `sha`
+    /// is SHA-1; `crc32c`, `crc64nvme`, `blake3` too). The task fails on a mismatch.
+    #[param(rename = "Repr-Digest", example = "sha-256=:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=:")]
+    repr_digest: Option<String>,
+    /// RFC 1864: the file's MD5, base64 (of the file, also in a multipart form).
+    #[param(rename = "Content-MD5", example = "XUFAKrxLKna5cZ2REBfFkg==")]
+    content_md5: Option<String>,
+    /// S3: the file's SHA-256, base64.
+    #[param(rename = "x-amz-checksum-sha256")]
+    x_amz_checksum_sha256: Option<String>,
+    /// S3: the file's SHA-1, base64.
+    #[param(rename = "x-amz-checksum-sha1")]
+    x_amz_checksum_sha1: Option<String>,
+    /// S3: the file's CRC-32C, base64 of its 4 big-endian bytes.
+    #[param(rename = "x-amz-checksum-crc32c", example = "mnG7TA==")]
+    x_amz_checksum_crc32c: Option<String>,
+    /// S3: the file's full-object CRC-64/NVME, base64 of its 8 big-endian bytes.
+    #[param(rename = "x-amz-checksum-crc64nvme")]
+    x_amz_checksum_crc64nvme: Option<String>,
+}
+
+/// What an upload asks of its digests: `query`'s choice (or `defaults`) and the expected
+/// digests of `headers`.
+pub fn requested(
+    query: &DigestsQuery,
+    defaults: &[Algorithm],
+    headers: &HeaderMap,
+) -> Result<DigestRequest, ApiError> {
+    let algorithms = match &query.digests {
+        Some(list) => shared::digest::parse_list(list)
+            .map_err(|err| ApiError::bad_request(format!("digests: {err}")))?,
+        None => defaults.to_vec(),
+    };
+    Ok(DigestRequest { algorithms, expected: expected(headers)? })
+}
+
+/// The digests the client expects, from `Repr-Digest` (RFC 9530), `Content-MD5` (RFC 1864) and
+/// `x-amz-checksum-{crc32c,crc64nvme,sha1,sha256}` (S3), each as lowercase hex. They describe
+/// the whole file, whatever the upload protocol (a tus `Upload-Checksum` is per request).
+pub fn expected(headers: &HeaderMap) -> Result<BTreeMap<Algorithm, String>, ApiError> {
+    let mut expected = BTreeMap::new();
+    let mut add = |algorithm: Algorithm, bytes: Vec<u8>, source: &str| -> Result<(), ApiError> {
+        if bytes.len() * 2 != algorithm.hex_len() {
+            return Err(ApiError::bad_request(format!(
+                "{source}: a {algorithm} digest is {} bytes, this one {}",
+                algorithm.hex_len() / 2,
+                bytes.len()
+            )));
+        }
+        let hex = hex::encode(bytes);
+        match expected.insert(algorithm, hex.clone()) {
+            Some(earlier) if earlier != hex => Err(ApiError::bad_request(format!(
+                "two different expected {algorithm} digests: {earlier} and {hex}"
+            ))),
+            _ => Ok(()),
+        }
+    };
+    for value in headers.get_all("repr-digest") {
+        for (algorithm, bytes) in parse_repr_digest(value)? {
+            add(algorithm, bytes, "Repr-Digest")?;
+        }
+    }
+    if let Some(value) = single(headers, "content-md5")? {
+        add(Algorithm::Md5, base64_value(value, "Content-MD5")?, "Content-MD5")?;
+    }
+    for (name, value) in headers {
+        let Some(suffix) = name.as_str().strip_prefix("x-amz-checksum-") else {
+            continue;
+        };
+        let algorithm = match suffix {
+            "crc32c" => Algorithm::Crc32c,
+            "crc64nvme" => Algorithm::Crc64Nvme,
+            "sha1" => Algorithm::Sha1,
+            "sha256" => Algorithm::Sha256,
+            // Which checksum to use and how it was made: the value headers say it all.
+            "algorithm" | "type" => continue,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "x-amz-checksum-{other} is not checked here; send x-amz-checksum-crc32c, -crc64nvme, \
+                     -sha1 or -sha256"
+                )));
+            }
+        };
+        add(algorithm, base64_value(value, name.as_str())?, name.as_str())?;
+    }
+    Ok(expected)
+}
+
+/// The one value of header `name`, if any; two are a 400.
+fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a HeaderValue>, ApiError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(format!("{name} may be sent once")));
+    }
+    Ok(first)
+}
+
+/// A header's value as standard base64 (with padding).
+fn base64_value(value: &HeaderValue, source: &str) -> Result<Vec<u8>, ApiError> {
+    let text = value.to_str().map_err(|_| ApiError::bad_request(format!("{source}: not ASCII")))?;
+    STANDARD
+        .decode(text.trim())
+        .map_err(|_| ApiError::bad_request(format!("{source}: {text:?} is not base64")))
+}
+
+/// The members of a `Repr-Digest` dictionary: `algorithm=:base64:`, comma-separated, each
+/// optionally with parameters (ignored). The registry's `sha` is SHA-1.
+fn parse_repr_digest(value: &HeaderValue) -> Result<Vec<(Algorithm, Vec<u8>)>, ApiError> {
+    let malformed = |why: &str| {
+        ApiError::bad_request(format!(
+            "Repr-Digest: {why}; expected `<algorithm>=:<base64>:`, comma-separated (RFC 9530)"
+        ))
+    };
+    let text = value.to_str().map_err(|_| malformed("not ASCII"))?;
+    let mut members = Vec::new();
+    for member in text.split(',').map(str::trim) {
+        let member = member.split(';').next().unwrap_or_default();
+        let (key, bytes) = member.split_once('=').ok_or_else(|| malformed("a member has no value"))?;
+        let key = key.trim();
+        let encoded = bytes
+            .trim()
+            .strip_prefix(':')
+            .and_then(|rest| rest.strip_suffix(':'))
+            .ok_or_else(|| malformed("a value is not a byte sequence (`:…:`)"))?;
+        let algorithm = match key {
+            "sha" => Algorithm::Sha1,
+            name => Algorithm::from_name(name).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Repr-Digest: {name:?} is not checked here; known: {}",
+                    Algorithm::names()
+                ))
+            })?,
+        };
+        let bytes = STANDARD.decode(encoded).map_err(|_| malformed("a value is not base64"))?;
+        members.push((algorithm, bytes));
+    }
+    Ok(members)
+}
+
+/// The `File-Digest` field of a done task's answer: its digests under the algorithms RFC 9530
+/// lists as active (`sha-256`, `sha-512`), in `Repr-Digest` syntax. Named apart from
+/// `Repr-Digest` because they are the digests of the uploaded file, not of the JSON answer that
+/// carries them; `None` when the task has neither.
+pub fn file_digest_header(digests: &Digests) -> Option<HeaderValue> {
+    let members: Vec<String> = [Algorithm::Sha256, Algorithm::Sha512]
+        .into_iter()
+        .filter_map(|algorithm| {
+            let bytes = hex::decode(digests.get(algorithm)?).ok()?;
+            Some(format!("{algorithm}=:{}:", STANDARD.encode(bytes)))
+        })
+        .collect();
+    (!members.is_empty())
+        .then(|| HeaderValue::from_str(&members.join(", ")).expect("base64 is a valid value"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    // SHA-256, MD5, SHA-1, CRC-32C and CRC-64/NVME of "hello".
+    const SHA256: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+    const MD5: &str = "5d41402abc4b2a76b9719d911017c592";
+
+    #[test]
+    fn every_header_form_gives_hex() {
+        let got = expected(&headers(&[
+            ("repr-digest", "sha-256=:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=:;q=1, sha=:qvTGHdzF6KLavt4PO0gs2a6pQ00=:"),
+            ("content-md5", "XUFAKrxLKna5cZ2REBfFkg=="),
+            ("x-amz-checksum-crc32c", "mnG7TA=="),
+        ]))
+        .unwrap();
+        assert_eq!(got[&Algorithm::Sha256], SHA256);
+        assert_eq!(got[&Algorithm::Md5], MD5);
+        assert_eq!(got[&Algorithm::Sha1], "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d");
+        assert_eq!(got[&Algorithm::Crc32c], "9a71bb4c");
+        assert_eq!(expected(&HeaderMap::new()).unwrap(), BTreeMap::new());
+    }
+
+    #[test]
+    fn malformed_unknown_or_contradictory_values_are_refused_with_the_reason() {
+        for (pairs, says) in [
+            (vec![("repr-digest", "sha-256=LPJN")], "byte sequence"),
+            (vec![("repr-digest", "sha-256")], "no value"),
+            (vec![("repr-digest", "sha-384=:AAAA:")], "\"sha-384\" is not checked here"),
+            (vec![("repr-digest", "sha-256=:!!!!:")], "not base64"),
+            (vec![("repr-digest", "sha-256=:AAAA:")], "32 bytes, this one 3"),
+            (
+                vec![
+                    ("content-md5", "XUFAKrxLKna5cZ2REBfFkg=="),
+                    ("content-md5", "XUFAKrxLKna5cZ2REBfFkg=="),
+                ],
+                "once",
+            ),
+            (vec![("x-amz-checksum-crc32", "mnG7TA==")], "x-amz-checksum-crc32 is not checked"),
+            (
+                vec![
+                    ("content-md5", "XUFAKrxLKna5cZ2REBfFkg=="),
+                    ("repr-digest", "md5=:AAAAAAAAAAAAAAAAAAAAAA==:"),
+                ],
+                "two different expected md5",
+            ),
+        ] {
+            let err = expected(&headers(&pairs)).unwrap_err();
+            assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{pairs:?}");
+            assert!(err.detail().contains(says), "{pairs:?}: {}", err.detail());
+        }
+    }
+
+    #[test]
+    fn a_choice_replaces_the_default_and_an_unknown_name_lists_the_known() {
+        let defaults = [Algorithm::Sha1];
+        let none = DigestsQuery::default();
+        assert_eq!(requested(&none, &defaults, &HeaderMap::new()).unwrap().algorithms, defaults);
+        let chosen = DigestsQuery { digests: Some("crc64nvme,sha-256".into()) };
+        assert_eq!(
+            requested(&chosen, &defaults, &HeaderMap::new()).unwrap().algorithms,
+            [Algorithm::Sha256, Algorithm::Crc64Nvme]
+        );
+        let unknown = DigestsQuery { digests: Some("sha256".into()) };
+        let err = requested(&unknown, &defaults, &HeaderMap::new()).unwrap_err();
+        assert!(err.detail().contains("known: md5, sha-1, sha-256"), "{}", err.detail());
+    }
+
+    #[test]
+    fn the_answer_field_has_the_active_algorithms_only() {
+        let mut digests = Digests::md5_only(MD5.parse().unwrap());
+        assert_eq!(file_digest_header(&digests), None);
+        digests.others.insert(Algorithm::Sha256, SHA256.into());
+        digests.others.insert(Algorithm::Crc32c, "9a71bb4c".into());
+        assert_eq!(
+            file_digest_header(&digests).unwrap(),
+            "sha-256=:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=:"
+        );
+    }
+}
