@@ -9,6 +9,7 @@ mod batching;
 mod client;
 mod client_distrust;
 mod compat;
+mod digests;
 mod edge;
 mod errors;
 mod exactly_once;
