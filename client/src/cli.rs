@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::algorithms::Algorithm;
+
 /// Default address of the service (`md5-api`'s default `BIND_ADDR`).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:9000";
 
@@ -20,7 +22,9 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:9000";
         when a connection drops or the service answers 503/507/409, the file is sent again with the same \
         key, so a retried file never becomes two tasks. Files of 64 MiB and more (--resume-threshold) are \
         sent resumably: after a dropped connection or an api restart they go on from where the service \
-        got to. Files are streamed, never read into memory.\n\n\
+        got to. Files are streamed, never read into memory. `-a sha256` (repeatable) prints other \
+        digests, as sha256sum does; `md5-client check SUMS` verifies files against a sum file like \
+        `md5sum -c`, the service comparing each file with the digest the sum file expects.\n\n\
         Exit status: 0 when every file was hashed, 1 when any failed (the reason is on stderr), 2 for a \
         usage error."
 )]
@@ -51,8 +55,11 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
-    /// Upload files and print their MD5s as md5sum does.
+    /// Upload files and print their MD5s (or other digests, -a) as md5sum (sha256sum, …) does.
     Hash(HashArgs),
+    /// Check files against a sum file as `md5sum -c` does: each file is uploaded with the digest
+    /// the sum file expects, and the service says whether it matches.
+    Check(CheckArgs),
     /// Print the state of tasks by id.
     Status(StatusArgs),
 }
@@ -68,23 +75,63 @@ pub struct HashArgs {
     #[arg(short = 'r', long)]
     pub recursive: bool,
 
+    /// The digest to print: md5 (default), sha1, sha256, sha512, crc32c, crc64nvme or b3
+    /// (blake3); the service's names (sha-256, …) work too. Repeat it for several: one line per
+    /// file and algorithm, in the order given, all from one upload.
+    #[arg(short = 'a', long = "algorithm", value_name = "ALG", value_parser = crate::algorithms::parse)]
+    pub algorithms: Vec<Algorithm>,
+
+    /// BSD-style lines, `SHA256 (path) = <hex>`, as `sha256sum --tag` prints them.
+    #[arg(long)]
+    pub tag: bool,
+
+    /// How files are sent.
+    #[command(flatten)]
+    pub sending: Sending,
+
+    /// One JSON object per file instead of md5sum lines: `{"path", "id", "status", "md5",
+    /// "digests", "size_bytes", "error"}`, status `done`, or `error` (no md5, the reason in `error`).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Same as `--progress none`.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+}
+
+/// `md5-client check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Sum files as md5sum, sha1sum, sha256sum or sha512sum write them (`<hex>  <path>`, or
+    /// `--tag` lines); `-` reads standard input. Paths are taken from where you run it.
+    #[arg(required = true, value_name = "SUMFILE")]
+    pub sum_files: Vec<PathBuf>,
+
+    /// The algorithm of every line without a tag (default: from the digest's length, as the
+    /// coreutils tools would: 32 md5, 40 sha1, 64 sha256, 128 sha512).
+    #[arg(short = 'a', long = "algorithm", value_name = "ALG", value_parser = crate::algorithms::parse)]
+    pub algorithm: Option<Algorithm>,
+
+    /// Print nothing for files that match (only FAILED lines and warnings).
+    #[arg(long)]
+    pub quiet: bool,
+
+    /// How files are sent.
+    #[command(flatten)]
+    pub sending: Sending,
+}
+
+/// How `hash` and `check` send files.
+#[derive(Debug, Clone, Args)]
+pub struct Sending {
     /// Files uploaded at once.
     #[arg(short = 'j', long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs: u32,
-
-    /// One JSON object per file instead of md5sum lines: `{"path", "id", "status", "md5",
-    /// "size_bytes", "error"}`, status `done`, or `error` (no md5, the reason in `error`).
-    #[arg(long)]
-    pub json: bool,
 
     /// Progress on stderr: bars when stdout and stderr are terminals, else a plain line every
     /// few seconds (`auto`); or always `bars`, `lines`, or `none`.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
-
-    /// Same as `--progress none`.
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
 
     /// Files of at least this many bytes are sent resumably (tus on /api/v1/uploads): after a
     /// dropped connection or an api restart the upload goes on from the service's offset

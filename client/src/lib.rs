@@ -4,6 +4,8 @@
 //! It shares only the HTTP API with the service: [`service`] speaks `POST /api/v1/hashes`
 //! (streamed, with an `Idempotency-Key`) and `GET /api/v1/hashes/{id}?wait=`.
 
+pub mod algorithms;
+pub mod check;
 pub mod cli;
 pub mod progress;
 pub mod service;
@@ -18,9 +20,10 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use serde_json::json;
 
-use cli::{Cli, Command, HashArgs, ProgressMode, StatusArgs};
+use algorithms::Algorithm;
+use cli::{Cli, Command, HashArgs, ProgressMode, Sending, StatusArgs};
 use progress::{Display, Progress};
-use service::{Failure, Service, Task};
+use service::{Ask, Failure, Service, Task};
 
 /// Runs the command line; the exit status says whether everything succeeded.
 pub async fn run(cli: Cli) -> ExitCode {
@@ -34,30 +37,29 @@ pub async fn run(cli: Cli) -> ExitCode {
     };
     let ok = match cli.command {
         Command::Hash(args) => hash(&service, args).await,
+        Command::Check(args) => check::run(&service, args).await,
         Command::Status(args) => status(&service, args).await,
     };
     if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-/// One file to hash, in the order the output lists it.
+/// One file to send, in the order the output lists it.
 struct Job {
     index: usize,
     path: PathBuf,
     size: u64,
+    ask: Ask,
 }
 
-/// What became of one file.
+/// What became of one file: its finished task (done or not), or why there is none.
 struct Outcome {
     path: PathBuf,
     result: Result<Task, String>,
 }
 
-/// `md5-client hash`: true when every file was hashed.
-async fn hash(service: &Service, args: HashArgs) -> bool {
-    let (paths, mut ok) = collect(&args.paths, args.recursive);
-    let jobs: Vec<Job> =
-        paths.into_iter().enumerate().map(|(index, (path, size))| Job { index, path, size }).collect();
-    let display = match (args.quiet, args.progress) {
+/// How progress is shown, from the flags.
+fn display(mode: ProgressMode, quiet: bool) -> Display {
+    match (quiet, mode) {
         (true, _) | (_, ProgressMode::None) => Display::Nothing,
         (_, ProgressMode::Bars) => Display::Bars,
         (_, ProgressMode::Lines) => Display::Lines,
@@ -65,36 +67,84 @@ async fn hash(service: &Service, args: HashArgs) -> bool {
             Display::Bars
         }
         (_, ProgressMode::Auto) => Display::Lines,
-    };
+    }
+}
+
+/// Sends every job (`sending.jobs` at once) and hands each outcome to `each` in the order of
+/// the jobs, each as soon as those before it are out.
+async fn send_all(
+    service: &Service,
+    sending: &Sending,
+    display: Display,
+    jobs: Vec<Job>,
+    mut each: impl FnMut(&Progress, Outcome),
+) {
     let progress = Progress::new(display, jobs.len(), jobs.iter().map(|job| job.size).sum());
-    let resume = Resume { threshold: args.resume_threshold, disabled: args.no_resume };
+    let resume = Resume { threshold: sending.resume_threshold, disabled: sending.no_resume };
     let mut outcomes = futures_util::stream::iter(jobs)
         .map(|job| {
             let (service, progress) = (service.clone(), progress.clone());
             async move {
-                let result = hash_one(&service, &progress, &job, resume).await;
+                let result = send_one(&service, &progress, &job, resume).await;
                 (job.index, Outcome { path: job.path, result })
             }
         })
-        .buffer_unordered(args.jobs as usize);
-
-    // Lines come out in the order of the files, each as soon as those before it are out.
+        .buffer_unordered(sending.jobs as usize);
     let mut waiting = BTreeMap::new();
     let mut next = 0;
     while let Some((index, outcome)) = outcomes.next().await {
         waiting.insert(index, outcome);
         while let Some(outcome) = waiting.remove(&next) {
             next += 1;
-            if let Err(reason) = &outcome.result {
-                ok = false;
-                progress
-                    .print(|| eprintln!("md5-client: {}: {reason}", shown(&outcome.path.to_string_lossy())));
-            }
-            progress.print(|| print_outcome(&outcome, args.json));
+            each(&progress, outcome);
         }
     }
     progress.finish();
+}
+
+/// `md5-client hash`: true when every file was hashed.
+async fn hash(service: &Service, args: HashArgs) -> bool {
+    let (paths, mut ok) = collect(&args.paths, args.recursive);
+    let mut algorithms = Vec::new();
+    for algorithm in if args.algorithms.is_empty() { vec![algorithms::MD5] } else { args.algorithms } {
+        if !algorithms.contains(&algorithm) {
+            algorithms.push(algorithm);
+        }
+    }
+    let ask = Ask { algorithms: algorithms.clone(), expected: None };
+    let jobs: Vec<Job> = paths
+        .into_iter()
+        .enumerate()
+        .map(|(index, (path, size))| Job { index, path, size, ask: ask.clone() })
+        .collect();
+    let display = display(args.sending.progress, args.quiet);
+    send_all(service, &args.sending, display, jobs, |progress, mut outcome| {
+        outcome.result = outcome.result.and_then(|task| done_with(task, &algorithms));
+        if let Err(reason) = &outcome.result {
+            ok = false;
+            progress.print(|| eprintln!("md5-client: {}: {reason}", shown(&outcome.path.to_string_lossy())));
+        }
+        progress.print(|| print_outcome(&outcome, &algorithms, args.tag, args.json));
+    })
+    .await;
     ok
+}
+
+/// A done task with a digest for each of `algorithms`, or why it is not one.
+fn done_with(task: Task, algorithms: &[Algorithm]) -> Result<Task, String> {
+    if task.status != "done" {
+        return Err(format!(
+            "the service could not hash it: {}",
+            task.error.as_deref().unwrap_or("no reason given")
+        ));
+    }
+    match algorithms.iter().find(|&&algorithm| task.digest(algorithm).is_none()) {
+        Some(missing) => Err(format!(
+            "the service answered without a valid {} digest (is it older than this client?)",
+            missing.name
+        )),
+        None => Ok(task),
+    }
 }
 
 /// When files are sent resumably.
@@ -104,8 +154,9 @@ struct Resume {
     disabled: bool,
 }
 
-/// Uploads one file (retried under one key, or resumably when large) and waits for its result.
-async fn hash_one(service: &Service, progress: &Progress, job: &Job, resume: Resume) -> Result<Task, String> {
+/// Uploads one file (retried under one key, or resumably when large) and waits for its task to
+/// finish.
+async fn send_one(service: &Service, progress: &Progress, job: &Job, resume: Resume) -> Result<Task, String> {
     let file = progress.file(&job.path.to_string_lossy(), job.size);
     // One key per file and run: every retry of this file is the same upload to the service.
     let key = uuid::Uuid::new_v4().to_string();
@@ -116,44 +167,45 @@ async fn hash_one(service: &Service, progress: &Progress, job: &Job, resume: Res
     let resumable = !resume.disabled && job.size >= resume.threshold;
     let result = async {
         let created = if resumable {
-            service.upload_resumable(&job.path, file.sent(), |offset| file.restart_at(offset), &retry).await?
+            service
+                .upload_resumable(&job.path, &job.ask, file.sent(), |offset| file.restart_at(offset), &retry)
+                .await?
         } else {
-            service.upload(&job.path, &key, file.sent(), || file.restart(), &retry).await?
+            service.upload(&job.path, &key, &job.ask, file.sent(), || file.restart(), &retry).await?
         };
         file.uploaded();
-        let task =
-            if created.is_finished() { created } else { service.wait_finished(&created.id, &retry).await? };
-        match task.status.as_str() {
-            "done" => Ok(task),
-            _ => Err(Failure::Permanent(format!(
-                "the service could not hash it: {}",
-                task.error.as_deref().unwrap_or("no reason given")
-            ))),
-        }
+        if created.is_finished() { Ok(created) } else { service.wait_finished(&created.id, &retry).await }
     }
     .await
     .map_err(|failure: Failure| failure.to_string());
-    file.finished(result.is_ok());
+    file.finished(result.as_ref().is_ok_and(|task| task.status == "done"));
     result
 }
 
-/// Writes one file's line to stdout: `<md5>  <path>` (escaped as md5sum does) or, with `json`,
-/// one JSON object. A failed file has no md5sum line (its reason went to stderr).
-fn print_outcome(outcome: &Outcome, json: bool) {
+/// Writes one file's lines to stdout: `<hex>  <path>` per algorithm (escaped as md5sum does;
+/// `SHA256 (path) = <hex>` with `tag`) or, with `json`, one JSON object. A failed file has no
+/// lines (its reason went to stderr).
+fn print_outcome(outcome: &Outcome, algorithms: &[Algorithm], tag: bool, json: bool) {
     let mut stdout = std::io::stdout().lock();
     let written = if json {
         let object = match &outcome.result {
             Ok(task) => json!({"path": outcome.path.to_string_lossy(), "id": task.id, "status": task.status,
-                "md5": task.md5, "size_bytes": task.size_bytes, "error": null}),
+                "md5": task.md5, "digests": task.digests, "size_bytes": task.size_bytes, "error": null}),
             Err(reason) => json!({"path": outcome.path.to_string_lossy(), "id": null, "status": "error",
-                "md5": null, "size_bytes": null, "error": reason}),
+                "md5": null, "digests": null, "size_bytes": null, "error": reason}),
         };
         writeln!(stdout, "{object}")
     } else {
         match &outcome.result {
-            Ok(task) => {
-                stdout.write_all(&md5sum_line(task.md5.as_deref().unwrap_or_default(), &outcome.path))
-            }
+            Ok(task) => algorithms.iter().try_for_each(|&algorithm| {
+                let hex = task.digest(algorithm).unwrap_or_default();
+                let line = if tag {
+                    tag_line(algorithm, hex, &outcome.path)
+                } else {
+                    md5sum_line(hex, &outcome.path)
+                };
+                stdout.write_all(&line)
+            }),
             Err(_) => Ok(()),
         }
     };
@@ -165,27 +217,52 @@ fn print_outcome(outcome: &Outcome, json: bool) {
     }
 }
 
-/// `<md5>  <path>\n` as GNU md5sum writes it: a path holding `\`, a newline or a carriage return
-/// is escaped, and the line then starts with `\`.
-pub fn md5sum_line(md5: &str, path: &Path) -> Vec<u8> {
-    let raw = path.as_os_str().as_bytes();
-    let escape = raw.iter().any(|b| matches!(b, b'\\' | b'\n' | b'\r'));
-    let mut line = Vec::with_capacity(raw.len() + md5.len() + 4);
-    if escape {
+/// `SHA256 (<path>) = <hex>\n` as `sha256sum --tag` writes it (a path holding `\`, a newline or
+/// a carriage return escaped, the line then starting with `\`).
+pub fn tag_line(algorithm: Algorithm, hex: &str, path: &Path) -> Vec<u8> {
+    let (escaped, name) = escape_path(path);
+    let mut line = Vec::with_capacity(name.len() + hex.len() + 16);
+    if escaped {
         line.push(b'\\');
     }
-    line.extend_from_slice(md5.as_bytes());
-    line.extend_from_slice(b"  ");
-    for &byte in raw {
-        match byte {
-            b'\\' if escape => line.extend_from_slice(b"\\\\"),
-            b'\n' => line.extend_from_slice(b"\\n"),
-            b'\r' => line.extend_from_slice(b"\\r"),
-            other => line.push(other),
-        }
-    }
+    line.extend_from_slice(algorithm.tag.as_bytes());
+    line.extend_from_slice(b" (");
+    line.extend_from_slice(&name);
+    line.extend_from_slice(b") = ");
+    line.extend_from_slice(hex.as_bytes());
     line.push(b'\n');
     line
+}
+
+/// `<hex>  <path>\n` as GNU md5sum (sha256sum, …) writes it: a path holding `\`, a newline or
+/// a carriage return is escaped, and the line then starts with `\`.
+pub fn md5sum_line(hex: &str, path: &Path) -> Vec<u8> {
+    let (escaped, name) = escape_path(path);
+    let mut line = Vec::with_capacity(name.len() + hex.len() + 4);
+    if escaped {
+        line.push(b'\\');
+    }
+    line.extend_from_slice(hex.as_bytes());
+    line.extend_from_slice(b"  ");
+    line.extend_from_slice(&name);
+    line.push(b'\n');
+    line
+}
+
+/// The path as coreutils writes it in a sum line, and whether it had to be escaped.
+fn escape_path(path: &Path) -> (bool, Vec<u8>) {
+    let raw = path.as_os_str().as_bytes();
+    let escape = raw.iter().any(|b| matches!(b, b'\\' | b'\n' | b'\r'));
+    let mut name = Vec::with_capacity(raw.len());
+    for &byte in raw {
+        match byte {
+            b'\\' if escape => name.extend_from_slice(b"\\\\"),
+            b'\n' => name.extend_from_slice(b"\\n"),
+            b'\r' => name.extend_from_slice(b"\\r"),
+            other => name.push(other),
+        }
+    }
+    (escape, name)
 }
 
 /// `name` for a terminal: control characters (a newline in a file name) escaped, the rest as is.

@@ -18,6 +18,8 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, RETRY_AFTER};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::ReaderStream;
 
+use crate::algorithms::Algorithm;
+
 /// Bytes read from a file per chunk of the upload body.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// First wait before a retry; it doubles up to [`MAX_BACKOFF`].
@@ -51,6 +53,54 @@ pub struct Task {
     pub size_bytes: u64,
     /// Why the task failed.
     pub error: Option<String>,
+    /// Every digest once `done`, by the service's algorithm names (older services: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digests: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl Task {
+    /// The task's `algorithm` digest if it is one (its length, lowercase hex): the MD5 field for
+    /// MD5, else the `digests` object's.
+    pub fn digest(&self, algorithm: Algorithm) -> Option<&str> {
+        let hex = match algorithm.name {
+            "md5" => self.md5.as_deref(),
+            name => self.digests.as_ref()?.get(name).map(String::as_str),
+        }?;
+        algorithm.is_digest(hex).then_some(hex)
+    }
+}
+
+/// What one upload asks of its digests.
+#[derive(Debug, Clone, Default)]
+pub struct Ask {
+    /// Algorithms to compute besides MD5 (`?digests=`).
+    pub algorithms: Vec<Algorithm>,
+    /// The digest the file must have (`Repr-Digest`), lowercase hex: the service fails the task
+    /// if it differs.
+    pub expected: Option<(Algorithm, String)>,
+}
+
+impl Ask {
+    /// A POST to `url` with this ask's `?digests=` (the names need no escaping) and
+    /// `Repr-Digest`.
+    fn post(&self, http: &reqwest::Client, url: String) -> reqwest::RequestBuilder {
+        use base64::Engine as _;
+        let mut names: Vec<&str> = self.algorithms.iter().map(|algorithm| algorithm.name).collect();
+        names.retain(|name| *name != "md5");
+        names.sort_unstable();
+        names.dedup();
+        let url = if names.is_empty() { url } else { format!("{url}?digests={}", names.join(",")) };
+        let mut request = http.post(url);
+        if let Some((algorithm, hex)) = &self.expected {
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            let value =
+                format!("{}=:{}:", algorithm.name, base64::engine::general_purpose::STANDARD.encode(bytes));
+            request = request.header("Repr-Digest", value);
+        }
+        request
+    }
 }
 
 /// Statuses of a task still on its way.
@@ -156,13 +206,14 @@ impl Service {
         &self,
         path: &Path,
         key: &str,
+        ask: &Ask,
         sent: impl Fn(u64) + Clone + Send + Sync + 'static,
         restart: impl Fn(),
         retry: Retry<'_>,
     ) -> Result<Task, Failure> {
         let attempt = || {
             restart();
-            self.upload_once(path, key, sent.clone())
+            self.upload_once(path, key, ask, sent.clone())
         };
         self.retrying(attempt, retry).await
     }
@@ -171,6 +222,7 @@ impl Service {
         &self,
         path: &Path,
         key: &str,
+        ask: &Ask,
         sent: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<Task, Failure> {
         let file = tokio::fs::File::open(path)
@@ -190,9 +242,8 @@ impl Service {
             .mime_str("application/octet-stream")
             .map_err(|err| Failure::Permanent(err.to_string()))?;
         let form = reqwest::multipart::Form::new().part("file", part);
-        let response = self
-            .http
-            .post(format!("{}/api/v1/hashes", self.base))
+        let response = ask
+            .post(&self.http, format!("{}/api/v1/hashes", self.base))
             .header("Idempotency-Key", key)
             .multipart(form)
             .send()
@@ -214,6 +265,7 @@ impl Service {
     pub async fn upload_resumable(
         &self,
         path: &Path,
+        ask: &Ask,
         sent: impl Fn(u64) + Clone + Send + Sync + 'static,
         restart_at: impl Fn(u64),
         retry: Retry<'_>,
@@ -222,7 +274,7 @@ impl Service {
             .await
             .map_err(|err| Failure::Permanent(format!("cannot read: {err}")))?
             .len();
-        let url = self.retrying(|| self.create_upload(path, length), retry).await?;
+        let url = self.retrying(|| self.create_upload(path, length, ask), retry).await?;
         let mut offset = 0;
         let mut failures = 0;
         let mut backoff = FIRST_BACKOFF;
@@ -261,16 +313,15 @@ impl Service {
     }
 
     /// `POST /api/v1/uploads`: the new upload's URL.
-    async fn create_upload(&self, path: &Path, length: u64) -> Result<String, Failure> {
+    async fn create_upload(&self, path: &Path, length: u64, ask: &Ask) -> Result<String, Failure> {
         use base64::Engine as _;
         let name: String = path.file_name().map_or_else(
             || "upload".into(),
             |name| name.to_string_lossy().chars().filter(|c| !c.is_control()).collect(),
         );
         let metadata = format!("filename {}", base64::engine::general_purpose::STANDARD.encode(name));
-        let response = self
-            .http
-            .post(format!("{}/api/v1/uploads", self.base))
+        let response = ask
+            .post(&self.http, format!("{}/api/v1/uploads", self.base))
             .header("Tus-Resumable", "1.0.0")
             .header("Upload-Length", length)
             .header("Upload-Metadata", metadata)

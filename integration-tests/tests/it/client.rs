@@ -236,3 +236,102 @@ async fn an_api_killed_and_restarted_mid_run_costs_no_file_a_second_task() {
     let twice: Vec<_> = per_name.iter().filter(|(_, tasks)| *tasks != 1).collect();
     assert!(twice.is_empty(), "files with more than one task: {twice:?}");
 }
+
+/// `<tool>` (sha256sum, md5sum) over `files`, as relative paths from `cwd`, with `args` first.
+fn coreutils_sums(tool: &str, args: &[&str], cwd: &Path, files: &[PathBuf]) -> Vec<u8> {
+    let relative: Vec<&Path> = files.iter().map(|path| path.strip_prefix(cwd).unwrap()).collect();
+    let output = std::process::Command::new(tool)
+        .current_dir(cwd)
+        .args(args)
+        .args(&relative)
+        .output()
+        .expect("coreutils");
+    assert!(output.status.success(), "{tool}");
+    output.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_over_50_files_fails_exactly_the_3_corrupted_and_sha256sum_accepts_hash_a_sha256() {
+    let app = TestApp::spawn(TestOptions::default()).await.unwrap();
+    let root = &app.root;
+    let files = write_files(root, 50, &[3_000_000]);
+
+    // `hash -a sha256` prints what sha256sum prints (escaped names too), and sha256sum -c accepts it.
+    let output =
+        client(root, &app.base_url, &["hash", "-r", "-q", "-a", "sha256", "files"]).output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(sorted_lines(&output.stdout), sorted_lines(&coreutils_sums("sha256sum", &[], root, &files)));
+    std::fs::write(root.join("sums.sha256"), &output.stdout).unwrap();
+    let verified = std::process::Command::new("sha256sum")
+        .current_dir(root)
+        .args(["-c", "--strict", "sums.sha256"])
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "sha256sum -c: {}", String::from_utf8_lossy(&verified.stdout));
+    // --tag, and two algorithms from one upload: a line each, in the order asked.
+    let one = &files[15..16];
+    let tagged = client(
+        root,
+        &app.base_url,
+        &["hash", "-q", "--tag", "-a", "sha256", "-a", "md5", one[0].to_str().unwrap()],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(tagged.status.success());
+    let want =
+        [coreutils_sums("sha256sum", &["--tag"], root, one), coreutils_sums("md5sum", &["--tag"], root, one)]
+            .concat();
+    let absolute =
+        String::from_utf8(want).unwrap().replace("(files/", &format!("({}/files/", root.display()));
+    assert_eq!(String::from_utf8_lossy(&tagged.stdout), absolute);
+
+    // Three files change after their sums were written: check finds exactly those.
+    let corrupted = [&files[10], &files[20], &files[31]];
+    let mut bytes = std::fs::read(corrupted[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(corrupted[0], bytes).unwrap();
+    let bytes = std::fs::read(corrupted[1]).unwrap();
+    std::fs::write(corrupted[1], &bytes[..bytes.len() - 1]).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(corrupted[2])
+        .and_then(|mut f| {
+            use std::io::Write as _;
+            f.write_all(b"x")
+        })
+        .unwrap();
+    let checked = client(root, &app.base_url, &["check", "-j", "8", "sums.sha256"]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(1), "{stdout}{stderr}");
+    let failed: Vec<&str> = stdout.lines().filter(|line| line.ends_with(": FAILED")).collect();
+    let want: Vec<String> = corrupted
+        .iter()
+        .map(|path| format!("{}: FAILED", path.strip_prefix(root).unwrap().display()))
+        .collect();
+    assert_eq!(failed, want, "{stdout}");
+    assert_eq!(stdout.lines().filter(|line| line.ends_with(": OK")).count(), 47, "{stdout}");
+    assert!(stderr.contains("WARNING: 3 computed checksums did NOT match"), "{stderr}");
+    // The same verdicts as sha256sum's own check.
+    let coreutils = std::process::Command::new("sha256sum")
+        .current_dir(root)
+        .args(["-c", "sums.sha256"])
+        .output()
+        .unwrap();
+    assert_eq!(sorted_lines(&checked.stdout), sorted_lines(&coreutils.stdout));
+
+    // An md5sum file (MD5 by the digest's length), --quiet, and a file gone missing.
+    let md5_sums = coreutils_sums("md5sum", &[], root, &files[..10]);
+    std::fs::write(root.join("sums.md5"), [md5_sums, b"not a sum line\n".to_vec()].concat()).unwrap();
+    std::fs::remove_file(&files[3]).unwrap();
+    let quiet = client(root, &app.base_url, &["check", "--quiet", "sums.md5"]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&quiet.stdout);
+    let stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert_eq!(quiet.status.code(), Some(1));
+    assert_eq!(stdout, format!("{}: FAILED open or read\n", files[3].strip_prefix(root).unwrap().display()));
+    assert!(stderr.contains("WARNING: 1 line is improperly formatted"), "{stderr}");
+    assert!(stderr.contains("WARNING: 1 listed file could not be read"), "{stderr}");
+    app.stop().await;
+}

@@ -323,9 +323,9 @@ async fn the_lookup_finds_a_file_uploaded_twice_under_both_tasks_newest_first() 
     }
     // A page at a time.
     let (_, page) = lookup(format!("/api/v1/digests/sha-256/{sha256}?limit=1")).await;
-    assert_eq!(ids(&page), [second.clone()]);
+    assert_eq!(ids(&page), std::slice::from_ref(&second));
     let (_, rest) = lookup(page["next"].as_str().unwrap().to_owned()).await;
-    assert_eq!(ids(&rest), [first.clone()]);
+    assert_eq!(ids(&rest), std::slice::from_ref(&first));
     let (_, end) = lookup(rest["next"].as_str().unwrap().to_owned()).await;
     assert_eq!(ids(&end), Vec::<String>::new());
     assert_eq!(end["next"], Value::Null);
