@@ -56,6 +56,17 @@ function problemText(status, body) {
   return (body && body.detail) || `The request failed (HTTP ${status}).`;
 }
 
+const DIGEST_LABELS = {
+  'sha-1': 'SHA-1', 'sha-256': 'SHA-256', 'sha-512': 'SHA-512',
+  crc32c: 'CRC32C', crc64nvme: 'CRC64NVME', blake3: 'BLAKE3',
+};
+
+// The `?digests=` of the algorithms ticked on the form ('' when none: the server's default).
+function digestsQuery() {
+  const chosen = [...document.querySelectorAll('#digest-choice input:checked')].map((box) => box.value);
+  return chosen.length ? `?digests=${chosen.join(',')}` : '';
+}
+
 function copyButton(label, text) {
   const button = document.createElement('button');
   button.type = 'button';
@@ -99,6 +110,19 @@ function render(view, task) {
     md5.textContent = task.md5;
     md5Row.append('MD5: ', md5, copyButton('Copy MD5', task.md5));
     view.body.append(md5Row);
+    // Every other digest the task computed, in the order the service lists them.
+    for (const [algorithm, hex] of Object.entries(task.digests || {})) {
+      if (algorithm === 'md5') continue;
+      const label = DIGEST_LABELS[algorithm] || algorithm;
+      const row = document.createElement('div');
+      row.className = 'row';
+      const code = document.createElement('code');
+      code.className = 'digest';
+      code.dataset.algorithm = algorithm;
+      code.textContent = hex;
+      row.append(`${label}: `, code, copyButton(`Copy ${label}`, hex));
+      view.body.append(row);
+    }
   }
   if (task.error) {
     const error = document.createElement('div');
@@ -204,7 +228,7 @@ function upload(file) {
   const { view, progress, label, cancel } = uploadCard(file);
 
   const xhr = new XMLHttpRequest();
-  xhr.open('POST', '/api/v1/hashes');
+  xhr.open('POST', `/api/v1/hashes${digestsQuery()}`);
   for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
   xhr.upload.addEventListener('progress', (event) => {
     if (event.lengthComputable) {
@@ -271,7 +295,7 @@ async function uploadResumable(file) {
   let resumedFrom = 0;
   let first = true;
   const upload = new window.tus.Upload(file, {
-    endpoint: '/api/v1/uploads',
+    endpoint: `/api/v1/uploads${digestsQuery()}`,
     chunkSize: CHUNK_BYTES,
     retryDelays: [0, 1000, 3000, 5000, 10000],
     metadata: { filename: file.name, filetype: file.type || 'application/octet-stream' },

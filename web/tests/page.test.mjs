@@ -62,6 +62,27 @@ test('uploading a file through the file input shows its MD5', async () => {
   await page.screenshot({ path: `${SHOTS}/done.png` });
 });
 
+test('ticked digests are computed and each is shown with a copy button', async () => {
+  const tab = watchCsp(await context.newPage());
+  await tab.goto(BASE);
+  await tab.getByLabel('SHA-256').check();
+  await tab.getByLabel('BLAKE3').check();
+  const bytes = randomBytes(70 * 1024);
+  await tab.getByLabel('Choose one or more files').setInputFiles({
+    name: 'digests.bin', mimeType: 'application/octet-stream', buffer: bytes,
+  });
+  await tab.getByRole('button', { name: 'Upload' }).click();
+  const sha256 = tab.locator('.task .digest[data-algorithm="sha-256"]').first();
+  await sha256.waitFor({ timeout: 30000 });
+  assert.equal(await sha256.textContent(), createHash('sha256').update(bytes).digest('hex'));
+  assert.equal(await tab.locator('.task .md5').first().textContent(), createHash('md5').update(bytes).digest('hex'));
+  assert.match(await tab.locator('.task .digest[data-algorithm="blake3"]').first().textContent(), /^[0-9a-f]{64}$/);
+  assert.equal(await tab.locator('.task .digest').count(), 2, 'the ticked ones, no more');
+  await tab.getByRole('button', { name: 'Copy SHA-256' }).waitFor();
+  await tab.screenshot({ path: `${SHOTS}/digests.png` });
+  await tab.close();
+});
+
 test('looking the task up by id in a fresh browser shows the same result', async () => {
   const fresh = await browser.newContext();
   const other = watchCsp(await fresh.newPage());

@@ -105,7 +105,7 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
                 ("Upload-Offset" = u64, description = "Bytes stored durably (when the request carried some)"),
                 ("Upload-Expires" = String, description = "tus: when the upload expires without an append"),
                 ("Upload-Limit" = String, description = "IETF: `max-size=…, max-age=…`"))),
-        (status = 400, description = "Malformed or contradictory headers", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed or contradictory headers (expected digests included), or an unknown name in `digests`", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "A `Tus-Resumable` other than 1.0.0 (`Tus-Version` says which this service speaks)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "tus: a body that is not application/offset+octet-stream", body = Problem, content_type = "application/problem+json"),
         (status = 460, description = "tus: the body does not match Upload-Checksum", body = Problem, content_type = "application/problem+json"),

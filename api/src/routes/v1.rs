@@ -55,12 +55,14 @@ pub struct UploadForm {
         (its name from a `Content-Disposition: attachment; filename=…` header; no form parsed)"),
     responses(
         (status = 202, description = "Stored and queued (or, for a repeated Idempotency-Key, the original task); \
-            the body is the task, `Location` its URL", body = TaskView,
+            the body is the task, `Location` its URL. An expected digest that differs from the file's ends the task \
+            `failed` (`error` names the algorithm, the expected and the computed value)", body = TaskView,
             headers(("Location" = String, description = "/api/v1/hashes/{id}"),
                 ("Idempotent-Replayed" = String, description = "`true` when the answer is a repeated key's original task")),
             links(("GetHash" = (operation_id = "get_hash_v1", parameters(("id" = "$response.body#/id")),
                 description = "The task this upload created")))),
-        (status = 400, description = "No `file` part, malformed multipart, or a malformed Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No `file` part, malformed multipart, a malformed Idempotency-Key, an unknown \
+            name in `digests` (the detail lists the known ones), or a malformed, unknown or contradictory expected digest", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key's first upload is still in progress", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 415, description = "Not multipart/form-data", body = Problem, content_type = "application/problem+json"),

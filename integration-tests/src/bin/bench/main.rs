@@ -19,7 +19,8 @@ use anyhow::Context as _;
 
 use report::{machine, table};
 use scenarios::{
-    hostile::hostile, large_file::large_file, memory::memory, scaling::scaling, small_files::small_files,
+    digests::digests, hostile::hostile, large_file::large_file, memory::memory, scaling::scaling,
+    small_files::small_files,
 };
 use tools::settle_disk;
 
@@ -58,6 +59,8 @@ struct Sizes {
     fixed_rate: u64,
     fixed_seconds: u64,
     scaling_count: usize,
+    lookup_rows: usize,
+    lookups: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -76,6 +79,8 @@ const FULL: Sizes = Sizes {
     fixed_rate: 500,
     fixed_seconds: 10,
     scaling_count: 2000,
+    lookup_rows: 1_000_000,
+    lookups: 2000,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -94,6 +99,8 @@ const SMOKE: Sizes = Sizes {
     fixed_rate: 50,
     fixed_seconds: 1,
     scaling_count: 50,
+    lookup_rows: 10_000,
+    lookups: 50,
 };
 
 #[tokio::main]
@@ -127,6 +134,10 @@ async fn main() -> anyhow::Result<()> {
         if wanted(5) {
             settle_disk()?;
             hostile(&root, sizes, &mut rows).await.context("scenario 5, hostile clients")?;
+        }
+        if wanted(6) {
+            settle_disk()?;
+            digests(&root, sizes, &mut rows).await.context("scenario 6, digests")?;
         }
         anyhow::Ok(())
     }

@@ -101,12 +101,17 @@ impl Service {
 
     /// Streams a file as the bare body of `POST /api/v1/hashes` (`application/octet-stream`).
     pub(crate) async fn upload_raw(&self, path: &Path) -> anyhow::Result<String> {
+        self.upload_raw_with(path, "").await
+    }
+
+    /// [`Service::upload_raw`] to `POST /api/v1/hashes{query}`.
+    pub(crate) async fn upload_raw_with(&self, path: &Path, query: &str) -> anyhow::Result<String> {
         let file = tokio::fs::File::open(path).await?;
         let length = file.metadata().await?.len();
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
         let response = self
             .client
-            .post(format!("{}/api/v1/hashes", self.api_url))
+            .post(format!("{}/api/v1/hashes{query}", self.api_url))
             .header("Content-Type", "application/octet-stream")
             .header("Content-Disposition", "attachment; filename=\"large.bin\"")
             .header("Content-Length", length)

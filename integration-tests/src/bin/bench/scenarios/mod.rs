@@ -1,5 +1,6 @@
 //! The benchmark's scenarios, one file each; `main.rs` runs them in order.
 
+pub(crate) mod digests;
 pub(crate) mod hostile;
 pub(crate) mod large_file;
 pub(crate) mod memory;
