@@ -10,12 +10,20 @@ use std::collections::BTreeMap;
 
 use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use serde::Deserialize;
 
 use shared::{Algorithm, DigestRequest, Digests};
 
 use crate::error::ApiError;
+
+/// Standard base64 as clients write it: padding required, unused trailing bits not checked (a
+/// client that sets them still means the same bytes).
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+);
 
 /// The query every upload route takes.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -23,33 +31,71 @@ use crate::error::ApiError;
 pub struct DigestsQuery {
     /// Digests to compute besides MD5 (always computed), comma-separated: `sha-1`, `sha-256`,
     /// `sha-512`, `crc32c`, `crc64nvme`, `blake3`. Default: the server's DIGESTS.
-    #[param(example = "sha-256,crc64nvme")]
+    #[param(
+        example = "sha-256,crc64nvme",
+        pattern = "^((md5|sha-1|sha-256|sha-512|crc32c|crc64nvme|blake3)(,(md5|sha-1|sha-256|sha-512|crc32c|crc64nvme|blake3))*)?$"
+    )]
     pub digests: Option<String>,
 }
 
-/// The request headers that carry expected digests (documentation only: [`expected`] reads them).
+/// The request headers that carry expected digests (documentation only: [`expected`] reads them;
+/// each is optional, and never `null`).
+/// Each pattern is the value's exact form (base64 of the digest's bytes); OpenAPI cannot say
+/// that two headers naming the same algorithm must agree, so `Repr-Digest`'s pattern lists only
+/// the algorithms no other header carries, and its description the rest.
 #[derive(Debug, utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
 #[expect(dead_code, reason = "describes headers for OpenAPI")]
 pub struct ExpectedDigests {
-    /// RFC 9530: the file's digests, `sha-256=:<base64>:, md5=:<base64>:` (registry names; `sha`
-    /// is SHA-1; `crc32c`, `crc64nvme`, `blake3` too). The task fails on a mismatch.
-    #[param(rename = "Repr-Digest", example = "sha-256=:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=:")]
+    /// RFC 9530: the file's digests as a dictionary, `sha-512=:<base64>:, blake3=:<base64>:`;
+    /// also `sha-256`, `md5`, `sha` or `sha-1` (SHA-1), `crc32c`, `crc64nvme`. The task fails on a
+    /// mismatch; an algorithm given twice with two values (here or in another header) is a 400.
+    #[param(
+        nullable = false,
+        rename = "Repr-Digest",
+        example = "sha-512=:m3HSJL1i83hdltRq0+o9czGb+8KJDKra4t/3JRlnPKcjI8PZm6XBHXx6zG4UuMXaDEZjR1wuXDre9G9zvN7AQw==:",
+        pattern = "^(sha-512=:[A-Za-z0-9+/]{86}==:(, blake3=:[A-Za-z0-9+/]{43}=:)?|blake3=:[A-Za-z0-9+/]{43}=:)$"
+    )]
     repr_digest: Option<String>,
     /// RFC 1864: the file's MD5, base64 (of the file, also in a multipart form).
-    #[param(rename = "Content-MD5", example = "XUFAKrxLKna5cZ2REBfFkg==")]
+    #[param(
+        nullable = false,
+        rename = "Content-MD5",
+        example = "XUFAKrxLKna5cZ2REBfFkg==",
+        pattern = "^[A-Za-z0-9+/]{22}==$"
+    )]
     content_md5: Option<String>,
     /// S3: the file's SHA-256, base64.
-    #[param(rename = "x-amz-checksum-sha256")]
+    #[param(
+        nullable = false,
+        rename = "x-amz-checksum-sha256",
+        example = "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=",
+        pattern = "^[A-Za-z0-9+/]{43}=$"
+    )]
     x_amz_checksum_sha256: Option<String>,
     /// S3: the file's SHA-1, base64.
-    #[param(rename = "x-amz-checksum-sha1")]
+    #[param(
+        nullable = false,
+        rename = "x-amz-checksum-sha1",
+        example = "qvTGHdzF6KLavt4PO0gs2a6pQ00=",
+        pattern = "^[A-Za-z0-9+/]{27}=$"
+    )]
     x_amz_checksum_sha1: Option<String>,
     /// S3: the file's CRC-32C, base64 of its 4 big-endian bytes.
-    #[param(rename = "x-amz-checksum-crc32c", example = "mnG7TA==")]
+    #[param(
+        nullable = false,
+        rename = "x-amz-checksum-crc32c",
+        example = "mnG7TA==",
+        pattern = "^[A-Za-z0-9+/]{6}==$"
+    )]
     x_amz_checksum_crc32c: Option<String>,
     /// S3: the file's full-object CRC-64/NVME, base64 of its 8 big-endian bytes.
-    #[param(rename = "x-amz-checksum-crc64nvme")]
+    #[param(
+        nullable = false,
+        rename = "x-amz-checksum-crc64nvme",
+        example = "rosUhgp5mIg=",
+        pattern = "^[A-Za-z0-9+/]{11}=$"
+    )]
     x_amz_checksum_crc64nvme: Option<String>,
 }
 
@@ -133,7 +179,7 @@ fn single<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a HeaderVal
 /// A header's value as standard base64 (with padding).
 fn base64_value(value: &HeaderValue, source: &str) -> Result<Vec<u8>, ApiError> {
     let text = value.to_str().map_err(|_| ApiError::bad_request(format!("{source}: not ASCII")))?;
-    STANDARD
+    LENIENT
         .decode(text.trim())
         .map_err(|_| ApiError::bad_request(format!("{source}: {text:?} is not base64")))
 }
@@ -166,7 +212,7 @@ fn parse_repr_digest(value: &HeaderValue) -> Result<Vec<(Algorithm, Vec<u8>)>, A
                 ))
             })?,
         };
-        let bytes = STANDARD.decode(encoded).map_err(|_| malformed("a value is not base64"))?;
+        let bytes = LENIENT.decode(encoded).map_err(|_| malformed("a value is not base64"))?;
         members.push((algorithm, bytes));
     }
     Ok(members)

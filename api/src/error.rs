@@ -180,6 +180,11 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("task {id} was not found"))
     }
 
+    /// 404: the path names nothing that can exist, for the reason `detail` gives.
+    pub fn not_found(detail: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not-found", detail)
+    }
+
     /// 401: `API_KEY` is set and the bearer token is missing or wrong.
     pub fn unauthorized() -> Self {
         ApiError::new(

@@ -27,6 +27,7 @@ pub struct LookupQuery {
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// Where the page starts: the `next` of the page before (opaque).
+    #[param(pattern = "^[0-9]{1,16}\\.[0-9a-f]{32}$")]
     pub cursor: Option<String>,
 }
 
@@ -75,15 +76,18 @@ impl From<FoundTask> for FoundView {
     operation_id = "find_by_digest",
     tag = "v1",
     params(
-        ("algorithm" = String, Path, description = "md5, sha-1, sha-256, sha-512, crc32c, crc64nvme or blake3", example = "sha-256"),
-        ("hex" = String, Path, description = "The digest in hex (either case)", example = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"),
+        ("algorithm" = inline(AlgorithmName), Path, description = "The algorithm", example = "sha-256"),
+        ("hex" = String, Path, description = "The digest in hex (either case), as many digits as the algorithm's \
+            digests have (md5 32, sha-1 40, sha-256 and blake3 64, sha-512 128, crc32c 8, crc64nvme 16)",
+            pattern = "^[0-9a-fA-F]{8,128}$", example = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"),
         LookupQuery,
     ),
     responses(
         (status = 200, description = "The done tasks whose file had this digest (none: an empty list); \
             a task is found under every digest it computed", body = LookupPage),
-        (status = 400, description = "Unknown algorithm (the detail lists the known ones), a digest of the wrong \
-            length or not hex, a bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such digest can exist: an unknown algorithm (the detail lists the known ones), \
+            or a digest that is not hex or not that algorithm's length", body = Problem, content_type = "application/problem+json"),
         Refusals,
     ),
     security((), ("bearer" = []))
@@ -95,12 +99,13 @@ pub async fn find_by_digest(
 ) -> Result<Json<LookupPage>, ApiError> {
     let Path((name, hex)) = path.map_err(|err| ApiError::bad_request(err.body_text()))?;
     let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
+    // A path that cannot name a digest names no resource: 404, saying why.
     let algorithm = Algorithm::from_name(&name).ok_or_else(|| {
-        ApiError::bad_request(format!("unknown digest algorithm {name:?}; known: {}", Algorithm::names()))
+        ApiError::not_found(format!("unknown digest algorithm {name:?}; known: {}", Algorithm::names()))
     })?;
     let hex = hex.to_ascii_lowercase();
     let digest = hex::decode(&hex).ok().filter(|_| hex.len() == algorithm.hex_len()).ok_or_else(|| {
-        ApiError::bad_request(format!("a {algorithm} digest is {} hex digits", algorithm.hex_len()))
+        ApiError::not_found(format!("a {algorithm} digest is {} hex digits", algorithm.hex_len()))
     })?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -124,6 +129,26 @@ pub async fn find_by_digest(
         tasks: found.into_iter().map(FoundView::from).collect(),
         next,
     }))
+}
+
+/// The algorithm names, for the path parameter's schema.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "describes the path parameter for OpenAPI")]
+enum AlgorithmName {
+    #[schema(rename = "md5")]
+    Md5,
+    #[schema(rename = "sha-1")]
+    Sha1,
+    #[schema(rename = "sha-256")]
+    Sha256,
+    #[schema(rename = "sha-512")]
+    Sha512,
+    #[schema(rename = "crc32c")]
+    Crc32c,
+    #[schema(rename = "crc64nvme")]
+    Crc64Nvme,
+    #[schema(rename = "blake3")]
+    Blake3,
 }
 
 /// The cursor after a task: its finish time in microseconds and its id.

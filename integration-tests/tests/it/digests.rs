@@ -213,7 +213,8 @@ async fn an_expected_digest_that_differs_fails_the_task_naming_it_and_leaves_not
         ("content-md5", "not base64!"),
         ("x-amz-checksum-crc32", "mnG7TA=="),
     ] {
-        let answer = raw_upload(&app, "", &[(header, value)], bytes.clone()).await;
+        // A small body: a refused request's unread body may cost its connection otherwise.
+        let answer = raw_upload(&app, "", &[(header, value)], b"0123456789".to_vec()).await;
         assert_eq!(answer.status(), 400, "{header}: {value}");
         let problem: Value = answer.json().await.unwrap();
         assert!(problem["detail"].as_str().unwrap().len() > 10, "{problem}");
@@ -332,15 +333,15 @@ async fn the_lookup_finds_a_file_uploaded_twice_under_both_tasks_newest_first() 
     // Not computed for these tasks, never seen, or malformed.
     let (status, page) = lookup(format!("/api/v1/digests/sha-1/{}", "0".repeat(40))).await;
     assert_eq!((status, ids(&page).len()), (200, 0));
-    for (path, says) in [
-        (format!("/api/v1/digests/sha3-256/{sha256}"), "known: md5"),
-        (format!("/api/v1/digests/sha-256/{md5}"), "64 hex digits"),
-        (format!("/api/v1/digests/md5/{}", "z".repeat(32)), "32 hex digits"),
-        (format!("/api/v1/digests/md5/{md5}?limit=0"), "limit"),
-        (format!("/api/v1/digests/md5/{md5}?cursor=nonsense"), "cursor"),
+    for (path, status_wanted, says) in [
+        (format!("/api/v1/digests/sha3-256/{sha256}"), 404, "known: md5"),
+        (format!("/api/v1/digests/sha-256/{md5}"), 404, "64 hex digits"),
+        (format!("/api/v1/digests/md5/{}", "z".repeat(32)), 404, "32 hex digits"),
+        (format!("/api/v1/digests/md5/{md5}?limit=0"), 400, "limit"),
+        (format!("/api/v1/digests/md5/{md5}?cursor=nonsense"), 400, "cursor"),
     ] {
         let (status, problem) = lookup(path.clone()).await;
-        assert_eq!(status, 400, "{path}");
+        assert_eq!(status, status_wanted, "{path}");
         assert!(problem["detail"].as_str().unwrap().contains(says), "{path}: {problem}");
     }
     app.stop().await;
