@@ -61,6 +61,11 @@ impl Hasher {
         })
     }
 
+    /// True for the CRCs, which cost little beside any hash.
+    fn is_crc(&self) -> bool {
+        matches!(self, Hasher::Crc32c(_) | Hasher::Crc64Nvme(_))
+    }
+
     fn update(&mut self, bytes: &[u8]) {
         use sha2::Digest as _;
         match self {
@@ -137,33 +142,39 @@ pub fn digest_file(path: &Path) -> io::Result<(Digests, u64)> {
 
 /// [`digest_file`] with `algorithms` besides MD5, all from one read of the file.
 pub fn digest_file_with(path: &Path, algorithms: &[Algorithm]) -> io::Result<(Digests, u64)> {
+    digest_file_on(path, algorithms, side_threads())
+}
+
+/// [`digest_file_with`], the other algorithms on at most `threads` threads.
+fn digest_file_on(path: &Path, algorithms: &[Algorithm], threads: usize) -> io::Result<(Digests, u64)> {
     let mut file = File::open(path)?;
     let mut hasher = MultiHasher::with(algorithms);
     let total = if file.metadata()?.len() <= OVERLAP_ABOVE_BYTES {
         hash_in_turn(&mut file, &mut hasher)?
     } else {
-        hash_overlapped(file, &mut hasher)?
+        hash_overlapped(file, &mut hasher, threads)?
     };
     Ok((hasher.finish(), total))
 }
 
+/// Threads for the other algorithms: the CPUs beside the MD5's, at least one.
+fn side_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).max(1)
+}
+
 /// Reads on a second thread while this one computes the MD5 and, when there are other
-/// algorithms, a third computes them from the same buffers (shared, never copied: a buffer goes
-/// back to the reader when both are done with it). Costs then do not add up: the file takes
-/// as long as its slowest algorithm. Returns the bytes read.
-fn hash_overlapped(mut file: File, hasher: &mut MultiHasher) -> io::Result<u64> {
+/// algorithms, more threads compute them from the same buffers (shared, never copied: a buffer
+/// goes back to the reader when every thread is done with it). Costs then do not add up: the
+/// file takes as long as its slowest thread. Returns the bytes read.
+fn hash_overlapped(mut file: File, hasher: &mut MultiHasher, threads: usize) -> io::Result<u64> {
     let mut total = 0u64;
-    let others = std::mem::take(&mut hasher.others);
-    let parallel = !others.is_empty();
-    let buffers = if parallel { PARALLEL_BUFFERS } else { BUFFERS };
+    let groups = groups(std::mem::take(&mut hasher.others), threads);
+    let buffers = if groups.is_empty() { BUFFERS } else { PARALLEL_BUFFERS };
     let (full_tx, full_rx) = mpsc::sync_channel::<io::Result<Arc<Vec<u8>>>>(buffers);
     let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(buffers);
     for _ in 0..buffers {
         empty_tx.send(vec![0u8; READ_BUFFER_BYTES]).expect("the channel holds every buffer");
     }
-    // The other algorithms' queue holds at most every buffer, so sending to it never blocks
-    // for long: at worst until their thread is done with one.
-    let (side_tx, side_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(buffers);
     let others = std::thread::scope(|scope| {
         scope.spawn(move || {
             // Ends when the file ends, a read fails, or the hashing side hangs up.
@@ -184,24 +195,28 @@ fn hash_overlapped(mut file: File, hasher: &mut MultiHasher) -> io::Result<u64> 
                 }
             }
         });
-        let side = parallel.then(|| {
+        // Each group's queue holds at most every buffer, so sending to it never blocks for
+        // long: at worst until that thread is done with one.
+        let mut sides = Vec::with_capacity(groups.len());
+        for mut group in groups {
+            let (side_tx, side_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(buffers);
             let empty_tx = empty_tx.clone();
-            let mut others = others;
-            scope.spawn(move || {
+            let thread = scope.spawn(move || {
                 for buffer in side_rx {
-                    for hasher in &mut others {
+                    for hasher in &mut group {
                         hasher.update(&buffer);
                     }
                     give_back(buffer, &empty_tx);
                 }
-                others
-            })
-        });
+                group
+            });
+            sides.push((side_tx, thread));
+        }
         let hashed = (|| {
             for buffer in full_rx {
                 let buffer = buffer?;
-                if parallel {
-                    // Cannot fail while the other thread lives; if it died, its join says so.
+                for (side_tx, _) in &sides {
+                    // Cannot fail while that thread lives; if it died, its join says so.
                     let _ = side_tx.send(Arc::clone(&buffer));
                 }
                 hasher.md5.update(&buffer[..]);
@@ -210,12 +225,36 @@ fn hash_overlapped(mut file: File, hasher: &mut MultiHasher) -> io::Result<u64> 
             }
             Ok::<(), io::Error>(())
         })();
-        drop(side_tx);
-        let others = side.map(|side| side.join().expect("the digest thread does not panic"));
-        hashed.map(|()| others.unwrap_or_default())
+        let mut others = Vec::new();
+        for (side_tx, thread) in sides {
+            drop(side_tx);
+            others.extend(thread.join().expect("a digest thread does not panic"));
+        }
+        hashed.map(|()| others)
     })?;
     hasher.others = others;
     Ok(total)
+}
+
+/// The other algorithms in groups of one thread each: at most `threads` (at least one), the
+/// costly algorithms spread over them, the CRCs (tens of GB/s) with the first. On a 2-CPU host
+/// ([`side_threads`]) that is one thread for all of them.
+fn groups(others: Vec<Hasher>, threads: usize) -> Vec<Vec<Hasher>> {
+    let threads = threads.max(1);
+    let (cheap, costly): (Vec<Hasher>, Vec<Hasher>) = others.into_iter().partition(Hasher::is_crc);
+    let mut groups: Vec<Vec<Hasher>> = Vec::new();
+    for (i, hasher) in costly.into_iter().enumerate() {
+        match groups.get_mut(i % threads) {
+            Some(group) => group.push(hasher),
+            None => groups.push(vec![hasher]),
+        }
+    }
+    match groups.first_mut() {
+        Some(first) => first.extend(cheap),
+        None if !cheap.is_empty() => groups.push(cheap),
+        None => {}
+    }
+    groups
 }
 
 /// Returns `buffer` to the reader once nobody else holds it. The reader may have finished and
@@ -328,5 +367,37 @@ mod tests {
             std::fs::remove_file(&path).unwrap();
         }
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn other_algorithms_are_spread_over_the_threads_each_once_and_agree_with_one_thread() {
+        for threads in [1, 2, 3, 8] {
+            let groups = groups_of(&Algorithm::ALL[1..], threads);
+            // Four costly ones (sha-1, sha-256, sha-512, blake3), the two CRCs with the first.
+            assert_eq!(groups.len(), threads.min(4), "{threads} threads");
+            let mut names: Vec<Algorithm> =
+                groups.into_iter().flatten().map(|hasher| hasher.finish().0).collect();
+            names.sort_unstable();
+            assert_eq!(names, Algorithm::ALL[1..], "each once, {threads} threads");
+        }
+        assert_eq!(groups_of(&[Algorithm::Crc32c, Algorithm::Crc64Nvme], 4).len(), 1, "the CRCs alone: one");
+        assert!(groups_of(&[], 4).is_empty());
+
+        // The same digests whatever the number of threads, through the overlapped read.
+        let dir = std::env::temp_dir().join(format!("md5-hash-threads-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        let bytes: Vec<u8> = (0..5_000_003u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let one = digest_file_on(&path, Algorithm::ALL, 1).unwrap();
+        for threads in [2, 3, 8] {
+            assert_eq!(digest_file_on(&path, Algorithm::ALL, threads).unwrap(), one, "{threads} threads");
+        }
+        assert_eq!(one.1, bytes.len() as u64);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn groups_of(algorithms: &[Algorithm], threads: usize) -> Vec<Vec<Hasher>> {
+        groups(algorithms.iter().filter_map(|&algorithm| Hasher::new(algorithm)).collect(), threads)
     }
 }
