@@ -263,6 +263,9 @@ mod tests {
         assert_eq!(got[&Algorithm::Sha1], "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d");
         assert_eq!(got[&Algorithm::Crc32c], "9a71bb4c");
         assert_eq!(expected(&HeaderMap::new()).unwrap(), BTreeMap::new());
+        // Unused trailing bits set ('R' instead of 'Q' before the padding): the same bytes.
+        let lenient = expected(&headers(&[("x-amz-checksum-crc32c", "mnG7TB==")])).unwrap();
+        assert_eq!(lenient[&Algorithm::Crc32c], "9a71bb4c");
     }
 
     #[test]

@@ -185,11 +185,51 @@ async fn an_expected_digest_that_differs_fails_the_task_naming_it_and_leaves_not
     assert_eq!(task["status"], "failed", "{task}");
     assert!(task["error"].as_str().unwrap().starts_with("sha-256 mismatch: expected "), "{task}");
     failed.push(id);
+    // The IETF draft's creation with the whole body, and a multipart form (Content-MD5 is the
+    // file's, not the form's): right → done, wrong → failed.
+    let right = format!("sha-256=:{}:", b64(sha256(&bytes)));
+    for (repr, want) in [(&right, "done"), (&wrong, "failed")] {
+        let created = app
+            .client
+            .post(format!("{}/api/v1/uploads", app.base_url))
+            .header("Upload-Draft-Interop-Version", "6")
+            .header("Upload-Complete", "?1")
+            .header("Repr-Digest", repr.as_str())
+            .body(bytes.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let id = created.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_owned();
+        let task = app.wait_finished(&id, Duration::from_secs(30)).await;
+        assert_eq!(task["status"], want, "IETF creation: {task}");
+        if want == "failed" {
+            failed.push(id);
+        }
+    }
+    for (md5_header, want) in [(b64(md5(&bytes)), "done"), (b64(md5(&other)), "failed")] {
+        let form = reqwest::multipart::Form::new()
+            .part("file", reqwest::multipart::Part::bytes(bytes.clone()).file_name("f.bin"));
+        let answer = app
+            .client
+            .post(format!("{}/api/v1/hashes", app.base_url))
+            .header("Content-MD5", md5_header)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let id = id_of(answer).await;
+        let task = app.wait_finished(&id, Duration::from_secs(30)).await;
+        assert_eq!(task["status"], want, "multipart with Content-MD5: {task}");
+        if want == "failed" {
+            failed.push(id);
+        }
+    }
 
     // One log line per task, the failed ones `failed`; every file removed.
     let lines = eventually(Duration::from_secs(10), "every log line", || async {
         let lines = app.log_lines();
-        (lines.len() == 7).then_some(lines)
+        (lines.len() == 11).then_some(lines)
     })
     .await
     .unwrap();
