@@ -116,8 +116,8 @@ pub struct Config {
     /// Digests every task computes unless its upload chooses with `?digests=`: comma-separated
     /// names among md5, sha-1, sha-256, sha-512, crc32c, crc64nvme, blake3 (MD5 is computed
     /// always). Each one costs the workers CPU for every byte uploaded.
-    #[arg(long, env = "DIGESTS", default_value = "md5", value_parser = parse_digests)]
-    pub digests: String,
+    #[arg(long, env = "DIGESTS", default_value = "md5")]
+    pub digests: shared::digest::AlgorithmList,
 
     /// Seconds in-flight requests get to finish after SIGTERM before the api exits anyway.
     #[arg(long, env = "SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
@@ -165,11 +165,6 @@ impl Config {
         Duration::from_secs(self.upload_expiry_seconds)
     }
 
-    /// The algorithms of `DIGESTS`.
-    pub fn default_digests(&self) -> Vec<shared::Algorithm> {
-        shared::digest::parse_list(&self.digests).expect("DIGESTS was checked when it was parsed")
-    }
-
     /// The API key, if authentication is on: an empty `API_KEY` means none.
     pub fn api_key(&self) -> Option<&str> {
         self.api_key.as_deref().filter(|key| !key.is_empty())
@@ -188,9 +183,4 @@ impl Config {
             .unwrap_or_else(|| (self.max_concurrent_uploads * 3 / 4).max(1))
             .min(self.max_concurrent_uploads)
     }
-}
-
-/// Checks `DIGESTS`, keeping it as written.
-fn parse_digests(list: &str) -> Result<String, shared::digest::UnknownAlgorithm> {
-    shared::digest::parse_list(list).map(|_| list.to_owned())
 }

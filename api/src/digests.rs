@@ -31,10 +31,7 @@ const LENIENT: GeneralPurpose = GeneralPurpose::new(
 pub struct DigestsQuery {
     /// Digests to compute besides MD5 (always computed), comma-separated: `sha-1`, `sha-256`,
     /// `sha-512`, `crc32c`, `crc64nvme`, `blake3`. Default: the server's DIGESTS.
-    #[param(
-        example = "sha-256,crc64nvme",
-        pattern = "^((md5|sha-1|sha-256|sha-512|crc32c|crc64nvme|blake3)(,(md5|sha-1|sha-256|sha-512|crc32c|crc64nvme|blake3))*)?$"
-    )]
+    #[param(example = "sha-256,crc64nvme", schema_with = list_schema)]
     pub digests: Option<String>,
 }
 
@@ -98,6 +95,30 @@ pub struct ExpectedDigests {
     )]
     x_amz_checksum_crc64nvme: Option<String>,
 }
+
+/// The schema of `?digests=`: a comma-separated list of [`Algorithm::ALL`]'s names.
+fn list_schema() -> utoipa::openapi::Object {
+    let names: Vec<&str> = Algorithm::ALL.iter().map(|algorithm| algorithm.name()).collect();
+    let one = format!("({})", names.join("|"));
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(format!("^({one}(,{one})*)?$")))
+        .build()
+}
+
+/// An algorithm's name in a path, for OpenAPI: one of [`Algorithm::ALL`]'s.
+pub struct AlgorithmName;
+
+impl utoipa::PartialSchema for AlgorithmName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(Algorithm::ALL.iter().map(|algorithm| algorithm.name())))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for AlgorithmName {}
 
 /// What an upload asks of its digests: `query`'s choice (or `defaults`) and the expected
 /// digests of `headers`.
@@ -323,5 +344,20 @@ mod tests {
             file_digest_header(&digests).unwrap(),
             "sha-256=:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=:"
         );
+    }
+
+    #[test]
+    fn the_documented_names_are_the_algorithms_own() {
+        let doc = serde_json::to_value(crate::routes::api_document()).unwrap();
+        let names: Vec<&str> = Algorithm::ALL.iter().map(|algorithm| algorithm.name()).collect();
+        let lookup = &doc["paths"]["/api/v1/digests/{algorithm}/{hex}"]["get"]["parameters"][0];
+        assert_eq!(lookup["schema"]["enum"], serde_json::json!(names), "{lookup}");
+        for path in ["/api/v1/hashes", "/api/v1/uploads"] {
+            let parameters = doc["paths"][path]["post"]["parameters"].as_array().unwrap();
+            let digests = parameters.iter().find(|p| p["name"] == "digests").unwrap();
+            assert_eq!(digests["required"], false);
+            let pattern = digests["schema"]["pattern"].as_str().unwrap();
+            assert!(pattern.contains(&names.join("|")), "{pattern}");
+        }
     }
 }

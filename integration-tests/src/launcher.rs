@@ -210,7 +210,9 @@ mod tests {
         config.database.database_url = "postgres://x@127.0.0.1:1/db".into();
         config.storage.upload_dir = "/tmp/some uploads".into();
         config.telemetry.log_format = shared::config::LogFormat::Json;
+        config.digests = "sha-256,crc64nvme".parse().unwrap();
         let env = config_env(&config);
+        assert!(env.contains(&("DIGESTS".into(), "sha-256,crc64nvme".into())), "{env:?}");
         assert!(env.contains(&("MAX_UPLOAD_BYTES".into(), "12345".into())), "{env:?}");
         assert!(env.contains(&("LOG_FORMAT".into(), "json".into())), "{env:?}");
         let parsed = api::Config::parse_from(config_args("md5-api", &config));

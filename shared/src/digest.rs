@@ -187,6 +187,32 @@ pub fn parse_list(list: &str) -> Result<Vec<Algorithm>, UnknownAlgorithm> {
     Ok(algorithms)
 }
 
+/// A set of algorithms as a comma-separated list spells it (`DIGESTS`, `?digests=`): parsed by
+/// [`parse_list`], written back the same way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlgorithmList(pub Vec<Algorithm>);
+
+impl std::str::FromStr for AlgorithmList {
+    type Err = UnknownAlgorithm;
+
+    fn from_str(list: &str) -> Result<Self, Self::Err> {
+        parse_list(list).map(AlgorithmList)
+    }
+}
+
+impl std::fmt::Display for AlgorithmList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.0.iter().map(|algorithm| algorithm.name()).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl Serialize for AlgorithmList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// What an upload asks of its digests: which to compute, and the values its client expects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DigestRequest {
@@ -247,6 +273,14 @@ mod tests {
             unknown.contains("known: md5, sha-1, sha-256, sha-512, crc32c, crc64nvme, blake3"),
             "{unknown}"
         );
+    }
+
+    #[test]
+    fn a_list_reads_back_as_written() {
+        let list: AlgorithmList = "crc64nvme, sha-256".parse().unwrap();
+        assert_eq!(list.to_string(), "sha-256,crc64nvme");
+        assert_eq!(list.to_string().parse::<AlgorithmList>().unwrap(), list);
+        assert_eq!(serde_json::to_string(&list).unwrap(), "\"sha-256,crc64nvme\"");
     }
 
     #[test]

@@ -153,7 +153,7 @@ pub async fn create(
         let complete = upload_complete(headers)?;
         let length = headers::number(headers, "upload-length")?;
         let (metadata, file_name) = headers::metadata(headers)?;
-        let digests = crate::digests::requested(query, &state.config.default_digests(), headers)?;
+        let digests = crate::digests::requested(query, &state.config.digests.0, headers)?;
         let new = NewUpload { length, metadata, file_name, request_id: request_id.clone(), client, digests };
         let (task, upload, lock) = super::create(state, new).await?;
         let task_id = task.task_id;

@@ -151,7 +151,7 @@ async fn try_create(
     }
     let checksum = checksum(headers)?;
     let (metadata, file_name) = headers::metadata(headers)?;
-    let digests = crate::digests::requested(query, &state.config.default_digests(), headers)?;
+    let digests = crate::digests::requested(query, &state.config.digests.0, headers)?;
     let new = NewUpload { length, metadata, file_name, request_id: request_id.clone(), client, digests };
     let (task, upload, lock) = super::create(state, new).await?;
     let location = location(task.task_id);

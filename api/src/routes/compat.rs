@@ -114,7 +114,7 @@ pub async fn create_hash(
         client,
         parts: upload::Parts::Lenient,
         key: None,
-        digests: shared::DigestRequest { algorithms: state.config.default_digests(), ..Default::default() },
+        digests: shared::DigestRequest { algorithms: state.config.digests.0.clone(), ..Default::default() },
     };
     match upload::receive(&state, request).await {
         Ok(upload) => Ok(Json(CreatedTask { task_id: upload.task.task_id }).into_response()),

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use shared::Algorithm;
 use shared::queries::{self, FoundTask};
 
+use crate::digests::AlgorithmName;
 use crate::error::{ApiError, Problem, Refusals};
 use crate::state::AppState;
 
@@ -129,26 +130,6 @@ pub async fn find_by_digest(
         tasks: found.into_iter().map(FoundView::from).collect(),
         next,
     }))
-}
-
-/// The algorithm names, for the path parameter's schema.
-#[derive(utoipa::ToSchema)]
-#[expect(dead_code, reason = "describes the path parameter for OpenAPI")]
-enum AlgorithmName {
-    #[schema(rename = "md5")]
-    Md5,
-    #[schema(rename = "sha-1")]
-    Sha1,
-    #[schema(rename = "sha-256")]
-    Sha256,
-    #[schema(rename = "sha-512")]
-    Sha512,
-    #[schema(rename = "crc32c")]
-    Crc32c,
-    #[schema(rename = "crc64nvme")]
-    Crc64Nvme,
-    #[schema(rename = "blake3")]
-    Blake3,
 }
 
 /// The cursor after a task: its finish time in microseconds and its id.

@@ -79,7 +79,7 @@ pub async fn create_hash(
     body: Body,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
-    let digests = digests::requested(&query, &state.config.default_digests(), &headers)?;
+    let digests = digests::requested(&query, &state.config.digests.0, &headers)?;
     let key = IdempotencyKey::from_headers(&headers)?;
     let request = upload::UploadRequest {
         headers: &headers,

@@ -287,7 +287,8 @@ fn sha2_256(bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_default_applies_unless_the_upload_chooses_and_unknown_names_are_refused() {
-    let app = TestApp::spawn(TestOptions::default().api(|c| c.digests = "crc32c".into())).await.unwrap();
+    let app =
+        TestApp::spawn(TestOptions::default().api(|c| c.digests = "crc32c".parse().unwrap())).await.unwrap();
     let keys =
         |task: &Value| -> Vec<String> { task["digests"].as_object().unwrap().keys().cloned().collect() };
     let default = id_of(raw_upload(&app, "", &[], b"hello".to_vec()).await).await;
@@ -296,6 +297,13 @@ async fn the_server_default_applies_unless_the_upload_chooses_and_unknown_names_
     let chosen = id_of(raw_upload(&app, "?digests=blake3", &[], b"hello".to_vec()).await).await;
     let task = app.wait_finished(&chosen, Duration::from_secs(30)).await;
     assert_eq!(keys(&task), ["blake3", "md5"]);
+    // The compatibility route answers as it always did, and its task computes DIGESTS too.
+    let compat = app.upload_to("/hashes/", "c.txt", b"hello".to_vec()).await;
+    assert_eq!(compat.status(), 200);
+    let compat: Value = compat.json().await.unwrap();
+    assert_eq!(compat.as_object().unwrap().keys().collect::<Vec<_>>(), ["task_id"]);
+    let task = app.wait_finished(compat["task_id"].as_str().unwrap(), Duration::from_secs(30)).await;
+    assert_eq!(keys(&task), ["crc32c", "md5"]);
     let md5_only = id_of(raw_upload(&app, "?digests=md5", &[], b"hello".to_vec()).await).await;
     let task = app.wait_finished(&md5_only, Duration::from_secs(30)).await;
     assert_eq!(keys(&task), ["md5"]);
@@ -378,11 +386,24 @@ async fn the_lookup_finds_a_file_uploaded_twice_under_both_tasks_newest_first() 
         (format!("/api/v1/digests/sha-256/{md5}"), 404, "64 hex digits"),
         (format!("/api/v1/digests/md5/{}", "z".repeat(32)), 404, "32 hex digits"),
         (format!("/api/v1/digests/md5/{md5}?limit=0"), 400, "limit"),
+        (format!("/api/v1/digests/md5/{md5}?limit=101"), 400, "limit"),
         (format!("/api/v1/digests/md5/{md5}?cursor=nonsense"), 400, "cursor"),
     ] {
         let (status, problem) = lookup(path.clone()).await;
         assert_eq!(status, status_wanted, "{path}");
         assert!(problem["detail"].as_str().unwrap().contains(says), "{path}: {problem}");
     }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lookup_needs_the_api_key_when_one_is_set() {
+    let app = TestApp::spawn(TestOptions::default().no_workers().api(|c| c.api_key = Some("s3cret".into())))
+        .await
+        .unwrap();
+    let url = format!("{}/api/v1/digests/md5/{}", app.base_url, "0".repeat(32));
+    assert_eq!(app.client.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(app.client.get(&url).bearer_auth("wrong").send().await.unwrap().status(), 401);
+    assert_eq!(app.client.get(&url).bearer_auth("s3cret").send().await.unwrap().status(), 200);
     app.stop().await;
 }
