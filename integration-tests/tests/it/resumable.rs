@@ -15,6 +15,11 @@ use sha1::Digest as _;
 const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
 const IETF: (&str, &str) = ("Upload-Draft-Interop-Version", "6");
 
+/// The task as the compatibility route shows it.
+async fn compat_task(app: &TestApp, id: &str) -> Value {
+    app.client.get(format!("{}/hashes/{id}", app.base_url)).send().await.unwrap().json().await.unwrap()
+}
+
 /// Creates a tus upload of `length` bytes named `name`; its absolute URL.
 async fn create(client: &Client, base: &str, length: u64, name: &str) -> String {
     let metadata = format!("filename {}", base64::engine::general_purpose::STANDARD.encode(name));
@@ -76,15 +81,7 @@ async fn a_tus_upload_in_checksummed_chunks_becomes_one_task_with_the_right_md5(
     assert_eq!(task["status"], "uploading");
     assert_eq!(task["bytes_received"], 0);
     assert_eq!(task["file_name"], "chunks.bin");
-    let compat: Value = app
-        .client
-        .get(format!("{}/hashes/{}", app.base_url, task_id(&url)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let compat = compat_task(&app, task_id(&url)).await;
     assert_eq!(compat["status"], "PENDING");
 
     let chunk = 1024 * 1024;
@@ -444,15 +441,7 @@ async fn an_abandoned_upload_expires_and_a_completed_one_is_never_touched() {
     })
     .await
     .unwrap();
-    let compat: Value = app
-        .client
-        .get(format!("{}/hashes/{}", app.base_url, task_id(&abandoned)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let compat = compat_task(&app, task_id(&abandoned)).await;
     assert_eq!(compat["status"], "ERROR");
 
     // The completed upload (no workers run) keeps its file and stays queued.
