@@ -191,7 +191,11 @@ impl TestApp {
     /// Starts a worker inside the test process with this configuration.
     pub fn start_worker_with(&mut self, config: worker::Config) {
         let stop = self.worker_stop.clone();
-        self.worker_tasks.push(tokio::spawn(worker::run(config, async move { stop.cancelled().await })));
+        self.worker_tasks.push(tokio::spawn(worker::run(
+            config,
+            async move { stop.cancelled().await },
+            worker::Hangups::listen(),
+        )));
     }
 
     /// Starts a `md5-worker` process (from the release or debug build next to this test).

@@ -26,6 +26,7 @@ use batches::Batches;
 pub use config::Config;
 use context::JobContext;
 use maintenance::Maintenance;
+pub use maintenance::log_rotation::Hangups;
 use maintenance::log_rotation::RotateOnHangup;
 use maintenance::metrics_server::MetricsServer;
 use maintenance::sweeper::Sweeper;
@@ -34,8 +35,13 @@ use stream::Jobs;
 
 /// Runs the worker until `shutdown` completes, then stops reading, lets in-flight jobs finish
 /// for at most `SHUTDOWN_GRACE_SECONDS`, and returns. Jobs still running then stay pending in
-/// the group and are taken over by another worker.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+/// the group and are taken over by another worker. Every SIGHUP `hangups` heard rotates the
+/// results log.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    hangups: Hangups,
+) -> anyhow::Result<()> {
     let consumer = config.consumer();
     // One shutdown token for the whole worker, watching the signal from the start: a SIGTERM
     // while Postgres is not up yet ends the start-up, too.
@@ -81,7 +87,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     tracing::info!(consumer = %consumer, concurrency, stream = %jobs.stream, group = %jobs.group, "md5-worker started");
     let mut maintenance = Maintenance::new(stop.clone());
     maintenance.start(Sweeper { ctx: ctx.clone() });
-    maintenance.start(RotateOnHangup { log: ctx.log.clone() });
+    maintenance.start(RotateOnHangup { log: ctx.log.clone(), hangups });
     if let Some(server) = metrics_server {
         maintenance.start(server);
     }

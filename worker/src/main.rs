@@ -4,9 +4,11 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // First: a SIGTERM during start-up then stops the process gracefully instead of killing it.
+    // First: a SIGTERM during start-up then stops the process gracefully instead of killing it,
+    // and a SIGHUP (logrotate's) rotates the log once the worker runs instead of killing it.
     let shutdown = shared::telemetry::shutdown_signal();
+    let hangups = worker::Hangups::listen();
     let config = worker::Config::parse();
     shared::telemetry::init(&config.telemetry)?;
-    worker::run(config, shutdown).await
+    worker::run(config, shutdown, hangups).await
 }

@@ -159,7 +159,13 @@ async fn rotation_by_size_and_by_sighup_during_kills_keeps_one_line_per_task_acr
                 "kill" => {
                     let workers = env.workers.lock().unwrap().len();
                     env.kill_worker(workers - 2);
-                    env.spawn_worker(&[]).unwrap();
+                    let spawned = env.spawn_worker(&[]).unwrap();
+                    // The next fault's SIGHUP goes to this worker: let it get as far as `main`.
+                    eventually(Duration::from_secs(60), "the new worker to start", || async {
+                        env.worker_output(spawned).contains("md5-worker started").then_some(())
+                    })
+                    .await
+                    .unwrap();
                 }
                 _ => {
                     let workers = env.workers.lock().unwrap().len();

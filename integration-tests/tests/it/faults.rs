@@ -350,3 +350,36 @@ async fn sigterm_while_postgres_is_not_up_yet_stops_api_and_worker_with_status_0
     }
     let _ = std::fs::remove_dir_all(root);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_while_the_worker_waits_for_postgres_rotates_once_it_runs_instead_of_killing_it() {
+    // logrotate's `postrotate` signals every worker, also one still starting.
+    let env = FaultEnv::start(|_| {}).await.unwrap();
+    env.pg.stop_immediate().unwrap();
+    let worker = env.spawn_worker(&[]).unwrap();
+    let waiting = eventually(Duration::from_secs(20), "the worker to wait for Postgres", || async {
+        env.worker_output(worker).contains("not ready; retrying").then_some(())
+    })
+    .await;
+    assert!(waiting.is_ok(), "{}", env.worker_output(worker));
+    env.signal_worker(worker, Signal::HUP);
+    env.pg.start().unwrap();
+    let bytes = b"after a hangup".to_vec();
+    let id = env.upload("hup.txt", bytes.clone()).await.expect("202");
+    let exited = env.workers.lock().unwrap()[worker].child.try_wait().unwrap();
+    assert_eq!(exited, None, "the worker is alive: {}", env.worker_output(worker));
+    let report = env
+        .check("SIGHUP during start-up", &HashMap::from([(id, Expect::Done(md5_hex(&bytes)))]), SETTLE)
+        .await;
+    assert_clean(&report);
+    // The hangup heard during start-up was kept: the log rotated (or was found empty) once the
+    // worker ran, whichever came first of that and the task's line.
+    let dir = env.log_file.parent().unwrap();
+    eventually(Duration::from_secs(20), "the start-up's SIGHUP to be acted on", || async {
+        let rotated =
+            std::fs::read_dir(dir).ok()?.filter(|e| e.as_ref().unwrap().file_name() != "md5.log").count();
+        (rotated > 0 || env.worker_output(worker).contains("nothing to rotate")).then_some(())
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}: {}", env.worker_output(worker)));
+}
