@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::Parser;
 use shared::config::{DatabaseArgs, RedisArgs, StorageArgs, StreamArgs, TelemetryArgs};
 
+use crate::lanes::Md5Simd;
+
 /// Default results log.
 pub const DEFAULT_LOG_FILE: &str = "./data/log/md5.log";
 
@@ -36,6 +38,12 @@ pub struct Config {
     /// flight costs less per job; hashes still run one per CPU, whatever this is.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub worker_concurrency: u32,
+
+    /// Which MD5 code hashes the files that need MD5 alone: `auto` (AVX-512's 16 lanes, else
+    /// AVX2's 8, else scalar), or `avx512`, `avx2`, `scalar` to force one (refused at start if
+    /// the CPU lacks it). Many large files then hash side by side in the SIMD lanes.
+    #[arg(long, env = "MD5_SIMD", value_enum, default_value_t = Md5Simd::Auto)]
+    pub md5_simd: Md5Simd,
 
     /// A pending job idle this long (its worker dead, no heartbeat) is taken over by another worker; also the lease length.
     #[arg(long, env = "CLAIM_IDLE_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=86_400_000))]

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batches::Batches;
 use crate::config::Config;
+use crate::lanes::Lanes;
 use crate::results_log::ResultsLog;
 use crate::stream::JobsHandle;
 
@@ -27,6 +28,8 @@ pub struct JobContext {
     pub batches: Batches,
     /// Hashes running at once (one per CPU), whatever the number of jobs in flight.
     pub hashing: Arc<Semaphore>,
+    /// The multi-buffer MD5 threads, for large files that need MD5 alone.
+    pub lanes: Lanes,
     /// The results log.
     pub log: ResultsLog,
     /// This process's consumer name.

@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
 
-use md5::{Digest as _, Md5};
+use md5_many::Md5State;
 use shared::{Algorithm, Digests, Md5Hex};
 
 /// Read size. Measured on the 2-core machine (1 GiB in page cache, md-5 0.10 asm): 64 KiB reads
@@ -14,8 +14,9 @@ use shared::{Algorithm, Digests, Md5Hex};
 /// evicted between the copy from the page cache and the hash.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Files up to this size are read and hashed on one thread; larger ones on two.
-const OVERLAP_ABOVE_BYTES: u64 = 4 * READ_BUFFER_BYTES as u64;
+/// Files up to this size are read and hashed on one thread; larger ones on two (or, needing MD5
+/// alone, in the lanes of `crate::lanes`).
+pub(crate) const OVERLAP_ABOVE_BYTES: u64 = 4 * READ_BUFFER_BYTES as u64;
 
 /// Buffers in circulation between the reading and the hashing thread: few, so that they stay in
 /// the L2 cache.
@@ -29,7 +30,8 @@ const PARALLEL_BUFFERS: usize = 8;
 /// `hash.MultiHasher`): the file is read once whatever the number of algorithms. MD5 is always
 /// one of them.
 pub struct MultiHasher {
-    md5: Md5,
+    /// `md5-many`'s single-stream MD5 (faster than `md-5`'s assembly: BENCHMARKS.md).
+    md5: Md5State,
     others: Vec<Hasher>,
 }
 
@@ -104,7 +106,7 @@ impl MultiHasher {
         let mut wanted: Vec<Algorithm> = algorithms.to_vec();
         wanted.sort_unstable();
         wanted.dedup();
-        MultiHasher { md5: Md5::new(), others: wanted.into_iter().filter_map(Hasher::new).collect() }
+        MultiHasher { md5: Md5State::new(), others: wanted.into_iter().filter_map(Hasher::new).collect() }
     }
 
     /// Feeds `bytes` to every digest.
@@ -118,7 +120,7 @@ impl MultiHasher {
     /// The digests of everything fed so far.
     pub fn finish(self) -> Digests {
         Digests {
-            md5: Md5Hex::from_digest(self.md5.finalize().into()),
+            md5: Md5Hex::from_digest(self.md5.finalize()),
             others: self.others.into_iter().map(Hasher::finish).collect(),
         }
     }
@@ -282,7 +284,7 @@ fn hash_in_turn(file: &mut File, hasher: &mut MultiHasher) -> io::Result<u64> {
 }
 
 /// Reads until `buffer` is full or the file ends; returns the bytes read.
-fn read_full(file: &mut File, buffer: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(file: &mut File, buffer: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buffer.len() {
         match file.read(&mut buffer[filled..]) {
@@ -314,7 +316,7 @@ mod tests {
         let big = dir.join("big");
         let bytes: Vec<u8> = (0..(5 * READ_BUFFER_BYTES + 123)).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&big, &bytes).unwrap();
-        let expected = hex::encode(Md5::digest(&bytes));
+        let expected = hex::encode(<md5::Md5 as md5::Digest>::digest(&bytes));
         assert_eq!(md5(&big), (expected.parse().unwrap(), bytes.len() as u64));
         std::fs::remove_dir_all(dir).unwrap();
     }

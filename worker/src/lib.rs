@@ -10,6 +10,7 @@ pub mod context;
 pub mod fault;
 pub mod hash;
 pub mod job;
+pub mod lanes;
 pub mod maintenance;
 pub mod read_loop;
 pub mod results_log;
@@ -69,6 +70,15 @@ pub async fn run(
     }
     let batches = Batches::spawn(&pool, &bookkeeping, &jobs.commands(), &consumer, config.claim_idle());
     let hash_threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let engine = lanes::Engine::select(config.md5_simd).map_err(anyhow::Error::msg)?;
+    let lanes = lanes::Lanes::start(engine, hash_threads).context("cannot start the MD5 threads")?;
+    tracing::info!(
+        md5.path = engine.path().name(),
+        md5.lanes = engine.lanes(),
+        md5.files_per_thread = engine.width(),
+        md5.threads = hash_threads,
+        "MD5 lanes ready"
+    );
     let ctx = Arc::new(JobContext {
         config: config.clone(),
         pool,
@@ -76,6 +86,7 @@ pub async fn run(
         jobs: jobs.commands(),
         batches,
         hashing: Arc::new(Semaphore::new(hash_threads)),
+        lanes,
         log,
         consumer: consumer.clone(),
         shutdown: stop.clone(),

@@ -19,8 +19,8 @@ use anyhow::Context as _;
 
 use report::{machine, table};
 use scenarios::{
-    digests::digests, hostile::hostile, large_file::large_file, memory::memory, scaling::scaling,
-    small_files::small_files,
+    digests::digests, hostile::hostile, large_file::large_file, many_files::many_files, memory::memory,
+    scaling::scaling, small_files::small_files,
 };
 use tools::settle_disk;
 
@@ -40,7 +40,9 @@ mod prelude {
     pub(crate) use crate::procfs::peak_rss;
     pub(crate) use crate::report::{Row, mb_per_s, percentile, ratio};
     pub(crate) use crate::service::Service;
-    pub(crate) use crate::tools::{best_of, send_over_loopback, time_command, write_random_file};
+    pub(crate) use crate::tools::{
+        best_of, send_over_loopback, time_command, write_random_file, write_random_file_seeded,
+    };
 }
 
 struct Sizes {
@@ -61,6 +63,8 @@ struct Sizes {
     scaling_count: usize,
     lookup_rows: usize,
     lookups: usize,
+    many_count: usize,
+    many_size: u64,
 }
 
 const FULL: Sizes = Sizes {
@@ -81,6 +85,8 @@ const FULL: Sizes = Sizes {
     scaling_count: 2000,
     lookup_rows: 1_000_000,
     lookups: 2000,
+    many_count: 16,
+    many_size: 256 << 20,
 };
 
 const SMOKE: Sizes = Sizes {
@@ -101,6 +107,8 @@ const SMOKE: Sizes = Sizes {
     scaling_count: 50,
     lookup_rows: 10_000,
     lookups: 50,
+    many_count: 4,
+    many_size: 2 << 20,
 };
 
 #[tokio::main]
@@ -138,6 +146,10 @@ async fn main() -> anyhow::Result<()> {
         if wanted(6) {
             settle_disk()?;
             digests(&root, sizes, &mut rows).await.context("scenario 6, digests")?;
+        }
+        if wanted(7) {
+            settle_disk()?;
+            many_files(&root, sizes, &mut rows).await.context("scenario 7, many large files")?;
         }
         anyhow::Ok(())
     }

@@ -15,10 +15,15 @@ pub(crate) fn time_command(program: &str, args: &[&str]) -> anyhow::Result<(Dura
 }
 
 pub(crate) fn write_random_file(path: &Path, size: u64) -> anyhow::Result<()> {
+    write_random_file_seeded(path, size, 1)
+}
+
+/// [`write_random_file`] with bytes from `seed` (different seeds: different files).
+pub(crate) fn write_random_file_seeded(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     let mut written = 0u64;
-    let mut seed = 1u64;
+    let mut seed = seed << 32;
     while written < size {
         let chunk = random_bytes((size - written).min(8 << 20) as usize, seed);
         file.write_all(&chunk)?;

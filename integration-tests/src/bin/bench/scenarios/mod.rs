@@ -3,6 +3,7 @@
 pub(crate) mod digests;
 pub(crate) mod hostile;
 pub(crate) mod large_file;
+pub(crate) mod many_files;
 pub(crate) mod memory;
 pub(crate) mod scaling;
 pub(crate) mod small_files;
