@@ -31,6 +31,10 @@ use crate::hash::read_full;
 /// the L2 and L3 caches between the copy out of the page cache and the hash.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
+/// Chunks a file may get in one round when few files share a thread's lanes (a lone file: 4 ×
+/// 64 KiB per hand-over between the reading and the hashing thread instead of one).
+pub const MAX_CHUNKS_PER_ROUND: usize = 4;
+
 /// Rounds whose buffers exist at once per thread: one being read, one queued, one being hashed.
 pub const ROUNDS_IN_FLIGHT: usize = 3;
 
@@ -310,6 +314,7 @@ impl Reader {
                 match File::open(&job.path) {
                     Ok(file) => {
                         self.in_use.fetch_add(1, Ordering::Relaxed);
+                        metrics::gauge!("md5_lanes_in_use").increment(1.0);
                         active.push(Reading { id: next_id, file, read: 0, reply: job.reply });
                         next_id += 1;
                     }
@@ -319,33 +324,42 @@ impl Reader {
                     }
                 }
             }
-            metrics::gauge!("md5_lanes_in_use").set(self.in_use.load(Ordering::Relaxed) as f64);
-            // A chunk of each file; a file whose read comes up short has ended.
+            // A chunk of each file, or up to [`MAX_CHUNKS_PER_ROUND`] when few files share the
+            // lanes (fewer hand-overs between the threads); a read that comes up short ends it.
+            let per_file = (self.width / active.len().max(1)).clamp(1, MAX_CHUNKS_PER_ROUND);
             let mut still = Vec::with_capacity(active.len());
-            for mut file in active.drain(..) {
-                let mut buffer = self.buffer();
-                match read_full(&mut file.file, &mut buffer) {
-                    Ok(read) if read == CHUNK_BYTES => {
-                        file.read += read as u64;
-                        round.push(Piece { id: file.id, bytes: buffer, then: Then::More });
-                        still.push(file);
-                    }
-                    Ok(read) => {
-                        buffer.truncate(read);
-                        let total = file.read + read as u64;
-                        round.push(Piece {
-                            id: file.id,
-                            bytes: buffer,
-                            then: Then::Finish(file.reply, total),
-                        });
-                        self.left();
-                    }
-                    Err(err) => {
-                        buffer.clear();
-                        round.push(Piece { id: file.id, bytes: buffer, then: Then::Fail(file.reply, err) });
-                        self.left();
+            'files: for mut file in active.drain(..) {
+                for _ in 0..per_file {
+                    let mut buffer = self.buffer();
+                    match read_full(&mut file.file, &mut buffer) {
+                        Ok(read) if read == CHUNK_BYTES => {
+                            file.read += read as u64;
+                            round.push(Piece { id: file.id, bytes: buffer, then: Then::More });
+                        }
+                        Ok(read) => {
+                            buffer.truncate(read);
+                            let total = file.read + read as u64;
+                            round.push(Piece {
+                                id: file.id,
+                                bytes: buffer,
+                                then: Then::Finish(file.reply, total),
+                            });
+                            self.left();
+                            continue 'files;
+                        }
+                        Err(err) => {
+                            buffer.clear();
+                            round.push(Piece {
+                                id: file.id,
+                                bytes: buffer,
+                                then: Then::Fail(file.reply, err),
+                            });
+                            self.left();
+                            continue 'files;
+                        }
                     }
                 }
+                still.push(file);
             }
             active = still;
             if !round.is_empty() && self.rounds.send(round).is_err() {
@@ -358,6 +372,7 @@ impl Reader {
     fn left(&self) {
         self.files.fetch_sub(1, Ordering::Relaxed);
         self.in_use.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("md5_lanes_in_use").decrement(1.0);
     }
 
     /// A chunk-sized buffer: one the hashing thread gave back, or a new one while fewer than
@@ -381,24 +396,38 @@ impl Reader {
 fn hash_rounds(engine: Engine, rounds: &mpsc::Receiver<Round>, empty: &mpsc::Sender<Vec<u8>>) {
     let mut states: HashMap<u64, Md5State> = HashMap::new();
     for round in rounds {
-        let mut batch_states = Vec::with_capacity(round.len());
-        for piece in &round {
-            if !piece.bytes.is_empty() {
-                batch_states.push(*states.entry(piece.id).or_default());
+        // Layer n holds the n-th piece of each file in the round (a file has one piece per
+        // round when many share the lanes, up to `MAX_CHUNKS_PER_ROUND` when few do).
+        let mut pieces_of: HashMap<u64, usize> = HashMap::new();
+        let layer_of: Vec<usize> = round
+            .iter()
+            .map(|piece| {
+                let seen = pieces_of.entry(piece.id).or_default();
+                *seen += 1;
+                *seen - 1
+            })
+            .collect();
+        let layers = layer_of.iter().max().map_or(0, |last| last + 1);
+        let mut bytes = 0u64;
+        for layer in 0..layers {
+            let pieces: Vec<&Piece> = round
+                .iter()
+                .zip(&layer_of)
+                .filter(|(piece, of)| **of == layer && !piece.bytes.is_empty())
+                .map(|(piece, _)| piece)
+                .collect();
+            let mut batch: Vec<Md5State> =
+                pieces.iter().map(|piece| *states.entry(piece.id).or_default()).collect();
+            let inputs: Vec<&[u8]> = pieces.iter().map(|piece| &piece.bytes[..]).collect();
+            engine.update(&mut batch, &inputs);
+            bytes += inputs.iter().map(|input| input.len() as u64).sum::<u64>();
+            for (piece, state) in pieces.iter().zip(batch) {
+                states.insert(piece.id, state);
             }
         }
-        let inputs: Vec<&[u8]> =
-            round.iter().filter(|piece| !piece.bytes.is_empty()).map(|piece| &piece.bytes[..]).collect();
-        let bytes: usize = inputs.iter().map(|input| input.len()).sum();
-        engine.update(&mut batch_states, &inputs);
-        drop(inputs);
-        metrics::counter!("md5_hashed_bytes_total").increment(bytes as u64);
-        let mut updated = batch_states.into_iter();
+        metrics::counter!("md5_hashed_bytes_total").increment(bytes);
         let mut ending = Vec::new();
         for piece in round {
-            if !piece.bytes.is_empty() {
-                states.insert(piece.id, updated.next().expect("one state per non-empty piece"));
-            }
             match piece.then {
                 Then::More => {}
                 Then::Finish(reply, total) => {

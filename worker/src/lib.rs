@@ -47,6 +47,8 @@ pub async fn run(
     // One shutdown token for the whole worker, watching the signal from the start: a SIGTERM
     // while Postgres is not up yet ends the start-up, too.
     let stop = shared::telemetry::watch_shutdown(shutdown);
+    // Before waiting for anything: a forced MD5_SIMD this CPU cannot run fails the start at once.
+    let engine = lanes::Engine::select(config.md5_simd).map_err(anyhow::Error::msg)?;
     if !shared::db::run_migrations_unless_stopped(&config.database, "md5-worker", &stop).await? {
         return Ok(());
     }
@@ -70,7 +72,6 @@ pub async fn run(
     }
     let batches = Batches::spawn(&pool, &bookkeeping, &jobs.commands(), &consumer, config.claim_idle());
     let hash_threads = std::thread::available_parallelism().map_or(2, usize::from);
-    let engine = lanes::Engine::select(config.md5_simd).map_err(anyhow::Error::msg)?;
     let lanes = lanes::Lanes::start(engine, hash_threads).context("cannot start the MD5 threads")?;
     tracing::info!(
         md5.path = engine.path().name(),
@@ -79,6 +80,8 @@ pub async fn run(
         md5.threads = hash_threads,
         "MD5 lanes ready"
     );
+    metrics::gauge!("md5_lanes", "path" => engine.path().name()).set(engine.lanes() as f64);
+    metrics::gauge!("md5_lanes_in_use").set(0.0);
     let ctx = Arc::new(JobContext {
         config: config.clone(),
         pool,

@@ -17,6 +17,7 @@ mod faults;
 mod hostile;
 mod hostile_round_two;
 mod idempotency;
+mod lanes;
 mod log_writers;
 mod raw_http;
 mod resumable;
