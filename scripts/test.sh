@@ -69,6 +69,9 @@ if grep -qa FAULT_CRASH_AT "$cargo_bin/md5-worker"; then
 fi
 echo "== cargo test --release --workspace"
 cargo test --release --workspace 2>&1 | tee "$logs/cargo"
+echo "== which MD5 paths the lanes' tests ran on this CPU (AVX-512, AVX2, scalar: those it has)"
+cargo test --release -q -p worker --lib lanes::tests::the_paths_this_cpu_has -- --nocapture 2>&1 \
+  | grep "MD5 paths tested"
 echo "== schemathesis fuzz of the API from /openapi.json"
 ./scripts/fuzz.sh 2>&1 | tee "$logs/fuzz"
 echo "== browser tests (Chromium + playwright-core)"

@@ -200,10 +200,14 @@ impl Lanes {
                 files: files.clone(),
                 in_use: in_use.clone(),
             };
-            std::thread::Builder::new().name(format!("md5-lanes-read-{n}")).spawn(move || reader.run())?;
-            std::thread::Builder::new()
-                .name(format!("md5-lanes-{n}"))
-                .spawn(move || hash_rounds(engine, &rounds_rx, &empty_tx))?;
+            std::thread::Builder::new().name(format!("md5-lanes-read-{n}")).spawn(move || {
+                let _crash = CrashOnPanic;
+                reader.run();
+            })?;
+            std::thread::Builder::new().name(format!("md5-lanes-{n}")).spawn(move || {
+                let _crash = CrashOnPanic;
+                hash_rounds(engine, &rounds_rx, &empty_tx);
+            })?;
             started.push(Thread { submit, files });
         }
         Ok(Lanes { engine, threads: started, in_use })
@@ -234,6 +238,20 @@ impl Lanes {
             return Err(io::Error::other("the MD5 lanes stopped"));
         }
         answer.await.unwrap_or_else(|_| Err(io::Error::other("the MD5 lanes stopped")))
+    }
+}
+
+/// Ends the process if a lanes thread panics: without its threads the worker could only fail
+/// the jobs sent there, while a crashed worker's jobs are taken over by another (the fault
+/// model every step of a job is built for).
+struct CrashOnPanic;
+
+impl Drop for CrashOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("an MD5 lanes thread panicked; stopping the worker so that others take its jobs");
+            std::process::abort();
+        }
     }
 }
 
