@@ -135,6 +135,27 @@ impl FormHead {
     }
 }
 
+/// Reads and drops up to `max` more bytes of a body being refused, for at most a second, so that
+/// what the client already sent is read rather than left in the socket: closing a socket with
+/// unread bytes resets the connection, and the reset can destroy the answer before the client
+/// reads it. Bounded in bytes and time like everything a request can make the api do.
+pub async fn drain<S, E>(stream: S, max: usize)
+where
+    S: Stream<Item = Result<Bytes, E>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut read = 0;
+        while read <= max {
+            match stream.next().await {
+                Some(Ok(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
 /// Wraps `body` with the idle, rate and form-head bounds. The stream ends after its first error.
 pub fn guard(
     body: impl Stream<Item = Result<Bytes, axum::Error>> + Send + Unpin + 'static,

@@ -68,6 +68,7 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
         UploadBody::Raw { .. } => 0,
     };
     if form::content_length(request.headers).is_some_and(|length| length > limit.saturating_add(overhead)) {
+        body::drain(request.body.into_data_stream(), REFUSED_DRAIN_BYTES).await;
         return Err(ApiError::payload_too_large(limit));
     }
     let _slot = take_slot(state, request.client)?;
@@ -200,6 +201,10 @@ async fn read_form(
     Ok((file_name, size, destination.finish().await?))
 }
 
+/// Most bytes of a body over the limit read (and dropped) after the refusal, so that a client
+/// still sending a little more than the limit gets its 413 rather than a connection reset.
+const REFUSED_DRAIN_BYTES: usize = 1024 * 1024;
+
 /// Reads a bare-file body to its end into `destination`; returns its size and what it became.
 async fn read_raw(
     state: &AppState,
@@ -214,6 +219,7 @@ async fn read_raw(
         let chunk = chunk.map_err(form::body_error)?;
         size += chunk.len() as u64;
         if size > limit {
+            body::drain(&mut body, REFUSED_DRAIN_BYTES).await;
             return Err(ApiError::payload_too_large(limit));
         }
         if let Destination::Store(writer, _) = &mut destination {

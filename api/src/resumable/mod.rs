@@ -283,17 +283,7 @@ const DRAIN_BYTES: usize = 64 * 1024;
 
 /// Reads and drops up to [`DRAIN_BYTES`] of `body`, for at most a second.
 async fn drain(body: Body) {
-    let mut stream = body.into_data_stream();
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let mut read = 0;
-        while read <= DRAIN_BYTES {
-            match stream.next().await {
-                Some(Ok(chunk)) => read += chunk.len(),
-                _ => break,
-            }
-        }
-    })
-    .await;
+    body::drain(body.into_data_stream(), DRAIN_BYTES).await;
 }
 
 async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Result<Appended, UploadError> {
