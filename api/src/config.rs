@@ -55,6 +55,17 @@ pub struct Config {
     #[arg(long, env = "MAX_CONCURRENT_UPLOADS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_uploads: u32,
 
+    /// Most event streams (`GET /api/v1/hashes/{id}/events`) open at once; more get 503 with
+    /// Retry-After. Each holds a connection (HTTP/1) or a stream (HTTP/2) too: MAX_CONNECTIONS
+    /// bounds those.
+    #[arg(long, env = "MAX_EVENT_STREAMS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_event_streams: u32,
+
+    /// Most event streams open at once from one client address (default: three quarters of
+    /// MAX_EVENT_STREAMS); more get 503.
+    #[arg(long, env = "MAX_EVENT_STREAMS_PER_CLIENT", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_event_streams_per_client: Option<u32>,
+
     /// Most uploads streamed at once from one client address (default: three quarters of
     /// MAX_CONCURRENT_UPLOADS, so one client never holds every slot); more get 503.
     #[arg(long, env = "MAX_UPLOADS_PER_CLIENT", value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -175,6 +186,13 @@ impl Config {
         self.max_open_uploads_per_client
             .unwrap_or_else(|| (self.max_open_uploads * 3 / 4).max(1))
             .min(self.max_open_uploads)
+    }
+
+    /// Event streams one client address may hold open at once.
+    pub fn event_streams_per_client(&self) -> u32 {
+        self.max_event_streams_per_client
+            .unwrap_or_else(|| (self.max_event_streams * 3 / 4).max(1))
+            .min(self.max_event_streams)
     }
 
     /// Uploads one client address may stream at once.

@@ -213,6 +213,11 @@ impl ApiError {
         ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage", "the upload volume is full")
     }
 
+    /// 409: the request conflicts with the resource's state (`kind` names how, `detail` says why).
+    pub fn conflict(kind: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, kind, detail)
+    }
+
     /// 409 with `Retry-After`: the `Idempotency-Key`'s first upload is still in progress.
     pub fn idempotency_key_in_use() -> Self {
         ApiError::idempotency_conflict(
@@ -397,7 +402,8 @@ pub enum Refusals {
     /// `API_KEY` is set and the bearer token is missing or wrong.
     #[response(status = 401, content_type = "application/problem+json")]
     Unauthorized(Problem),
-    /// Postgres is unreachable, or (uploads) every upload slot, or this client's share, is taken.
+    /// Postgres is unreachable, or (uploads, event streams) every slot, or this client's share,
+    /// is taken.
     #[response(status = 503, content_type = "application/problem+json",
         headers(("Retry-After" = u64, description = "Seconds to wait")))]
     Unavailable(Problem),

@@ -12,7 +12,6 @@ pub mod digests;
 pub mod error;
 pub mod form;
 pub mod idempotency;
-pub mod notify;
 pub mod openapi;
 pub mod queue;
 pub mod resumable;
@@ -22,6 +21,7 @@ pub mod slots;
 pub mod state;
 pub mod storage;
 pub mod task_counts;
+pub mod task_feed;
 pub mod task_view;
 pub mod upload;
 
@@ -65,8 +65,7 @@ pub async fn run(
     );
     let queue = queue::JobQueue::new(&config.redis.redis_url, config.stream.jobs_stream.clone())?;
     let stop_listening = CancellationToken::new();
-    let finished =
-        notify::FinishedTasks::listen(config.database.database_url.clone(), stop_listening.clone());
+    let feed = task_feed::TaskFeed::listen(config.database.database_url.clone(), stop_listening.clone());
     storage::janitor::spawn(
         config.storage.upload_dir.clone(),
         config.body_bounds().idle,
@@ -82,14 +81,15 @@ pub async fn run(
     let commits = commits::Commits::spawn(&db);
     let storage = storage::Storage::new(&config.storage.upload_dir, config.min_free_bytes);
     let state = AppState {
-        upload_slots: slots::UploadSlots::new(config.max_concurrent_uploads, config.uploads_per_client()),
+        upload_slots: slots::ClientSlots::new(config.max_concurrent_uploads, config.uploads_per_client()),
+        event_streams: slots::ClientSlots::new(config.max_event_streams, config.event_streams_per_client()),
         config: Arc::new(config),
         task_counts: task_counts::TaskCounts::new(db.clone()),
         storage,
         commits,
         db,
         queue,
-        finished,
+        feed,
     };
     resumable::expiry::spawn(state.clone(), stop_listening.clone());
     let app = app(state);

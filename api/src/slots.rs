@@ -1,6 +1,7 @@
-//! Upload slots: at most `MAX_CONCURRENT_UPLOADS` uploads stream at once, and at most
-//! `MAX_UPLOADS_PER_CLIENT` of them from one client address, so one client (or one slow
-//! attacker) can never hold every slot.
+//! Slots per client: a bounded resource that every client shares and none may take whole.
+//! Uploads streaming at once (`MAX_CONCURRENT_UPLOADS`, `MAX_UPLOADS_PER_CLIENT`) and event
+//! streams open at once (`MAX_EVENT_STREAMS`, `MAX_EVENT_STREAMS_PER_CLIENT`) each have a table,
+//! so one client (or one slow attacker) can never hold every slot.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,7 +18,7 @@ pub enum SlotRefusal {
 
 /// The slot table, shared by every request.
 #[derive(Debug, Clone)]
-pub struct UploadSlots {
+pub struct ClientSlots {
     inner: Arc<Mutex<Table>>,
 }
 
@@ -31,15 +32,15 @@ struct Table {
 
 /// One slot; given back on drop.
 #[derive(Debug)]
-pub struct UploadSlot {
-    slots: UploadSlots,
+pub struct ClientSlot {
+    slots: ClientSlots,
     client: Option<IpAddr>,
 }
 
-impl UploadSlots {
+impl ClientSlots {
     /// `total` slots, at most `per_client` per address.
     pub fn new(total: u32, per_client: u32) -> Self {
-        UploadSlots {
+        ClientSlots {
             inner: Arc::new(Mutex::new(Table {
                 total,
                 per_client: per_client.min(total),
@@ -50,7 +51,7 @@ impl UploadSlots {
     }
 
     /// Takes a slot for `client` (unknown clients share only the global bound).
-    pub fn try_acquire(&self, client: Option<IpAddr>) -> Result<UploadSlot, SlotRefusal> {
+    pub fn try_acquire(&self, client: Option<IpAddr>) -> Result<ClientSlot, SlotRefusal> {
         let mut table = self.inner.lock().expect("slot table lock");
         if table.in_use >= table.total {
             return Err(SlotRefusal::Full);
@@ -65,7 +66,7 @@ impl UploadSlots {
         }
         table.in_use += 1;
         metrics::gauge!("md5_upload_slots_in_use").set(f64::from(table.in_use));
-        Ok(UploadSlot { slots: self.clone(), client })
+        Ok(ClientSlot { slots: self.clone(), client })
     }
 
     /// Slots in use now.
@@ -74,7 +75,7 @@ impl UploadSlots {
     }
 }
 
-impl Drop for UploadSlot {
+impl Drop for ClientSlot {
     fn drop(&mut self) {
         let mut table = self.slots.inner.lock().expect("slot table lock");
         table.in_use -= 1;
@@ -96,7 +97,7 @@ mod tests {
 
     #[test]
     fn one_client_cannot_take_every_slot_and_slots_come_back_on_drop() {
-        let slots = UploadSlots::new(4, 3);
+        let slots = ClientSlots::new(4, 3);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let held: Vec<_> = (0..3).map(|_| slots.try_acquire(Some(a)).unwrap()).collect();

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use crate::commits::Commits;
 use crate::config::Config;
 use crate::database::Database;
-use crate::notify::FinishedTasks;
 use crate::queue::JobQueue;
-use crate::slots::UploadSlots;
+use crate::slots::ClientSlots;
 use crate::storage::Storage;
 use crate::task_counts::TaskCounts;
+use crate::task_feed::TaskFeed;
 
 /// Shared handler state.
 #[derive(Clone)]
@@ -26,9 +26,13 @@ pub struct AppState {
     pub commits: Commits,
     /// Where uploads are announced to the workers.
     pub queue: JobQueue,
-    /// Wakes `?wait=` requests when a task finishes.
-    pub finished: FinishedTasks,
+    /// Status changes and progress of every task, pushed by Postgres: wakes `?wait=` requests,
+    /// feeds event streams, and holds the progress `GET` shows.
+    pub feed: TaskFeed,
     /// One slot per upload being streamed: `MAX_CONCURRENT_UPLOADS` in all,
     /// `MAX_UPLOADS_PER_CLIENT` per client address.
-    pub upload_slots: UploadSlots,
+    pub upload_slots: ClientSlots,
+    /// One slot per open event stream: `MAX_EVENT_STREAMS` in all,
+    /// `MAX_EVENT_STREAMS_PER_CLIENT` per client address.
+    pub event_streams: ClientSlots,
 }

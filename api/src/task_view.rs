@@ -4,6 +4,7 @@
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::task_feed::TaskFeed;
 use shared::models::UploadRow;
 use shared::{Digests, Task, TaskStatus};
 
@@ -32,7 +33,11 @@ pub struct TaskView {
     /// While `uploading`: the bytes received and durable so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_received: Option<i64>,
-    /// Why the task failed.
+    /// While `processing`: how far the hash has come (bytes hashed as its worker last announced,
+    /// about every half second; 0 until the first announcement).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<HashingProgress>,
+    /// Why the task failed (or `cancelled by the client`).
     pub error: Option<String>,
     /// How many times a worker took the task.
     pub attempts: i32,
@@ -45,6 +50,28 @@ pub struct TaskView {
     /// When the result was recorded.
     #[serde(serialize_with = "shared::time::option_millis::serialize")]
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// How far a running hash has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct HashingProgress {
+    /// Bytes of the file hashed so far.
+    #[schema(example = 1073741824)]
+    pub bytes_hashed: u64,
+    /// The file's size.
+    #[schema(example = 2147483648_i64)]
+    pub size_bytes: i64,
+}
+
+impl TaskView {
+    /// The view with its `progress` from `feed`, when the task is `processing`.
+    pub fn with_progress(mut self, feed: &TaskFeed) -> Self {
+        if self.status == TaskStatus::Processing {
+            let bytes_hashed = feed.progress(self.id).unwrap_or(0).min(self.size_bytes.max(0) as u64);
+            self.progress = Some(HashingProgress { bytes_hashed, size_bytes: self.size_bytes });
+        }
+        self
+    }
 }
 
 fn digest_object<S: serde::Serializer>(digests: &Option<Digests>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -77,6 +104,7 @@ impl From<(Task, Option<UploadRow>)> for TaskView {
             file_name: task.file_name,
             size_bytes: task.size_bytes,
             bytes_received: upload.map(|upload| upload.received_bytes),
+            progress: None,
             error: task.error,
             attempts: task.attempts,
             created_at: task.created_at,

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 pub use crate::form::Parts;
 use crate::form::{self, FORM_HEAD_BYTES, FormPart, MULTIPART_OVERHEAD_BYTES, UploadBody};
 use crate::idempotency::{self, Begin, IdempotencyKey, Reservation};
-use crate::slots::{SlotRefusal, UploadSlot};
+use crate::slots::{ClientSlot, SlotRefusal};
 use crate::state::AppState;
 use crate::storage::{PartFile, PartWriter};
 
@@ -109,7 +109,7 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
 }
 
 /// One upload slot for `client`, or 503.
-pub fn take_slot(state: &AppState, client: Option<IpAddr>) -> Result<UploadSlot, ApiError> {
+pub fn take_slot(state: &AppState, client: Option<IpAddr>) -> Result<ClientSlot, ApiError> {
     state.upload_slots.try_acquire(client).map_err(|refusal| {
         ApiError::unavailable(match refusal {
             SlotRefusal::Full => "too many uploads in progress; try again shortly",

@@ -227,6 +227,11 @@ impl TestApp {
         Ok(())
     }
 
+    /// Process ids of the worker processes started so far.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.worker_processes.iter().map(std::process::Child::id).collect()
+    }
+
     async fn wait_ready(&self) -> anyhow::Result<()> {
         eventually(Duration::from_secs(30), "the api to answer /healthz", || async {
             let response = self.client.get(format!("{}/healthz", self.base_url)).send().await.ok()?;

@@ -21,8 +21,13 @@ pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
 /// The migrations in `shared/migrations`, compiled into both binaries.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
-/// The channel a trigger notifies, with the task id as payload, when a task becomes `done` or `failed`.
-pub const TASK_FINISHED_CHANNEL: &str = "md5_task_finished";
+/// The channel a trigger notifies at every status change of a task, with "<task id> <status>" as
+/// payload (see [`crate::events`]).
+pub const TASK_CHANGED_CHANNEL: &str = "md5_task_changed";
+
+/// The channel workers notify, about once a second per running hash, with "<task id> <bytes
+/// hashed>": progress travels as notifications only, never as a row update.
+pub const TASK_PROGRESS_CHANNEL: &str = "md5_task_progress";
 
 /// Key of the advisory lock that serializes migration runs across processes.
 const MIGRATION_LOCK_KEY: i64 = 0x6d64_355f_6d69_6772; // "md5_migr"

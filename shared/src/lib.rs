@@ -8,6 +8,7 @@ pub mod batch;
 pub mod config;
 pub mod db;
 pub mod digest;
+pub mod events;
 pub mod job;
 pub mod log_line;
 pub mod md5_hex;

@@ -50,6 +50,11 @@ impl TaskStatus {
         }
     }
 
+    /// The status with this Postgres enum label.
+    pub fn parse(label: &str) -> Option<TaskStatus> {
+        TaskStatus::ALL.into_iter().find(|status| status.as_str() == label)
+    }
+
     /// True for `done`, `failed`, `expired` and `cancelled`: nothing will change the task any more.
     pub fn is_finished(self) -> bool {
         matches!(self, TaskStatus::Done | TaskStatus::Failed | TaskStatus::Expired | TaskStatus::Cancelled)

@@ -161,6 +161,38 @@ pub async fn complete_tasks(
     .await
 }
 
+/// Cancels a task that is `queued` or `processing`, in one conditional update: it ends
+/// `cancelled` (its lease released, `finished_at` set). `None` if the task is in any other state,
+/// or unknown. A worker's [`complete_tasks`] and this update serialize on the row: whichever
+/// commits first decides, and the other changes nothing.
+pub async fn cancel_task(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<Option<Task>> {
+    diesel::update(
+        dsl::md5_tasks.find(task_id).filter(dsl::status.eq_any([TaskStatus::Queued, TaskStatus::Processing])),
+    )
+    .set((
+        dsl::status.eq(TaskStatus::Cancelled),
+        dsl::error.eq("cancelled by the client"),
+        dsl::finished_at.eq(now.into_sql::<Timestamptz>().nullable()),
+        dsl::lease_until.eq(None::<chrono::DateTime<chrono::Utc>>),
+    ))
+    .returning(Task::as_returning())
+    .get_result(conn)
+    .await
+    .optional()
+}
+
+/// Announces that `bytes` of the task's file are hashed, on
+/// [`crate::db::TASK_PROGRESS_CHANNEL`]: a notification, no row written.
+pub async fn announce_progress(conn: &mut AsyncPgConnection, task_id: Uuid, bytes: u64) -> QueryResult<()> {
+    use diesel::sql_types::Text;
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(crate::db::TASK_PROGRESS_CHANNEL)
+        .bind::<Text, _>(crate::events::TaskEvent::progress_payload(task_id, bytes))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// A done task found by the digest of its file.
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
 pub struct FoundTask {

@@ -11,6 +11,7 @@ use crate::batches::Batches;
 use crate::config::Config;
 use crate::lanes::Lanes;
 use crate::results_log::ResultsLog;
+use crate::running::RunningHashes;
 use crate::stream::JobsHandle;
 
 /// What every job of a worker process shares.
@@ -30,6 +31,8 @@ pub struct JobContext {
     pub hashing: Arc<Semaphore>,
     /// The multi-buffer MD5 threads, for large files that need MD5 alone.
     pub lanes: Lanes,
+    /// The hashes running now, with their progress; a cancelled task's is stopped through it.
+    pub running: RunningHashes,
     /// The results log.
     pub log: ResultsLog,
     /// This process's consumer name.

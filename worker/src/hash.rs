@@ -9,6 +9,8 @@ use std::sync::{Arc, mpsc};
 use md5_many::Md5State;
 use shared::{Algorithm, Digests, Md5Hex};
 
+use crate::running::HashProgress;
+
 /// Read size. Measured on the 2-core machine (1 GiB in page cache, md-5 0.10 asm): 64 KiB reads
 /// hash at ~514 MB/s, 1 MiB reads at ~399 MB/s, because a buffer that outgrows the L2 cache is
 /// evicted between the copy from the page cache and the hash.
@@ -144,17 +146,32 @@ pub fn digest_file(path: &Path) -> io::Result<(Digests, u64)> {
 
 /// [`digest_file`] with `algorithms` besides MD5, all from one read of the file.
 pub fn digest_file_with(path: &Path, algorithms: &[Algorithm]) -> io::Result<(Digests, u64)> {
-    digest_file_on(path, algorithms, side_threads())
+    digest_file_on(path, algorithms, side_threads(), &HashProgress::default())
 }
 
-/// [`digest_file_with`], the other algorithms on at most `threads` threads.
-fn digest_file_on(path: &Path, algorithms: &[Algorithm], threads: usize) -> io::Result<(Digests, u64)> {
+/// [`digest_file_with`], counting the bytes hashed into `progress` as it goes and ending with
+/// [`HashProgress::stopped_error`] within one buffer of `progress` being stopped.
+pub fn digest_file_watched(
+    path: &Path,
+    algorithms: &[Algorithm],
+    progress: &HashProgress,
+) -> io::Result<(Digests, u64)> {
+    digest_file_on(path, algorithms, side_threads(), progress)
+}
+
+/// [`digest_file_watched`], the other algorithms on at most `threads` threads.
+fn digest_file_on(
+    path: &Path,
+    algorithms: &[Algorithm],
+    threads: usize,
+    progress: &HashProgress,
+) -> io::Result<(Digests, u64)> {
     let mut file = File::open(path)?;
     let mut hasher = MultiHasher::with(algorithms);
     let total = if file.metadata()?.len() <= OVERLAP_ABOVE_BYTES {
-        hash_in_turn(&mut file, &mut hasher)?
+        hash_in_turn(&mut file, &mut hasher, progress)?
     } else {
-        hash_overlapped(file, &mut hasher, threads)?
+        hash_overlapped(file, &mut hasher, threads, progress)?
     };
     Ok((hasher.finish(), total))
 }
@@ -168,7 +185,12 @@ fn side_threads() -> usize {
 /// algorithms, more threads compute them from the same buffers (shared, never copied: a buffer
 /// goes back to the reader when every thread is done with it). Costs then do not add up: the
 /// file takes as long as its slowest thread. Returns the bytes read.
-fn hash_overlapped(mut file: File, hasher: &mut MultiHasher, threads: usize) -> io::Result<u64> {
+fn hash_overlapped(
+    mut file: File,
+    hasher: &mut MultiHasher,
+    threads: usize,
+    progress: &HashProgress,
+) -> io::Result<u64> {
     let mut total = 0u64;
     let groups = groups(std::mem::take(&mut hasher.others), threads);
     let buffers = if groups.is_empty() { BUFFERS } else { PARALLEL_BUFFERS };
@@ -215,6 +237,9 @@ fn hash_overlapped(mut file: File, hasher: &mut MultiHasher, threads: usize) -> 
             sides.push((side_tx, thread));
         }
         let hashed = (|| {
+            // Owned here: once this ends and the other threads have, the reader's wait for an
+            // empty buffer ends too, even when it stopped early and buffers were dropped.
+            let empty_tx = empty_tx;
             for buffer in full_rx {
                 let buffer = buffer?;
                 for (side_tx, _) in &sides {
@@ -223,7 +248,12 @@ fn hash_overlapped(mut file: File, hasher: &mut MultiHasher, threads: usize) -> 
                 }
                 hasher.md5.update(&buffer[..]);
                 total += buffer.len() as u64;
+                progress.set(total);
                 give_back(buffer, &empty_tx);
+                if progress.is_stopped() {
+                    // Returning drops the receiver: the reader and the other threads end too.
+                    return Err(HashProgress::stopped_error());
+                }
             }
             Ok::<(), io::Error>(())
         })();
@@ -268,15 +298,19 @@ fn give_back(buffer: Arc<Vec<u8>>, empty: &mpsc::SyncSender<Vec<u8>>) {
 }
 
 /// Reads and hashes in turn on this thread; returns the bytes read.
-fn hash_in_turn(file: &mut File, hasher: &mut MultiHasher) -> io::Result<u64> {
+fn hash_in_turn(file: &mut File, hasher: &mut MultiHasher, progress: &HashProgress) -> io::Result<u64> {
     let mut buffer = vec![0u8; READ_BUFFER_BYTES];
     let mut total = 0u64;
     loop {
+        if progress.is_stopped() {
+            return Err(HashProgress::stopped_error());
+        }
         match read_full(file, &mut buffer)? {
             0 => break,
             read => {
                 hasher.update(&buffer[..read]);
                 total += read as u64;
+                progress.set(total);
             }
         }
     }
@@ -391,11 +425,40 @@ mod tests {
         let path = dir.join("f");
         let bytes: Vec<u8> = (0..5_000_003u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         std::fs::write(&path, &bytes).unwrap();
-        let one = digest_file_on(&path, Algorithm::ALL, 1).unwrap();
+        let one = digest_file_on(&path, Algorithm::ALL, 1, &HashProgress::default()).unwrap();
         for threads in [2, 3, 8] {
-            assert_eq!(digest_file_on(&path, Algorithm::ALL, threads).unwrap(), one, "{threads} threads");
+            assert_eq!(
+                digest_file_on(&path, Algorithm::ALL, threads, &HashProgress::default()).unwrap(),
+                one,
+                "{threads} threads"
+            );
         }
         assert_eq!(one.1, bytes.len() as u64);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_watched_hash_counts_its_bytes_and_a_stopped_one_ends_without_hanging() {
+        let dir = std::env::temp_dir().join(format!("md5-hash-stop-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, vec![7u8; 3_000_001]).unwrap();
+        for algorithms in [&[][..], &[Algorithm::Sha256, Algorithm::Crc32c][..]] {
+            let progress = HashProgress::default();
+            let (_, size) = digest_file_watched(&path, algorithms, &progress).unwrap();
+            assert_eq!((size, progress.bytes()), (3_000_001, 3_000_001));
+            // Stopped before it starts: it ends at the first buffer, whatever the threads hold.
+            let stopped = HashProgress::default();
+            stopped.stop();
+            let err = digest_file_watched(&path, algorithms, &stopped).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+            assert!(stopped.bytes() <= READ_BUFFER_BYTES as u64, "{} bytes", stopped.bytes());
+        }
+        // A small file (read in turn) stops too.
+        std::fs::write(&path, b"small").unwrap();
+        let stopped = HashProgress::default();
+        stopped.stop();
+        assert_eq!(digest_file_watched(&path, &[], &stopped).unwrap_err().kind(), io::ErrorKind::Interrupted);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

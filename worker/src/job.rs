@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use shared::db::connection;
 use shared::queries::{self, Outcome};
-use shared::{LogLine, Md5Hex, Task};
+use shared::{LogLine, Md5Hex, Task, TaskStatus};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -22,6 +22,9 @@ use crate::stream::Delivery;
 /// Longest a job keeps retrying Postgres, Redis or the log in place before it leaves its entry
 /// pending for a takeover.
 const RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// How often a running hash announces its progress; a hash shorter than this announces nothing.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// What becomes of a delivery's stream entry, decided by the job and carried out in one place,
 /// [`settle`].
@@ -94,7 +97,10 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<Settle
         Outcome::Failed { error: reason }
     } else {
         crate::fault::point(&ctx.config, "after_claim");
-        hash_with_heartbeat(ctx, &task, &delivery.entry_id).await
+        match hash_with_heartbeat(ctx, &task, &delivery.entry_id).await {
+            Some(outcome) => outcome,
+            None => return stopped(ctx, task.task_id).await,
+        }
     };
     crate::fault::point(&ctx.config, "after_hash");
 
@@ -102,9 +108,8 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<Settle
         retry(ctx, "record the result", || ctx.batches.complete.call((task.task_id, outcome.clone())))
             .await?;
     let Some(finished) = finished else {
-        // Our lease passed and another worker took the task over: it records and logs it.
-        tracing::warn!("lease lost while hashing; leaving the task to its new owner");
-        return Ok(Settle::LeavePending);
+        // Cancelled meanwhile, or our lease passed and another worker took the task over.
+        return stopped(ctx, task.task_id).await;
     };
     crate::fault::point(&ctx.config, "after_commit");
     metrics::counter!("md5_tasks_finished_total", "status" => finished.status.as_str()).increment(1);
@@ -120,6 +125,33 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<Settle
     finish(ctx, &finished, false).await
 }
 
+/// The hash was stopped, or its result not recorded, because the task is no longer this
+/// worker's: cancelled (no result, no log line: its file goes, the entry is acknowledged), or
+/// taken over by another worker after our lease passed (the entry stays pending for it).
+async fn stopped(ctx: &JobContext, task_id: Uuid) -> anyhow::Result<Settle> {
+    let task = retry(ctx, "load the task", || async {
+        let mut conn = connection(&ctx.pool).await?;
+        anyhow::Ok(queries::find_task(&mut conn, task_id).await?)
+    })
+    .await?;
+    match task {
+        Some(task) if ended_without_result(task.status) => {
+            tracing::info!(task.status = task.status.as_str(), "task cancelled; no result and no log line");
+            remove_upload(ctx, &task).await;
+            Ok(Settle::Acknowledge)
+        }
+        _ => {
+            tracing::warn!("lease lost while hashing; leaving the task to its new owner");
+            Ok(Settle::LeavePending)
+        }
+    }
+}
+
+/// `cancelled` or `expired`: finished, but with nothing to record or log.
+fn ended_without_result(status: TaskStatus) -> bool {
+    matches!(status, TaskStatus::Cancelled | TaskStatus::Expired)
+}
+
 /// The task could not be claimed: it is finished, held by a live worker, or unknown.
 async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> anyhow::Result<Settle> {
     let task = retry(ctx, "load the task", || async {
@@ -130,6 +162,15 @@ async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> 
     match task {
         None => {
             tracing::warn!("no such task; dropping the entry");
+            Ok(Settle::Acknowledge)
+        }
+        Some(task) if ended_without_result(task.status) => {
+            // Cancelled while queued (or in a race with our claim): never hashed, never logged.
+            tracing::debug!(
+                task.status = task.status.as_str(),
+                "delivery of a task that ended without a result"
+            );
+            remove_upload(ctx, &task).await;
             Ok(Settle::Acknowledge)
         }
         Some(task) if task.status.is_finished() && task.logged_at.is_some() => {
@@ -199,9 +240,14 @@ async fn remove_upload(ctx: &JobContext, task: &Task) {
 }
 
 /// Hashes the stored upload while a heartbeat extends the lease and keeps the entry from
-/// looking idle, so a long hash is never taken over while this worker lives.
-async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> Outcome {
+/// looking idle, so a long hash is never taken over while this worker lives, and its progress
+/// is announced every [`PROGRESS_EVERY`]. `None` if the hash was stopped: the task was
+/// cancelled (the cancel watcher stops it at once) or the heartbeat found the task no longer
+/// ours.
+async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> Option<Outcome> {
     let path = shared::config::upload_path(&ctx.config.storage.upload_dir, task.task_id);
+    let registered = ctx.running.register(task.task_id);
+    let progress = registered.progress.clone();
     let algorithms = task.algorithms();
     // A large file that needs MD5 alone joins the SIMD lanes (which count their bytes as they
     // go); any other hashes on a blocking thread, one per CPU.
@@ -211,21 +257,38 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
         let started = std::time::Instant::now();
         let hashed =
             if in_lanes {
-                Ok(ctx.lanes.md5(path).await.map(|(digest, size)| {
+                Ok(ctx.lanes.md5_watched(path, progress.clone()).await.map(|(digest, size)| {
                     (shared::Digests::md5_only(shared::Md5Hex::from_digest(digest)), size)
                 }))
             } else {
                 let _turn = ctx.hashing.acquire().await;
-                tokio::task::spawn_blocking(move || crate::hash::digest_file_with(&path, &algorithms)).await
+                let progress = progress.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::hash::digest_file_watched(&path, &algorithms, &progress)
+                })
+                .await
             };
         (hashed, started.elapsed())
     };
     tokio::pin!(hashing);
     let beat = ctx.config.claim_idle() / 3;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    let mut announce = tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut announced = 0;
     let (result, took) = loop {
         tokio::select! {
             result = &mut hashing => break result,
+            // Dropping `hashing` takes the file out of its lane; a hashing thread sees the stop
+            // within a buffer.
+            () = progress.stopped() => return None,
+            _ = announce.tick() => {
+                let bytes = progress.bytes();
+                if bytes != announced {
+                    announced = bytes;
+                    announce_progress(ctx, task.task_id, bytes).await;
+                }
+            }
             _ = heartbeat.tick() => {
                 let lease = ctx.config.claim_idle();
                 let extended = match connection(&ctx.bookkeeping).await {
@@ -237,12 +300,15 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
                         tracing::warn!(error = %err, "heartbeat could not touch the stream entry");
                     }
                 } else {
-                    tracing::warn!("lease lost while hashing");
+                    progress.stop();
                 }
             }
         }
     };
-    match result {
+    if progress.is_stopped() {
+        return None;
+    }
+    Some(match result {
         Ok(Ok((digests, size))) if size == task.size_bytes as u64 => {
             metrics::histogram!("md5_hash_duration_seconds").record(took.as_secs_f64());
             if !in_lanes {
@@ -259,6 +325,21 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
         }
         Ok(Err(err)) => Outcome::Failed { error: format!("the uploaded file cannot be read: {err}") },
         Err(join) => Outcome::Failed { error: format!("hashing failed: {join}") },
+    })
+}
+
+/// Tells whoever watches the task (event streams, `GET`) how far its hash has come: one
+/// notification, no row written. Best effort: a notification that cannot be sent within
+/// [`PROGRESS_EVERY`] is skipped (the next one says more).
+async fn announce_progress(ctx: &JobContext, task_id: Uuid, bytes: u64) {
+    let announce = async {
+        let mut conn = connection(&ctx.bookkeeping).await?;
+        anyhow::Ok(queries::announce_progress(&mut conn, task_id, bytes).await?)
+    };
+    match tokio::time::timeout(PROGRESS_EVERY, announce).await {
+        Ok(Ok(())) => metrics::counter!("md5_progress_announced_total").increment(1),
+        Ok(Err(err)) => tracing::debug!(error = format!("{err:#}"), "cannot announce the hash's progress"),
+        Err(_) => tracing::debug!("announcing the hash's progress timed out"),
     }
 }
 

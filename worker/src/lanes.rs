@@ -26,6 +26,7 @@ use md5_many::{Md5Many, Md5State};
 use tokio::sync::oneshot;
 
 use crate::hash::read_full;
+use crate::running::HashProgress;
 
 /// Bytes read per file per round. 64 KiB reads cost few system calls and, 8–16 at a time, stay in
 /// the L2 and L3 caches between the copy out of the page cache and the hash.
@@ -166,6 +167,7 @@ pub type Md5Reply = io::Result<([u8; 16], u64)>;
 struct Job {
     path: PathBuf,
     reply: oneshot::Sender<Md5Reply>,
+    progress: Arc<HashProgress>,
 }
 
 /// One hashing thread's queue and how many files it holds.
@@ -226,6 +228,13 @@ impl Lanes {
     /// The MD5 and length of the file at `path`. The file joins the thread holding the fewest
     /// files; dropping the future takes it out of its lane before the next round.
     pub async fn md5(&self, path: PathBuf) -> Md5Reply {
+        self.md5_watched(path, Arc::new(HashProgress::default())).await
+    }
+
+    /// [`Lanes::md5`], setting `progress` to the bytes handed to the hashing thread as it goes
+    /// (at most [`ROUNDS_IN_FLIGHT`] rounds ahead of the bytes hashed). To stop it, drop the
+    /// future.
+    pub async fn md5_watched(&self, path: PathBuf, progress: Arc<HashProgress>) -> Md5Reply {
         let thread = self
             .threads
             .iter()
@@ -233,7 +242,7 @@ impl Lanes {
             .expect("at least one thread");
         let (reply, answer) = oneshot::channel();
         thread.files.fetch_add(1, Ordering::Relaxed);
-        if thread.submit.send(Job { path, reply }).is_err() {
+        if thread.submit.send(Job { path, reply, progress }).is_err() {
             thread.files.fetch_sub(1, Ordering::Relaxed);
             return Err(io::Error::other("the MD5 lanes stopped"));
         }
@@ -281,6 +290,7 @@ struct Reading {
     file: File,
     read: u64,
     reply: oneshot::Sender<Md5Reply>,
+    progress: Arc<HashProgress>,
 }
 
 /// The reading side of one hashing thread: takes files into lanes as they free up, reads a chunk
@@ -333,7 +343,13 @@ impl Reader {
                     Ok(file) => {
                         self.in_use.fetch_add(1, Ordering::Relaxed);
                         metrics::gauge!("md5_lanes_in_use").increment(1.0);
-                        active.push(Reading { id: next_id, file, read: 0, reply: job.reply });
+                        active.push(Reading {
+                            id: next_id,
+                            file,
+                            read: 0,
+                            reply: job.reply,
+                            progress: job.progress,
+                        });
                         next_id += 1;
                     }
                     Err(err) => {
@@ -352,6 +368,7 @@ impl Reader {
                     match read_full(&mut file.file, &mut buffer) {
                         Ok(read) if read == CHUNK_BYTES => {
                             file.read += read as u64;
+                            file.progress.set(file.read);
                             round.push(Piece { id: file.id, bytes: buffer, then: Then::More });
                         }
                         Ok(read) => {

@@ -14,6 +14,7 @@ pub mod lanes;
 pub mod maintenance;
 pub mod read_loop;
 pub mod results_log;
+pub mod running;
 pub mod stream;
 
 use std::future::Future;
@@ -27,6 +28,7 @@ use batches::Batches;
 pub use config::Config;
 use context::JobContext;
 use maintenance::Maintenance;
+use maintenance::cancellations::StopCancelled;
 pub use maintenance::log_rotation::Hangups;
 use maintenance::log_rotation::RotateOnHangup;
 use maintenance::metrics_server::MetricsServer;
@@ -90,6 +92,7 @@ pub async fn run(
         batches,
         hashing: Arc::new(Semaphore::new(hash_threads)),
         lanes,
+        running: running::RunningHashes::default(),
         log,
         consumer: consumer.clone(),
         shutdown: stop.clone(),
@@ -100,6 +103,13 @@ pub async fn run(
     };
     tracing::info!(consumer = %consumer, concurrency, stream = %jobs.stream, group = %jobs.group, "md5-worker started");
     let mut maintenance = Maintenance::new(stop.clone());
+    // Status changes from Postgres, so that a cancelled task's hash stops wherever it runs.
+    let events = shared::events::TaskEvents::listen(
+        config.database.database_url.clone(),
+        shared::events::Channels::Changes,
+        stop.clone(),
+    );
+    maintenance.start(StopCancelled::new(ctx.clone(), &events));
     maintenance.start(Sweeper { ctx: ctx.clone() });
     maintenance.start(RotateOnHangup { log: ctx.log.clone(), hangups });
     if let Some(server) = metrics_server {

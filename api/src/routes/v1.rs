@@ -19,6 +19,7 @@ use crate::serve::ClientAddr;
 use crate::state::AppState;
 pub use crate::task_view::TaskView;
 use crate::upload;
+use shared::events::TaskEvent;
 use shared::models::UploadRow;
 use shared::{Task, uploads};
 
@@ -144,7 +145,7 @@ pub async fn get_hash(
     } else {
         wait_for_finish(&state, task_id, wait).await?
     };
-    let view = TaskView::from(task);
+    let view = TaskView::from(task).with_progress(&state.feed);
     let file_digest = view.digests.as_ref().and_then(digests::file_digest_header);
     let mut response = Json(view).into_response();
     if let Some(value) = file_digest {
@@ -178,7 +179,7 @@ async fn wait_for_finish(
     wait: Duration,
 ) -> Result<(Task, Option<UploadRow>), ApiError> {
     // Subscribe before the first read, so a finish between the read and the wait is not missed.
-    let mut finished = state.finished.subscribe();
+    let mut events = state.feed.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let task = load(state, task_id).await?;
@@ -187,10 +188,12 @@ async fn wait_for_finish(
         }
         let recheck_at = deadline.min(tokio::time::Instant::now() + WAIT_RECHECK);
         loop {
-            match tokio::time::timeout_at(recheck_at, finished.recv()).await {
-                Ok(Ok(id)) if id != task_id => continue,
-                // Ours finished, we lagged behind, or it is time to look again.
-                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) | Err(_) => break,
+            match tokio::time::timeout_at(recheck_at, events.recv()).await {
+                Ok(Ok(TaskEvent::Changed(id, status))) if id == task_id && status.is_finished() => break,
+                Ok(Ok(TaskEvent::Changed(..) | TaskEvent::Progress(..))) => continue,
+                // We may have missed ours (a reconnection, or we lagged behind), or it is time
+                // to look again.
+                Ok(Ok(TaskEvent::Resync)) | Ok(Err(RecvError::Lagged(_))) | Err(_) => break,
                 Ok(Err(RecvError::Closed)) => {
                     tokio::time::sleep_until(recheck_at).await;
                     break;

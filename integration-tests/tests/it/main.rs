@@ -18,6 +18,7 @@ mod hostile;
 mod hostile_round_two;
 mod idempotency;
 mod lanes;
+mod live;
 mod log_writers;
 mod raw_http;
 mod resumable;

@@ -5,6 +5,7 @@
 //! must, checked) before the worker starts, then run by [`Maintenance::start`] until the one
 //! shutdown token the whole worker shares is cancelled. `lib.rs` only wires them.
 
+pub mod cancellations;
 pub mod log_rotation;
 pub mod metrics_server;
 pub mod sweeper;

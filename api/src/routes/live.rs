@@ -1,0 +1,265 @@
+//! A task while it lives: its event stream (`GET /api/v1/hashes/{id}/events`, Server-Sent
+//! Events) and its cancellation (`DELETE /api/v1/hashes/{id}`).
+//!
+//! Both work across api replicas and workers through Postgres: a cancel is one conditional
+//! update whose status change every api (event streams) and every worker (the hash stops)
+//! hears as a notification (`shared::events`).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use tokio::sync::broadcast::{self, error::RecvError};
+use uuid::Uuid;
+
+use super::v1::load;
+use crate::error::{ApiError, Problem, Refusals};
+use crate::serve::ClientAddr;
+use crate::slots::{ClientSlot, SlotRefusal};
+use crate::state::AppState;
+use crate::task_view::{HashingProgress, TaskView};
+use shared::events::TaskEvent;
+use shared::{TaskStatus, queries};
+
+/// A stream re-reads its task this often even without a notification (a lost one only delays
+/// an event).
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// Keep-alive comments, so proxies and the api's own idle timeout see a live connection.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// What a client's `EventSource` waits before reconnecting after the stream breaks.
+const RECONNECT_MS: u64 = 2000;
+
+fn task_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
+    let Path(id) = id.map_err(|_| ApiError::task_not_found("(invalid id)"))?;
+    Uuid::parse_str(&id).map_err(|_| ApiError::task_not_found(&id))
+}
+
+/// `DELETE /api/v1/hashes/{id}`: cancels a queued or processing task.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/hashes/{id}",
+    operation_id = "cancel_hash_v1",
+    tag = "v1",
+    params(("id" = String, Path, description = "The promise id (a UUID)", example = "019acb5e-4f3a-7c21-9d0e-5b6f7a8c9d01")),
+    responses(
+        (status = 200, description = "The task, now `cancelled` (also when it already was): its file is removed, \
+            a running hash stops within a second wherever it runs, and it gets no line in the results log, \
+            which records results only", body = TaskView),
+        (status = 404, description = "No task has this id, or it is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The task is already `done`, `failed` or `expired`, or is a resumable upload \
+            still `uploading` (terminate it with `DELETE` on its upload URL)", body = Problem, content_type = "application/problem+json"),
+        Refusals,
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn cancel_hash(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let task_id = task_id(id)?;
+    let cancelled = state.db.write(async |conn| queries::cancel_task(conn, task_id).await).await?;
+    let task = match cancelled {
+        Some(task) => {
+            metrics::counter!("md5_tasks_cancelled_total").increment(1);
+            tracing::info!(task.id = %task_id, "task cancelled");
+            // The worker holding it may still read its open file; nothing else will.
+            remove_upload(&state, task_id).await;
+            task
+        }
+        None => {
+            let (task, _) = load(&state, task_id).await?;
+            match task.status {
+                TaskStatus::Cancelled => task,
+                TaskStatus::Uploading => {
+                    return Err(ApiError::conflict(
+                        "task-not-cancellable",
+                        "the task is a resumable upload still receiving bytes: terminate it with DELETE on its upload URL",
+                    ));
+                }
+                status => {
+                    return Err(ApiError::conflict(
+                        "task-not-cancellable",
+                        format!("the task is already {} and cannot be cancelled", status.as_str()),
+                    ));
+                }
+            }
+        }
+    };
+    Ok((StatusCode::OK, Json(TaskView::from(task))).into_response())
+}
+
+async fn remove_upload(state: &AppState, task_id: Uuid) {
+    let path = shared::config::upload_path(&state.config.storage.upload_dir, task_id);
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            tracing::warn!(task.id = %task_id, error = %err, "cannot delete a cancelled task's upload")
+        }
+    }
+}
+
+/// `GET /api/v1/hashes/{id}/events`: the task's state now, then every change, as Server-Sent
+/// Events; ends after the terminal state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/hashes/{id}/events",
+    operation_id = "hash_events_v1",
+    tag = "v1",
+    params(("id" = String, Path, description = "The promise id (a UUID)", example = "019acb5e-4f3a-7c21-9d0e-5b6f7a8c9d01"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Accepted and not needed: every stream starts with \
+            the task's current state, so a client that reconnects after missing events (the terminal one included) \
+            gets the state they led to")),
+    responses(
+        (status = 200, description = "`text/event-stream`. Event `status` (id `status-<status>-<attempts>`): the task \
+            object as `GET /api/v1/hashes/{id}` shows it, sent at once and at every change (queued → processing → \
+            done, failed or cancelled); the stream ends after a terminal one. Event `progress` (id \
+            `progress-<attempts>-<bytes>`): `{\"id\", \"bytes_hashed\", \"size_bytes\"}` about every half second while \
+            the file hashes. Keep-alive comments every 15 s; `retry: 2000`. Works through any api replica, whichever \
+            replica or worker made the change", content_type = "text/event-stream", body = String),
+        (status = 404, description = "No task has this id, or it is not a UUID", body = Problem, content_type = "application/problem+json"),
+        Refusals,
+    ),
+    security((), ("bearer" = []))
+)]
+pub async fn hash_events(
+    State(state): State<AppState>,
+    client: Option<Extension<ClientAddr>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let task_id = task_id(id)?;
+    let slot =
+        state.event_streams.try_acquire(client.map(|Extension(ClientAddr(ip))| ip)).map_err(|refusal| {
+            ApiError::unavailable(match refusal {
+                SlotRefusal::Full => {
+                    "too many event streams are open; poll GET /api/v1/hashes/{id} or try again shortly"
+                }
+                SlotRefusal::ClientFull => {
+                    "this client has too many event streams open; close one, then try again"
+                }
+            })
+        })?;
+    // Subscribe before the first read: a change between the read and the subscription is not
+    // missed.
+    let events = state.feed.subscribe();
+    let (task, upload) = load(&state, task_id).await?;
+    let mut watch =
+        Watch { state, task_id, events, sent: None, bytes_sent: 0, size_bytes: 0, ended: false, _slot: slot };
+    let first = watch.status_event(TaskView::from((task, upload)));
+    let stream = futures_util::stream::unfold((Some(first), watch), |(first, mut watch)| async move {
+        if let Some(event) = first {
+            return Some((
+                Ok::<Event, Infallible>(event.retry(Duration::from_millis(RECONNECT_MS))),
+                (None, watch),
+            ));
+        }
+        let event = watch.next().await?;
+        Some((Ok(event), (None, watch)))
+    });
+    metrics::counter!("md5_event_streams_opened_total").increment(1);
+    let mut response = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response();
+    // Proxies that buffer responses (nginx) would hold the events back.
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// One open event stream.
+struct Watch {
+    state: AppState,
+    task_id: Uuid,
+    events: broadcast::Receiver<TaskEvent>,
+    /// The status and attempt of the last status event sent.
+    sent: Option<(TaskStatus, i32)>,
+    /// Bytes hashed in the last progress event sent, for the attempt in `sent`.
+    bytes_sent: u64,
+    /// The file's size, from the last status event.
+    size_bytes: i64,
+    ended: bool,
+    _slot: ClientSlot,
+}
+
+impl Watch {
+    /// The next event, or `None` once the terminal one was sent (or the task cannot be read).
+    async fn next(&mut self) -> Option<Event> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let reload = match tokio::time::timeout(RECHECK, self.events.recv()).await {
+                Ok(Ok(TaskEvent::Changed(id, _))) => id == self.task_id,
+                Ok(Ok(TaskEvent::Progress(id, bytes))) if id == self.task_id => {
+                    if let Some(event) = self.progress_event(bytes) {
+                        return Some(event);
+                    }
+                    false
+                }
+                Ok(Ok(TaskEvent::Progress(..))) => false,
+                Ok(Ok(TaskEvent::Resync)) | Ok(Err(RecvError::Lagged(_))) | Err(_) => true,
+                Ok(Err(RecvError::Closed)) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    true
+                }
+            };
+            if reload {
+                // Postgres unreachable: end the stream; the client reconnects (after `retry`).
+                let (task, upload) = load(&self.state, self.task_id).await.ok()?;
+                if self.sent != Some((task.status, task.attempts)) {
+                    return Some(self.status_event(TaskView::from((task, upload))));
+                }
+            }
+        }
+    }
+
+    fn status_event(&mut self, view: TaskView) -> Event {
+        let view = view.with_progress(&self.state.feed);
+        if self.sent.is_none_or(|(_, attempts)| attempts != view.attempts) {
+            self.bytes_sent = 0;
+        }
+        self.sent = Some((view.status, view.attempts));
+        self.size_bytes = view.size_bytes;
+        self.ended = view.status.is_finished();
+        if let Some(progress) = view.progress {
+            self.bytes_sent = self.bytes_sent.max(progress.bytes_hashed);
+        }
+        Event::default()
+            .event("status")
+            .id(format!("status-{}-{}", view.status.as_str(), view.attempts))
+            .json_data(&view)
+            .expect("a task view serializes")
+    }
+
+    fn progress_event(&mut self, bytes: u64) -> Option<Event> {
+        let (status, attempts) = self.sent?;
+        if status != TaskStatus::Processing || bytes <= self.bytes_sent {
+            return None;
+        }
+        self.bytes_sent = bytes;
+        let size_bytes = self.size_bytes;
+        let progress = ProgressEvent {
+            id: self.task_id,
+            progress: HashingProgress { bytes_hashed: bytes.min(size_bytes.max(0) as u64), size_bytes },
+        };
+        Some(
+            Event::default()
+                .event("progress")
+                .id(format!("progress-{attempts}-{bytes}"))
+                .json_data(&progress)
+                .expect("a progress event serializes"),
+        )
+    }
+}
+
+/// The data of a `progress` event.
+#[derive(serde::Serialize)]
+struct ProgressEvent {
+    id: Uuid,
+    #[serde(flatten)]
+    progress: HashingProgress,
+}
