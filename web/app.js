@@ -1,4 +1,6 @@
-// The MD5 service page: uploads with progress, live status through ?wait=, lookup by id,
+// The MD5 service page: uploads with progress, live status pushed by the task's event stream
+// (Server-Sent Events, with hashing progress; long-polls with ?wait= where a stream cannot be
+// had, e.g. behind an API key, which EventSource cannot send), lookup by id,
 // and this browser's recent tasks (localStorage). Uses only the v1 API. Files from 8 MiB on go
 // through tus-js-client (vendored, /assets/tus.min.js) to /api/v1/uploads in 4 MiB chunks: an
 // interrupted one (a lost connection, a reload) can be continued from where the service got to.
@@ -102,6 +104,18 @@ function render(view, task) {
   status.className = `status status-${task.status}`;
   status.textContent = `Status: ${task.status}`;
   view.body.append(idRow, status);
+  if (task.status === 'processing' && task.progress) {
+    const { bytes_hashed: hashed, size_bytes: size } = task.progress;
+    const bar = document.createElement('progress');
+    bar.className = 'hashing';
+    bar.max = size || 1;
+    bar.value = hashed;
+    bar.setAttribute('aria-label', `Hashing progress of ${task.file_name}`);
+    const label = document.createElement('div');
+    label.className = 'hint hashing-label';
+    label.textContent = `Hashing: ${formatBytes(hashed)} of ${formatBytes(size)}`;
+    view.body.append(bar, label);
+  }
   if (task.status === 'done') {
     const md5Row = document.createElement('div');
     md5Row.className = 'row';
@@ -153,10 +167,62 @@ async function fetchTask(id, wait) {
   return { status: response.status, body };
 }
 
+// Follows a task through its event stream (`GET /api/v1/hashes/{id}/events`): each status and
+// progress event is rendered as it comes. Resolves with the final task, or null when no stream
+// can be had (an HTTP error, or three breaks in a row): the caller then long-polls.
+function followEvents(view, id) {
+  return new Promise((resolve) => {
+    let source;
+    try {
+      source = new EventSource(`/api/v1/hashes/${encodeURIComponent(id)}/events`);
+    } catch {
+      resolve(null);
+      return;
+    }
+    let last = null;
+    let breaks = 0;
+    source.addEventListener('status', (event) => {
+      breaks = 0;
+      last = JSON.parse(event.data);
+      render(view, last);
+      if (!PENDING.has(last.status)) {
+        source.close();
+        resolve(last);
+      }
+    });
+    source.addEventListener('progress', (event) => {
+      breaks = 0;
+      const progress = JSON.parse(event.data);
+      if (last && last.status === 'processing') {
+        last = { ...last, progress: { bytes_hashed: progress.bytes_hashed, size_bytes: progress.size_bytes } };
+        render(view, last);
+      }
+    });
+    source.addEventListener('error', () => {
+      breaks += 1;
+      // CLOSED: the service answered with an error status; the browser will not retry.
+      if (source.readyState === EventSource.CLOSED || breaks >= 3) {
+        source.close();
+        resolve(null);
+      }
+    });
+  });
+}
+
+// Follows a task until it is finished: through its event stream where the browser can open one
+// (no API key to send), else by long-polling.
+async function follow(view, id, firstWait = waitSeconds) {
+  if (window.EventSource && !apiKey) {
+    const task = await followEvents(view, id);
+    if (task) return task;
+  }
+  return poll(view, id, firstWait);
+}
+
 // Follows a task until it is finished, one long-poll at a time (never a tight loop: a server
 // that answers "not yet" sooner than asked is asked again after a growing pause). `firstWait`
 // 0 shows the task at once (a card that has nothing to show yet).
-async function follow(view, id, firstWait = waitSeconds) {
+async function poll(view, id, firstWait = waitSeconds) {
   let failures = 0;
   let pause = 250;
   let wait = firstWait;

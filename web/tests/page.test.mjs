@@ -165,11 +165,66 @@ test('another site cannot frame the page', async () => {
   await framing.close();
 });
 
+test('the page follows a task through its event stream, not by polling', async () => {
+  const own = await browser.newContext();
+  const tab = watchCsp(await own.newPage());
+  const streams = [];
+  const polls = [];
+  tab.on('request', (request) => {
+    if (/\/api\/v1\/hashes\/[^/?]+\/events$/.test(request.url())) streams.push(request.url());
+    if (/\?wait=/.test(request.url())) polls.push(request.url());
+  });
+  await tab.goto(BASE);
+  const bytes = randomBytes(4096);
+  await tab.getByLabel('Choose one or more files').setInputFiles({
+    name: 'streamed.bin', mimeType: 'application/octet-stream', buffer: bytes,
+  });
+  await tab.getByRole('button', { name: 'Upload' }).click();
+  const md5 = tab.locator('.task .md5').first();
+  await md5.waitFor({ timeout: 30000 });
+  assert.equal(await md5.textContent(), createHash('md5').update(bytes).digest('hex'));
+  assert.equal(streams.length, 1, `event streams opened: ${streams}`);
+  assert.deepEqual(polls, [], 'no long-poll while the stream works');
+  await own.close();
+});
+
+test('a hashing progress event shows as a progress bar', async () => {
+  // The stream as the service sends it for a large file mid-hash (the service side of progress
+  // is tested against real workers in the Rust tests); `retry` keeps the page from reconnecting
+  // before the bar is checked.
+  const own = await browser.newContext();
+  const tab = watchCsp(await own.newPage());
+  const id = randomUUID();
+  const task = { id, status: 'processing', md5: null, digests: null, file_name: 'big.iso', size_bytes: 4 * 1024 ** 3,
+    progress: { bytes_hashed: 0, size_bytes: 4 * 1024 ** 3 }, error: null, attempts: 1,
+    created_at: new Date().toISOString(), started_at: new Date().toISOString(), finished_at: null };
+  await tab.route(/\/api\/v1\/hashes\/[^/?]+\/events$/, (route) => route.fulfill({
+    status: 200,
+    headers: { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' },
+    body: `retry: 600000\nevent: status\nid: status-processing-1\ndata: ${JSON.stringify(task)}\n\n`
+      + `event: progress\nid: progress-1-1073741824\ndata: ${JSON.stringify({ id, bytes_hashed: 1024 ** 3, size_bytes: 4 * 1024 ** 3 })}\n\n`,
+  }));
+  // A task this browser remembers is followed as the page loads.
+  await tab.goto(BASE);
+  await tab.evaluate((saved) => {
+    localStorage.setItem('md5.recentTasks', JSON.stringify([{ id: saved, file_name: 'big.iso' }]));
+  }, id);
+  await tab.reload();
+  const bar = tab.getByLabel('Hashing progress of big.iso');
+  await bar.waitFor({ timeout: 10000 });
+  await tab.locator('.hashing-label', { hasText: 'Hashing: 1.0 GiB of 4.0 GiB' }).waitFor({ timeout: 10000 });
+  assert.equal(await bar.getAttribute('value'), String(1024 ** 3));
+  await tab.screenshot({ path: `${SHOTS}/hashing-progress.png` });
+  await own.close();
+});
+
 test('the page asks for the longest wait the service allows', async () => {
   // The service answers as one whose MAX_WAIT_SECONDS is 5 would: a wait above it is a 400
   // naming the longest; the page must ask again with it, not retry the same wait for ever.
+  // The event stream is refused (as a proxy that drops it would), so the page long-polls.
   const own = await browser.newContext();
   const tab = watchCsp(await own.newPage());
+  await tab.route(/\/api\/v1\/hashes\/[^/?]+\/events$/, (route) => route.abort());
   const waits = [];
   await tab.route(/\/api\/v1\/hashes\/[^/?]+\?wait=/, async (route) => {
     const wait = Number(new URL(route.request().url()).searchParams.get('wait'));

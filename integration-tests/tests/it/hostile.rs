@@ -436,7 +436,9 @@ async fn every_error_the_api_sends_is_problem_json() {
         (reqwest::Method::GET, format!("/api/v1/hashes/{id}/"), 404),
         (reqwest::Method::GET, "/no/such/page".to_owned(), 404),
         (reqwest::Method::OPTIONS, "/api/v1/hashes".to_owned(), 405),
-        (reqwest::Method::DELETE, format!("/api/v1/hashes/{id}"), 405),
+        (reqwest::Method::PUT, format!("/api/v1/hashes/{id}"), 405),
+        (reqwest::Method::DELETE, format!("/api/v1/hashes/{id}"), 404),
+        (reqwest::Method::GET, format!("/api/v1/hashes/{id}/events"), 404),
     ];
     for (method, path, status) in requests {
         let response =
