@@ -123,7 +123,7 @@ async fn remove_upload(state: &AppState, task_id: Uuid) {
             done, failed or cancelled); the stream ends after a terminal one. Event `progress` (id \
             `progress-<attempts>-<bytes>`): `{\"id\", \"bytes_hashed\", \"size_bytes\"}` about every half second while \
             the file hashes. Keep-alive comments every 15 s; `retry: 2000`. Works through any api replica, whichever \
-            replica or worker made the change", content_type = "text/event-stream", body = String),
+            replica or worker made the change", content_type = "text/event-stream", body = TaskStreamEvent),
         (status = 404, description = "No task has this id, or it is not a UUID", body = Problem, content_type = "application/problem+json"),
         Refusals,
     ),
@@ -168,6 +168,24 @@ pub async fn hash_events(
     // Proxies that buffer responses (nginx) would hold the events back.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// One event of a task's stream, field by field, for the OpenAPI document (a client's
+/// `EventSource` or SSE parser gives these).
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "describes the wire format; the events are written by axum's `Event`")]
+pub struct TaskStreamEvent {
+    /// `status` (data: the task object) or `progress` (data: `{"id", "bytes_hashed", "size_bytes"}`).
+    #[schema(pattern = "^(status|progress)$", example = "status")]
+    event: String,
+    /// `status-<status>-<attempts>` or `progress-<attempts>-<bytes hashed>`.
+    #[schema(example = "status-done-1")]
+    id: String,
+    /// The event's JSON.
+    data: String,
+    /// On the first event: milliseconds a client waits before reconnecting.
+    #[schema(example = 2000)]
+    retry: Option<u64>,
 }
 
 /// One open event stream.
