@@ -19,6 +19,7 @@ pub mod schema;
 pub mod telemetry;
 pub mod time;
 pub mod uploads;
+pub mod webhooks;
 
 pub use digest::{Algorithm, DigestRequest, Digests};
 pub use job::JobMessage;

@@ -70,6 +70,24 @@ pub struct Config {
     #[arg(long, env = "CONSUMER_NAME")]
     pub consumer_name: Option<String>,
 
+    /// Send a signed webhook (Standard Webhooks 1.0) for every task that ends `done`, `failed`
+    /// or `cancelled` to each of these URLs (comma-separated; `http://` only: put a TLS proxy in
+    /// front of an `https://` receiver). Operator-configured only: no request can add one.
+    #[arg(long, env = "WEBHOOK_URLS", value_delimiter = ',', value_parser = parse_webhook_url, requires = "webhook_secret")]
+    pub webhook_urls: Vec<String>,
+
+    /// The webhook signing secrets, `whsec_<base64>` (comma-separated; each signs every message,
+    /// so a receiver can move from one to the next). Required with WEBHOOK_URLS.
+    #[arg(long, env = "WEBHOOK_SECRET", value_delimiter = ',', value_parser = crate::webhooks::WebhookSecret::parse, requires = "webhook_urls")]
+    #[serde(skip)]
+    pub webhook_secret: Vec<crate::webhooks::WebhookSecret>,
+
+    /// Seconds between a failed webhook delivery and the next attempt, one number per retry
+    /// (comma-separated; the default is the Standard Webhooks schedule: 5 s, 5 min, 30 min, 2 h,
+    /// 5 h, 10 h, 10 h). A `Retry-After` longer than the step is honoured (up to a day).
+    #[arg(long, env = "WEBHOOK_RETRY_SCHEDULE", value_delimiter = ',', default_value = "5,300,1800,7200,18000,36000,36000", value_parser = clap::value_parser!(u64).range(0..=604_800))]
+    pub webhook_retry_schedule: Vec<u64>,
+
     /// Where the worker serves Prometheus `/metrics` (unset: no listener).
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -132,4 +150,22 @@ impl Config {
             format!("{host}-{pid}-{nonce}")
         })
     }
+}
+
+/// A webhook URL: `http://host[:port]/path`, without credentials.
+fn parse_webhook_url(raw: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(raw.trim()).map_err(|err| format!("{raw:?} is not a URL: {err}"))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(format!(
+                "{raw:?}: this build sends webhooks over http:// only; put a TLS-terminating proxy in front of the receiver"
+            ));
+        }
+        other => return Err(format!("{raw:?}: unsupported scheme {other:?}; use http://")),
+    }
+    if url.host_str().is_none() || !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{raw:?}: a webhook URL needs a host and no credentials"));
+    }
+    Ok(url.to_string())
 }

@@ -16,6 +16,7 @@ pub mod read_loop;
 pub mod results_log;
 pub mod running;
 pub mod stream;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -114,6 +115,9 @@ pub async fn run(
     maintenance.start(RotateOnHangup { log: ctx.log.clone(), hangups });
     if let Some(server) = metrics_server {
         maintenance.start(server);
+    }
+    if let Some(webhooks) = maintenance::webhooks::DeliverWebhooks::new(&config, ctx.pool.clone())? {
+        maintenance.start(webhooks);
     }
 
     let mut running = read_loop::run(ctx.clone(), jobs).await?;

@@ -182,6 +182,8 @@ fn help_documents_every_setting_and_bad_settings_fail_naming_the_variable() {
         "MIN_UPLOAD_BYTES_PER_SECOND",
         "UPLOAD_RATE_WINDOW_SECONDS",
         "MAX_CONNECTIONS",
+        "MAX_EVENT_STREAMS",
+        "MAX_EVENT_STREAMS_PER_CLIENT",
     ] {
         assert!(help.contains(&format!("[env: {variable}")), "md5-api --help documents {variable}");
     }
@@ -203,6 +205,9 @@ fn help_documents_every_setting_and_bad_settings_fail_naming_the_variable() {
         "MAX_DELIVERIES",
         "SWEEP_INTERVAL_MS",
         "METRICS_ADDR",
+        "WEBHOOK_URLS",
+        "WEBHOOK_SECRET",
+        "WEBHOOK_RETRY_SCHEDULE",
         "RUST_LOG",
         "LOG_FORMAT",
     ] {
@@ -213,6 +218,10 @@ fn help_documents_every_setting_and_bad_settings_fail_naming_the_variable() {
         (&api, "BIND_ADDR", "nowhere"),
         (&worker, "WORKER_CONCURRENCY", "0"),
         (&worker, "LOG_FORMAT", "xml"),
+        (&worker, "WEBHOOK_URLS", "https://hooks.example/x"),
+        (&worker, "WEBHOOK_URLS", "ftp://hooks.example/x"),
+        (&worker, "WEBHOOK_SECRET", "not-a-secret"),
+        (&worker, "WEBHOOK_RETRY_SCHEDULE", "5,soon"),
     ] {
         let output = std::process::Command::new(binary).env(variable, value).output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{variable}={value} is refused at start");

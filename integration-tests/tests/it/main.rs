@@ -24,4 +24,5 @@ mod raw_http;
 mod resumable;
 mod resumable_faults;
 mod v1;
+mod webhooks;
 mod workers;

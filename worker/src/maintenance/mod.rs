@@ -9,6 +9,7 @@ pub mod cancellations;
 pub mod log_rotation;
 pub mod metrics_server;
 pub mod sweeper;
+pub mod webhooks;
 
 use std::future::Future;
 use std::time::Duration;

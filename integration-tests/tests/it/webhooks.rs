@@ -1,0 +1,355 @@
+//! Webhooks (Standard Webhooks 1.0) from real worker processes to a receiver in this test that
+//! fails at random, goes down, asks for patience or says its endpoint is gone. Signatures are
+//! verified by the `standardwebhooks` Python package (scripts/test-tools.txt; the test command
+//! installs it into .tools/venv).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures_util::StreamExt as _;
+use integration_tests::launcher::free_port;
+use integration_tests::{TestApp, TestOptions, eventually, random_bytes};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// The receiver's secret (32 bytes), as an operator would set it.
+fn secret() -> String {
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([42u8; 32]))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Half the requests fail (500), at random.
+    Flaky,
+    /// 503 with `Retry-After: 3` to the first request, 2xx after.
+    RetryAfterOnce,
+    /// 410 Gone to everything.
+    Gone,
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: String,
+    accepted: bool,
+    at: Instant,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    state: Arc<Mutex<(Mode, u64, Vec<Received>)>>,
+}
+
+impl Receiver {
+    fn new(mode: Mode) -> Self {
+        Receiver { state: Arc::new(Mutex::new((mode, 0x2545_F491_4F6C_DD1D, Vec::new()))) }
+    }
+
+    fn requests(&self) -> Vec<Received> {
+        self.state.lock().unwrap().2.clone()
+    }
+
+    /// Serves on `addr` until `stop`.
+    async fn serve(&self, addr: SocketAddr, stop: CancellationToken) {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("the receiver's port");
+        let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(self.clone());
+        axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await.unwrap();
+    }
+}
+
+async fn hook(State(receiver): State<Receiver>, headers: HeaderMap, body: String) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let mut state = receiver.state.lock().unwrap();
+    let (mode, rng, requests) = &mut *state;
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let answer = match mode {
+        Mode::Flaky if *rng % 2 == 0 => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Mode::Flaky => StatusCode::NO_CONTENT.into_response(),
+        Mode::RetryAfterOnce if requests.is_empty() => {
+            (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "3")]).into_response()
+        }
+        Mode::RetryAfterOnce => StatusCode::OK.into_response(),
+        Mode::Gone => StatusCode::GONE.into_response(),
+    };
+    requests.push(Received {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+        body,
+        accepted: answer.status().is_success(),
+        at: Instant::now(),
+    });
+    answer
+}
+
+/// The worker's environment for webhooks to `url`, retrying every second `retries` times.
+fn webhook_env(url: &str, retries: usize) -> Vec<(String, String)> {
+    vec![
+        ("WEBHOOK_URLS".into(), url.into()),
+        ("WEBHOOK_SECRET".into(), secret()),
+        ("WEBHOOK_RETRY_SCHEDULE".into(), vec!["1"; retries].join(",")),
+    ]
+}
+
+fn start_worker(app: &mut TestApp, env: &[(String, String)]) {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    app.start_worker_process_with(8, &env).unwrap();
+}
+
+async fn endpoints_registered(app: &TestApp) {
+    use diesel_async::RunQueryDsl as _;
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    eventually(Duration::from_secs(30), "the worker to register its webhook endpoint", || async {
+        let mut conn = app.db().await;
+        let count: Count = diesel::sql_query("SELECT count(*) AS n FROM md5_webhook_endpoints")
+            .get_result(&mut conn)
+            .await
+            .ok()?;
+        (count.n == 1).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// The Python interpreter of the project's tool environment (scripts/test.sh makes it).
+fn tools_python() -> PathBuf {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test.sh once, or python3 -m venv .tools/venv && .tools/venv/bin/pip install -r scripts/test-tools.txt",
+        python.display()
+    );
+    python
+}
+
+/// Verifies every request's signature with the `standardwebhooks` package; panics on any that
+/// does not verify.
+fn verify_independently(requests: &[Received]) {
+    let file = std::env::temp_dir().join(format!("md5-webhooks-{}.json", uuid::Uuid::new_v4()));
+    let list: Vec<Value> = requests
+        .iter()
+        .map(|r| serde_json::json!({"id": r.id, "timestamp": r.timestamp, "signature": r.signature, "body": r.body}))
+        .collect();
+    std::fs::write(&file, serde_json::to_vec(&list).unwrap()).unwrap();
+    let script = r#"
+import json, sys
+from standardwebhooks.webhooks import Webhook
+hook = Webhook(sys.argv[1])
+requests = json.load(open(sys.argv[2]))
+for r in requests:
+    hook.verify(r["body"], {"webhook-id": r["id"], "webhook-timestamp": r["timestamp"], "webhook-signature": r["signature"]})
+print(f"verified {len(requests)}")
+"#;
+    let output = std::process::Command::new(tools_python())
+        .args(["-c", script, &secret(), file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "standardwebhooks refused a signature: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.trim(), format!("verified {}", requests.len()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_terminal_event_reaches_a_flaky_receiver_that_goes_down_signed_and_under_one_id() {
+    const TASKS: usize = 500;
+    const CANCELS: usize = 40;
+    const FAILS: usize = 20;
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let receiver = Receiver::new(Mode::Flaky);
+    let up = CancellationToken::new();
+    let serving = tokio::spawn({
+        let (receiver, up) = (receiver.clone(), up.clone());
+        async move { receiver.serve(addr, up).await }
+    });
+
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut env = webhook_env(&format!("http://{addr}/hook"), 60);
+    env.push(("METRICS_ADDR".into(), metrics.clone()));
+    start_worker(&mut app, &env);
+    start_worker(&mut app, &webhook_env(&format!("http://{addr}/hook"), 60));
+    endpoints_registered(&app).await;
+
+    // The receiver goes down for 20 s once a quarter of the events are in.
+    let outage = tokio::spawn({
+        let receiver = receiver.clone();
+        async move {
+            eventually(Duration::from_secs(120), "a quarter of the events", || async {
+                (receiver.requests().iter().filter(|r| r.accepted).count() >= TASKS / 4).then_some(())
+            })
+            .await
+            .unwrap();
+            up.cancel();
+            let _ = serving.await;
+            let down_at = Instant::now();
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            let back = CancellationToken::new();
+            let serving = tokio::spawn({
+                let (receiver, back) = (receiver.clone(), back.clone());
+                async move { receiver.serve(addr, back).await }
+            });
+            (down_at, back, serving)
+        }
+    });
+
+    let ids: Vec<String> = futures_util::stream::iter(0..TASKS)
+        .map(|n| {
+            let app = &app;
+            async move {
+                let url = format!("{}/api/v1/hashes", app.base_url);
+                let mut request = app.client.post(&url).body(random_bytes(1000, n as u64));
+                if n < FAILS {
+                    // An expected MD5 that is not the file's: the task ends failed.
+                    request = request.header("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==");
+                }
+                let response =
+                    request.header("content-type", "application/octet-stream").send().await.unwrap();
+                assert_eq!(response.status(), 202);
+                let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+                if (FAILS..FAILS + CANCELS).contains(&n) {
+                    app.client.delete(format!("{url}/{id}")).send().await.unwrap();
+                }
+                id
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+
+    // Every task ends; its one event is expected under `msg_<task>_<status>`.
+    let mut expected = HashMap::new();
+    for id in &ids {
+        let task = eventually(Duration::from_secs(60), "the task to end", || async {
+            let task = app.task(id, 5).await;
+            matches!(task["status"].as_str(), Some("done" | "failed" | "cancelled")).then_some(task)
+        })
+        .await
+        .unwrap();
+        let status = task["status"].as_str().unwrap().to_owned();
+        expected.insert(format!("msg_{}_{status}", id.replace('-', "")), (id.clone(), status));
+    }
+    let statuses: HashSet<&str> = expected.values().map(|(_, status)| status.as_str()).collect();
+    assert_eq!(statuses, HashSet::from(["done", "failed", "cancelled"]), "all three events occur");
+
+    let (down_at, back, serving) = outage.await.unwrap();
+    eventually(Duration::from_secs(180), "every event delivered", || async {
+        let delivered: HashSet<String> =
+            receiver.requests().into_iter().filter(|r| r.accepted).map(|r| r.id).collect();
+        (delivered.len() >= expected.len()).then_some(())
+    })
+    .await
+    .unwrap();
+    let requests = receiver.requests();
+    let delivered: HashSet<&str> = requests.iter().filter(|r| r.accepted).map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        delivered,
+        expected.keys().map(String::as_str).collect(),
+        "exactly the terminal events, each delivered"
+    );
+
+    // One id per task, the same bytes on every attempt, the body naming its task and status.
+    let mut ids_of_task: HashMap<String, HashSet<&str>> = HashMap::new();
+    let mut body_of_id: HashMap<&str, &str> = HashMap::new();
+    for request in &requests {
+        let body: Value = serde_json::from_str(&request.body).unwrap();
+        let (task, status) = &expected[&request.id];
+        assert_eq!(body["data"]["id"], task.as_str());
+        assert_eq!(body["type"], format!("task.{status}"));
+        assert_eq!(body["data"]["status"], status.as_str());
+        ids_of_task.entry(task.clone()).or_default().insert(&request.id);
+        assert_eq!(
+            *body_of_id.entry(&request.id).or_insert(&request.body),
+            request.body,
+            "a retry sends the same body"
+        );
+    }
+    assert!(ids_of_task.values().all(|ids| ids.len() == 1), "a task's event under one id only");
+    let retried = requests.len() - delivered.len();
+    let after_outage = requests.iter().filter(|r| r.at > down_at).count();
+    println!(
+        "{} requests for {} events ({retried} failed and retried), {after_outage} after the outage began",
+        requests.len(),
+        delivered.len()
+    );
+    assert!(retried > 0 && after_outage > 0);
+
+    verify_independently(&requests);
+    let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(text.contains("md5_webhook_attempts_total{outcome=\"delivered\"}"), "{text}");
+    assert!(text.contains("md5_webhook_attempts_total{outcome=\"failed\"}"), "{text}");
+    back.cancel();
+    let _ = serving.await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_and_a_410_disables_the_endpoint() {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let receiver = Receiver::new(Mode::RetryAfterOnce);
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn({
+        let (receiver, stop) = (receiver.clone(), stop.clone());
+        async move { receiver.serve(addr, stop).await }
+    });
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    start_worker(&mut app, &webhook_env(&format!("http://{addr}/hook"), 5));
+    endpoints_registered(&app).await;
+
+    let upload = |seed: u64| {
+        let app = &app;
+        async move {
+            let response = app.upload("f.bin", random_bytes(100, seed)).await;
+            let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+            assert_eq!(app.wait_finished(&id, Duration::from_secs(30)).await["status"], "done");
+            id
+        }
+    };
+    upload(1).await;
+    eventually(Duration::from_secs(30), "the event delivered after its 503", || async {
+        (receiver.requests().iter().any(|r| r.accepted)).then_some(())
+    })
+    .await
+    .unwrap();
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let gap = requests[1].at - requests[0].at;
+    assert!(gap >= Duration::from_millis(2900), "Retry-After: 3 honoured over a 1 s schedule: {gap:?}");
+    assert_eq!(requests[0].id, requests[1].id);
+
+    // 410 Gone: the endpoint is disabled; later events are not sent to it.
+    receiver.state.lock().unwrap().0 = Mode::Gone;
+    upload(2).await;
+    eventually(Duration::from_secs(30), "the 410", || async {
+        (receiver.requests().len() == 3).then_some(())
+    })
+    .await
+    .unwrap();
+    upload(3).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(receiver.requests().len(), 3, "nothing more was sent to a gone endpoint");
+    stop.cancel();
+    let _ = serving.await;
+    app.stop().await;
+}

@@ -1,0 +1,141 @@
+//! The webhook outbox (`md5_webhook_deliveries`): rows written by a trigger in the transaction
+//! that ends a task, delivered by the workers (`worker/src/maintenance/webhooks.rs`). Every
+//! change is conditional on the row still being due or claimed, so two workers never both
+//! record an outcome for one attempt.
+
+use std::time::Duration;
+
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Integer, Interval, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::queries::interval;
+
+/// A delivery claimed for one attempt.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Delivery {
+    /// The `webhook-id`.
+    #[diesel(sql_type = Text)]
+    pub event_id: String,
+    /// The endpoint's row.
+    #[diesel(sql_type = Integer)]
+    pub endpoint_id: i32,
+    /// Where to send it.
+    #[diesel(sql_type = Text)]
+    pub url: String,
+    /// The JSON body, the same bytes on every attempt.
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+    /// This attempt's number, from 1.
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+}
+
+/// Registers `urls` as endpoints (an endpoint a 410 disabled stays disabled).
+pub async fn register_endpoints(conn: &mut AsyncPgConnection, urls: &[String]) -> diesel::QueryResult<()> {
+    diesel::sql_query(
+        "INSERT INTO md5_webhook_endpoints (url) SELECT unnest($1::text[]) ON CONFLICT (url) DO NOTHING",
+    )
+    .bind::<diesel::sql_types::Array<Text>, _>(urls)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Claims up to `limit` due deliveries for one attempt each: their attempt count goes up and
+/// they are not due again for `lease` (longer than an attempt can take), so another worker
+/// leaves them alone meanwhile and takes them over if this one dies.
+pub async fn claim_due(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+    lease: Duration,
+) -> diesel::QueryResult<Vec<Delivery>> {
+    diesel::sql_query(
+        "WITH due AS ( \
+             SELECT event_id, endpoint_id FROM md5_webhook_deliveries \
+             WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now() \
+             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
+         claimed AS ( \
+             UPDATE md5_webhook_deliveries AS d \
+             SET attempts = d.attempts + 1, next_attempt_at = now() + $2 \
+             FROM due WHERE d.event_id = due.event_id AND d.endpoint_id = due.endpoint_id \
+             RETURNING d.event_id, d.endpoint_id, d.payload, d.attempts) \
+         SELECT c.event_id, c.endpoint_id, e.url, c.payload, c.attempts \
+         FROM claimed AS c JOIN md5_webhook_endpoints AS e ON e.endpoint_id = c.endpoint_id",
+    )
+    .bind::<BigInt, _>(limit)
+    .bind::<Interval, _>(interval(lease))
+    .load(conn)
+    .await
+}
+
+/// Records the outcome of an attempt at `delivery`.
+pub async fn record(
+    conn: &mut AsyncPgConnection,
+    delivery: &Delivery,
+    outcome: &AttemptOutcome,
+) -> diesel::QueryResult<()> {
+    let (event_id, endpoint_id) = (delivery.event_id.as_str(), delivery.endpoint_id);
+    match outcome {
+        AttemptOutcome::Delivered => {
+            diesel::sql_query(
+                "UPDATE md5_webhook_deliveries SET delivered_at = now(), last_error = NULL \
+                 WHERE event_id = $1 AND endpoint_id = $2 AND delivered_at IS NULL",
+            )
+            .bind::<Text, _>(event_id)
+            .bind::<Integer, _>(endpoint_id)
+            .execute(conn)
+            .await?;
+        }
+        AttemptOutcome::RetryIn(delay, error) => {
+            diesel::sql_query(
+                "UPDATE md5_webhook_deliveries SET next_attempt_at = now() + $3, last_error = $4 \
+                 WHERE event_id = $1 AND endpoint_id = $2 AND delivered_at IS NULL AND gave_up_at IS NULL",
+            )
+            .bind::<Text, _>(event_id)
+            .bind::<Integer, _>(endpoint_id)
+            .bind::<Interval, _>(interval(*delay))
+            .bind::<Text, _>(error)
+            .execute(conn)
+            .await?;
+        }
+        AttemptOutcome::GiveUp(error) => {
+            diesel::sql_query(
+                "UPDATE md5_webhook_deliveries SET gave_up_at = now(), last_error = $3 \
+                 WHERE event_id = $1 AND endpoint_id = $2 AND delivered_at IS NULL AND gave_up_at IS NULL",
+            )
+            .bind::<Text, _>(event_id)
+            .bind::<Integer, _>(endpoint_id)
+            .bind::<Text, _>(error)
+            .execute(conn)
+            .await?;
+        }
+        AttemptOutcome::EndpointGone => {
+            diesel::sql_query("UPDATE md5_webhook_endpoints SET disabled_at = now() WHERE endpoint_id = $1")
+                .bind::<Integer, _>(endpoint_id)
+                .execute(conn)
+                .await?;
+            diesel::sql_query(
+                "UPDATE md5_webhook_deliveries SET gave_up_at = now(), last_error = 'the endpoint answered 410 Gone' \
+                 WHERE endpoint_id = $1 AND delivered_at IS NULL AND gave_up_at IS NULL",
+            )
+            .bind::<Integer, _>(endpoint_id)
+            .execute(conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// What became of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// A 2xx answer.
+    Delivered,
+    /// Failed (the reason); try again after this long.
+    RetryIn(Duration, String),
+    /// Failed (the reason) and the schedule is spent.
+    GiveUp(String),
+    /// 410 Gone: the endpoint is disabled, its pending deliveries dropped.
+    EndpointGone,
+}

@@ -1,0 +1,170 @@
+//! Delivers the webhook outbox (`shared::webhooks`): every worker with `WEBHOOK_URLS` claims due
+//! deliveries (a lease of [`LEASE`], so workers share the work and a dead one's attempts are
+//! taken over), sends each signed (`crate::webhooks`), and records the outcome: delivered (2xx),
+//! retried after the next step of `WEBHOOK_RETRY_SCHEDULE` or a longer `Retry-After`, given up
+//! when the schedule is spent, or the endpoint disabled (410 Gone). At least once: a worker that
+//! dies between the answer and the record sends the event again, with the same `webhook-id`.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+
+use super::Service;
+use crate::webhooks::{WebhookSecret, signature};
+use shared::db::{Pool, connection};
+use shared::webhooks::{self, AttemptOutcome, Delivery};
+
+/// Longer than an attempt can take ([`TIMEOUT`]): a claimed delivery is not due again before.
+const LEASE: Duration = Duration::from_secs(60);
+/// The longest an attempt may take, connection and answer included (the spec's 15 s).
+const TIMEOUT: Duration = Duration::from_secs(15);
+/// Deliveries one worker attempts at once.
+const BATCH: i64 = 32;
+/// How often an idle worker looks for due deliveries.
+const POLL: Duration = Duration::from_millis(250);
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// The delivery service.
+pub struct DeliverWebhooks {
+    pool: Pool,
+    urls: Vec<String>,
+    secrets: Vec<WebhookSecret>,
+    schedule: Vec<Duration>,
+    client: reqwest::Client,
+}
+
+impl DeliverWebhooks {
+    /// The service for `config`'s endpoints, or `None` when it names none.
+    pub fn new(config: &crate::Config, pool: Pool) -> anyhow::Result<Option<Self>> {
+        if config.webhook_urls.is_empty() {
+            return Ok(None);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("md5-worker/", env!("CARGO_PKG_VERSION"), " (webhooks)"))
+            .build()?;
+        Ok(Some(DeliverWebhooks {
+            pool,
+            urls: config.webhook_urls.clone(),
+            secrets: config.webhook_secret.clone(),
+            schedule: config.webhook_retry_schedule.iter().map(|s| Duration::from_secs(*s)).collect(),
+            client,
+        }))
+    }
+
+    async fn register(&self) -> anyhow::Result<()> {
+        let mut conn = connection(&self.pool).await?;
+        webhooks::register_endpoints(&mut conn, &self.urls).await?;
+        Ok(())
+    }
+
+    /// Claims and attempts one batch; the number claimed.
+    async fn deliver_batch(&self) -> anyhow::Result<usize> {
+        let claimed = {
+            let mut conn = connection(&self.pool).await?;
+            webhooks::claim_due(&mut conn, BATCH, LEASE).await?
+        };
+        let count = claimed.len();
+        let outcomes: Vec<(Delivery, AttemptOutcome)> = futures_util::stream::iter(claimed)
+            .map(|delivery| async move {
+                let outcome = self.attempt(&delivery).await;
+                (delivery, outcome)
+            })
+            .buffer_unordered(BATCH as usize)
+            .collect()
+            .await;
+        let mut conn = connection(&self.pool).await?;
+        for (delivery, outcome) in outcomes {
+            let label = match &outcome {
+                AttemptOutcome::Delivered => "delivered",
+                AttemptOutcome::RetryIn(..) => "failed",
+                AttemptOutcome::GiveUp(_) => "gave_up",
+                AttemptOutcome::EndpointGone => "gone",
+            };
+            metrics::counter!("md5_webhook_attempts_total", "outcome" => label).increment(1);
+            if let AttemptOutcome::RetryIn(_, error) | AttemptOutcome::GiveUp(error) = &outcome {
+                tracing::debug!(webhook.id = %delivery.event_id, webhook.url = %delivery.url, attempt = delivery.attempts, error = %error, "webhook delivery failed");
+            }
+            if outcome == AttemptOutcome::EndpointGone {
+                tracing::warn!(webhook.url = %delivery.url, "the webhook endpoint answered 410 Gone: disabled");
+            }
+            // Not recorded (Postgres away): the lease runs out and the event goes again.
+            webhooks::record(&mut conn, &delivery, &outcome).await?;
+        }
+        Ok(count)
+    }
+
+    async fn attempt(&self, delivery: &Delivery) -> AttemptOutcome {
+        let timestamp = chrono::Utc::now().timestamp();
+        let sent = self
+            .client
+            .post(&delivery.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", &delivery.event_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                signature(&self.secrets, &delivery.event_id, timestamp, &delivery.payload),
+            )
+            .body(delivery.payload.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(answer) if answer.status().is_success() => AttemptOutcome::Delivered,
+            Ok(answer) if answer.status() == reqwest::StatusCode::GONE => AttemptOutcome::EndpointGone,
+            Ok(answer) => {
+                let retry_after = answer
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.trim().parse::<u64>().ok())
+                    .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
+                self.failed(delivery.attempts, format!("answered {}", answer.status()), retry_after)
+            }
+            Err(err) => self.failed(delivery.attempts, format!("{err}"), None),
+        }
+    }
+
+    /// After failed attempt number `attempts`: the next step of the schedule (or a longer
+    /// `Retry-After`), or giving up once the schedule is spent.
+    fn failed(&self, attempts: i32, error: String, retry_after: Option<Duration>) -> AttemptOutcome {
+        match self.schedule.get(usize::try_from(attempts - 1).unwrap_or(0)) {
+            Some(step) => AttemptOutcome::RetryIn((*step).max(retry_after.unwrap_or_default()), error),
+            None => AttemptOutcome::GiveUp(error),
+        }
+    }
+}
+
+impl Service for DeliverWebhooks {
+    fn name(&self) -> &'static str {
+        "webhooks"
+    }
+
+    async fn run(self, stop: CancellationToken) {
+        while let Err(err) = self.register().await {
+            tracing::warn!(error = format!("{err:#}"), "cannot register the webhook endpoints; retrying");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        tracing::info!(webhook.endpoints = self.urls.len(), "delivering webhooks");
+        loop {
+            let pause = match self.deliver_batch().await {
+                Ok(claimed) if claimed as i64 == BATCH => Duration::ZERO,
+                Ok(_) => POLL,
+                Err(err) => {
+                    tracing::warn!(error = format!("{err:#}"), "webhook delivery interrupted");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
