@@ -174,7 +174,13 @@ async fn send_one(service: &Service, progress: &Progress, job: &Job, resume: Res
             service.upload(&job.path, &key, &job.ask, file.sent(), || file.restart(), &retry).await?
         };
         file.uploaded();
-        if created.is_finished() { Ok(created) } else { service.wait_finished(&created.id, &retry).await }
+        if created.is_finished() {
+            Ok(created)
+        } else if progress.shows_bars() {
+            service.wait_finished_showing(&created.id, &retry, |hashed| file.hashing(hashed)).await
+        } else {
+            service.wait_finished(&created.id, &retry).await
+        }
     }
     .await
     .map_err(|failure: Failure| failure.to_string());

@@ -101,6 +101,11 @@ impl Progress {
         }
     }
 
+    /// True when progress is drawn as bars (a terminal), where a file's hashing is shown too.
+    pub fn shows_bars(&self) -> bool {
+        self.shared.bars.is_some()
+    }
+
     /// Runs `print` (which writes to stdout) without tearing the bars.
     pub fn print(&self, print: impl FnOnce()) {
         match &self.shared.bars {
@@ -213,6 +218,14 @@ impl FileProgress {
     pub fn uploaded(&self) {
         if let Some(bar) = &self.counter.bar {
             bar.set_prefix("hashing");
+        }
+    }
+
+    /// The service reports how far the file's hash has come: its bar shows the bytes hashed.
+    pub fn hashing(&self, progress: crate::service::HashingProgress) {
+        if let Some(bar) = &self.counter.bar {
+            bar.set_length(progress.size_bytes);
+            bar.set_position(progress.bytes_hashed);
         }
     }
 

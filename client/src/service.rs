@@ -28,6 +28,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How often a task whose hash reports progress is asked again.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// Seconds one `GET …?wait=` asks the service to hold the request, unless the service says its
 /// longest wait is shorter (a 400 with `max_wait_seconds`).
 const WAIT_SECONDS: u64 = 30;
@@ -56,6 +59,18 @@ pub struct Task {
     /// Every digest once `done`, by the service's algorithm names (older services: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digests: Option<std::collections::BTreeMap<String, String>>,
+    /// While `processing`, how far the hash has come (older services: none).
+    #[serde(default, skip_serializing)]
+    pub progress: Option<HashingProgress>,
+}
+
+/// How far a running hash has come, as the service last heard from its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct HashingProgress {
+    /// Bytes hashed so far.
+    pub bytes_hashed: u64,
+    /// The file's size.
+    pub size_bytes: u64,
 }
 
 impl Task {
@@ -400,14 +415,36 @@ impl Service {
     /// at most the client's timeout. A service that answers "not yet" sooner than it was asked to
     /// wait is asked again after a pause that grows from 0.25 s to 5 s, not at once.
     pub async fn wait_finished(&self, id: &str, retry: Retry<'_>) -> Result<Task, Failure> {
+        self.wait_finished_showing(id, retry, |_| {}).await
+    }
+
+    /// [`Service::wait_finished`], telling `hashing` how far the hash has come: the task is asked
+    /// for every [`PROGRESS_EVERY`] instead of with one long wait, unless the service shows that
+    /// it reports no progress (an older one: `processing` without `progress`).
+    pub async fn wait_finished_showing(
+        &self,
+        id: &str,
+        retry: Retry<'_>,
+        hashing: impl Fn(HashingProgress),
+    ) -> Result<Task, Failure> {
         let started = Instant::now();
         let mut pause = FIRST_BACKOFF;
+        let mut reports_progress = true;
         loop {
             let asked = Instant::now();
-            let wait = self.wait_seconds.load(Ordering::Relaxed) as f64;
+            let mut wait = self.wait_seconds.load(Ordering::Relaxed) as f64;
+            if reports_progress {
+                wait = wait.min(PROGRESS_EVERY.as_secs_f64());
+            }
             let task = self.task(id, wait, retry).await?;
             if task.is_finished() {
                 return Ok(task);
+            }
+            if task.status == "processing" {
+                match task.progress {
+                    Some(progress) => hashing(progress),
+                    None => reports_progress = false,
+                }
             }
             if started.elapsed() >= self.timeout {
                 return Err(Failure::Permanent(format!(

@@ -125,6 +125,38 @@ async fn on_a_terminal_progress_is_drawn_as_bars() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_a_large_file_shows_its_hashing_progress() {
+    // 2 GiB (sparse: no disk write here) hashes for a few seconds; the file's bar then
+    // follows the bytes hashed, which the service reports while the task is processing.
+    let app = TestApp::spawn(TestOptions::default().api(|c| c.max_upload_bytes = 3 << 30)).await.unwrap();
+    let file = std::fs::File::create(app.root.join("large.bin")).unwrap();
+    file.set_len(2 << 30).unwrap();
+    let command = format!(
+        "MD5_URL={} {} hash --no-resume large.bin",
+        app.base_url,
+        sibling_binary("md5-client").unwrap().display()
+    );
+    let output = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(&app.root)
+        .output()
+        .await
+        .expect("script (util-linux) runs");
+    assert!(output.status.success(), "{output:?}");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    // The MD5 of 2 GiB of zeros (`head -c 2G /dev/zero | md5sum`).
+    assert!(screen.contains("a981130cf2b7e09f4686dc273cf7187e  large.bin"), "{screen}");
+    let hashing_mid_way = screen
+        .split("hashing [")
+        .skip(1)
+        .map(|rest| rest.split(['\r', '\n']).next().unwrap_or(""))
+        .filter_map(|bar| bar.split_once("/2.00 GiB").map(|(before, _)| before.trim_end().to_owned()))
+        .any(|before| !before.ends_with("2.00 GiB"));
+    assert!(hashing_mid_way, "the bar showed the hash part way: {screen}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_paths_and_unknown_ids_fail_with_the_reason_and_the_rest_is_still_done() {
     let app = TestApp::spawn(TestOptions::default()).await.unwrap();
     let files = write_files(&app.root, 3, &[]);
