@@ -84,6 +84,14 @@ pub fn config_env<C: CommandFactory + Serialize>(config: &C) -> Vec<(String, Str
             let value = match fields.get(arg.get_id().as_str())? {
                 Value::Null => return None,
                 Value::String(text) => text.clone(),
+                // A list setting (clap's `value_delimiter = ','`): its items, comma-separated;
+                // an empty list is no setting.
+                Value::Array(items) if items.is_empty() => return None,
+                Value::Array(items) => items
+                    .iter()
+                    .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 other => other.to_string(),
             };
             Some((variable, value))
@@ -227,8 +235,12 @@ mod tests {
         config.metrics_addr = Some("127.0.0.1:9911".parse().unwrap());
         config.consumer_name = Some("w-1".into());
         config.worker_concurrency = 3;
+        config.webhook_retry_schedule = vec![1, 2, 30];
         let env = config_env(&config);
         assert!(env.contains(&("KEEP_UPLOADS".into(), "true".into())), "{env:?}");
+        // A list: its items comma-separated; an empty one is no setting at all.
+        assert!(env.contains(&("WEBHOOK_RETRY_SCHEDULE".into(), "1,2,30".into())), "{env:?}");
+        assert!(!env.iter().any(|(name, _)| name == "WEBHOOK_URLS"), "{env:?}");
         assert!(!env.iter().any(|(name, _)| name == "FAULT_CRASH_AT"));
         let parsed = worker::Config::parse_from(config_args("md5-worker", &config));
         assert_eq!(format!("{parsed:?}"), format!("{config:?}"));
