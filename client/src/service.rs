@@ -415,7 +415,7 @@ impl Service {
     /// at most the client's timeout. A service that answers "not yet" sooner than it was asked to
     /// wait is asked again after a pause that grows from 0.25 s to 5 s, not at once.
     pub async fn wait_finished(&self, id: &str, retry: Retry<'_>) -> Result<Task, Failure> {
-        self.wait_finished_showing(id, retry, |_| {}).await
+        self.wait_loop(id, retry, None).await
     }
 
     /// [`Service::wait_finished`], telling `hashing` how far the hash has come: the task is asked
@@ -427,9 +427,20 @@ impl Service {
         retry: Retry<'_>,
         hashing: impl Fn(HashingProgress),
     ) -> Result<Task, Failure> {
+        self.wait_loop(id, retry, Some(&hashing)).await
+    }
+
+    /// Asks for the task until it is finished: with long waits, or, when `hashing` is given and
+    /// the service reports progress, every [`PROGRESS_EVERY`].
+    async fn wait_loop(
+        &self,
+        id: &str,
+        retry: Retry<'_>,
+        hashing: Option<&dyn Fn(HashingProgress)>,
+    ) -> Result<Task, Failure> {
         let started = Instant::now();
         let mut pause = FIRST_BACKOFF;
-        let mut reports_progress = true;
+        let mut reports_progress = hashing.is_some();
         loop {
             let asked = Instant::now();
             let mut wait = self.wait_seconds.load(Ordering::Relaxed) as f64;
@@ -441,9 +452,9 @@ impl Service {
                 return Ok(task);
             }
             if task.status == "processing" {
-                match task.progress {
-                    Some(progress) => hashing(progress),
-                    None => reports_progress = false,
+                match (task.progress, hashing) {
+                    (Some(progress), Some(hashing)) => hashing(progress),
+                    _ => reports_progress = false,
                 }
             }
             if started.elapsed() >= self.timeout {

@@ -411,6 +411,41 @@ async fn a_thousand_event_streams_fit_the_api_memory_budget_and_all_get_their_te
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_through_one_api_reaches_a_stream_held_by_another() {
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    // A second api replica on the same database, stream and volume.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let replica = tokio::spawn(api::run(
+        app.api_config(&TestOptions::default()),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    eventually(Duration::from_secs(30), "the second api to answer", || async {
+        app.client.get(format!("{other}/healthz")).send().await.ok()?.status().is_success().then_some(())
+    })
+    .await
+    .unwrap();
+    let response = app.upload("f.bin", random_bytes(1000, 5)).await;
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let mut stream =
+        EventStream::open(&app.client, &format!("{other}/api/v1/hashes/{id}/events"), None).await;
+    assert_eq!(stream.next().await.unwrap().data["status"], "queued");
+    let cancelled = app.client.delete(format!("{}/api/v1/hashes/{id}", app.base_url)).send().await.unwrap();
+    assert_eq!(cancelled.status(), 200);
+    let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("pushed, not polled")
+        .unwrap();
+    assert_eq!((event.event.as_str(), event.data["status"].as_str()), ("status", Some("cancelled")));
+    assert!(stream.next().await.is_none(), "the stream ends after the terminal event");
+    stop.cancel();
+    let _ = replica.await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_cannot_take_every_event_stream_and_another_is_still_served() {
     let api = ApiProcess::start(|c| {
         c.max_event_streams = 4;
