@@ -100,13 +100,11 @@ async fn hash_r_over_200_files_prints_what_md5sum_prints() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_terminal_progress_is_drawn_as_bars() {
-    // `script` (util-linux) gives the client a terminal for stdout and stderr.
-    let app = TestApp::spawn(TestOptions::default()).await.unwrap();
-    let files = write_files(&app.root, 4, &[20_000_000]);
+/// Runs `md5-client <args>` against `app` in `app.root` with a terminal for stdout and stderr
+/// (`script`, from util-linux); what the terminal showed.
+async fn on_a_terminal(app: &TestApp, args: &str) -> String {
     let command =
-        format!("MD5_URL={} {} hash -r files", app.base_url, sibling_binary("md5-client").unwrap().display());
+        format!("MD5_URL={} {} {args}", app.base_url, sibling_binary("md5-client").unwrap().display());
     let output = tokio::process::Command::new("script")
         .args(["-qec", &command, "/dev/null"])
         .current_dir(&app.root)
@@ -114,7 +112,14 @@ async fn on_a_terminal_progress_is_drawn_as_bars() {
         .await
         .expect("script (util-linux) runs");
     assert!(output.status.success(), "{output:?}");
-    let screen = String::from_utf8_lossy(&output.stdout);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_progress_is_drawn_as_bars() {
+    let app = TestApp::spawn(TestOptions::default()).await.unwrap();
+    let files = write_files(&app.root, 4, &[20_000_000]);
+    let screen = on_a_terminal(&app, "hash -r files").await;
     assert!(screen.contains("files [") && screen.contains("ETA"), "a total bar: {screen}");
     assert!(screen.contains("uploading ["), "a bar per file: {screen}");
     assert!(screen.contains("4 of 4 files hashed"), "the summary: {screen}");
@@ -131,19 +136,7 @@ async fn on_a_terminal_a_large_file_shows_its_hashing_progress() {
     let app = TestApp::spawn(TestOptions::default().api(|c| c.max_upload_bytes = 3 << 30)).await.unwrap();
     let file = std::fs::File::create(app.root.join("large.bin")).unwrap();
     file.set_len(2 << 30).unwrap();
-    let command = format!(
-        "MD5_URL={} {} hash --no-resume large.bin",
-        app.base_url,
-        sibling_binary("md5-client").unwrap().display()
-    );
-    let output = tokio::process::Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .current_dir(&app.root)
-        .output()
-        .await
-        .expect("script (util-linux) runs");
-    assert!(output.status.success(), "{output:?}");
-    let screen = String::from_utf8_lossy(&output.stdout);
+    let screen = on_a_terminal(&app, "hash --no-resume large.bin").await;
     // The MD5 of 2 GiB of zeros (`head -c 2G /dev/zero | md5sum`).
     assert!(screen.contains("a981130cf2b7e09f4686dc273cf7187e  large.bin"), "{screen}");
     let hashing_mid_way = screen
