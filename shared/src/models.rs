@@ -60,6 +60,11 @@ impl TaskStatus {
         matches!(self, TaskStatus::Done | TaskStatus::Failed | TaskStatus::Expired | TaskStatus::Cancelled)
     }
 
+    /// `expired` or `cancelled`: finished with no result, so no log line and nothing to hash.
+    pub fn ends_without_result(self) -> bool {
+        matches!(self, TaskStatus::Expired | TaskStatus::Cancelled)
+    }
+
     /// Every status, in the order of a task's life.
     pub const ALL: [TaskStatus; 7] = [
         TaskStatus::Uploading,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use shared::db::connection;
 use shared::queries::{self, Outcome};
-use shared::{LogLine, Md5Hex, Task, TaskStatus};
+use shared::{LogLine, Md5Hex, Task};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -129,13 +129,8 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<Settle
 /// worker's: cancelled (no result, no log line: its file goes, the entry is acknowledged), or
 /// taken over by another worker after our lease passed (the entry stays pending for it).
 async fn stopped(ctx: &JobContext, task_id: Uuid) -> anyhow::Result<Settle> {
-    let task = retry(ctx, "load the task", || async {
-        let mut conn = connection(&ctx.pool).await?;
-        anyhow::Ok(queries::find_task(&mut conn, task_id).await?)
-    })
-    .await?;
-    match task {
-        Some(task) if ended_without_result(task.status) => {
+    match load_task(ctx, task_id).await? {
+        Some(task) if task.status.ends_without_result() => {
             tracing::info!(task.status = task.status.as_str(), "task cancelled; no result and no log line");
             remove_upload(ctx, &task).await;
             Ok(Settle::Acknowledge)
@@ -147,24 +142,23 @@ async fn stopped(ctx: &JobContext, task_id: Uuid) -> anyhow::Result<Settle> {
     }
 }
 
-/// `cancelled` or `expired`: finished, but with nothing to record or log.
-fn ended_without_result(status: TaskStatus) -> bool {
-    matches!(status, TaskStatus::Cancelled | TaskStatus::Expired)
+/// The task's row, Postgres retried in place.
+async fn load_task(ctx: &JobContext, task_id: Uuid) -> anyhow::Result<Option<Task>> {
+    retry(ctx, "load the task", || async {
+        let mut conn = connection(&ctx.pool).await?;
+        anyhow::Ok(queries::find_task(&mut conn, task_id).await?)
+    })
+    .await
 }
 
 /// The task could not be claimed: it is finished, held by a live worker, or unknown.
 async fn not_claimable(ctx: &JobContext, delivery: &Delivery, task_id: Uuid) -> anyhow::Result<Settle> {
-    let task = retry(ctx, "load the task", || async {
-        let mut conn = connection(&ctx.pool).await?;
-        anyhow::Ok(queries::find_task(&mut conn, task_id).await?)
-    })
-    .await?;
-    match task {
+    match load_task(ctx, task_id).await? {
         None => {
             tracing::warn!("no such task; dropping the entry");
             Ok(Settle::Acknowledge)
         }
-        Some(task) if ended_without_result(task.status) => {
+        Some(task) if task.status.ends_without_result() => {
             // Cancelled while queued (or in a race with our claim): never hashed, never logged.
             tracing::debug!(
                 task.status = task.status.as_str(),

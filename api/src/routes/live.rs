@@ -36,11 +36,6 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// What a client's `EventSource` waits before reconnecting after the stream breaks.
 const RECONNECT_MS: u64 = 2000;
 
-fn task_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
-    let Path(id) = id.map_err(|_| ApiError::task_not_found("(invalid id)"))?;
-    Uuid::parse_str(&id).map_err(|_| ApiError::task_not_found(&id))
-}
-
 /// `DELETE /api/v1/hashes/{id}`: cancels a queued or processing task.
 #[utoipa::path(
     delete,
@@ -63,14 +58,14 @@ pub async fn cancel_hash(
     State(state): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let task_id = task_id(id)?;
+    let task_id = super::task_id_in_path(id)?;
     let cancelled = state.db.write(async |conn| queries::cancel_task(conn, task_id).await).await?;
     let task = match cancelled {
         Some(task) => {
             metrics::counter!("md5_tasks_cancelled_total").increment(1);
             tracing::info!(task.id = %task_id, "task cancelled");
             // The worker holding it may still read its open file; nothing else will.
-            remove_upload(&state, task_id).await;
+            state.storage.remove_cancelled(task_id).await;
             task
         }
         None => {
@@ -93,17 +88,6 @@ pub async fn cancel_hash(
         }
     };
     Ok((StatusCode::OK, Json(TaskView::from(task))).into_response())
-}
-
-async fn remove_upload(state: &AppState, task_id: Uuid) {
-    let path = shared::config::upload_path(&state.config.storage.upload_dir, task_id);
-    match tokio::fs::remove_file(&path).await {
-        Ok(()) => {}
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => {
-            tracing::warn!(task.id = %task_id, error = %err, "cannot delete a cancelled task's upload")
-        }
-    }
 }
 
 /// `GET /api/v1/hashes/{id}/events`: the task's state now, then every change, as Server-Sent
@@ -134,7 +118,7 @@ pub async fn hash_events(
     client: Option<Extension<ClientAddr>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let task_id = task_id(id)?;
+    let task_id = super::task_id_in_path(id)?;
     let slot =
         state.event_streams.try_acquire(client.map(|Extension(ClientAddr(ip))| ip)).map_err(|refusal| {
             ApiError::unavailable(match refusal {

@@ -159,6 +159,15 @@ pub fn with_security_headers(router: Router) -> Router {
         .layer(header("referrer-policy", "no-referrer"))
 }
 
+/// The task (or upload) id in the path; 404 for anything that is not a UUID, as for an unknown
+/// id.
+pub fn task_id_in_path(
+    id: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<uuid::Uuid, ApiError> {
+    let axum::extract::Path(id) = id.map_err(|_| ApiError::task_not_found("(invalid id)"))?;
+    uuid::Uuid::parse_str(&id).map_err(|_| ApiError::task_not_found(&id))
+}
+
 /// The request id tower-http assigned (or the client sent), if it is printable.
 pub fn request_id(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers.get("x-request-id").and_then(|value| value.to_str().ok()).filter(|id| id.len() <= 200)

@@ -69,8 +69,7 @@ fn protocol(headers: &HeaderMap) -> Result<Protocol, UnknownProtocol> {
 
 /// The upload id in the path; 404 for anything that is not a UUID.
 fn upload_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
-    let Path(id) = id.map_err(|_| ApiError::task_not_found("(invalid id)"))?;
-    Uuid::parse_str(&id).map_err(|_| ApiError::task_not_found(&id))
+    super::task_id_in_path(id)
 }
 
 fn client(client: Option<Extension<ClientAddr>>) -> Option<std::net::IpAddr> {

@@ -136,9 +136,8 @@ pub async fn get_hash(
     query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     // A path that is not even text cannot name a task: 404, like any other unknown id.
-    let Path(id) = id.map_err(|_| ApiError::task_not_found("(invalid id)"))?;
+    let task_id = super::task_id_in_path(id)?;
     let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
-    let task_id = Uuid::parse_str(&id).map_err(|_| ApiError::task_not_found(&id))?;
     let wait = parse_wait(query.wait.as_deref(), state.config.max_wait_seconds)?;
     let task = if wait.is_zero() {
         load(&state, task_id).await?

@@ -108,6 +108,18 @@ impl Storage {
         }
     }
 
+    /// Removes the stored upload of a task just cancelled (a missing file is fine: a worker may
+    /// have removed it). A worker still hashing it reads on from its open descriptor.
+    pub async fn remove_cancelled(&self, task_id: uuid::Uuid) {
+        match tokio::fs::remove_file(shared::config::upload_path(&self.dir, task_id)).await {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(task.id = %task_id, error = %err, "cannot delete a cancelled task's upload")
+            }
+        }
+    }
+
     /// Fails with [`io::ErrorKind::StorageFull`] when the folder has less than the reserve free.
     pub fn check_free_space(&self) -> Result<(), StorageError> {
         if self.min_free_bytes == 0 {

@@ -34,7 +34,7 @@ impl StopCancelled {
         let Ok(mut conn) = shared::db::connection(&self.ctx.bookkeeping).await else { return };
         for task_id in running {
             if let Ok(Some(task)) = queries::find_task(&mut conn, task_id).await
-                && matches!(task.status, TaskStatus::Cancelled | TaskStatus::Expired)
+                && task.status.ends_without_result()
             {
                 self.stop(task_id);
             }
