@@ -12,14 +12,14 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use hyper::body::Frame;
+use hyper::body::{Body as _, Frame, Incoming};
 use tokio::sync::Notify;
 
 /// A connection idle for less than this is never evicted for a new one (a keep-alive client
@@ -171,6 +171,62 @@ impl hyper::body::Body for TrackedBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(Some(Ok(_)))) {
             self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that records whether it was read to its end.
+///
+/// A handler may answer before reading a body it refuses (a wrong offset, a wrong media type, a
+/// full server); hyper then closes the HTTP/1 connection after the response rather than read the
+/// rest, but says nothing of it, so a client that puts the connection back in its pool sends its
+/// next request into a closing socket. [`RequestBody::unread`] tells the server loop to say so
+/// with `Connection: close`.
+pub struct RequestBody {
+    inner: Incoming,
+    ended: Arc<AtomicBool>,
+}
+
+/// Whether a [`RequestBody`] was read to its end, kept after the body itself is dropped.
+#[derive(Clone)]
+pub struct BodyEnd(Arc<AtomicBool>);
+
+impl BodyEnd {
+    /// True when the body has bytes (or an end) the handler never read.
+    pub fn unread(&self) -> bool {
+        !self.0.load(Ordering::Acquire)
+    }
+}
+
+impl RequestBody {
+    /// Wraps `inner`; the handle answers whether it was read to its end.
+    pub fn new(inner: Incoming) -> (Self, BodyEnd) {
+        let ended = Arc::new(AtomicBool::new(inner.is_end_stream()));
+        (RequestBody { inner, ended: ended.clone() }, BodyEnd(ended))
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // An error ends it too: hyper has nothing more to read for it.
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) || self.inner.is_end_stream() {
+            self.ended.store(true, Ordering::Release);
         }
         polled
     }

@@ -9,6 +9,9 @@
 //! - Read buffers and HTTP/2 flow-control windows are small, so a connection that sends faster
 //!   than its upload is written holds at most a few hundred KiB; what hyper buffers for a stream
 //!   whose peer does not read is capped too ([`H2_MAX_SEND_BUFFER_BYTES`]).
+//! - An HTTP/1 answer to a request whose body the handler did not read to its end carries
+//!   `Connection: close`: hyper will close that connection rather than read the rest, and a
+//!   client told so does not send its next request into the closing socket.
 //! - A connection idle for `IDLE_TIMEOUT_SECONDS` is closed (HTTP/1 keep-alive and HTTP/2 alike;
 //!   pings are not activity), and when every connection slot is taken the longest-idle
 //!   connection is closed to let the new one in (see [`crate::connections`]).
@@ -23,6 +26,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::http::{HeaderValue, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -32,7 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt as _;
 
-use crate::connections::{Connections, TrackedBody};
+use crate::connections::{Connections, RequestBody, TrackedBody};
 
 /// The address of the client a request came from, put into every request's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,9 +141,17 @@ pub async fn serve(
                 request.extensions_mut().insert(client);
                 let running = activity.handler_running();
                 let (app, activity) = (app.clone(), activity.clone());
+                let http1 = request.version() < axum::http::Version::HTTP_2;
+                let (parts, incoming) = request.into_parts();
+                let (body, body_end) = RequestBody::new(incoming);
+                let request = hyper::Request::from_parts(parts, Body::new(body));
                 async move {
-                    let response = app.oneshot(request.map(Body::new)).await?;
+                    let mut response = app.oneshot(request).await?;
                     drop(running);
+                    if http1 && body_end.unread() {
+                        // hyper will close this connection rather than read the rest: say so.
+                        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
                     Ok::<_, std::convert::Infallible>(
                         response.map(|body| Body::new(TrackedBody::new(body, activity))),
                     )

@@ -173,6 +173,7 @@ async fn an_ietf_draft_upload_resumes_at_the_servers_offset_and_completes_with_u
     // A wrong offset: the draft's problem type, with both offsets.
     let conflict = append(half - 10, &bytes[half - 10..], "?1").await.unwrap();
     assert_eq!(conflict.status(), 409);
+    assert_eq!(conflict.headers()["connection"], "close", "its unread body ends the connection");
     let problem: Value = conflict.json().await.unwrap();
     assert_eq!(problem["type"], "https://iana.org/assignments/http-problem-types#mismatching-upload-offset");
     assert_eq!(
@@ -192,6 +193,7 @@ async fn an_ietf_draft_upload_resumes_at_the_servers_offset_and_completes_with_u
         .await
         .unwrap();
     assert_eq!(wrong_type.status(), 415);
+    assert_eq!(wrong_type.headers()["connection"], "close", "its unread body ends the connection");
 
     let finished = append(half, &bytes[half..], "?1").await.unwrap();
     assert_eq!(finished.status(), 200);
@@ -206,6 +208,60 @@ async fn an_ietf_draft_upload_resumes_at_the_servers_offset_and_completes_with_u
     assert_eq!(again.status(), 400);
     let problem: Value = again.json().await.unwrap();
     assert_eq!(problem["type"], "https://iana.org/assignments/http-problem-types#completed-upload");
+    app.stop().await;
+}
+
+/// An append refused before its body is read ends its HTTP/1 connection, and the answer says so
+/// with `Connection: close`. Without it (hyper closes such a connection, but says so only when it
+/// noticed the unread body before writing the answer: a refusal made without waiting on anything,
+/// like the 415, is written first) a client puts the connection back in its pool and its next
+/// request can meet the closing socket: an "incomplete message" error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_append_says_its_connection_closes_and_the_same_client_goes_on_at_once() {
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let url = create(&app.client, &app.base_url, 4 * 1024 * 1024, "refused.bin").await;
+    // A small refused body is read before the answer: its connection is kept.
+    let small = patch(&app.client, &url, 5, b"tiny", None).await;
+    assert_eq!(small.status(), 409);
+    assert_eq!(small.headers().get("connection"), None, "a drained body keeps its connection");
+    // A normal upload's answer keeps its connection too (its body was read to the end).
+    let uploaded = app.upload("kept.bin", vec![1; 100_000]).await;
+    assert_eq!(uploaded.status(), 202);
+    assert_eq!(uploaded.headers().get("connection"), None, "an accepted upload keeps its connection");
+
+    let large = vec![7u8; 1024 * 1024];
+    for round in 0..20 {
+        // A wrong offset (found after taking the upload's lock) and a wrong media type (found
+        // from the headers alone), each with a body far larger than the api drains.
+        let refused = if round % 2 == 0 {
+            patch(&app.client, &url, 5, &large, None).await
+        } else {
+            app.client
+                .patch(&url)
+                .header(TUS.0, TUS.1)
+                .header("Upload-Offset", 0)
+                .header("Content-Type", "application/octet-stream")
+                .body(large.clone())
+                .send()
+                .await
+                .unwrap()
+        };
+        assert_eq!(refused.status(), if round % 2 == 0 { 409 } else { 415 }, "round {round}");
+        assert_eq!(
+            refused.headers().get("connection").map(|v| v.to_str().unwrap()),
+            Some("close"),
+            "round {round}"
+        );
+        // The same client's next request goes out at once, on a fresh connection, and is answered.
+        let next = app
+            .client
+            .head(&url)
+            .header(TUS.0, TUS.1)
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("round {round}: the request after a refusal failed: {err:?}"));
+        assert_eq!(offset(&next), 0, "round {round}");
+    }
     app.stop().await;
 }
 
