@@ -30,8 +30,15 @@ use shared::{TaskStatus, queries};
 /// an event).
 const RECHECK: Duration = Duration::from_secs(30);
 
-/// Keep-alive comments, so proxies and the api's own idle timeout see a live connection.
+/// Keep-alive comments, so proxies and the api's own idle timeout see a live connection: every
+/// 15 s, or every half `IDLE_TIMEOUT_SECONDS` where that is shorter (a stream waiting for a
+/// long hash is never closed as idle).
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The keep-alive interval under `idle_timeout`.
+fn keep_alive_every(idle_timeout: Duration) -> Duration {
+    KEEP_ALIVE.min(idle_timeout / 2)
+}
 
 /// What a client's `EventSource` waits before reconnecting after the stream breaks.
 const RECONNECT_MS: u64 = 2000;
@@ -106,7 +113,7 @@ pub async fn cancel_hash(
             object as `GET /api/v1/hashes/{id}` shows it, sent at once and at every change (queued → processing → \
             done, failed or cancelled); the stream ends after a terminal one. Event `progress` (id \
             `progress-<attempts>-<bytes>`): `{\"id\", \"bytes_hashed\", \"size_bytes\"}` about every half second while \
-            the file hashes. Keep-alive comments every 15 s; `retry: 2000`. Works through any api replica, whichever \
+            the file hashes. Keep-alive comments every 15 s (or half `IDLE_TIMEOUT_SECONDS` if shorter); `retry: 2000`. Works through any api replica, whichever \
             replica or worker made the change", content_type = "text/event-stream", body = TaskStreamEvent),
         (status = 404, description = "No task has this id, or it is not a UUID", body = Problem, content_type = "application/problem+json"),
         Refusals,
@@ -137,6 +144,7 @@ pub async fn hash_events(
     let mut watch =
         Watch { state, task_id, events, sent: None, bytes_sent: 0, size_bytes: 0, ended: false, _slot: slot };
     let first = watch.status_event(TaskView::from((task, upload)));
+    let keep_alive = keep_alive_every(Duration::from_secs(watch.state.config.idle_timeout_seconds));
     let stream = futures_util::stream::unfold((Some(first), watch), |(first, mut watch)| async move {
         if let Some(event) = first {
             return Some((
@@ -148,7 +156,7 @@ pub async fn hash_events(
         Some((Ok(event), (None, watch)))
     });
     metrics::counter!("md5_event_streams_opened_total").increment(1);
-    let mut response = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response();
+    let mut response = Sse::new(stream).keep_alive(KeepAlive::new().interval(keep_alive)).into_response();
     // Proxies that buffer responses (nginx) would hold the events back.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)

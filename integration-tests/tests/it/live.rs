@@ -68,6 +68,21 @@ impl EventStream {
     }
 }
 
+impl EventStream {
+    /// Reads for `during`, expecting no event; the keep-alive comments seen.
+    async fn keep_alives_during(&mut self, during: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + during;
+        let mut comments = 0;
+        while let Ok(chunk) = tokio::time::timeout_at(deadline, self.response.chunk()).await {
+            let chunk = chunk.expect("the stream reads").expect("the stream stays open");
+            let text = std::str::from_utf8(&chunk).expect("UTF-8");
+            assert!(!text.contains("data:"), "no event while the task waits: {text:?}");
+            comments += text.lines().filter(|line| line.starts_with(':')).count();
+        }
+        comments
+    }
+}
+
 /// Chunk `n` of the large test file: pseudo-random, distinct per chunk.
 fn large_chunk(base: &[u8], n: u64) -> bytes::Bytes {
     let mut chunk = base.to_vec();
@@ -158,6 +173,29 @@ async fn a_queued_task_cancelled_is_never_hashed_or_logged_and_only_unfinished_t
     assert_eq!(lines.len(), 1, "one line, the done task's");
     assert_eq!(lines[0].task_id.to_string(), kept);
     assert!(app.upload_files().is_empty());
+    app.stop().await;
+}
+
+/// A stream whose task waits (no worker) sends nothing but keep-alive comments, and those keep
+/// it open through the api's idle timeout: every half `IDLE_TIMEOUT_SECONDS` when that is under
+/// the 15 s default. The cancel then still reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_hold_a_waiting_stream_open_past_the_idle_timeout() {
+    let app = TestApp::spawn(TestOptions::default().no_workers().api(|c| c.idle_timeout_seconds = 2))
+        .await
+        .unwrap();
+    let response = app.upload("waits.bin", random_bytes(1000, 7)).await;
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let url = format!("{}/api/v1/hashes/{id}", app.base_url);
+    let mut stream = EventStream::open(&app.client, &format!("{url}/events"), None).await;
+    assert_eq!(stream.next().await.unwrap().data["status"], "queued");
+    // Three idle timeouts long: a comment every second keeps the connection.
+    let comments = stream.keep_alives_during(Duration::from_secs(6)).await;
+    assert!((4..=8).contains(&comments), "{comments} keep-alive comments in 6 s at one a second");
+    assert_eq!(app.client.delete(&url).send().await.unwrap().status(), 200);
+    let cancelled = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("pushed");
+    assert_eq!(cancelled.unwrap().data["status"], "cancelled");
+    assert!(stream.next().await.is_none(), "the stream ends after the terminal event");
     app.stop().await;
 }
 
