@@ -32,6 +32,8 @@ enum Mode {
     RetryAfterOnce,
     /// 410 Gone to everything.
     Gone,
+    /// The first request is never answered (its handler waits 25 s); 2xx after.
+    HangOnce,
 }
 
 /// One request the receiver got.
@@ -69,6 +71,25 @@ impl Receiver {
 
 async fn hook(State(receiver): State<Receiver>, headers: HeaderMap, body: String) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let hangs = {
+        let mut state = receiver.state.lock().unwrap();
+        let hangs = state.0 == Mode::HangOnce && state.2.is_empty();
+        if hangs {
+            state.2.push(Received {
+                id: header("webhook-id"),
+                timestamp: header("webhook-timestamp"),
+                signature: header("webhook-signature"),
+                body: body.clone(),
+                accepted: false,
+                at: Instant::now(),
+            });
+        }
+        hangs
+    };
+    if hangs {
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        return StatusCode::NO_CONTENT.into_response();
+    }
     let mut state = receiver.state.lock().unwrap();
     let (mode, rng, requests) = &mut *state;
     *rng ^= *rng << 13;
@@ -82,6 +103,7 @@ async fn hook(State(receiver): State<Receiver>, headers: HeaderMap, body: String
         }
         Mode::RetryAfterOnce => StatusCode::OK.into_response(),
         Mode::Gone => StatusCode::GONE.into_response(),
+        Mode::HangOnce => StatusCode::NO_CONTENT.into_response(),
     };
     requests.push(Received {
         id: header("webhook-id"),
@@ -349,6 +371,44 @@ async fn retry_after_is_honoured_and_a_410_disables_the_endpoint() {
     upload(3).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(receiver.requests().len(), 3, "nothing more was sent to a gone endpoint");
+    stop.cancel();
+    let _ = serving.await;
+    app.stop().await;
+}
+
+/// A receiver that takes a request and never answers holds its delivery for the 15 s timeout and
+/// no longer: the attempt counts as failed and the retry, under the same id, is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_is_given_up_on_after_15_seconds_and_the_retry_delivers() {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let receiver = Receiver::new(Mode::HangOnce);
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn({
+        let (receiver, stop) = (receiver.clone(), stop.clone());
+        async move { receiver.serve(addr, stop).await }
+    });
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    start_worker(&mut app, &webhook_env(&format!("http://{addr}/hook"), 3));
+    endpoints_registered(&app).await;
+    let response = app.upload("f.bin", random_bytes(100, 9)).await;
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.wait_finished(&id, Duration::from_secs(30)).await["status"], "done");
+    eventually(Duration::from_secs(40), "the event delivered after the unanswered attempt", || async {
+        (receiver.requests().iter().any(|r| r.accepted)).then_some(())
+    })
+    .await
+    .unwrap();
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[0].id, requests[1].id);
+    assert_eq!(requests[0].id, format!("msg_{}_done", id.replace('-', "")));
+    let gap = requests[1].at - requests[0].at;
+    eprintln!("the retry came {gap:?} after the unanswered request");
+    // 15 s of timeout, then the schedule's 1 s step (and the delivery loop's poll).
+    assert!(
+        gap >= Duration::from_secs(15) && gap < Duration::from_secs(22),
+        "the retry came {gap:?} after the unanswered request"
+    );
     stop.cancel();
     let _ = serving.await;
     app.stop().await;
