@@ -12,6 +12,8 @@
 //! - An HTTP/1 answer to a request whose body the handler did not read to its end carries
 //!   `Connection: close`: hyper will close that connection rather than read the rest, and a
 //!   client told so does not send its next request into the closing socket.
+//! - A connection the api closes first keeps reading (and dropping) what its client still sends
+//!   for up to [`LINGER`], so that its last answer is not destroyed by a reset.
 //! - A connection idle for `IDLE_TIMEOUT_SECONDS` is closed (HTTP/1 keep-alive and HTTP/2 alike;
 //!   pings are not activity), and when every connection slot is taken the longest-idle
 //!   connection is closed to let the new one in (see [`crate::connections`]).
@@ -158,7 +160,7 @@ pub async fn serve(
                 }
             })
         };
-        let io = ProblemOnRefusal::new(stream, request_seen.clone());
+        let io = ProblemOnRefusal::new(LingeringClose::new(stream), request_seen.clone());
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -239,7 +241,7 @@ impl RequestSeen {
 /// larger than [`READ_BUFFER_BYTES`], a URI past its limit) goes out as problem+json, like
 /// every other error of the api. hyper closes the connection after such a response.
 struct ProblemOnRefusal {
-    inner: TcpStream,
+    inner: LingeringClose,
     request_seen: Arc<RequestSeen>,
     /// The problem response being written in place of hyper's, and how much of it is out.
     replacement: Option<(Vec<u8>, usize)>,
@@ -248,7 +250,7 @@ struct ProblemOnRefusal {
 }
 
 impl ProblemOnRefusal {
-    fn new(inner: TcpStream, request_seen: Arc<RequestSeen>) -> Self {
+    fn new(inner: LingeringClose, request_seen: Arc<RequestSeen>) -> Self {
         ProblemOnRefusal { inner, request_seen, replacement: None, replaced: false }
     }
 
@@ -324,5 +326,66 @@ impl AsyncWrite for ProblemOnRefusal {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Longest a closing connection keeps reading what its client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes a closing connection reads and drops.
+const LINGER_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// The client's socket, closed the way RFC 9112 (section 9.6) asks of a server that closes
+/// first: the write half, then reading and dropping what the client still sends until it closes
+/// too, for at most [`LINGER`] and [`LINGER_MAX_BYTES`] (a "lingering close", as nginx and Apache
+/// do). A socket closed with unread bytes is reset, and the reset can destroy the answer before
+/// the client reads it, or fail the client's write of a body the api refused without reading.
+struct LingeringClose {
+    inner: TcpStream,
+    /// The write half is closed: until when, and how much was read since.
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+}
+
+impl LingeringClose {
+    fn new(inner: TcpStream) -> Self {
+        LingeringClose { inner, linger: None }
+    }
+}
+
+impl AsyncRead for LingeringClose {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LingeringClose {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let (until, read) = match &mut this.linger {
+            Some(linger) => linger,
+            None => {
+                ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                this.linger.insert((Box::pin(tokio::time::sleep(LINGER)), 0))
+            }
+        };
+        let mut scratch = [0u8; 8 * 1024];
+        loop {
+            if until.as_mut().poll(cx).is_ready() || *read > LINGER_MAX_BYTES {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf)) {
+                Ok(()) if !buf.filled().is_empty() => *read += buf.filled().len(),
+                // The client closed its half (or the connection broke): done.
+                _ => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }

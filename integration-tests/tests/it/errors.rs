@@ -48,6 +48,43 @@ async fn a_body_that_is_not_multipart_gets_415_and_leaves_nothing() {
     assert_nothing_left(&app).await;
 }
 
+/// A client that goes on sending a body the api refused (here 32 MiB that are not a form) gets
+/// its answer whole and can finish its write: the api closes the connection only after reading
+/// (and dropping) what is still coming, for a bounded time. Closing at once would reset the
+/// connection under the client's write and could destroy the answer before it is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_a_refused_body_gets_its_answer_and_no_reset() {
+    use tokio::io::AsyncReadExt as _;
+    const BODY: usize = 32 * 1024 * 1024;
+    let app = no_api_app(TestOptions::default()).await;
+    let stream = raw_http::connect(&app.base_url).await;
+    let (mut read, mut write) = stream.into_split();
+    let head = format!(
+        "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
+    );
+    let writer = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 64 * 1024];
+        for _ in 0..BODY / chunk.len() {
+            write.write_all(&chunk).await?;
+        }
+        write.shutdown().await
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), read.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the answer is read to the api's close, not reset: {read:?} ({answer})"
+    );
+    assert!(answer.starts_with("HTTP/1.1 415 "), "{answer}");
+    assert!(answer.contains("connection: close") && answer.contains("application/problem+json"), "{answer}");
+    let written =
+        tokio::time::timeout(Duration::from_secs(20), writer).await.expect("the write ends").unwrap();
+    assert!(written.is_ok(), "the whole body was taken, without a reset: {written:?}");
+    assert_nothing_left(&app).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_without_a_file_part_or_malformed_gets_400_and_leaves_nothing() {
     let app = no_api_app(TestOptions::default()).await;

@@ -61,11 +61,40 @@ impl Receiver {
         self.state.lock().unwrap().2.clone()
     }
 
-    /// Serves on `addr` until `stop`.
-    async fn serve(&self, addr: SocketAddr, stop: CancellationToken) {
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("the receiver's port");
+    /// Serves on `addr` until [`Serving::stop`].
+    fn serve(&self, addr: SocketAddr) -> Serving {
+        let stop = CancellationToken::new();
         let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(self.clone());
-        axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await.unwrap();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let listener = tokio::net::TcpListener::bind(addr).await.expect("the receiver's port");
+                axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await.unwrap();
+            }
+        });
+        Serving { stop, task }
+    }
+
+    /// A receiver in `mode` serving on a free port, and its URL.
+    fn start(mode: Mode) -> (Receiver, SocketAddr, Serving) {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let receiver = Receiver::new(mode);
+        let serving = receiver.serve(addr);
+        (receiver, addr, serving)
+    }
+}
+
+/// A receiver serving.
+struct Serving {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    /// Stops serving (the port is closed when this returns).
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
     }
 }
 
@@ -149,6 +178,23 @@ async fn endpoints_registered(app: &TestApp) {
     .unwrap();
 }
 
+/// The api and one worker process delivering to the receiver at `addr`, retrying every second
+/// `retries` times, its endpoint registered.
+async fn app_with_webhooks(addr: SocketAddr, retries: usize) -> TestApp {
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    start_worker(&mut app, &webhook_env(&format!("http://{addr}/hook"), retries));
+    endpoints_registered(&app).await;
+    app
+}
+
+/// Uploads a small file and waits for it to be done; its id.
+async fn upload_done(app: &TestApp, seed: u64) -> String {
+    let response = app.upload("f.bin", random_bytes(100, seed)).await;
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(app.wait_finished(&id, Duration::from_secs(30)).await["status"], "done");
+    id
+}
+
 /// The Python interpreter of the project's tool environment (scripts/test.sh makes it).
 fn tools_python() -> PathBuf {
     let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/python");
@@ -197,14 +243,7 @@ async fn every_terminal_event_reaches_a_flaky_receiver_that_goes_down_signed_and
     const TASKS: usize = 500;
     const CANCELS: usize = 40;
     const FAILS: usize = 20;
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let receiver = Receiver::new(Mode::Flaky);
-    let up = CancellationToken::new();
-    let serving = tokio::spawn({
-        let (receiver, up) = (receiver.clone(), up.clone());
-        async move { receiver.serve(addr, up).await }
-    });
+    let (receiver, addr, serving) = Receiver::start(Mode::Flaky);
 
     let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -223,16 +262,10 @@ async fn every_terminal_event_reaches_a_flaky_receiver_that_goes_down_signed_and
             })
             .await
             .unwrap();
-            up.cancel();
-            let _ = serving.await;
+            serving.stop().await;
             let down_at = Instant::now();
             tokio::time::sleep(Duration::from_secs(20)).await;
-            let back = CancellationToken::new();
-            let serving = tokio::spawn({
-                let (receiver, back) = (receiver.clone(), back.clone());
-                async move { receiver.serve(addr, back).await }
-            });
-            (down_at, back, serving)
+            (down_at, receiver.serve(addr))
         }
     });
 
@@ -275,7 +308,7 @@ async fn every_terminal_event_reaches_a_flaky_receiver_that_goes_down_signed_and
     let statuses: HashSet<&str> = expected.values().map(|(_, status)| status.as_str()).collect();
     assert_eq!(statuses, HashSet::from(["done", "failed", "cancelled"]), "all three events occur");
 
-    let (down_at, back, serving) = outage.await.unwrap();
+    let (down_at, back) = outage.await.unwrap();
     eventually(Duration::from_secs(180), "every event delivered", || async {
         let delivered: HashSet<String> =
             receiver.requests().into_iter().filter(|r| r.accepted).map(|r| r.id).collect();
@@ -321,34 +354,15 @@ async fn every_terminal_event_reaches_a_flaky_receiver_that_goes_down_signed_and
     let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
     assert!(text.contains("md5_webhook_attempts_total{outcome=\"delivered\"}"), "{text}");
     assert!(text.contains("md5_webhook_attempts_total{outcome=\"failed\"}"), "{text}");
-    back.cancel();
-    let _ = serving.await;
+    back.stop().await;
     app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_honoured_and_a_410_disables_the_endpoint() {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let receiver = Receiver::new(Mode::RetryAfterOnce);
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn({
-        let (receiver, stop) = (receiver.clone(), stop.clone());
-        async move { receiver.serve(addr, stop).await }
-    });
-    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
-    start_worker(&mut app, &webhook_env(&format!("http://{addr}/hook"), 5));
-    endpoints_registered(&app).await;
-
-    let upload = |seed: u64| {
-        let app = &app;
-        async move {
-            let response = app.upload("f.bin", random_bytes(100, seed)).await;
-            let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-            assert_eq!(app.wait_finished(&id, Duration::from_secs(30)).await["status"], "done");
-            id
-        }
-    };
-    upload(1).await;
+    let (receiver, addr, serving) = Receiver::start(Mode::RetryAfterOnce);
+    let app = app_with_webhooks(addr, 5).await;
+    upload_done(&app, 1).await;
     eventually(Duration::from_secs(30), "the event delivered after its 503", || async {
         (receiver.requests().iter().any(|r| r.accepted)).then_some(())
     })
@@ -362,17 +376,16 @@ async fn retry_after_is_honoured_and_a_410_disables_the_endpoint() {
 
     // 410 Gone: the endpoint is disabled; later events are not sent to it.
     receiver.state.lock().unwrap().0 = Mode::Gone;
-    upload(2).await;
+    upload_done(&app, 2).await;
     eventually(Duration::from_secs(30), "the 410", || async {
         (receiver.requests().len() == 3).then_some(())
     })
     .await
     .unwrap();
-    upload(3).await;
+    upload_done(&app, 3).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(receiver.requests().len(), 3, "nothing more was sent to a gone endpoint");
-    stop.cancel();
-    let _ = serving.await;
+    serving.stop().await;
     app.stop().await;
 }
 
@@ -380,19 +393,9 @@ async fn retry_after_is_honoured_and_a_410_disables_the_endpoint() {
 /// no longer: the attempt counts as failed and the retry, under the same id, is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_never_answers_is_given_up_on_after_15_seconds_and_the_retry_delivers() {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let receiver = Receiver::new(Mode::HangOnce);
-    let stop = CancellationToken::new();
-    let serving = tokio::spawn({
-        let (receiver, stop) = (receiver.clone(), stop.clone());
-        async move { receiver.serve(addr, stop).await }
-    });
-    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
-    start_worker(&mut app, &webhook_env(&format!("http://{addr}/hook"), 3));
-    endpoints_registered(&app).await;
-    let response = app.upload("f.bin", random_bytes(100, 9)).await;
-    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    assert_eq!(app.wait_finished(&id, Duration::from_secs(30)).await["status"], "done");
+    let (receiver, addr, serving) = Receiver::start(Mode::HangOnce);
+    let app = app_with_webhooks(addr, 3).await;
+    let id = upload_done(&app, 9).await;
     eventually(Duration::from_secs(40), "the event delivered after the unanswered attempt", || async {
         (receiver.requests().iter().any(|r| r.accepted)).then_some(())
     })
@@ -409,7 +412,6 @@ async fn a_receiver_that_never_answers_is_given_up_on_after_15_seconds_and_the_r
         gap >= Duration::from_secs(15) && gap < Duration::from_secs(22),
         "the retry came {gap:?} after the unanswered request"
     );
-    stop.cancel();
-    let _ = serving.await;
+    serving.stop().await;
     app.stop().await;
 }
