@@ -389,24 +389,41 @@ async fn retry_after_is_honoured_and_a_410_disables_the_endpoint() {
     app.stop().await;
 }
 
-/// A receiver that takes a request and never answers holds its delivery for the 15 s timeout and
-/// no longer: the attempt counts as failed and the retry, under the same id, is delivered.
+/// A receiver that takes a request and never answers holds that delivery for the 15 s timeout
+/// and no longer, and holds up no other: the events of tasks finished meanwhile are delivered at
+/// once, the unanswered attempt counts as failed and its retry, under the same id, is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_that_never_answers_is_given_up_on_after_15_seconds_and_the_retry_delivers() {
+async fn a_receiver_that_never_answers_holds_one_delivery_for_15_seconds_and_no_other() {
     let (receiver, addr, serving) = Receiver::start(Mode::HangOnce);
     let app = app_with_webhooks(addr, 3).await;
     let id = upload_done(&app, 9).await;
-    eventually(Duration::from_secs(40), "the event delivered after the unanswered attempt", || async {
-        (receiver.requests().iter().any(|r| r.accepted)).then_some(())
+    let hung = format!("msg_{}_done", id.replace('-', ""));
+    eventually(Duration::from_secs(30), "the first request, left unanswered", || async {
+        (receiver.requests().len() == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    let mut others = HashSet::new();
+    for seed in 10..15 {
+        others.insert(format!("msg_{}_done", upload_done(&app, seed).await.replace('-', "")));
+    }
+    eventually(Duration::from_secs(40), "every event delivered", || async {
+        let delivered: HashSet<String> =
+            receiver.requests().into_iter().filter(|r| r.accepted).map(|r| r.id).collect();
+        (delivered.len() == 6).then_some(())
     })
     .await
     .unwrap();
     let requests = receiver.requests();
-    assert_eq!(requests.len(), 2, "{requests:?}");
-    assert_eq!(requests[0].id, requests[1].id);
-    assert_eq!(requests[0].id, format!("msg_{}_done", id.replace('-', "")));
-    let gap = requests[1].at - requests[0].at;
-    eprintln!("the retry came {gap:?} after the unanswered request");
+    assert_eq!(requests.len(), 7, "{requests:?}");
+    let (first, retry) = (&requests[0], requests.last().unwrap());
+    assert_eq!((first.id.as_str(), first.accepted), (hung.as_str(), false));
+    assert_eq!((retry.id.as_str(), retry.accepted), (hung.as_str(), true), "the retry is the last request");
+    let gap = retry.at - first.at;
+    let others_after =
+        requests.iter().filter(|r| others.contains(&r.id)).map(|r| r.at - first.at).max().unwrap();
+    eprintln!("the other events were in {others_after:?} after the unanswered request, its retry {gap:?}");
+    assert!(others_after < Duration::from_secs(10), "the other events waited {others_after:?}");
     // 15 s of timeout, then the schedule's 1 s step (and the delivery loop's poll).
     assert!(
         gap >= Duration::from_secs(15) && gap < Duration::from_secs(22),

@@ -1,13 +1,16 @@
 //! Delivers the webhook outbox (`shared::webhooks`): every worker with `WEBHOOK_URLS` claims due
 //! deliveries (a lease of [`LEASE`], so workers share the work and a dead one's attempts are
-//! taken over), sends each signed (`crate::webhooks`), and records the outcome: delivered (2xx),
-//! retried after the next step of `WEBHOOK_RETRY_SCHEDULE` or a longer `Retry-After`, given up
-//! when the schedule is spent, or the endpoint disabled (410 Gone). At least once: a worker that
-//! dies between the answer and the record sends the event again, with the same `webhook-id`.
+//! taken over) and sends each signed (`crate::webhooks`), up to [`IN_FLIGHT`] at once, claiming
+//! the next as soon as one ends (a receiver that hangs holds only its own attempts). Each
+//! outcome is recorded as its attempt ends: delivered (2xx), retried after the next step of
+//! `WEBHOOK_RETRY_SCHEDULE` or a longer `Retry-After`, given up when the schedule is spent, or
+//! the endpoint disabled (410 Gone). At least once: a worker that dies between the answer and
+//! the record sends the event again, with the same `webhook-id`.
 
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
 use super::Service;
@@ -20,7 +23,7 @@ const LEASE: Duration = Duration::from_secs(60);
 /// The longest an attempt may take, connection and answer included (the spec's 15 s).
 const TIMEOUT: Duration = Duration::from_secs(15);
 /// Deliveries one worker attempts at once.
-const BATCH: i64 = 32;
+const IN_FLIGHT: usize = 32;
 /// How often an idle worker looks for due deliveries.
 const POLL: Duration = Duration::from_millis(250);
 /// The longest `Retry-After` honoured.
@@ -61,40 +64,36 @@ impl DeliverWebhooks {
         Ok(())
     }
 
-    /// Claims and attempts one batch; the number claimed.
-    async fn deliver_batch(&self) -> anyhow::Result<usize> {
-        let claimed = {
-            let mut conn = connection(&self.pool).await?;
-            webhooks::claim_due(&mut conn, BATCH, LEASE).await?
-        };
-        let count = claimed.len();
-        let outcomes: Vec<(Delivery, AttemptOutcome)> = futures_util::stream::iter(claimed)
-            .map(|delivery| async move {
-                let outcome = self.attempt(&delivery).await;
-                (delivery, outcome)
-            })
-            .buffer_unordered(BATCH as usize)
-            .collect()
-            .await;
+    /// Claims up to `room` due deliveries.
+    async fn claim(&self, room: usize) -> anyhow::Result<Vec<Delivery>> {
         let mut conn = connection(&self.pool).await?;
-        for (delivery, outcome) in outcomes {
-            let label = match &outcome {
-                AttemptOutcome::Delivered => "delivered",
-                AttemptOutcome::RetryIn(..) => "failed",
-                AttemptOutcome::GiveUp(_) => "gave_up",
-                AttemptOutcome::EndpointGone => "gone",
-            };
-            metrics::counter!("md5_webhook_attempts_total", "outcome" => label).increment(1);
-            if let AttemptOutcome::RetryIn(_, error) | AttemptOutcome::GiveUp(error) = &outcome {
-                tracing::debug!(webhook.id = %delivery.event_id, webhook.url = %delivery.url, attempt = delivery.attempts, error = %error, "webhook delivery failed");
-            }
-            if outcome == AttemptOutcome::EndpointGone {
-                tracing::warn!(webhook.url = %delivery.url, "the webhook endpoint answered 410 Gone: disabled");
-            }
-            // Not recorded (Postgres away): the lease runs out and the event goes again.
-            webhooks::record(&mut conn, &delivery, &outcome).await?;
+        Ok(webhooks::claim_due(&mut conn, i64::try_from(room)?, LEASE).await?)
+    }
+
+    /// Counts and records one attempt's outcome. Not recorded (Postgres away): the lease runs
+    /// out and the event goes again, under the same id.
+    async fn finish(&self, delivery: Delivery, outcome: AttemptOutcome) {
+        let label = match &outcome {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::RetryIn(..) => "failed",
+            AttemptOutcome::GiveUp(_) => "gave_up",
+            AttemptOutcome::EndpointGone => "gone",
+        };
+        metrics::counter!("md5_webhook_attempts_total", "outcome" => label).increment(1);
+        if let AttemptOutcome::RetryIn(_, error) | AttemptOutcome::GiveUp(error) = &outcome {
+            tracing::debug!(webhook.id = %delivery.event_id, webhook.url = %delivery.url, attempt = delivery.attempts, error = %error, "webhook delivery failed");
         }
-        Ok(count)
+        if outcome == AttemptOutcome::EndpointGone {
+            tracing::warn!(webhook.url = %delivery.url, "the webhook endpoint answered 410 Gone: disabled");
+        }
+        let recorded = async {
+            let mut conn = connection(&self.pool).await?;
+            webhooks::record(&mut conn, &delivery, &outcome).await?;
+            anyhow::Ok(())
+        };
+        if let Err(err) = recorded.await {
+            tracing::warn!(webhook.id = %delivery.event_id, error = format!("{err:#}"), "cannot record a webhook attempt; it goes again when its lease runs out");
+        }
     }
 
     async fn attempt(&self, delivery: &Delivery) -> AttemptOutcome {
@@ -152,19 +151,41 @@ impl Service for DeliverWebhooks {
             }
         }
         tracing::info!(webhook.endpoints = self.urls.len(), "delivering webhooks");
+        // Attempts run side by side, and each is recorded when it ends: one slow receiver (up
+        // to the 15 s timeout) holds only its own slot, never the deliveries claimed after it.
+        let this = &self;
+        let mut in_flight = FuturesUnordered::new();
         loop {
-            let pause = match self.deliver_batch().await {
-                Ok(claimed) if claimed as i64 == BATCH => Duration::ZERO,
-                Ok(_) => POLL,
-                Err(err) => {
-                    tracing::warn!(error = format!("{err:#}"), "webhook delivery interrupted");
-                    Duration::from_secs(1)
+            let room = IN_FLIGHT - in_flight.len();
+            let mut pause = POLL;
+            if room > 0 {
+                match self.claim(room).await {
+                    Ok(claimed) => {
+                        if claimed.len() == room {
+                            pause = Duration::ZERO;
+                        }
+                        for delivery in claimed {
+                            in_flight.push(async move {
+                                let outcome = this.attempt(&delivery).await;
+                                (delivery, outcome)
+                            });
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = format!("{err:#}"), "cannot claim webhook deliveries");
+                        pause = Duration::from_secs(1);
+                    }
                 }
-            };
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
             }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some((delivery, outcome)) = in_flight.next() => self.finish(delivery, outcome).await,
+                () = tokio::time::sleep(pause), if in_flight.len() < IN_FLIGHT => {}
+            }
+        }
+        // Stopping: the attempts under way end (each within the timeout) and are recorded.
+        while let Some((delivery, outcome)) = in_flight.next().await {
+            self.finish(delivery, outcome).await;
         }
     }
 }
