@@ -155,14 +155,18 @@ impl Service for DeliverWebhooks {
         // to the 15 s timeout) holds only its own slot, never the deliveries claimed after it.
         let this = &self;
         let mut in_flight = FuturesUnordered::new();
+        // When to look for due deliveries next: at once after a claim that filled every free
+        // slot (more may be due), else after POLL; an attempt ending does not bring it forward.
+        let mut claim_at = tokio::time::Instant::now();
         loop {
             let room = IN_FLIGHT - in_flight.len();
-            let mut pause = POLL;
-            if room > 0 {
+            let now = tokio::time::Instant::now();
+            if room > 0 && now >= claim_at {
+                claim_at = now + POLL;
                 match self.claim(room).await {
                     Ok(claimed) => {
                         if claimed.len() == room {
-                            pause = Duration::ZERO;
+                            claim_at = now;
                         }
                         for delivery in claimed {
                             in_flight.push(async move {
@@ -173,14 +177,14 @@ impl Service for DeliverWebhooks {
                     }
                     Err(err) => {
                         tracing::warn!(error = format!("{err:#}"), "cannot claim webhook deliveries");
-                        pause = Duration::from_secs(1);
+                        claim_at = now + Duration::from_secs(1);
                     }
                 }
             }
             tokio::select! {
                 () = stop.cancelled() => break,
                 Some((delivery, outcome)) = in_flight.next() => self.finish(delivery, outcome).await,
-                () = tokio::time::sleep(pause), if in_flight.len() < IN_FLIGHT => {}
+                () = tokio::time::sleep_until(claim_at), if in_flight.len() < IN_FLIGHT => {}
             }
         }
         // Stopping: the attempts under way end (each within the timeout) and are recorded.
