@@ -85,6 +85,56 @@ async fn a_client_still_sending_a_refused_body_gets_its_answer_and_no_reset() {
     assert_nothing_left(&app).await;
 }
 
+/// The lingering close is bounded: a client that never stops sending a refused body (it
+/// declares 10 GiB) is cut off after at most 64 MiB more (or 2 s), and another client is served
+/// meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_stops_sending_a_refused_body_is_cut_off() {
+    const DECLARED: u64 = 10 << 30;
+    let app = no_api_app(TestOptions::default()).await;
+    let mut stream = raw_http::connect(&app.base_url).await;
+    let head = format!(
+        "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {DECLARED}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let chunk = vec![b' '; 256 * 1024];
+    let mut written: u64 = 0;
+    let cut = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match stream.write_all(&chunk).await {
+                Ok(()) => written += chunk.len() as u64,
+                Err(err) => return err,
+            }
+        }
+    })
+    .await
+    .expect("the api cut the connection");
+    eprintln!("cut after {} MiB in {:?}: {cut}", written >> 20, started.elapsed());
+    assert!(written < 100 << 20, "{} MiB were taken", written >> 20);
+    assert!(started.elapsed() < Duration::from_secs(10), "cut after {:?}", started.elapsed());
+    // A trickle (1 KiB every 100 ms) is cut by time instead: 2 s of lingering after the answer
+    // (and at most the refusal's own 1 s drain before it).
+    let mut stream = raw_http::connect(&app.base_url).await;
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Err(err) = stream.write_all(&chunk[..1024]).await {
+                return err;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the api cut the trickle");
+    eprintln!("trickle cut in {:?}: {cut}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(8), "trickle cut after {:?}", started.elapsed());
+    let served = app.client.get(format!("{}/healthz", app.base_url)).send().await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert_nothing_left(&app).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_without_a_file_part_or_malformed_gets_400_and_leaves_nothing() {
     let app = no_api_app(TestOptions::default()).await;
