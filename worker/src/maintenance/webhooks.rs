@@ -1,7 +1,8 @@
 //! Delivers the webhook outbox (`shared::webhooks`): every worker with `WEBHOOK_URLS` claims due
 //! deliveries (a lease of [`LEASE`], so workers share the work and a dead one's attempts are
-//! taken over) and sends each signed (`crate::webhooks`), up to [`IN_FLIGHT`] at once, claiming
-//! the next as soon as one ends (a receiver that hangs holds only its own attempts). Each
+//! taken over) and sends each signed (`crate::webhooks`), up to [`IN_FLIGHT`] at once, a free
+//! slot taking the next due event within [`POLL`] (a receiver that hangs holds only its own
+//! attempts). Each
 //! outcome is recorded as its attempt ends: delivered (2xx), retried after the next step of
 //! `WEBHOOK_RETRY_SCHEDULE` or a longer `Retry-After`, given up when the schedule is spent, or
 //! the endpoint disabled (410 Gone). At least once: a worker that dies between the answer and
