@@ -62,7 +62,13 @@ impl Service {
             api: None,
             workers: Vec::new(),
             api_url: format!("http://{}", config.api.bind_addr),
-            client: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+            // Idle connections are dropped after 1 s, before the api's shortest header timeout
+            // here (2 s, scenario 5), which also ends a keep-alive connection idle that long: a
+            // request never goes out on a connection the api is closing at that moment.
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .pool_idle_timeout(Duration::from_secs(1))
+                .build()?,
             config,
         };
         service.api =
