@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::database::Database;
 use axum::http::HeaderMap;
+use shared::maintenance::Service;
 use shared::models::IdempotencyRecord;
 use shared::queries;
 use tokio_util::sync::CancellationToken;
@@ -172,12 +173,23 @@ impl Drop for Reservation {
     }
 }
 
-/// Deletes keys past the retention window now, then every [`PURGE_INTERVAL`], until `stop`:
-/// the table holds at most the keys of the last `ttl`.
-pub fn spawn_purge(db: Database, ttl: Duration, stop: CancellationToken) {
-    tokio::spawn(async move {
+/// Deletes keys past the retention window at start, then every [`PURGE_INTERVAL`], as a
+/// maintenance service: the table holds at most the keys of the last `ttl`.
+pub struct PurgeKeys {
+    /// Where the keys are.
+    pub db: Database,
+    /// How long a key is kept.
+    pub ttl: Duration,
+}
+
+impl Service for PurgeKeys {
+    fn name(&self) -> &'static str {
+        "idempotency key purge"
+    }
+
+    async fn run(self, stop: CancellationToken) {
         loop {
-            match db.run(async |conn| queries::purge_keys(conn, ttl).await).await {
+            match self.db.run(async |conn| queries::purge_keys(conn, self.ttl).await).await {
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(keys.purged = purged, "deleted expired idempotency keys"),
                 Err(err) => {
@@ -190,7 +202,7 @@ pub fn spawn_purge(db: Database, ttl: Duration, stop: CancellationToken) {
                 () = stop.cancelled() => return,
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]

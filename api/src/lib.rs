@@ -22,7 +22,6 @@ pub mod state;
 pub mod storage;
 pub mod task_counts;
 pub mod task_feed;
-pub mod task_view;
 pub mod upload;
 
 use std::future::Future;
@@ -38,6 +37,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 pub use config::Config;
+use shared::maintenance::Maintenance;
 use state::AppState;
 
 /// Serves the api on `listener` until `shutdown` completes, then lets in-flight requests finish
@@ -64,14 +64,14 @@ pub async fn run(
         config.database.timeout(),
     );
     let queue = queue::JobQueue::new(&config.redis.redis_url, config.stream.jobs_stream.clone())?;
-    let stop_listening = CancellationToken::new();
-    let feed = task_feed::TaskFeed::listen(config.database.database_url.clone(), stop_listening.clone());
-    storage::janitor::spawn(
-        config.storage.upload_dir.clone(),
-        config.body_bounds().idle,
-        stop_listening.clone(),
-    );
-    idempotency::spawn_purge(db.clone(), config.idempotency_ttl(), stop_listening.clone());
+    // The maintenance services outlive the listener: the feed still wakes `?wait=` requests
+    // while in-flight requests drain; they are stopped (and waited for) after `serve` returns.
+    let mut maintenance = Maintenance::new(CancellationToken::new());
+    let (feed, feed_service) = task_feed::TaskFeed::listen(config.database.database_url.clone());
+    maintenance.start(feed_service);
+    maintenance
+        .start(storage::janitor::Janitor::new(config.storage.upload_dir.clone(), config.body_bounds().idle));
+    maintenance.start(idempotency::PurgeKeys { db: db.clone(), ttl: config.idempotency_ttl() });
     let options = serve::ServeOptions {
         header_timeout: Duration::from_secs(config.header_timeout_seconds),
         grace: Duration::from_secs(config.shutdown_grace_seconds),
@@ -91,11 +91,11 @@ pub async fn run(
         queue,
         feed,
     };
-    resumable::expiry::spawn(state.clone(), stop_listening.clone());
+    maintenance.start(resumable::expiry::ExpireUploads { state: state.clone() });
     let app = app(state);
     tracing::info!(addr = %listener.local_addr()?, "md5-api listening");
     serve::serve(listener, app, options, stop.cancelled_owned()).await;
-    stop_listening.cancel();
+    maintenance.stop().await;
     Ok(())
 }
 

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use shared::TaskStatus;
-use shared::events::{Channels, TaskEvent, TaskEvents};
+use shared::events::{Channels, Listener, TaskEvent, TaskEvents};
+use shared::maintenance::Service;
 
 /// A task's progress is forgotten this long after its last announcement (its worker stopped
 /// announcing: it died, or the task ended and the change is on its way).
@@ -25,6 +26,40 @@ pub const STALE_AFTER: Duration = Duration::from_secs(10);
 /// are not shown until older ones end.
 const MAX_TRACKED: usize = 100_000;
 
+/// Fills a [`TaskFeed`]: its `LISTEN` connection, and the progress of each running hash.
+pub struct FeedService {
+    listener: Listener,
+    feed: TaskFeed,
+}
+
+impl Service for FeedService {
+    fn name(&self) -> &'static str {
+        "task feed"
+    }
+
+    async fn run(self, stop: CancellationToken) {
+        let mut received = self.feed.events.subscribe();
+        let recorder = async {
+            let mut prune = tokio::time::interval(STALE_AFTER);
+            loop {
+                tokio::select! {
+                    _ = prune.tick() => self.feed.prune(),
+                    event = received.recv() => match event {
+                        Ok(event) => self.feed.record(event),
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    },
+                }
+            }
+        };
+        tokio::select! {
+            () = self.listener.run(stop.clone()) => {}
+            () = recorder => {}
+            () = stop.cancelled() => {}
+        }
+    }
+}
+
 /// The api's task feed; cheap to clone.
 #[derive(Clone)]
 pub struct TaskFeed {
@@ -33,27 +68,12 @@ pub struct TaskFeed {
 }
 
 impl TaskFeed {
-    /// Starts listening on `database_url` (status changes and progress) until `stop`.
-    pub fn listen(database_url: String, stop: CancellationToken) -> Self {
-        let events = TaskEvents::listen(database_url, Channels::ChangesAndProgress, stop.clone());
+    /// The feed of `database_url`'s status changes and progress, and the service that fills it
+    /// once started (its `LISTEN` connection and the progress it records).
+    pub fn listen(database_url: String) -> (Self, FeedService) {
+        let (events, listener) = TaskEvents::listen(database_url, Channels::ChangesAndProgress);
         let feed = TaskFeed { events, progress: Arc::default() };
-        let mut received = feed.events.subscribe();
-        let recorder = feed.clone();
-        tokio::spawn(async move {
-            let mut prune = tokio::time::interval(STALE_AFTER);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = prune.tick() => recorder.prune(),
-                    event = received.recv() => match event {
-                        Ok(event) => recorder.record(event),
-                        Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => return,
-                    },
-                }
-            }
-        });
-        feed
+        (feed.clone(), FeedService { listener, feed })
     }
 
     /// A receiver of every task event from now on.

@@ -65,27 +65,11 @@ pub struct TaskEvents {
 }
 
 impl TaskEvents {
-    /// Starts listening on `database_url`, reconnecting (a second apart) until `stop` is cancelled.
-    pub fn listen(database_url: String, channels: Channels, stop: CancellationToken) -> Self {
+    /// The events of `channels`, and the [`Listener`] (a maintenance service) that receives
+    /// them from Postgres once started, reconnecting until it is stopped.
+    pub fn listen(database_url: String, channels: Channels) -> (Self, Listener) {
         let (sender, _) = broadcast::channel(CAPACITY);
-        let events = sender.clone();
-        tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    result = listen_once(&database_url, channels, &events) => {
-                        if let Err(err) = result {
-                            tracing::warn!(error = %err, "task notifications interrupted; reconnecting");
-                        }
-                    }
-                }
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        });
-        TaskEvents { sender }
+        (TaskEvents { sender: sender.clone() }, Listener { database_url, channels, sender })
     }
 
     /// Events sent on `sender` only (for tests of what consumes them).
@@ -96,6 +80,37 @@ impl TaskEvents {
     /// A receiver of every event from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
         self.sender.subscribe()
+    }
+}
+
+/// The `LISTEN` connection of one process: one connection, reconnecting a second after it
+/// fails, every notification sent to the [`TaskEvents`] it was made with.
+pub struct Listener {
+    database_url: String,
+    channels: Channels,
+    sender: broadcast::Sender<TaskEvent>,
+}
+
+impl crate::maintenance::Service for Listener {
+    fn name(&self) -> &'static str {
+        "task notifications"
+    }
+
+    async fn run(self, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                result = listen_once(&self.database_url, self.channels, &self.sender) => {
+                    if let Err(err) = result {
+                        tracing::warn!(error = format!("{err:#}"), "task notifications interrupted; reconnecting");
+                    }
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 //! rather than a second result.
 
 use diesel::dsl::now;
-use diesel::pg::data_types::PgInterval;
 use diesel::prelude::*;
 use diesel::sql_types::Timestamptz;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -14,6 +13,7 @@ use uuid::Uuid;
 use crate::digest::Digests;
 use crate::models::{IdempotencyRecord, NewTask, Task, TaskStatus};
 use crate::schema::md5_tasks::dsl;
+use crate::time::interval;
 
 /// The result a worker records for a task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,10 +38,6 @@ impl Outcome {
             Outcome::Failed { .. } => TaskStatus::Failed,
         }
     }
-}
-
-pub(crate) fn interval(duration: Duration) -> PgInterval {
-    PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Inserts new `queued` tasks in one statement (so one commit) and returns the committed rows,
@@ -104,7 +100,8 @@ pub async fn extend_lease(
 /// rows it updated, in no order; a task not returned records nothing, because the worker no
 /// longer holds it (its lease passed and another worker took it over). A task listed twice is
 /// updated once. A `done` task's digests (MD5 and the others) are indexed for
-/// [`find_by_digest`] by the same statement.
+/// [`find_by_digest`] by the same statement. Run it in a transaction: the tasks' webhook events
+/// ([`crate::webhooks::write_events`]) are written with it and must commit with it.
 pub async fn complete_tasks(
     conn: &mut AsyncPgConnection,
     worker: &str,
@@ -132,7 +129,7 @@ pub async fn complete_tasks(
         errors.push(error);
         others.push(digests);
     }
-    diesel::sql_query(
+    let finished = diesel::sql_query(
         "WITH updated AS ( \
              UPDATE md5_tasks AS t \
              SET status = v.status::task_status, result = v.result, error = v.error, \
@@ -157,16 +154,19 @@ pub async fn complete_tasks(
     .bind::<Array<Nullable<Text>>, _>(errors)
     .bind::<Array<Nullable<Text>>, _>(others)
     .bind::<Text, _>(worker)
-    .load(conn)
-    .await
+    .load::<Task>(conn)
+    .await?;
+    crate::webhooks::write_events(conn, &finished).await?;
+    Ok(finished)
 }
 
 /// Cancels a task that is `queued` or `processing`, in one conditional update: it ends
 /// `cancelled` (its lease released, `finished_at` set). `None` if the task is in any other state,
 /// or unknown. A worker's [`complete_tasks`] and this update serialize on the row: whichever
-/// commits first decides, and the other changes nothing.
+/// commits first decides, and the other changes nothing. Run it in a transaction: the task's
+/// webhook event ([`crate::webhooks::write_events`]) is written with it and must commit with it.
 pub async fn cancel_task(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<Option<Task>> {
-    diesel::update(
+    let cancelled = diesel::update(
         dsl::md5_tasks.find(task_id).filter(dsl::status.eq_any([TaskStatus::Queued, TaskStatus::Processing])),
     )
     .set((
@@ -178,7 +178,11 @@ pub async fn cancel_task(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryRe
     .returning(Task::as_returning())
     .get_result(conn)
     .await
-    .optional()
+    .optional()?;
+    if let Some(task) = &cancelled {
+        crate::webhooks::write_events(conn, std::slice::from_ref(task)).await?;
+    }
+    Ok(cancelled)
 }
 
 /// Announces that `bytes` of the task's file are hashed, on

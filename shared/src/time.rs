@@ -1,6 +1,7 @@
 //! Timestamps as the service prints them: RFC 3339, UTC, millisecond precision, `Z` suffix.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use diesel::pg::data_types::PgInterval;
 
 /// Formats a timestamp as `2026-11-27T19:00:00.123Z`.
 pub fn format_millis(at: DateTime<Utc>) -> String {
@@ -36,4 +37,9 @@ pub mod millis {
         let text = std::borrow::Cow::<str>::deserialize(d)?;
         DateTime::parse_from_rfc3339(&text).map(|at| at.with_timezone(&Utc)).map_err(serde::de::Error::custom)
     }
+}
+
+/// `duration` as a Postgres `interval` (microseconds, saturating).
+pub(crate) fn interval(duration: std::time::Duration) -> PgInterval {
+    PgInterval::from_microseconds(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
 }

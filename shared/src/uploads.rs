@@ -13,9 +13,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::models::{NewTask, Task, TaskStatus, UploadRow};
-use crate::queries::interval;
 use crate::schema::md5_tasks::dsl as tasks;
 use crate::schema::md5_uploads::dsl as uploads;
+use crate::time::interval;
 
 /// Creates an `uploading` task and its upload row, expiring `expiry` from now. Run it in a
 /// transaction: both rows or neither.

@@ -1,15 +1,105 @@
-//! The webhook outbox (`md5_webhook_deliveries`): rows written by a trigger in the transaction
-//! that ends a task, delivered by the workers (`worker/src/maintenance/webhooks.rs`). Every
-//! change is conditional on the row still being due or claimed, so two workers never both
-//! record an outcome for one attempt.
+//! The webhook outbox (`md5_webhook_deliveries`): what an ended task's event is ([`EventType`],
+//! [`Event`]), written by [`write_events`] in the transaction that ends the task (the worker's
+//! result, the api's cancel), and the queries of its delivery by the workers
+//! (`worker/src/webhooks/`). Every change is conditional on the row still being due or claimed,
+//! so two workers never both record an outcome for one attempt.
 
 use std::time::Duration;
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Integer, Interval, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+use uuid::Uuid;
 
-use crate::queries::interval;
+use crate::task_view::TaskView;
+use crate::time::interval;
+use crate::{Task, TaskStatus};
+
+/// The kinds of event a receiver gets: one per way a task ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EventType {
+    /// The task is `done`: `data.md5` and `data.digests` hold its digests.
+    #[serde(rename = "task.done")]
+    TaskDone,
+    /// The task `failed`: `data.error` says why.
+    #[serde(rename = "task.failed")]
+    TaskFailed,
+    /// The client cancelled the task.
+    #[serde(rename = "task.cancelled")]
+    TaskCancelled,
+}
+
+impl EventType {
+    /// The event a task ending in `status` raises; `None` for a status that raises none (a
+    /// task still running, or a resumable upload that `expired`).
+    pub fn for_status(status: TaskStatus) -> Option<EventType> {
+        match status {
+            TaskStatus::Done => Some(EventType::TaskDone),
+            TaskStatus::Failed => Some(EventType::TaskFailed),
+            TaskStatus::Cancelled => Some(EventType::TaskCancelled),
+            TaskStatus::Uploading | TaskStatus::Queued | TaskStatus::Processing | TaskStatus::Expired => None,
+        }
+    }
+}
+
+/// One event's body (Standard Webhooks' `type`, `timestamp`, `data`): `data` is the task exactly
+/// as `GET /api/v1/hashes/{id}` shows it.
+#[derive(Debug, Serialize)]
+pub struct Event {
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// When it happened: the task's `finished_at`.
+    #[serde(serialize_with = "crate::time::millis::serialize")]
+    pub timestamp: chrono::DateTime<chrono::Utc>,
+    /// The task.
+    pub data: TaskView,
+}
+
+impl Event {
+    /// The event of `task`, which has just ended; `None` if its status raises none.
+    pub fn of(task: &Task) -> Option<Event> {
+        let kind = EventType::for_status(task.status)?;
+        let timestamp = task.finished_at.unwrap_or_else(chrono::Utc::now);
+        Some(Event { kind, timestamp, data: TaskView::from(task.clone()) })
+    }
+
+    /// The `webhook-id` of this task's event: the task's and its status's, so one event can
+    /// never go out under two ids.
+    pub fn id(&self) -> String {
+        format!("msg_{}_{}", self.data.id.simple(), self.data.status.as_str())
+    }
+}
+
+/// Writes the events of `ended` (tasks whose status just became terminal) to the outbox, one
+/// row per enabled endpoint, with their bodies fixed now so that every retry sends the same
+/// bytes. Call it in the transaction that ended them, so an event exists if and only if its
+/// task's end was committed. An event already written (the same id) is left as it is.
+pub async fn write_events(conn: &mut AsyncPgConnection, ended: &[Task]) -> diesel::QueryResult<()> {
+    use diesel::sql_types::Array;
+    let events: Vec<Event> = ended.iter().filter_map(Event::of).collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = events.iter().map(Event::id).collect();
+    let tasks: Vec<Uuid> = events.iter().map(|event| event.data.id).collect();
+    let payloads: Vec<String> =
+        events.iter().map(|event| serde_json::to_string(event).expect("an event serializes")).collect();
+    diesel::sql_query(
+        "INSERT INTO md5_webhook_deliveries (event_id, endpoint_id, task_id, payload) \
+         SELECT v.event_id, e.endpoint_id, v.task_id, v.payload \
+         FROM unnest($1::text[], $2::uuid[], $3::text[]) AS v(event_id, task_id, payload) \
+         CROSS JOIN md5_webhook_endpoints AS e WHERE e.disabled_at IS NULL \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(ids)
+    .bind::<Array<diesel::sql_types::Uuid>, _>(tasks)
+    .bind::<Array<Text>, _>(payloads)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
 
 /// A delivery claimed for one attempt.
 #[derive(Debug, Clone, QueryableByName)]

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use diesel_async::AsyncConnection as _;
 use shared::Task;
 use shared::batch::Batcher;
 use shared::db::{Pool, connection};
@@ -51,7 +52,11 @@ impl Batches {
                 let (pool, worker) = (pool.clone(), worker.clone());
                 async move {
                     let mut conn = connection(&pool).await?;
-                    let rows = queries::complete_tasks(&mut conn, &worker, &outcomes).await?;
+                    // One transaction: the results and their webhook events commit together.
+                    let (worker, outcomes) = (&worker, &outcomes);
+                    let rows = conn
+                        .transaction(async |conn| queries::complete_tasks(conn, worker, outcomes).await)
+                        .await?;
                     let ids: Vec<Uuid> = outcomes.iter().map(|(id, _)| *id).collect();
                     Ok(answer_each(&ids, rows))
                 }

@@ -78,9 +78,9 @@ pub struct Config {
 
     /// The webhook signing secrets, `whsec_<base64>` (comma-separated; each signs every message,
     /// so a receiver can move from one to the next). Required with WEBHOOK_URLS.
-    #[arg(long, env = "WEBHOOK_SECRET", value_delimiter = ',', value_parser = crate::webhooks::WebhookSecret::parse, requires = "webhook_urls")]
+    #[arg(long, env = "WEBHOOK_SECRET", value_delimiter = ',', value_parser = crate::webhooks::signing::WebhookSecret::parse, requires = "webhook_urls")]
     #[serde(skip)]
-    pub webhook_secret: Vec<crate::webhooks::WebhookSecret>,
+    pub webhook_secret: Vec<crate::webhooks::signing::WebhookSecret>,
 
     /// Seconds between a failed webhook delivery and the next attempt, one number per retry
     /// (comma-separated; the default is the Standard Webhooks schedule: 5 s, 5 min, 30 min, 2 h,

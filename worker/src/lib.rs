@@ -105,18 +105,25 @@ pub async fn run(
     tracing::info!(consumer = %consumer, concurrency, stream = %jobs.stream, group = %jobs.group, "md5-worker started");
     let mut maintenance = Maintenance::new(stop.clone());
     // Status changes from Postgres, so that a cancelled task's hash stops wherever it runs.
-    let events = shared::events::TaskEvents::listen(
+    let (events, listener) = shared::events::TaskEvents::listen(
         config.database.database_url.clone(),
         shared::events::Channels::Changes,
-        stop.clone(),
     );
+    maintenance.start(listener);
     maintenance.start(StopCancelled::new(ctx.clone(), &events));
     maintenance.start(Sweeper { ctx: ctx.clone() });
     maintenance.start(RotateOnHangup { log: ctx.log.clone(), hangups });
     if let Some(server) = metrics_server {
         maintenance.start(server);
     }
-    if let Some(webhooks) = maintenance::webhooks::DeliverWebhooks::new(&config, ctx.pool.clone())? {
+    let retry_schedule: Vec<Duration> =
+        config.webhook_retry_schedule.iter().map(|s| Duration::from_secs(*s)).collect();
+    if let Some(webhooks) = webhooks::DeliverWebhooks::new(
+        &config.webhook_urls,
+        &config.webhook_secret,
+        &retry_schedule,
+        ctx.pool.clone(),
+    )? {
         maintenance.start(webhooks);
     }
 

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use shared::maintenance::Service;
 use tokio_util::sync::CancellationToken;
 
 use super::UploadError;
@@ -53,12 +54,21 @@ pub async fn run_once(state: &AppState) -> Result<usize, UploadError> {
     Ok(ended)
 }
 
-/// Runs [`run_once`] every [`period`] until `stop`.
-pub fn spawn(state: AppState, stop: CancellationToken) {
-    let period = period(state.config.upload_expiry());
-    tokio::spawn(async move {
+/// Runs [`run_once`] every [`period`], as a maintenance service.
+pub struct ExpireUploads {
+    /// The api's state (its database, settings and storage).
+    pub state: AppState,
+}
+
+impl Service for ExpireUploads {
+    fn name(&self) -> &'static str {
+        "resumable upload expiry"
+    }
+
+    async fn run(self, stop: CancellationToken) {
+        let period = period(self.state.config.upload_expiry());
         loop {
-            match run_once(&state).await {
+            match run_once(&self.state).await {
                 Ok(0) => {}
                 Ok(ended) => {
                     metrics::counter!("md5_resumable_uploads_total", "event" => "expired")
@@ -72,5 +82,5 @@ pub fn spawn(state: AppState, stop: CancellationToken) {
                 () = stop.cancelled() => return,
             }
         }
-    });
+    }
 }

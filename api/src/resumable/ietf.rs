@@ -22,7 +22,7 @@ use super::headers::{self, sf_boolean};
 use super::{Append, Appended, Completion, NewUpload, UploadError, UploadState};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::task_view::TaskView;
+use shared::task_view::TaskView;
 
 /// The interop version of draft -05.
 pub const INTEROP_VERSION: &str = "6";

@@ -22,8 +22,8 @@ use crate::error::{ApiError, Problem, Refusals};
 use crate::serve::ClientAddr;
 use crate::slots::{ClientSlot, SlotRefusal};
 use crate::state::AppState;
-use crate::task_view::{HashingProgress, TaskView};
 use shared::events::TaskEvent;
+use shared::task_view::{HashingProgress, TaskView};
 use shared::{TaskStatus, queries};
 
 /// A stream re-reads its task this often even without a notification (a lost one only delays
@@ -228,7 +228,8 @@ impl Watch {
     }
 
     fn status_event(&mut self, view: TaskView) -> Event {
-        let view = view.with_progress(&self.state.feed);
+        let progress = self.state.feed.progress(view.id);
+        let view = view.with_progress(progress);
         if self.sent.is_none_or(|(_, attempts)| attempts != view.attempts) {
             self.bytes_sent = 0;
         }

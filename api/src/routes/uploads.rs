@@ -219,7 +219,7 @@ pub async fn upload_offset(
         description = "The bytes (IETF: application/partial-upload)"),
     responses(
         (status = 204, description = "Appended; Upload-Offset is the new offset"),
-        (status = 200, description = "IETF: the upload is complete; the body is its task", body = crate::task_view::TaskView),
+        (status = 200, description = "IETF: the upload is complete; the body is its task", body = shared::task_view::TaskView),
         (status = 400, description = "Malformed headers, a contradictory length, or (IETF) an upload already complete", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such upload", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Upload-Offset is not the upload's (the problem's expected-offset is), or (tus) it is complete; IETF: another request is appending", body = Problem, content_type = "application/problem+json"),

@@ -17,10 +17,10 @@ use crate::error::{ApiError, Problem, Refusals, UploadRefusals};
 use crate::idempotency::IdempotencyKey;
 use crate::serve::ClientAddr;
 use crate::state::AppState;
-pub use crate::task_view::TaskView;
 use crate::upload;
 use shared::events::TaskEvent;
 use shared::models::UploadRow;
+pub use shared::task_view::TaskView;
 use shared::{Task, uploads};
 
 /// Set on the answer to a repeated `Idempotency-Key`: the task is the original request's.
@@ -144,7 +144,8 @@ pub async fn get_hash(
     } else {
         wait_for_finish(&state, task_id, wait).await?
     };
-    let view = TaskView::from(task).with_progress(&state.feed);
+    let progress = state.feed.progress(task.0.task_id);
+    let view = TaskView::from(task).with_progress(progress);
     let file_digest = view.digests.as_ref().and_then(digests::file_digest_header);
     let mut response = Json(view).into_response();
     if let Some(value) = file_digest {

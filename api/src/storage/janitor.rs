@@ -10,6 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use shared::maintenance::Service;
 use tokio_util::sync::CancellationToken;
 
 use super::PART_TOUCH_INTERVAL;
@@ -46,14 +47,29 @@ pub fn remove_stale_parts(upload_dir: &Path, older_than: Duration) -> io::Result
     Ok(removed)
 }
 
-/// Runs [`remove_stale_parts`] now, then every [`stale_part_age`] (at most every
-/// [`JANITOR_INTERVAL`]) until `stop`.
-pub fn spawn(upload_dir: PathBuf, idle: Duration, stop: CancellationToken) {
-    let older_than = stale_part_age(idle);
-    let interval = older_than.min(JANITOR_INTERVAL);
-    tokio::spawn(async move {
+/// Runs [`remove_stale_parts`] at start, then every [`stale_part_age`] (at most every
+/// [`JANITOR_INTERVAL`]), as a maintenance service.
+pub struct Janitor {
+    upload_dir: PathBuf,
+    older_than: Duration,
+}
+
+impl Janitor {
+    /// The janitor of `upload_dir`, for bodies cut after `idle` without a byte.
+    pub fn new(upload_dir: PathBuf, idle: Duration) -> Self {
+        Janitor { upload_dir, older_than: stale_part_age(idle) }
+    }
+}
+
+impl Service for Janitor {
+    fn name(&self) -> &'static str {
+        "janitor of partial files"
+    }
+
+    async fn run(self, stop: CancellationToken) {
+        let interval = self.older_than.min(JANITOR_INTERVAL);
         loop {
-            let dir = upload_dir.clone();
+            let (dir, older_than) = (self.upload_dir.clone(), self.older_than);
             match tokio::task::spawn_blocking(move || remove_stale_parts(&dir, older_than)).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(removed)) => {
@@ -69,5 +85,5 @@ pub fn spawn(upload_dir: PathBuf, idle: Duration, stop: CancellationToken) {
                 () = stop.cancelled() => return,
             }
         }
-    });
+    }
 }

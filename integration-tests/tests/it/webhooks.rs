@@ -432,3 +432,66 @@ async fn a_receiver_that_never_answers_holds_one_delivery_for_15_seconds_and_no_
     serving.stop().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_events_data_is_the_tasks_get_answer_field_for_field_for_done_failed_and_cancelled() {
+    use diesel_async::RunQueryDsl as _;
+    let (receiver, addr, serving) = Receiver::start(Mode::RetryAfterOnce);
+    let url = format!("http://{addr}/hook");
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    // The endpoint exists before any worker runs, so that a task cancelled while queued (no
+    // worker can take it yet) has its event written; the worker then registers the same URL.
+    diesel::sql_query("INSERT INTO md5_webhook_endpoints (url) VALUES ($1)")
+        .bind::<diesel::sql_types::Text, _>(&url)
+        .execute(&mut app.db().await)
+        .await
+        .unwrap();
+    let hashes = format!("{}/api/v1/hashes", app.base_url);
+    let post = |bytes: Vec<u8>, header: Option<(&'static str, &'static str)>, query: &'static str| {
+        let mut request = app
+            .client
+            .post(format!("{hashes}{query}"))
+            .header("content-type", "application/octet-stream")
+            .header("content-disposition", "attachment; filename=\"event.bin\"")
+            .body(bytes);
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 202);
+            response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let cancelled = post(random_bytes(300, 1), None, "").await;
+    let answer = app.client.delete(format!("{hashes}/{cancelled}")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let done = post(random_bytes(300, 2), None, "?digests=sha-256,crc32c").await;
+    let failed = post(random_bytes(300, 3), Some(("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==")), "").await;
+    start_worker(&mut app, &webhook_env(&url, 5));
+
+    for (id, status) in [(&done, "done"), (&failed, "failed"), (&cancelled, "cancelled")] {
+        let answer = eventually(Duration::from_secs(30), "the task to end", || async {
+            let answer = app.task(id, 5).await;
+            (answer["status"] == status).then_some(answer)
+        })
+        .await
+        .unwrap();
+        let event_id = format!("msg_{}_{status}", id.replace('-', ""));
+        let body = eventually(Duration::from_secs(30), "the event to be delivered", || async {
+            receiver.requests().into_iter().find(|r| r.accepted && r.id == event_id).map(|r| r.body)
+        })
+        .await
+        .unwrap();
+        let event: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(event["type"], format!("task.{status}"), "{event}");
+        assert_eq!(event["timestamp"], answer["finished_at"], "{event}");
+        // Field for field, nothing more and nothing less.
+        assert_eq!(event["data"], answer, "the event's data differs from GET's answer");
+        if status == "done" {
+            assert_eq!(answer["digests"].as_object().unwrap().len(), 3, "{answer}");
+        }
+    }
+    serving.stop().await;
+    app.stop().await;
+}

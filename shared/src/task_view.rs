@@ -1,12 +1,12 @@
-//! The task object of the v1 API, as every route that answers with a task renders it (the v1
-//! routes, and the resumable uploads' completion).
+//! The task object of the v1 API: what `GET /api/v1/hashes/{id}` answers, what an event
+//! stream's `status` event carries, and a webhook event's `data` (one type serialized once;
+//! `crate::webhooks` stores what it wrote).
 
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::task_feed::TaskFeed;
-use shared::models::UploadRow;
-use shared::{Digests, Task, TaskStatus};
+use crate::models::UploadRow;
+use crate::{Digests, Task, TaskStatus};
 
 /// The task object of the v1 API.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -19,7 +19,7 @@ pub struct TaskView {
     pub status: TaskStatus,
     /// The MD5 once `done`: 32 lowercase hex digits.
     #[schema(value_type = Option<String>, pattern = "^[0-9a-f]{32}$", example = "5d41402abc4b2a76b9719d911017c592")]
-    pub md5: Option<shared::Md5Hex>,
+    pub md5: Option<crate::Md5Hex>,
     /// Every digest of the file once `done`, algorithm → lowercase hex: `md5` and those the
     /// upload chose (`?digests=`, else the server's DIGESTS) or sent an expected value for.
     #[schema(value_type = Option<std::collections::HashMap<String, String>>,
@@ -42,13 +42,13 @@ pub struct TaskView {
     /// How many times a worker took the task.
     pub attempts: i32,
     /// When the upload was accepted (a resumable upload: created, then completed).
-    #[serde(serialize_with = "shared::time::millis::serialize")]
+    #[serde(serialize_with = "crate::time::millis::serialize")]
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// When a worker last started on it.
-    #[serde(serialize_with = "shared::time::option_millis::serialize")]
+    #[serde(serialize_with = "crate::time::option_millis::serialize")]
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When the result was recorded.
-    #[serde(serialize_with = "shared::time::option_millis::serialize")]
+    #[serde(serialize_with = "crate::time::option_millis::serialize")]
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -64,10 +64,11 @@ pub struct HashingProgress {
 }
 
 impl TaskView {
-    /// The view with its `progress` from `feed`, when the task is `processing`.
-    pub fn with_progress(mut self, feed: &TaskFeed) -> Self {
+    /// The view with its `progress` (`bytes_hashed` as its worker last announced, none yet
+    /// counting as 0), when the task is `processing`.
+    pub fn with_progress(mut self, bytes_hashed: Option<u64>) -> Self {
         if self.status == TaskStatus::Processing {
-            let bytes_hashed = feed.progress(self.id).unwrap_or(0).min(self.size_bytes.max(0) as u64);
+            let bytes_hashed = bytes_hashed.unwrap_or(0).min(self.size_bytes.max(0) as u64);
             self.progress = Some(HashingProgress { bytes_hashed, size_bytes: self.size_bytes });
         }
         self

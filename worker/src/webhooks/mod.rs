@@ -1,6 +1,9 @@
-//! Delivers the webhook outbox (`shared::webhooks`): every worker with `WEBHOOK_URLS` claims due
+//! Webhooks, the worker's side: the delivery service and its signing ([`signing`]). What an event
+//! is and when it is written is `shared::webhooks` (in the transaction that ends a task).
+//!
+//! Every worker with `WEBHOOK_URLS` claims due
 //! deliveries (a lease of [`LEASE`], so workers share the work and a dead one's attempts are
-//! taken over) and sends each signed (`crate::webhooks`), up to [`IN_FLIGHT`] at once, a free
+//! taken over) and sends each signed ([`signing`]), up to [`IN_FLIGHT`] at once, a free
 //! slot taking the next due event within [`POLL`] (a receiver that hangs holds only its own
 //! attempts). Each
 //! outcome is recorded as its attempt ends: delivered (2xx), retried after the next step of
@@ -14,10 +17,12 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
-use super::Service;
-use crate::webhooks::{WebhookSecret, signature};
+pub mod signing;
+
+use crate::maintenance::Service;
 use shared::db::{Pool, connection};
 use shared::webhooks::{self, AttemptOutcome, Delivery};
+use signing::{WebhookSecret, signature};
 
 /// Longer than an attempt can take ([`TIMEOUT`]): a claimed delivery is not due again before.
 const LEASE: Duration = Duration::from_secs(60);
@@ -40,9 +45,15 @@ pub struct DeliverWebhooks {
 }
 
 impl DeliverWebhooks {
-    /// The service for `config`'s endpoints, or `None` when it names none.
-    pub fn new(config: &crate::Config, pool: Pool) -> anyhow::Result<Option<Self>> {
-        if config.webhook_urls.is_empty() {
+    /// The service for the endpoints `urls` (`None` when there are none), signing with
+    /// `secrets` and retrying after each step of `schedule`.
+    pub fn new(
+        urls: &[String],
+        secrets: &[WebhookSecret],
+        schedule: &[Duration],
+        pool: Pool,
+    ) -> anyhow::Result<Option<Self>> {
+        if urls.is_empty() {
             return Ok(None);
         }
         let client = reqwest::Client::builder()
@@ -52,9 +63,9 @@ impl DeliverWebhooks {
             .build()?;
         Ok(Some(DeliverWebhooks {
             pool,
-            urls: config.webhook_urls.clone(),
-            secrets: config.webhook_secret.clone(),
-            schedule: config.webhook_retry_schedule.iter().map(|s| Duration::from_secs(*s)).collect(),
+            urls: urls.to_vec(),
+            secrets: secrets.to_vec(),
+            schedule: schedule.to_vec(),
             client,
         }))
     }
