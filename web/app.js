@@ -58,10 +58,27 @@ function problemText(status, body) {
   return (body && body.detail) || `The request failed (HTTP ${status}).`;
 }
 
-const DIGEST_LABELS = {
-  'sha-1': 'SHA-1', 'sha-256': 'SHA-256', 'sha-512': 'SHA-512',
-  crc32c: 'CRC32C', crc64nvme: 'CRC64NVME', blake3: 'BLAKE3',
-};
+// Each algorithm's label, by name, from the service's registry (`/assets/algorithms.json`).
+const DIGEST_LABELS = {};
+
+// One checkbox per algorithm the service computes besides MD5, as its registry lists them.
+async function offerAlgorithms() {
+  const response = await fetch('/assets/algorithms.json');
+  if (!response.ok) return;
+  const fieldset = $('digest-choice');
+  for (const { name, label } of await response.json()) {
+    DIGEST_LABELS[name] = label;
+    if (name === 'md5') continue;
+    const box = document.createElement('input');
+    box.type = 'checkbox';
+    box.name = 'digest';
+    box.value = name;
+    const wrapper = document.createElement('label');
+    wrapper.append(box, ` ${label}`);
+    fieldset.append(wrapper);
+  }
+}
+offerAlgorithms().catch(() => {});
 
 // The `?digests=` of the algorithms ticked on the form ('' when none: the server's default).
 function digestsQuery() {

@@ -124,10 +124,9 @@ pub struct Config {
     #[arg(long, env = "MAX_OPEN_UPLOADS_PER_CLIENT", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub max_open_uploads_per_client: Option<u32>,
 
-    /// Digests every task computes unless its upload chooses with `?digests=`: comma-separated
-    /// names among md5, sha-1, sha-256, sha-512, crc32c, crc64nvme, blake3 (MD5 is computed
-    /// always). Each one costs the workers CPU for every byte uploaded.
-    #[arg(long, env = "DIGESTS", default_value = "md5")]
+    /// Digests every task computes unless its upload chooses (the help text, `digests_help`,
+    /// names every algorithm of the registry).
+    #[arg(long, env = "DIGESTS", default_value = "md5", help = digests_help(), long_help = digests_help())]
     pub digests: shared::digest::AlgorithmList,
 
     /// Seconds in-flight requests get to finish after SIGTERM before the api exits anyway.
@@ -201,4 +200,13 @@ impl Config {
             .unwrap_or_else(|| (self.max_concurrent_uploads * 3 / 4).max(1))
             .min(self.max_concurrent_uploads)
     }
+}
+
+/// `DIGESTS`' help, naming every algorithm of the registry.
+fn digests_help() -> String {
+    format!(
+        "Digests every task computes unless its upload chooses with `?digests=`: comma-separated names among {} \
+         (MD5 is computed always). Each one costs the workers CPU for every byte uploaded",
+        shared::Algorithm::names()
+    )
 }

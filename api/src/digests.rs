@@ -29,71 +29,121 @@ const LENIENT: GeneralPurpose = GeneralPurpose::new(
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DigestsQuery {
-    /// Digests to compute besides MD5 (always computed), comma-separated: `sha-1`, `sha-256`,
-    /// `sha-512`, `crc32c`, `crc64nvme`, `blake3`. Default: the server's DIGESTS.
-    #[param(example = "sha-256,crc64nvme", schema_with = list_schema)]
+    /// Digests to compute besides MD5 (always computed), comma-separated names (the pattern lists
+    /// them). Default: the server's DIGESTS.
+    #[param(schema_with = list_schema)]
     pub digests: Option<String>,
 }
 
-/// The request headers that carry expected digests (documentation only: [`expected`] reads them;
-/// each is optional, and never `null`).
+/// The request headers that carry expected digests (documentation only: [`expected`] reads
+/// them; each is optional, and never `null`), built from the registry: `Repr-Digest`,
+/// `Content-MD5` and S3's header of each algorithm that has one.
 /// Each pattern is the value's exact form (base64 of the digest's bytes); OpenAPI cannot say
 /// that two headers naming the same algorithm must agree, so `Repr-Digest`'s pattern lists only
 /// the algorithms no other header carries, and its description the rest.
-#[derive(Debug, utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[expect(dead_code, reason = "describes headers for OpenAPI")]
-pub struct ExpectedDigests {
-    /// RFC 9530: the file's digests as a dictionary, `sha-512=:<base64>:, blake3=:<base64>:`;
-    /// also `sha-256`, `md5`, `sha` or `sha-1` (SHA-1), `crc32c`, `crc64nvme`. The task fails on a
-    /// mismatch; an algorithm given twice with two values (here or in another header) is a 400.
-    #[param(
-        nullable = false,
-        rename = "Repr-Digest",
-        example = "sha-512=:m3HSJL1i83hdltRq0+o9czGb+8KJDKra4t/3JRlnPKcjI8PZm6XBHXx6zG4UuMXaDEZjR1wuXDre9G9zvN7AQw==:",
-        pattern = "^(sha-512=:[A-Za-z0-9+/]{86}==:(, blake3=:[A-Za-z0-9+/]{43}=:)?|blake3=:[A-Za-z0-9+/]{43}=:)$"
-    )]
-    repr_digest: Option<String>,
-    /// RFC 1864: the file's MD5, base64 (of the file, also in a multipart form).
-    #[param(
-        nullable = false,
-        rename = "Content-MD5",
-        example = "XUFAKrxLKna5cZ2REBfFkg==",
-        pattern = "^[A-Za-z0-9+/]{22}==$"
-    )]
-    content_md5: Option<String>,
-    /// S3: the file's SHA-256, base64.
-    #[param(
-        nullable = false,
-        rename = "x-amz-checksum-sha256",
-        example = "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=",
-        pattern = "^[A-Za-z0-9+/]{43}=$"
-    )]
-    x_amz_checksum_sha256: Option<String>,
-    /// S3: the file's SHA-1, base64.
-    #[param(
-        nullable = false,
-        rename = "x-amz-checksum-sha1",
-        example = "qvTGHdzF6KLavt4PO0gs2a6pQ00=",
-        pattern = "^[A-Za-z0-9+/]{27}=$"
-    )]
-    x_amz_checksum_sha1: Option<String>,
-    /// S3: the file's CRC-32C, base64 of its 4 big-endian bytes.
-    #[param(
-        nullable = false,
-        rename = "x-amz-checksum-crc32c",
-        example = "mnG7TA==",
-        pattern = "^[A-Za-z0-9+/]{6}==$"
-    )]
-    x_amz_checksum_crc32c: Option<String>,
-    /// S3: the file's full-object CRC-64/NVME, base64 of its 8 big-endian bytes.
-    #[param(
-        nullable = false,
-        rename = "x-amz-checksum-crc64nvme",
-        example = "rosUhgp5mIg=",
-        pattern = "^[A-Za-z0-9+/]{11}=$"
-    )]
-    x_amz_checksum_crc64nvme: Option<String>,
+pub struct ExpectedDigests;
+
+impl utoipa::IntoParams for ExpectedDigests {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        let base64 =
+            |algorithm: Algorithm| STANDARD.encode(hex::decode(algorithm.info().example_hex).expect("hex"));
+        // `[A-Za-z0-9+/]{n}` and the padding of the base64 of `algorithm`'s digest.
+        let base64_form = |algorithm: Algorithm| {
+            let bytes = algorithm.hex_len() / 2;
+            let padding = (3 - bytes % 3) % 3;
+            format!("[A-Za-z0-9+/]{{{}}}{}", bytes.div_ceil(3) * 4 - padding, "=".repeat(padding))
+        };
+        let header_of =
+            |algorithm: Algorithm| algorithm == Algorithm::Md5 || algorithm.info().s3_header.is_some();
+        let only_repr: Vec<Algorithm> = Algorithm::ALL.iter().copied().filter(|&a| !header_of(a)).collect();
+        let member = |algorithm: Algorithm| format!("{}=:{}:", algorithm.name(), base64_form(algorithm));
+        // Each ordered, non-empty selection of `only_repr`, one member after another.
+        let alternatives: Vec<String> = (0..only_repr.len())
+            .map(|first| {
+                let rest: String = only_repr[first + 1..]
+                    .iter()
+                    .map(|&algorithm| format!("(, {})?", member(algorithm)))
+                    .collect();
+                format!("{}{rest}", member(only_repr[first]))
+            })
+            .collect();
+        let also: Vec<String> = Algorithm::ALL
+            .iter()
+            .filter(|&&algorithm| header_of(algorithm))
+            .map(|&algorithm| {
+                let info = algorithm.info();
+                let names: Vec<String> =
+                    info.legacy_names.iter().chain([&info.name]).map(|name| format!("`{name}`")).collect();
+                match names.len() {
+                    1 => names[0].clone(),
+                    _ => format!("{} ({})", names.join(" or "), info.label),
+                }
+            })
+            .collect();
+        let repr_example: Vec<String> =
+            only_repr.iter().take(1).map(|&a| format!("{}=:{}:", a.name(), base64(a))).collect();
+        let mut params = vec![
+            header(
+                "Repr-Digest",
+                format!(
+                    "RFC 9530: the file's digests as a dictionary, {}; also {}. The task fails on a mismatch; an \
+                     algorithm given twice with two values (here or in another header) is a 400.",
+                    only_repr
+                        .iter()
+                        .map(|a| format!("`{}=:<base64>:`", a.name()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    also.join(", ")
+                ),
+                format!("^({})$", alternatives.join("|")),
+                repr_example.concat(),
+            ),
+            header(
+                "Content-MD5",
+                "RFC 1864: the file's MD5, base64 (of the file, also in a multipart form).".to_owned(),
+                format!("^{}$", base64_form(Algorithm::Md5)),
+                base64(Algorithm::Md5),
+            ),
+        ];
+        for &algorithm in Algorithm::ALL {
+            let Some(name) = algorithm.info().s3_header else { continue };
+            params.push(header(
+                name,
+                format!(
+                    "S3: the file's {}, base64 of its {} bytes, as S3 sends it.",
+                    algorithm.info().label,
+                    algorithm.hex_len() / 2
+                ),
+                format!("^{}$", base64_form(algorithm)),
+                base64(algorithm),
+            ));
+        }
+        params
+    }
+}
+
+/// An optional request header of a string matching `pattern`.
+fn header(
+    name: &str,
+    description: String,
+    pattern: String,
+    example: String,
+) -> utoipa::openapi::path::Parameter {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(utoipa::openapi::Required::False)
+        .description(Some(description))
+        .schema(Some(
+            utoipa::openapi::ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::Type::String)
+                .pattern(Some(pattern)),
+        ))
+        .example(Some(serde_json::Value::String(example)))
+        .build()
 }
 
 /// The schema of `?digests=`: a comma-separated list of [`Algorithm::ALL`]'s names.
@@ -136,7 +186,7 @@ pub fn requested(
 }
 
 /// The digests the client expects, from `Repr-Digest` (RFC 9530), `Content-MD5` (RFC 1864) and
-/// `x-amz-checksum-{crc32c,crc64nvme,sha1,sha256}` (S3), each as lowercase hex. They describe
+/// S3's `x-amz-checksum-*` (the registry's `s3_header`s), each as lowercase hex. They describe
 /// the whole file, whatever the upload protocol (a tus `Upload-Checksum` is per request).
 pub fn expected(headers: &HeaderMap) -> Result<BTreeMap<Algorithm, String>, ApiError> {
     let mut expected = BTreeMap::new();
@@ -165,20 +215,18 @@ pub fn expected(headers: &HeaderMap) -> Result<BTreeMap<Algorithm, String>, ApiE
         add(Algorithm::Md5, base64_value(value, "Content-MD5")?, "Content-MD5")?;
     }
     for (name, value) in headers {
-        let Some(suffix) = name.as_str().strip_prefix("x-amz-checksum-") else {
+        if !name.as_str().starts_with("x-amz-checksum-") {
             continue;
-        };
-        let algorithm = match suffix {
-            "crc32c" => Algorithm::Crc32c,
-            "crc64nvme" => Algorithm::Crc64Nvme,
-            "sha1" => Algorithm::Sha1,
-            "sha256" => Algorithm::Sha256,
+        }
+        let algorithm = match Algorithm::from_s3_header(name.as_str()) {
+            Some(algorithm) => algorithm,
             // Which checksum to use and how it was made: the value headers say it all.
-            "algorithm" | "type" => continue,
-            other => {
+            None if matches!(name.as_str(), "x-amz-checksum-algorithm" | "x-amz-checksum-type") => continue,
+            None => {
+                let known: Vec<&str> = Algorithm::ALL.iter().filter_map(|a| a.info().s3_header).collect();
                 return Err(ApiError::bad_request(format!(
-                    "x-amz-checksum-{other} is not checked here; send x-amz-checksum-crc32c, -crc64nvme, \
-                     -sha1 or -sha256"
+                    "{name} is not checked here; send one of {}",
+                    known.join(", ")
                 )));
             }
         };
@@ -224,15 +272,12 @@ fn parse_repr_digest(value: &HeaderValue) -> Result<Vec<(Algorithm, Vec<u8>)>, A
             .strip_prefix(':')
             .and_then(|rest| rest.strip_suffix(':'))
             .ok_or_else(|| malformed("a value is not a byte sequence (`:…:`)"))?;
-        let algorithm = match key {
-            "sha" => Algorithm::Sha1,
-            name => Algorithm::from_name(name).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "Repr-Digest: {name:?} is not checked here; known: {}",
-                    Algorithm::names()
-                ))
-            })?,
-        };
+        let algorithm = Algorithm::from_repr_digest_key(key).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Repr-Digest: {key:?} is not checked here; known: {}",
+                Algorithm::names()
+            ))
+        })?;
         let bytes = LENIENT.decode(encoded).map_err(|_| malformed("a value is not base64"))?;
         members.push((algorithm, bytes));
     }
@@ -240,13 +285,14 @@ fn parse_repr_digest(value: &HeaderValue) -> Result<Vec<(Algorithm, Vec<u8>)>, A
 }
 
 /// The `File-Digest` field of a done task's answer: its digests under the algorithms RFC 9530
-/// lists as active (`sha-256`, `sha-512`), in `Repr-Digest` syntax. Named apart from
+/// lists as active (the registry's `active_in_rfc9530`), in `Repr-Digest` syntax. Named apart from
 /// `Repr-Digest` because they are the digests of the uploaded file, not of the JSON answer that
 /// carries them; `None` when the task has neither.
 pub fn file_digest_header(digests: &Digests) -> Option<HeaderValue> {
-    let members: Vec<String> = [Algorithm::Sha256, Algorithm::Sha512]
-        .into_iter()
-        .filter_map(|algorithm| {
+    let members: Vec<String> = Algorithm::ALL
+        .iter()
+        .filter(|algorithm| algorithm.info().active_in_rfc9530)
+        .filter_map(|&algorithm| {
             let bytes = hex::decode(digests.get(algorithm)?).ok()?;
             Some(format!("{algorithm}=:{}:", STANDARD.encode(bytes)))
         })

@@ -43,7 +43,7 @@ pub fn parse_line(line: &[u8], forced: Option<Algorithm>) -> Option<Entry> {
     let hex = std::str::from_utf8(hex).ok()?.to_ascii_lowercase();
     let algorithm = match tag {
         Some(tag) => Algorithm::from_tag(tag)?,
-        None => forced.or_else(|| Algorithm::guess(hex.len()))?,
+        None => forced.or_else(|| crate::algorithms::guess(hex.len()))?,
     };
     if !algorithm.is_digest(&hex) || path.is_empty() {
         return None;
@@ -261,14 +261,14 @@ mod tests {
         let entry = parse_line(format!("{md5}  a b.txt").as_bytes(), None).unwrap();
         assert_eq!((entry.algorithm, entry.path.to_str().unwrap()), (algorithms::MD5, "a b.txt"));
         let entry = parse_line(format!("{}  f", sha256.to_uppercase()).as_bytes(), None).unwrap();
-        assert_eq!((entry.algorithm.name, entry.hex.as_str()), ("sha-256", sha256));
+        assert_eq!((entry.algorithm.name(), entry.hex.as_str()), ("sha-256", sha256));
         assert_eq!(parse_line(format!("{md5} *bin").as_bytes(), None).unwrap().path, Path::new("bin"));
         let entry = parse_line(format!("\\{md5}  c\\nd\\\\e").as_bytes(), None).unwrap();
         assert_eq!(entry.path, Path::new("c\nd\\e"));
         let entry = parse_line(format!("SHA256 (x (1).txt) = {sha256}").as_bytes(), None).unwrap();
-        assert_eq!((entry.algorithm.name, entry.path.to_str().unwrap()), ("sha-256", "x (1).txt"));
+        assert_eq!((entry.algorithm.name(), entry.path.to_str().unwrap()), ("sha-256", "x (1).txt"));
         let forced = parse_line(format!("{sha256}  f").as_bytes(), algorithms::parse("b3").ok()).unwrap();
-        assert_eq!(forced.algorithm.name, "blake3");
+        assert_eq!(forced.algorithm.name(), "blake3");
         for bad in [
             format!("{md5} f"),
             md5.to_owned(),

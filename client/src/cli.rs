@@ -75,10 +75,9 @@ pub struct HashArgs {
     #[arg(short = 'r', long)]
     pub recursive: bool,
 
-    /// The digest to print: md5 (default), sha1, sha256, sha512, crc32c, crc64nvme or b3
-    /// (blake3); the service's names (sha-256, …) work too. Repeat it for several: one line per
-    /// file and algorithm, in the order given, all from one upload.
-    #[arg(short = 'a', long = "algorithm", value_name = "ALG", value_parser = crate::algorithms::parse)]
+    /// The digests to print (the help text, `algorithms_help`, names every one the service has).
+    #[arg(short = 'a', long = "algorithm", value_name = "ALG", value_parser = crate::algorithms::parse,
+          help = algorithms_help(), long_help = algorithms_help())]
     pub algorithms: Vec<Algorithm>,
 
     /// BSD-style lines, `SHA256 (path) = <hex>`, as `sha256sum --tag` prints them.
@@ -172,4 +171,13 @@ pub enum ProgressMode {
     Lines,
     /// Nothing.
     None,
+}
+
+/// `hash -a`'s help, naming every algorithm the service computes.
+fn algorithms_help() -> String {
+    format!(
+        "The digest to print: one of {} (md5 by default); the service's names (sha-256, …) work too. \
+         Repeat it for several: one line per file and algorithm, in the order given, all from one upload.",
+        crate::algorithms::command_line_names()
+    )
 }

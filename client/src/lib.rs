@@ -141,7 +141,7 @@ fn done_with(task: Task, algorithms: &[Algorithm]) -> Result<Task, String> {
     match algorithms.iter().find(|&&algorithm| task.digest(algorithm).is_none()) {
         Some(missing) => Err(format!(
             "the service answered without a valid {} digest (is it older than this client?)",
-            missing.name
+            missing.name()
         )),
         None => Ok(task),
     }
@@ -231,7 +231,7 @@ pub fn tag_line(algorithm: Algorithm, hex: &str, path: &Path) -> Vec<u8> {
     if escaped {
         line.push(b'\\');
     }
-    line.extend_from_slice(algorithm.tag.as_bytes());
+    line.extend_from_slice(algorithm.tag().as_bytes());
     line.extend_from_slice(b" (");
     line.extend_from_slice(&name);
     line.extend_from_slice(b") = ");

@@ -77,9 +77,9 @@ impl Task {
     /// The task's `algorithm` digest if it is one (its length, lowercase hex): the MD5 field for
     /// MD5, else the `digests` object's.
     pub fn digest(&self, algorithm: Algorithm) -> Option<&str> {
-        let hex = match algorithm.name {
-            "md5" => self.md5.as_deref(),
-            name => self.digests.as_ref()?.get(name).map(String::as_str),
+        let hex = match algorithm {
+            Algorithm::Md5 => self.md5.as_deref(),
+            other => self.digests.as_ref()?.get(other.name()).map(String::as_str),
         }?;
         algorithm.is_digest(hex).then_some(hex)
     }
@@ -100,7 +100,7 @@ impl Ask {
     /// `Repr-Digest`.
     fn post(&self, http: &reqwest::Client, url: String) -> reqwest::RequestBuilder {
         use base64::Engine as _;
-        let mut names: Vec<&str> = self.algorithms.iter().map(|algorithm| algorithm.name).collect();
+        let mut names: Vec<&str> = self.algorithms.iter().map(|algorithm| algorithm.name()).collect();
         names.retain(|name| *name != "md5");
         names.sort_unstable();
         names.dedup();
@@ -111,7 +111,7 @@ impl Ask {
                 .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
                 .collect();
             let value =
-                format!("{}=:{}:", algorithm.name, base64::engine::general_purpose::STANDARD.encode(bytes));
+                format!("{}=:{}:", algorithm.name(), base64::engine::general_purpose::STANDARD.encode(bytes));
             request = request.header("Repr-Digest", value);
         }
         request

@@ -1,10 +1,13 @@
-//! Digests as a concept: which algorithms the service can compute ([`Algorithm`]) and the
-//! digests of one hashed file ([`Digests`]).
+//! Digests as a concept: which algorithms the service can compute ([`Algorithm`], and
+//! [`REGISTRY`], everything known of each) and the digests of one hashed file ([`Digests`]).
 //!
-//! Adding an algorithm is a new [`Algorithm`] variant: the compiler then walks through every
-//! place that must know it (its name, its length, the worker's hasher). MD5 is computed for
-//! every task and keeps its own field everywhere (the row's `result`, the log line's and the
-//! answers' `md5`); the others are computed when a task asks for them.
+//! **The registry is the one place that spells an algorithm.** Names, aliases, labels, digest
+//! lengths and header names live in [`REGISTRY`]; the api's help, headers and OpenAPI
+//! document, `md5-client` and the page (through `/algorithms.json`) read them from there.
+//! Adding an algorithm is a new [`Algorithm`] variant and its row: the compiler then walks
+//! through the rest (the worker's hasher), and a test checks the rows' order. MD5 is computed
+//! for every task and keeps its own field everywhere (the row's `result`, the log line's and
+//! the answers' `md5`); the others are computed when a task asks for them.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Md5Hex;
 
-/// A digest algorithm the service can compute, named as in the RFC 9530 registry where the
-/// registry has a name (`crc64nvme` and `blake3` are not registered there).
+/// A digest algorithm the service can compute; [`Algorithm::info`] tells everything about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Algorithm {
     /// MD5 (RFC 1321), computed for every task.
@@ -32,6 +34,128 @@ pub enum Algorithm {
     Blake3,
 }
 
+/// Everything the service and its clients know of one algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AlgorithmInfo {
+    /// The algorithm this row describes.
+    #[serde(skip)]
+    pub algorithm: Algorithm,
+    /// The name in the RFC 9530 registry where it has one (`crc64nvme` and `blake3` are not
+    /// registered there), as URLs, `Repr-Digest`, answers and the log spell it.
+    pub name: &'static str,
+    /// Other names the command line takes: coreutils' spelling (`sha256`, as in `sha256sum`;
+    /// `b3`, as in `b3sum`).
+    pub aliases: &'static [&'static str],
+    /// Names `Repr-Digest` still accepts for it (RFC 9530's deprecated `sha`).
+    #[serde(skip)]
+    pub legacy_names: &'static [&'static str],
+    /// How a person reads it (the page's label).
+    pub label: &'static str,
+    /// The tag of a BSD-style sum line (`--tag`, `sha256sum --tag`): `SHA256 (file) = …`.
+    pub tag: &'static str,
+    /// Length of the digest in lowercase hex digits.
+    pub hex_len: usize,
+    /// Whether RFC 9530 lists it as active (not deprecated): the `File-Digest` answer field
+    /// carries these.
+    #[serde(skip)]
+    pub active_in_rfc9530: bool,
+    /// S3's header for it (`x-amz-checksum-…`), if S3 has one.
+    #[serde(skip)]
+    pub s3_header: Option<&'static str>,
+    /// The digest of the five bytes `hello`, for examples.
+    #[serde(skip)]
+    pub example_hex: &'static str,
+}
+
+/// The registry: one row per [`Algorithm`], in the order answers list them.
+pub const REGISTRY: [AlgorithmInfo; 7] = [
+    AlgorithmInfo {
+        algorithm: Algorithm::Md5,
+        name: "md5",
+        aliases: &[],
+        legacy_names: &[],
+        label: "MD5",
+        tag: "MD5",
+        hex_len: 32,
+        active_in_rfc9530: false,
+        s3_header: None,
+        example_hex: "5d41402abc4b2a76b9719d911017c592",
+    },
+    AlgorithmInfo {
+        algorithm: Algorithm::Sha1,
+        name: "sha-1",
+        aliases: &["sha1"],
+        legacy_names: &["sha"],
+        label: "SHA-1",
+        tag: "SHA1",
+        hex_len: 40,
+        active_in_rfc9530: false,
+        s3_header: Some("x-amz-checksum-sha1"),
+        example_hex: "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d",
+    },
+    AlgorithmInfo {
+        algorithm: Algorithm::Sha256,
+        name: "sha-256",
+        aliases: &["sha256"],
+        legacy_names: &[],
+        label: "SHA-256",
+        tag: "SHA256",
+        hex_len: 64,
+        active_in_rfc9530: true,
+        s3_header: Some("x-amz-checksum-sha256"),
+        example_hex: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+    },
+    AlgorithmInfo {
+        algorithm: Algorithm::Sha512,
+        name: "sha-512",
+        aliases: &["sha512"],
+        legacy_names: &[],
+        label: "SHA-512",
+        tag: "SHA512",
+        hex_len: 128,
+        active_in_rfc9530: true,
+        s3_header: None,
+        example_hex: "9b71d224bd62f3785d96d46ad3ea3d73319bfbc2890caadae2dff72519673ca7\
+                      2323c3d99ba5c11d7c7acc6e14b8c5da0c4663475c2e5c3adef46f73bcdec043",
+    },
+    AlgorithmInfo {
+        algorithm: Algorithm::Crc32c,
+        name: "crc32c",
+        aliases: &[],
+        legacy_names: &[],
+        label: "CRC32C",
+        tag: "CRC32C",
+        hex_len: 8,
+        active_in_rfc9530: false,
+        s3_header: Some("x-amz-checksum-crc32c"),
+        example_hex: "9a71bb4c",
+    },
+    AlgorithmInfo {
+        algorithm: Algorithm::Crc64Nvme,
+        name: "crc64nvme",
+        aliases: &[],
+        legacy_names: &[],
+        label: "CRC64NVME",
+        tag: "CRC64NVME",
+        hex_len: 16,
+        active_in_rfc9530: false,
+        s3_header: Some("x-amz-checksum-crc64nvme"),
+        example_hex: "ae8b14860a799888",
+    },
+    AlgorithmInfo {
+        algorithm: Algorithm::Blake3,
+        name: "blake3",
+        aliases: &["b3"],
+        legacy_names: &[],
+        label: "BLAKE3",
+        tag: "BLAKE3",
+        hex_len: 64,
+        active_in_rfc9530: false,
+        s3_header: None,
+        example_hex: "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f",
+    },
+];
+
 impl Algorithm {
     /// Every algorithm, in the order answers list them.
     pub const ALL: &'static [Algorithm] = &[
@@ -44,34 +168,62 @@ impl Algorithm {
         Algorithm::Blake3,
     ];
 
+    /// Its row of the [`REGISTRY`].
+    pub fn info(self) -> &'static AlgorithmInfo {
+        &REGISTRY[self as usize]
+    }
+
     /// The name in the RFC 9530 registry (`md5`, `sha-256`, …), as URLs and headers spell it.
     pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::Md5 => "md5",
-            Algorithm::Sha1 => "sha-1",
-            Algorithm::Sha256 => "sha-256",
-            Algorithm::Sha512 => "sha-512",
-            Algorithm::Crc32c => "crc32c",
-            Algorithm::Crc64Nvme => "crc64nvme",
-            Algorithm::Blake3 => "blake3",
-        }
+        self.info().name
     }
 
     /// Length of the digest in lowercase hex digits.
     pub fn hex_len(self) -> usize {
-        match self {
-            Algorithm::Md5 => 32,
-            Algorithm::Sha1 => 40,
-            Algorithm::Sha256 | Algorithm::Blake3 => 64,
-            Algorithm::Sha512 => 128,
-            Algorithm::Crc32c => 8,
-            Algorithm::Crc64Nvme => 16,
-        }
+        self.info().hex_len
+    }
+
+    /// The tag of a BSD-style sum line (`SHA256`).
+    pub fn tag(self) -> &'static str {
+        self.info().tag
     }
 
     /// The algorithm named `name` (exactly as [`Algorithm::name`] spells it).
     pub fn from_name(name: &str) -> Option<Algorithm> {
         Algorithm::ALL.iter().copied().find(|algorithm| algorithm.name() == name)
+    }
+
+    /// The algorithm a command line names: its name or an alias, in any case.
+    pub fn from_any_name(name: &str) -> Option<Algorithm> {
+        let name = name.to_ascii_lowercase();
+        Algorithm::ALL
+            .iter()
+            .copied()
+            .find(|algorithm| algorithm.name() == name || algorithm.info().aliases.contains(&name.as_str()))
+    }
+
+    /// The algorithm of a `Repr-Digest` key: its name, or a name the RFC 9530 registry keeps for
+    /// old senders.
+    pub fn from_repr_digest_key(key: &str) -> Option<Algorithm> {
+        Algorithm::ALL
+            .iter()
+            .copied()
+            .find(|algorithm| algorithm.name() == key || algorithm.info().legacy_names.contains(&key))
+    }
+
+    /// The algorithm of a BSD-style line's tag (`SHA256`).
+    pub fn from_tag(tag: &str) -> Option<Algorithm> {
+        Algorithm::ALL.iter().copied().find(|algorithm| algorithm.tag() == tag)
+    }
+
+    /// The algorithm of an S3 checksum header (`x-amz-checksum-sha256`), lowercase.
+    pub fn from_s3_header(header: &str) -> Option<Algorithm> {
+        Algorithm::ALL.iter().copied().find(|algorithm| algorithm.info().s3_header == Some(header))
+    }
+
+    /// True when `hex` is a digest of this algorithm: its length, lowercase hex digits.
+    pub fn is_digest(self, hex: &str) -> bool {
+        hex.len() == self.hex_len() && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     }
 
     /// Every name, comma-separated, for a message that lists the known ones.
@@ -256,6 +408,28 @@ pub fn from_column(value: Option<&serde_json::Value>) -> BTreeMap<Algorithm, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_algorithm_has_its_own_row_with_names_no_other_row_uses() {
+        assert_eq!(REGISTRY.len(), Algorithm::ALL.len());
+        let mut seen = std::collections::HashSet::new();
+        for (index, &algorithm) in Algorithm::ALL.iter().enumerate() {
+            let info = algorithm.info();
+            assert_eq!(info.algorithm, algorithm, "REGISTRY's row {index} is not {algorithm:?}'s");
+            assert_eq!(algorithm as usize, index, "ALL lists {algorithm:?} out of order");
+            for name in [info.name].iter().chain(info.aliases).chain(info.legacy_names) {
+                assert!(seen.insert(*name), "{name} names two algorithms");
+            }
+            assert!(
+                algorithm.is_digest(info.example_hex),
+                "{algorithm:?}'s example is not one of its digests"
+            );
+            assert!(
+                Algorithm::from_any_name(&info.tag.to_ascii_lowercase()).is_some(),
+                "{algorithm:?}'s tag is no name"
+            );
+        }
+    }
 
     #[test]
     fn every_algorithm_has_a_registry_name_and_a_digest_of_its_length() {

@@ -3,19 +3,14 @@
 //! or a truncated digest cannot pass for a result.
 
 use std::fmt;
-use std::io::Write as _;
 use std::str::FromStr;
 
-use diesel::deserialize::{self, FromSql, FromSqlRow};
-use diesel::expression::AsExpression;
-use diesel::pg::{Pg, PgValue};
-use diesel::serialize::{self, IsNull, Output, ToSql};
-use diesel::sql_types::Text;
 use serde::{Deserialize, Serialize};
 
 /// An MD5 digest as 32 lowercase hex digits.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, AsExpression, FromSqlRow, Serialize, Deserialize)]
-#[diesel(sql_type = Text)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "service", derive(diesel::expression::AsExpression, diesel::deserialize::FromSqlRow))]
+#[cfg_attr(feature = "service", diesel(sql_type = diesel::sql_types::Text))]
 #[serde(try_from = "String", into = "String")]
 pub struct Md5Hex(String);
 
@@ -65,17 +60,30 @@ impl fmt::Display for Md5Hex {
     }
 }
 
-impl ToSql<Text, Pg> for Md5Hex {
-    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-        out.write_all(self.0.as_bytes())?;
-        Ok(IsNull::No)
-    }
-}
+/// A column of `text`, checked when read.
+#[cfg(feature = "service")]
+mod column {
+    use std::io::Write as _;
 
-impl FromSql<Text, Pg> for Md5Hex {
-    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
-        let text = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
-        Ok(text.parse()?)
+    use diesel::deserialize::{self, FromSql};
+    use diesel::pg::{Pg, PgValue};
+    use diesel::serialize::{self, IsNull, Output, ToSql};
+    use diesel::sql_types::Text;
+
+    use super::Md5Hex;
+
+    impl ToSql<Text, Pg> for Md5Hex {
+        fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+            out.write_all(self.0.as_bytes())?;
+            Ok(IsNull::No)
+        }
+    }
+
+    impl FromSql<Text, Pg> for Md5Hex {
+        fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+            let text = <String as FromSql<Text, Pg>>::from_sql(bytes)?;
+            Ok(text.parse()?)
+        }
     }
 }
 

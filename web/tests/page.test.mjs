@@ -62,6 +62,22 @@ test('uploading a file through the file input shows its MD5', async () => {
   await page.screenshot({ path: `${SHOTS}/done.png` });
 });
 
+test('the page offers every algorithm of the service\'s registry, and has an icon', async () => {
+  const tab = watchCsp(await context.newPage());
+  await tab.goto(BASE);
+  const registry = await (await fetch(`${BASE}/assets/algorithms.json`)).json();
+  const offered = registry.filter(({ name }) => name !== 'md5');
+  assert.ok(offered.length >= 6, JSON.stringify(registry));
+  await tab.locator('#digest-choice input').nth(offered.length - 1).waitFor();
+  const boxes = await tab.locator('#digest-choice input').evaluateAll((inputs) => inputs.map((box) => box.value));
+  assert.deepEqual(boxes, offered.map(({ name }) => name));
+  for (const { label } of offered) assert.equal(await tab.getByLabel(label, { exact: true }).count(), 1, label);
+  const icon = await fetch(`${BASE}/favicon.ico`);
+  assert.equal(icon.status, 200);
+  assert.match(icon.headers.get('content-type'), /^image\//);
+  await tab.close();
+});
+
 test('ticked digests are computed and each is shown with a copy button', async () => {
   const tab = watchCsp(await context.newPage());
   await tab.goto(BASE);
@@ -127,6 +143,7 @@ test('the page works with the keyboard alone and fits a phone screen', async () 
   assert.ok(width <= 375, `no horizontal scrolling on a phone (${width}px)`);
   // Tab to the lookup field (past the file input, the six digest boxes and Upload), type an
   // id, press Enter.
+  await small.locator('#digest-choice input').nth(5).waitFor();
   for (let i = 0; i < 9; i += 1) await small.keyboard.press('Tab');
   assert.equal(await small.evaluate(() => document.activeElement.id), 'lookup-input');
   await small.keyboard.type(uploadedId);

@@ -79,7 +79,7 @@ impl From<FoundTask> for FoundView {
     params(
         ("algorithm" = inline(AlgorithmName), Path, description = "The algorithm", example = "sha-256"),
         ("hex" = String, Path, description = "The digest in hex (either case), as many digits as the algorithm's \
-            digests have (md5 32, sha-1 40, sha-256 and blake3 64, sha-512 128, crc32c 8, crc64nvme 16)",
+            digests have (`/assets/algorithms.json` lists each one's `hex_len`)",
             pattern = "^[0-9a-fA-F]{8,128}$", example = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"),
         LookupQuery,
     ),

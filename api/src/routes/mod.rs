@@ -63,8 +63,11 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let (protected, open) = api_routes();
     let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
     let (router, openapi) = protected.merge(open).split_for_parts();
-    let router =
-        router.route("/", get(web::index)).route("/assets/{file}", get(web::asset)).with_state(state);
+    let router = router
+        .route("/", get(web::index))
+        .route("/favicon.ico", get(web::favicon))
+        .route("/assets/{file}", get(web::asset))
+        .with_state(state);
     (router, openapi)
 }
 
