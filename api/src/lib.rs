@@ -12,6 +12,7 @@ pub mod digests;
 pub mod error;
 pub mod form;
 pub mod idempotency;
+pub mod intake;
 pub mod openapi;
 pub mod queue;
 pub mod resumable;

@@ -1,6 +1,6 @@
-//! Receiving an upload, top to bottom: check what can be refused before the body is read, store
-//! the form's `file` part (`storage`), record the task (`commits`), enqueue its job (`queue`),
-//! answer.
+//! Receiving a one-shot upload, top to bottom: check what can be refused before the body is read
+//! (the limit here, admission in `intake`), store the form's `file` part (or the bare body) in
+//! `storage`, hand the durable file to `intake` (row and job), answer.
 //!
 //! Nothing is ever held in memory beyond two write buffers and the bounded read-ahead of the
 //! body (see [`crate::body`]), and nothing is left behind by a rejected or broken upload: its
@@ -14,17 +14,16 @@ use futures_util::StreamExt as _;
 use uuid::Uuid;
 
 use crate::body::{self, FormHead};
-use crate::commits::PendingTask;
 use crate::error::ApiError;
 pub use crate::form::Parts;
 use crate::form::{self, FORM_HEAD_BYTES, FormPart, MULTIPART_OVERHEAD_BYTES, UploadBody};
 use crate::idempotency::{self, Begin, IdempotencyKey, Reservation};
-use crate::slots::{ClientSlot, SlotRefusal};
+use crate::intake::{self, StoredUpload};
 use crate::state::AppState;
 use crate::storage::{PartFile, PartWriter};
 
+use shared::Task;
 use shared::models::IdempotencyRecord;
-use shared::{JobMessage, Task};
 
 /// An upload request as a handler received it.
 pub struct UploadRequest<'a> {
@@ -71,8 +70,7 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
         body::drain(request.body.into_data_stream(), REFUSED_DRAIN_BYTES).await;
         return Err(ApiError::payload_too_large(limit));
     }
-    let _slot = take_slot(state, request.client)?;
-    state.storage.check_free_space()?;
+    let _slot = intake::admit(state, request.client)?;
     let task_id = Uuid::now_v7();
     let destination = open_destination(state, task_id, request.key).await?;
 
@@ -93,7 +91,7 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
     // The body is complete and durable. From here on the client going away must not matter:
     // the rename, the row and the XADD run to the end in a task of their own, so a row is
     // never committed while its file is being removed.
-    let stored = Stored {
+    let stored = StoredUpload {
         part,
         task_id,
         file_name,
@@ -102,22 +100,10 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
         reservation,
         digests: request.digests,
     };
-    let task = tokio::spawn(commit(state.clone(), stored))
+    let task = tokio::spawn(intake::commit_one_shot(state.clone(), stored))
         .await
         .map_err(|err| ApiError::internal(anyhow::Error::new(err).context("upload commit task")))??;
     Ok(Upload { task, replayed: false })
-}
-
-/// One upload slot for `client`, or 503.
-pub fn take_slot(state: &AppState, client: Option<IpAddr>) -> Result<ClientSlot, ApiError> {
-    state.upload_slots.try_acquire(client).map_err(|refusal| {
-        ApiError::unavailable(match refusal {
-            SlotRefusal::Full => "too many uploads in progress; try again shortly",
-            SlotRefusal::ClientFull => {
-                "this client has too many uploads in progress; finish one, then try again"
-            }
-        })
-    })
 }
 
 /// Where an upload's `file` part goes.
@@ -297,53 +283,4 @@ async fn replay(
     })?;
     tracing::info!(task.id = %task.task_id, "upload repeated with its Idempotency-Key; answered with the original task");
     Ok(Upload { task, replayed: true })
-}
-
-/// A body stored in its partial file, ready to commit.
-struct Stored {
-    part: PartFile,
-    task_id: Uuid,
-    file_name: String,
-    size: u64,
-    request_id: Option<String>,
-    reservation: Option<Reservation>,
-    digests: shared::DigestRequest,
-}
-
-/// Renames the durable part file to its final name, commits the row (completing its
-/// idempotency key in the same transaction) and enqueues the job.
-async fn commit(state: AppState, upload: Stored) -> Result<Task, ApiError> {
-    let Stored { mut part, task_id, file_name, size, request_id, reservation, digests } = upload;
-    state.storage.promote(&mut part).await?;
-    let task = state
-        .commits
-        .insert(PendingTask {
-            task_id,
-            file_name,
-            size_bytes: i64::try_from(size).map_err(ApiError::internal)?,
-            request_id: request_id.clone(),
-            idempotency_key: reservation.as_ref().map(|reservation| reservation.key().to_owned()),
-            digests,
-        })
-        .await?;
-    part.keep();
-    if let Some(reservation) = reservation {
-        reservation.completed();
-    }
-    enqueue(&state, task_id, size, request_id).await;
-    Ok(task)
-}
-
-/// Announces a committed, `queued` task of `size` bytes to the workers (every upload protocol
-/// ends here). A failed XADD is logged, not returned: the row is committed, and the sweeper
-/// enqueues it once Redis answers again.
-pub async fn enqueue(state: &AppState, task_id: Uuid, size: u64, request_id: Option<String>) {
-    metrics::counter!("md5_uploads_total").increment(1);
-    metrics::counter!("md5_upload_bytes_total").increment(size);
-    tracing::info!(task.id = %task_id, upload.size_bytes = size, "upload stored");
-    let job = JobMessage { task_id, request_id };
-    if let Err(err) = state.queue.enqueue(&job).await {
-        let err = anyhow::Error::new(err);
-        tracing::warn!(task.id = %task_id, error = format!("{err:#}"), "cannot enqueue job; the sweeper will retry");
-    }
 }

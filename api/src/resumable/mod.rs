@@ -29,9 +29,9 @@ use uuid::Uuid;
 
 use crate::body::{self, FormHead};
 use crate::error::ApiError;
+use crate::intake;
 use crate::state::AppState;
 use crate::storage::resumable::{LockError, UploadLock};
-use crate::upload;
 use checksum::Checksum;
 use shared::models::{NewTask, UploadRow};
 use shared::{Task, TaskStatus, uploads};
@@ -162,20 +162,7 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
         return Err(ApiError::payload_too_large(limit).into());
     }
     let client = new.client.map(|ip| ip.to_string());
-    let (open, own) = state.db.run(async |conn| uploads::count_open(conn, client.as_deref()).await).await?;
-    if open >= i64::from(state.config.max_open_uploads) {
-        return Err(ApiError::unavailable(
-            "too many unfinished resumable uploads; finish or terminate one, or try again later",
-        )
-        .into());
-    }
-    if own >= i64::from(state.config.open_uploads_per_client()) {
-        return Err(ApiError::unavailable(
-            "this client has too many unfinished resumable uploads; finish or terminate one first",
-        )
-        .into());
-    }
-    state.storage.check_free_space()?;
+    intake::admit_resumable(state, client.as_deref()).await?;
     let task_id = Uuid::now_v7();
     let lock = state.storage.create_upload_file(task_id).await?;
     let length = new.length.map(i64::try_from).transpose().map_err(ApiError::internal)?;
@@ -255,8 +242,7 @@ pub async fn append(
     append: Append,
 ) -> Result<Appended, UploadError> {
     let locked = async {
-        let slot = upload::take_slot(state, append.client)?;
-        state.storage.check_free_space()?;
+        let slot = intake::admit(state, append.client)?;
         let lock = match held {
             Some(lock) => lock,
             None => lock(state, task_id).await?,
@@ -375,14 +361,11 @@ async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Re
         let row = record(state, task_id, received, length).await?;
         return Ok(Appended { offset: received, length, completed: None, expires_at: Some(row.expires_at) });
     }
-    let size = i64::try_from(received).map_err(ApiError::internal)?;
-    let task = state.db.write(async |conn| uploads::complete(conn, task_id, size).await).await?;
+    let task = intake::complete_resumable(state, task_id, received, append.request_id).await?;
     let task = task.ok_or_else(|| {
         ApiError::internal(anyhow::anyhow!("upload {task_id} was no longer uploading at its completion"))
     })?;
     drop(lock);
-    metrics::counter!("md5_resumable_uploads_total", "event" => "completed").increment(1);
-    upload::enqueue(state, task_id, received, append.request_id).await;
     Ok(Appended { offset: received, length: Some(received), completed: Some(task), expires_at: None })
 }
 

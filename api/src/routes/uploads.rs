@@ -67,6 +67,26 @@ fn protocol(headers: &HeaderMap) -> Result<Protocol, UnknownProtocol> {
     }
 }
 
+/// The one dispatch of every route: runs `tus` or `ietf` on `args` (what only one of them may
+/// take, such as the body), whichever protocol the request speaks; answers a request that
+/// speaks neither as its protocol says.
+async fn by_protocol<A, T, I>(
+    headers: &HeaderMap,
+    args: A,
+    tus: impl FnOnce(A) -> T,
+    ietf: impl FnOnce(A) -> I,
+) -> Response
+where
+    T: Future<Output = Response>,
+    I: Future<Output = Response>,
+{
+    match protocol(headers) {
+        Ok(Protocol::Tus) => tus(args).await,
+        Ok(Protocol::Ietf) => ietf(args).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
 /// The upload id in the path; 404 for anything that is not a UUID.
 fn upload_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
     super::task_id_in_path(id)
@@ -124,11 +144,14 @@ pub async fn create_upload(
         Ok(Query(query)) => query,
         Err(err) => return ApiError::bad_request(err.body_text()).into_response(),
     };
-    match protocol(&headers) {
-        Ok(Protocol::Tus) => tus::create(&state, client(peer), &headers, &query, body, request_id).await,
-        Ok(Protocol::Ietf) => ietf::create(&state, client(peer), &headers, &query, body, request_id).await,
-        Err(refused) => refused.into_response(),
-    }
+    let client = client(peer);
+    by_protocol(
+        &headers,
+        (body, request_id),
+        |(body, request_id)| tus::create(&state, client, &headers, &query, body, request_id),
+        |(body, request_id)| ietf::create(&state, client, &headers, &query, body, request_id),
+    )
+    .await
 }
 
 /// `OPTIONS /api/v1/uploads`: what the server supports.
@@ -192,11 +215,7 @@ pub async fn upload_offset(
         Ok(id) => id,
         Err(refused) => return refused.into_response(),
     };
-    match protocol(&headers) {
-        Ok(Protocol::Tus) => tus::head(&state, id).await,
-        Ok(Protocol::Ietf) => ietf::head(&state, id).await,
-        Err(refused) => refused.into_response(),
-    }
+    by_protocol(&headers, (), |()| tus::head(&state, id), |()| ietf::head(&state, id)).await
 }
 
 /// `PATCH /api/v1/uploads/{id}`: appends the body at `Upload-Offset`.
@@ -243,11 +262,14 @@ pub async fn append_upload(
         Err(refused) => return refused.into_response(),
     };
     let request_id = request_id(&headers);
-    match protocol(&headers) {
-        Ok(Protocol::Tus) => tus::patch(&state, id, client(peer), &headers, body, request_id).await,
-        Ok(Protocol::Ietf) => ietf::patch(&state, id, client(peer), &headers, body, request_id).await,
-        Err(refused) => refused.into_response(),
-    }
+    let client = client(peer);
+    by_protocol(
+        &headers,
+        (body, request_id),
+        |(body, request_id)| tus::patch(&state, id, client, &headers, body, request_id),
+        |(body, request_id)| ietf::patch(&state, id, client, &headers, body, request_id),
+    )
+    .await
 }
 
 /// `DELETE /api/v1/uploads/{id}`: terminates an unfinished upload (its task ends `cancelled`).
@@ -278,9 +300,5 @@ pub async fn terminate_upload(
         Ok(id) => id,
         Err(refused) => return refused.into_response(),
     };
-    match protocol(&headers) {
-        Ok(Protocol::Tus) => tus::delete(&state, id).await,
-        Ok(Protocol::Ietf) => ietf::delete(&state, id).await,
-        Err(refused) => refused.into_response(),
-    }
+    by_protocol(&headers, (), |()| tus::delete(&state, id), |()| ietf::delete(&state, id)).await
 }

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 pub mod signing;
 
-use crate::maintenance::Service;
 use shared::db::{Pool, connection};
+use shared::maintenance::Service;
 use shared::webhooks::{self, AttemptOutcome, Delivery};
 use signing::{WebhookSecret, signature};
 

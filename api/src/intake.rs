@@ -1,0 +1,129 @@
+//! One intake for every upload protocol (tusd's `StoreComposer` is the model): one-shot uploads
+//! (`crate::upload`), tus and the IETF draft (`crate::resumable`) all pass through here, and a
+//! protocol only maps its headers and statuses onto it.
+//!
+//! - **Admission**, before a byte of a body is stored: an upload slot for the client
+//!   ([`admit`]: global and per client address, 503 past either), room on the volume (507 under
+//!   `MIN_FREE_BYTES`), and for a new resumable upload a place among the open ones
+//!   ([`admit_resumable`]).
+//! - **Completion**, once the file is durable: the row that makes it a `queued` task and its job
+//!   on the stream ([`commit_one_shot`] for a stored one-shot body, [`complete_resumable`] for an
+//!   upload whose last byte arrived). Nothing else creates a queued task or XADDs a job.
+
+use std::net::IpAddr;
+
+use uuid::Uuid;
+
+use crate::commits::PendingTask;
+use crate::error::ApiError;
+use crate::idempotency::Reservation;
+use crate::slots::{ClientSlot, SlotRefusal};
+use crate::state::AppState;
+use crate::storage::PartFile;
+use shared::{JobMessage, Task, uploads};
+
+/// Admits one upload request of `client`: an upload slot (held while the returned value lives),
+/// and room on the volume.
+pub fn admit(state: &AppState, client: Option<IpAddr>) -> Result<ClientSlot, ApiError> {
+    let slot = state.upload_slots.try_acquire(client).map_err(|refusal| {
+        ApiError::unavailable(match refusal {
+            SlotRefusal::Full => "too many uploads in progress; try again shortly",
+            SlotRefusal::ClientFull => {
+                "this client has too many uploads in progress; finish one, then try again"
+            }
+        })
+    })?;
+    state.storage.check_free_space()?;
+    Ok(slot)
+}
+
+/// Admits a new resumable upload of `client`: a place among the open uploads (in all, and of
+/// this client), and room on the volume.
+pub async fn admit_resumable(state: &AppState, client: Option<&str>) -> Result<(), ApiError> {
+    let (open, own) = state.db.run(async |conn| uploads::count_open(conn, client).await).await?;
+    if open >= i64::from(state.config.max_open_uploads) {
+        return Err(ApiError::unavailable(
+            "too many unfinished resumable uploads; finish or terminate one, or try again later",
+        ));
+    }
+    if own >= i64::from(state.config.open_uploads_per_client()) {
+        return Err(ApiError::unavailable(
+            "this client has too many unfinished resumable uploads; finish or terminate one first",
+        ));
+    }
+    state.storage.check_free_space()?;
+    Ok(())
+}
+
+/// A one-shot body stored in its durable partial file, ready to commit.
+pub struct StoredUpload {
+    /// The partial file, removed unless the row commits.
+    pub part: PartFile,
+    /// The task's id, chosen when the upload began.
+    pub task_id: Uuid,
+    /// The client's file name, sanitized.
+    pub file_name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The request's `x-request-id`.
+    pub request_id: Option<String>,
+    /// The `Idempotency-Key` reserved for it, completed with the row.
+    pub reservation: Option<Reservation>,
+    /// The digests the task asks for and expects.
+    pub digests: shared::DigestRequest,
+}
+
+/// Completes a one-shot upload: renames its durable part file to its final name, commits the
+/// row (completing its idempotency key in the same transaction) and enqueues the job.
+pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Task, ApiError> {
+    let StoredUpload { mut part, task_id, file_name, size, request_id, reservation, digests } = upload;
+    state.storage.promote(&mut part).await?;
+    let task = state
+        .commits
+        .insert(PendingTask {
+            task_id,
+            file_name,
+            size_bytes: i64::try_from(size).map_err(ApiError::internal)?,
+            request_id: request_id.clone(),
+            idempotency_key: reservation.as_ref().map(|reservation| reservation.key().to_owned()),
+            digests,
+        })
+        .await?;
+    part.keep();
+    if let Some(reservation) = reservation {
+        reservation.completed();
+    }
+    enqueue(&state, task_id, size, request_id).await;
+    Ok(task)
+}
+
+/// Completes resumable upload `task_id`, whose `size` bytes are durable: its upload row goes and
+/// its task becomes `queued` (one transaction), then its job is enqueued. `None` when the upload
+/// was no longer open (expired or terminated meanwhile): nothing is enqueued.
+pub async fn complete_resumable(
+    state: &AppState,
+    task_id: Uuid,
+    size: u64,
+    request_id: Option<String>,
+) -> Result<Option<Task>, ApiError> {
+    let size_bytes = i64::try_from(size).map_err(ApiError::internal)?;
+    let task = state.db.write(async |conn| uploads::complete(conn, task_id, size_bytes).await).await?;
+    if task.is_some() {
+        metrics::counter!("md5_resumable_uploads_total", "event" => "completed").increment(1);
+        enqueue(state, task_id, size, request_id).await;
+    }
+    Ok(task)
+}
+
+/// Announces a committed, `queued` task of `size` bytes to the workers. A failed XADD is
+/// logged, not returned: the row is committed, and the sweeper enqueues it once Redis answers.
+async fn enqueue(state: &AppState, task_id: Uuid, size: u64, request_id: Option<String>) {
+    metrics::counter!("md5_uploads_total").increment(1);
+    metrics::counter!("md5_upload_bytes_total").increment(size);
+    tracing::info!(task.id = %task_id, upload.size_bytes = size, "upload stored");
+    let job = JobMessage { task_id, request_id };
+    if let Err(err) = state.queue.enqueue(&job).await {
+        let err = anyhow::Error::new(err);
+        tracing::warn!(task.id = %task_id, error = format!("{err:#}"), "cannot enqueue job; the sweeper will retry");
+    }
+}
