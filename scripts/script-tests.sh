@@ -6,7 +6,9 @@
 #   - run.sh with a busy BIND_ADDR ends with a non-zero status;
 #   - the scripts look for the binaries in cargo's target directory, CARGO_TARGET_DIR included;
 #   - SIGTERM during run.sh's build stops the build and starts nothing (a cold build in a
-#     throw-away target folder, interrupted after its first crate).
+#     throw-away target folder, interrupted after its first crate);
+#   - two checkouts' run.sh at once with default settings: both serve on their own ports and
+#     private services, and stopping one leaves the other serving.
 # Each check prints "-- ok: <what>"; the first failure ends the script with status 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,15 +30,20 @@ not_alive() { ! alive "$1"; }
 port_closed() { ! python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.5)" 2>/dev/null; }
 cleanup() {
   [[ -n $run_pid ]] && kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid" 2>/dev/null
-  if [[ -f $work/state/pids ]]; then xargs -r kill -KILL <"$work/state/pids" 2>/dev/null || true; fi
+  for pid in ${other_runs[@]+"${other_runs[@]}"}; do kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
+  for state in "$work"/state*; do
+    if [[ -f $state/pids ]]; then xargs -r kill -KILL <"$state/pids" 2>/dev/null || true; fi
+    if [[ -f $state/pg/postmaster.pid ]]; then
+      pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+      if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$pg_bin/pg_ctl" -D "$state/pg" -m immediate stop; else "$pg_bin/pg_ctl" -D "$state/pg" -m immediate stop; fi >/dev/null 2>&1 || true
+    fi
+    [[ -f $state/redis.port ]] && redis-cli -p "$(cat "$state/redis.port")" shutdown nosave >/dev/null 2>&1 || true
+  done
   for pid in "${first[@]}" "${second[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  if [[ -f $work/state/pg/postmaster.pid ]]; then
-    pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-    if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$pg_bin/pg_ctl" -D "$work/state/pg" -m immediate stop; else "$pg_bin/pg_ctl" -D "$work/state/pg" -m immediate stop; fi >/dev/null 2>&1 || true
-  fi
   [[ -n ${redis_port:-} ]] && redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
   rm -rf "$work"
 }
+other_runs=()
 trap cleanup EXIT
 
 # 1. The test command's private services.
@@ -71,7 +78,7 @@ unset DATABASE_URL REDIS_URL
 ready() { curl -sf "http://$BIND_ADDR/readyz"; }
 setsid scripts/run.sh >"$work/run1.log" 2>&1 &
 run_pid=$!
-wait_for 180 grep -q "^md5-api on" "$work/run1.log" && wait_for 60 ready || { cat "$work/run1.log"; fail "the first run did not become ready"; }
+wait_for 180 grep -q "^md5-api listening on" "$work/run1.log" && wait_for 60 ready || { cat "$work/run1.log"; fail "the first run did not become ready"; }
 mapfile -t first < "$RUN_STATE_DIR/pids"
 kill -KILL "$run_pid"; wait "$run_pid" 2>/dev/null || true
 run_pid=""
@@ -80,10 +87,10 @@ for pid in "${first[@]}"; do alive "$pid" || fail "kill -9 of run.sh took its pr
 setsid scripts/run.sh >"$work/run2.log" 2>&1 &
 run_pid=$!
 # The old api still answers until the new run stops it: wait for the new run's own start line.
-wait_for 60 grep -q "^md5-api on" "$work/run2.log" && wait_for 60 ready || { cat "$work/run2.log"; fail "the run after kill -9 did not become ready"; }
+wait_for 60 grep -q "^md5-api listening on" "$work/run2.log" && wait_for 60 ready || { cat "$work/run2.log"; fail "the run after kill -9 did not become ready"; }
 grep -q "previous run left ${#first[@]} service process" "$work/run2.log" || { cat "$work/run2.log"; fail "no word of the processes left behind"; }
 grep -q "reusing the private Postgres" "$work/run2.log" || { cat "$work/run2.log"; fail "no word of the reused Postgres"; }
-grep -q "reusing the Redis" "$work/run2.log" || { cat "$work/run2.log"; fail "no word of the reused Redis"; }
+grep -q "reusing the private Redis" "$work/run2.log" || { cat "$work/run2.log"; fail "no word of the reused Redis"; }
 for pid in "${first[@]}"; do not_alive "$pid" || fail "process $pid of the killed run still runs"; done
 id=$(curl -sf -F "file=@$root/README.md" "http://$BIND_ADDR/api/v1/hashes" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 status() { curl -sf "http://$BIND_ADDR/api/v1/hashes/$id?wait=5" | grep -q '"status":"done"'; }
@@ -126,9 +133,47 @@ code=$?
 set -e
 run_pid=""
 ((code == 143)) || { cat "$work/run4.log"; fail "SIGTERM during the build ended with status $code, not 143"; }
-! grep -q "^md5-api on" "$work/run4.log" || fail "the service started after SIGTERM during the build"
+! grep -q "^md5-api listening on" "$work/run4.log" || fail "the service started after SIGTERM during the build"
 build_gone() { ! grep -lsaF "CARGO_TARGET_DIR=$work/target" /proc/[0-9]*/environ >/dev/null; }
 wait_for 20 build_gone || fail "cargo or rustc still runs after SIGTERM during the build"
 wait_for 10 port_closed "$PRIVATE_PG_PORT" || fail "Postgres still runs after SIGTERM during the build"
 wait_for 10 port_closed "$PRIVATE_REDIS_PORT" || fail "Redis still runs after SIGTERM during the build"
 ok "SIGTERM during the build stops it and starts nothing (status 143)"
+
+# 5. Two checkouts at once, default settings (each its own state folder, uploads and log, as
+#    two clones have): both serve, each on its own port with its own private services, and
+#    stopping either leaves the other serving.
+unset PRIVATE_PG_PORT PRIVATE_REDIS_PORT BIND_ADDR DATABASE_URL REDIS_URL
+redis_port=""
+start_checkout() { # <name>: starts run.sh for checkout <name>, sets $run_pid
+  RUN_STATE_DIR=$work/state-$1 UPLOAD_DIR=$work/$1/uploads LOG_FILE=$work/$1/log/md5.log \
+    setsid scripts/run.sh >"$work/run-$1.log" 2>&1 &
+  run_pid=$!
+}
+url_of() { sed -n 's|^md5-api listening on \(http://[^ ]*\)/ .*|\1|p' "$work/run-$1.log"; }
+serves() { # <url>: an upload through it ends done
+  local id
+  id=$(curl -sf -F "file=@$root/README.md" "$1/api/v1/hashes" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])') || return 1
+  curl -sf "$1/api/v1/hashes/$id?wait=10" | grep -q '"status":"done"'
+}
+start_checkout a; run_a=$run_pid; other_runs+=("$run_a")
+wait_for 120 grep -q "^md5-api listening on" "$work/run-a.log" || { cat "$work/run-a.log"; fail "checkout a did not start"; }
+start_checkout b; run_b=$run_pid; other_runs+=("$run_b"); run_pid=""
+wait_for 120 grep -q "^md5-api listening on" "$work/run-b.log" || { cat "$work/run-b.log"; fail "checkout b did not start beside a"; }
+url_a=$(url_of a); url_b=$(url_of b)
+[[ -n $url_a && -n $url_b && $url_a != "$url_b" ]] || fail "the two checkouts do not listen on two addresses ($url_a, $url_b)"
+pg_a=$(cat "$work/state-a/pg.port"); pg_b=$(cat "$work/state-b/pg.port")
+redis_a=$(cat "$work/state-a/redis.port"); redis_b=$(cat "$work/state-b/redis.port")
+[[ $pg_a != "$pg_b" && $redis_a != "$redis_b" ]] || fail "the two checkouts share a private service port"
+! grep -q "reusing" "$work/run-b.log" || { cat "$work/run-b.log"; fail "checkout b adopted a service it did not start"; }
+serves "$url_a" || fail "checkout a does not serve beside b"
+serves "$url_b" || fail "checkout b does not serve beside a"
+kill -TERM "$run_b"; wait "$run_b" 2>/dev/null || true
+wait_for 10 port_closed "$redis_b" || fail "checkout b's Redis still runs after it stopped"
+wait_for 10 port_closed "$pg_b" || fail "checkout b's Postgres still runs after it stopped"
+redis-cli -p "$redis_a" ping >/dev/null || fail "stopping checkout b stopped checkout a's Redis"
+serves "$url_a" || fail "checkout a no longer serves after b stopped"
+kill -TERM "$run_a"; wait "$run_a" 2>/dev/null || true
+wait_for 10 port_closed "$redis_a" || fail "checkout a's Redis still runs after it stopped"
+other_runs=()
+ok "two checkouts run side by side with default settings, and stopping one leaves the other serving"

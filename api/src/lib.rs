@@ -2,6 +2,38 @@
 //!
 //! It writes uploads to `UPLOAD_DIR`, rows to Postgres and jobs to the Redis stream; it never
 //! reads the stream and never hashes: that is the worker's job.
+//!
+//! # An upload, from the client to the log line
+//!
+//! 1. `serve.rs` accepts the connection (if fewer than `MAX_CONNECTIONS` are open) and gives it
+//!    `HEADER_TIMEOUT_SECONDS` to deliver a request head. `POST /api/v1/hashes` reaches
+//!    `routes::v1::create_hash` → `upload::receive`: the content type must be `multipart/form-data`
+//!    or the bare file (else 415), `Content-Length` must not exceed the limit (413); `intake::admit`
+//!    takes an upload slot for the api and for this client address (503) and checks that the volume
+//!    has `MIN_FREE_BYTES` (507); a Postgres connection must be available (503).
+//! 2. A UUIDv7 is drawn. With an `Idempotency-Key`, the key is reserved for it (`idempotency::begin`):
+//!    a key still reserved by another upload is 409 at once; a completed key makes this a repeat,
+//!    whose `file` part is only counted (not stored) and answered with the original task, or 422
+//!    when its file name or size differ. The body is read through `body::guard` (idle, rate and form-head bounds)
+//!    by multer (whole-stream limit); the `file` part is gathered into 64 KiB buffers, each written
+//!    to `UPLOAD_DIR/.<id>.part` on a blocking thread while the next fills (a small file is created,
+//!    written and `fdatasync`ed in one blocking call; `storage::PartWriter`), counted against
+//!    `MAX_UPLOAD_BYTES`. Any failure, or the client going away (the handler future is dropped),
+//!    removes the files through `storage::PartFile`'s `Drop`, after any write still running on a
+//!    blocking thread.
+//! 3. The body is complete and durable: the rest (`intake::commit_one_shot`) runs in a task of its own, so a client that
+//!    disconnects now cannot leave a row without its file. Rename to `UPLOAD_DIR/<id>`, `fsync` of
+//!    the folder, `queries::insert_tasks` commits the row `queued` (with `queries::complete_keys`
+//!    in the same transaction when the upload has a key); the `PartFile` is kept;
+//!    `JobQueue::enqueue` XADDs `{task_id, request_id}` (a failure is logged, the sweeper retries);
+//!    202 with `Location`. Each of the three is group-committed with the uploads finishing at the
+//!    same time (`storage::Storage::promote`, `commits.rs`, `queue.rs`): one blocking call renames
+//!    them all and `fsync`s the folder once, one multi-row INSERT commits their rows, one pipeline
+//!    adds their jobs.
+//! 4. A worker's `XREADGROUP` returns the entry; `job::handle` claims, hashes, commits the result,
+//!    appends the line, deletes the file, acknowledges (XACK + XDEL) and records `logged_at`. The status trigger `NOTIFY`s
+//!    `md5_task_changed`; the api's listener (`task_feed.rs`) wakes any `?wait=` request and event
+//!    stream for that id.
 
 pub mod body;
 pub mod commits;

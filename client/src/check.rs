@@ -140,26 +140,38 @@ pub async fn run(service: &Service, args: CheckArgs) -> bool {
 
     let mut counts = [0usize; 4];
     let mut jobs = Vec::new();
-    let mut unreadable = Vec::new();
-    for (index, entry) in entries.into_iter().enumerate() {
+    // The sum file's line of each job, and the lines whose file cannot be read: every line is
+    // reported in the sum file's order, as `sha256sum -c` does.
+    let mut line_of_job = Vec::new();
+    let mut unreadable = std::collections::VecDeque::new();
+    for (line, entry) in entries.into_iter().enumerate() {
         match std::fs::metadata(&entry.path) {
             Ok(meta) if meta.is_file() => {
                 let ask =
                     Ask { algorithms: vec![entry.algorithm], expected: Some((entry.algorithm, entry.hex)) };
                 jobs.push(Job { index: jobs.len(), path: entry.path, size: meta.len(), ask });
+                line_of_job.push(line);
             }
-            Ok(_) => unreadable.push((index, entry.path, "is not a regular file".to_owned())),
-            Err(err) => unreadable.push((index, entry.path, err.to_string())),
+            Ok(_) => unreadable.push_back((line, entry.path, "is not a regular file".to_owned())),
+            Err(err) => unreadable.push_back((line, entry.path, err.to_string())),
         }
     }
-    // Files that cannot be read are reported first; the rest in the sum file's order.
-    for (_, path, reason) in &unreadable {
-        eprintln!("md5-client: {}: {reason}", shown(&path.to_string_lossy()));
-        report(path, Verdict::Unreadable, args.quiet);
-        counts[Verdict::Unreadable as usize] += 1;
-    }
+    // Reports the unreadable lines before `line`.
+    let mut report_unreadable = |before: usize, counts: &mut [usize; 4], print: &dyn Fn(&dyn Fn())| {
+        while unreadable.front().is_some_and(|(line, _, _)| *line < before) {
+            let (_, path, reason) = unreadable.pop_front().expect("a front");
+            print(&|| {
+                eprintln!("md5-client: {}: {reason}", shown(&path.to_string_lossy()));
+                report(&path, Verdict::Unreadable, args.quiet);
+            });
+            counts[Verdict::Unreadable as usize] += 1;
+        }
+    };
     let display = display(args.sending.progress, true);
-    send_all(service, &args.sending, display, jobs, |progress, outcome| {
+    let mut next_job = 0;
+    send_all(service, &args.sending, display, (jobs, 0), |progress, outcome| {
+        report_unreadable(line_of_job[next_job], &mut counts, &|print| progress.print(print));
+        next_job += 1;
         let verdict = match &outcome.result {
             Ok(task) if task.status == "done" => Verdict::Ok,
             Ok(task) if task.error.as_deref().is_some_and(|error| error.contains(" mismatch: expected ")) => {
@@ -185,6 +197,7 @@ pub async fn run(service: &Service, args: CheckArgs) -> bool {
         progress.print(|| report(&outcome.path, verdict, args.quiet));
     })
     .await;
+    report_unreadable(usize::MAX, &mut counts, &|print| print());
 
     let [_, mismatched, unreadable, unchecked] = counts;
     if unreadable > 0 {

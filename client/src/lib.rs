@@ -71,15 +71,17 @@ fn display(mode: ProgressMode, quiet: bool) -> Display {
 }
 
 /// Sends every job (`sending.jobs` at once) and hands each outcome to `each` in the order of
-/// the jobs, each as soon as those before it are out.
+/// the jobs, each as soon as those before it are out; `unreadable` more files were named but
+/// could not be read (they count in the summary, as failed).
 async fn send_all(
     service: &Service,
     sending: &Sending,
     display: Display,
-    jobs: Vec<Job>,
+    (jobs, unreadable): (Vec<Job>, usize),
     mut each: impl FnMut(&Progress, Outcome),
 ) {
-    let progress = Progress::new(display, jobs.len(), jobs.iter().map(|job| job.size).sum());
+    let progress = Progress::new(display, jobs.len() + unreadable, jobs.iter().map(|job| job.size).sum());
+    progress.unreadable(unreadable);
     let resume = Resume { threshold: sending.resume_threshold, disabled: sending.no_resume };
     let mut outcomes = futures_util::stream::iter(jobs)
         .map(|job| {
@@ -104,7 +106,8 @@ async fn send_all(
 
 /// `md5-client hash`: true when every file was hashed.
 async fn hash(service: &Service, args: HashArgs) -> bool {
-    let (paths, mut ok) = collect(&args.paths, args.recursive);
+    let (paths, unreadable) = collect(&args.paths, args.recursive);
+    let mut ok = unreadable == 0;
     let mut algorithms = Vec::new();
     for algorithm in if args.algorithms.is_empty() { vec![algorithms::MD5] } else { args.algorithms } {
         if !algorithms.contains(&algorithm) {
@@ -118,7 +121,7 @@ async fn hash(service: &Service, args: HashArgs) -> bool {
         .map(|(index, (path, size))| Job { index, path, size, ask: ask.clone() })
         .collect();
     let display = display(args.sending.progress, args.quiet);
-    send_all(service, &args.sending, display, jobs, |progress, mut outcome| {
+    send_all(service, &args.sending, display, (jobs, unreadable), |progress, mut outcome| {
         outcome.result = outcome.result.and_then(|task| done_with(task, &algorithms));
         if let Err(reason) = &outcome.result {
             ok = false;
@@ -279,13 +282,13 @@ pub fn shown(name: &str) -> String {
 }
 
 /// The files named by `paths` (folders walked with `recursive`, in name order) with their sizes;
-/// false when any path could not be used (its reason printed).
-fn collect(paths: &[PathBuf], recursive: bool) -> (Vec<(PathBuf, u64)>, bool) {
+/// and how many named paths could not be used (each reason printed).
+fn collect(paths: &[PathBuf], recursive: bool) -> (Vec<(PathBuf, u64)>, usize) {
     let mut files = Vec::new();
-    let mut ok = true;
+    let mut refused = 0;
     let mut refuse = |path: &Path, reason: String| {
         eprintln!("md5-client: {}: {reason}", shown(&path.to_string_lossy()));
-        ok = false;
+        refused += 1;
     };
     for path in paths {
         match std::fs::metadata(path) {
@@ -313,7 +316,7 @@ fn collect(paths: &[PathBuf], recursive: bool) -> (Vec<(PathBuf, u64)>, bool) {
             Ok(_) => refuse(path, "is not a regular file".into()),
         }
     }
-    (files, ok)
+    (files, refused)
 }
 
 /// `md5-client status`: true when every task was found and none failed.

@@ -123,6 +123,13 @@ impl Progress {
         }
     }
 
+    /// Counts `files` named files that could not be read at all (missing, a folder without
+    /// `-r`): each is one of the files, and failed.
+    pub fn unreadable(&self, files: usize) {
+        self.shared.finished.fetch_add(files, Ordering::Relaxed);
+        self.shared.failed.fetch_add(files, Ordering::Relaxed);
+    }
+
     /// Clears the bars and, unless progress is off, prints a summary line.
     pub fn finish(&self) {
         if let Some((multi, total)) = &self.shared.bars {

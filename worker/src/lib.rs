@@ -3,6 +3,103 @@
 //!
 //! It never speaks HTTP to clients and never writes an upload: that is the api's job.
 //! **Only this crate reads the stream.**
+//!
+//! # Delivery and the exactly-once log
+//!
+//! A row moves `queued → processing → done | failed`; `logged_at` records that its log line is
+//! written.
+//!
+//! Two kinds of commit: the row's creation and its result are durable (`synchronous_commit=on`);
+//! the claim, the lease and the "logged" mark go through a second pool with `synchronous_commit=off`
+//! (`shared::db::build_bookkeeping_pool`), because losing them in a Postgres crash only sends the
+//! task down a recovery path below. WAL is sequential, so a later durable commit of the same
+//! worker also makes its earlier asynchronous ones durable.
+//!
+//! A job, per delivery (`worker/src/job.rs`). Steps 1, 3, 6 and 7 go through the worker's batchers
+//! (`worker/src/batches.rs`): the jobs at the same step share one statement (`WHERE task_id =
+//! ANY(…)`, an `UPDATE … FROM unnest(…)` for results, one XACK and one XDEL for many ids), one
+//! commit and one round trip. Hashes run one per CPU, whatever `WORKER_CONCURRENCY` is, except
+//! the large MD5-only files, which all share the CPUs' SIMD lanes (`lanes.rs`).
+//!
+//! 1. **claim**: `UPDATE … SET status='processing', attempts+1, worker=me, lease_until=now()+CLAIM_IDLE
+//!    WHERE status='queued' OR (status='processing' AND lease_until < now())`. If nothing is updated
+//!    the task is finished (then only the log and the ack may be missing), held by a live worker, or
+//!    unknown: see below.
+//! 2. **hash** on a blocking thread; a heartbeat every third of `CLAIM_IDLE_MS` extends the lease and
+//!    `XCLAIM … JUSTID`s the entry so its idle time restarts: a long hash is never taken over while
+//!    its worker lives.
+//! 3. **commit the result** `WHERE status='processing' AND worker=me`: a worker that stalled past
+//!    its lease and was replaced records nothing.
+//! 4. **append the log line** under the in-process mutex and the `fcntl` lock, with one `write`, then
+//!    `fdatasync`; a torn last line (a crash mid-write) is cut off first. Appends are group-committed:
+//!    each process's log writer thread takes every line that arrived while it was flushing as one
+//!    batch (one lock, one `write`, one `fdatasync`), and each job continues only once its own line
+//!    is on disk (`results_log::tests::concurrent_appends_share_flushes_and_each_line_is_written_once`). If an attempt fails (the
+//!    flush can fail after the write went through, leaving the file's content unknown), every later
+//!    attempt opens the file afresh and searches it for the task's line before writing; a line it
+//!    finds is flushed again before it counts.
+//! 5. **delete the upload**, 6. **XACK + XDEL** (the stream only holds live entries), 7. **record
+//!    `logged_at`** (asynchronous commit). A redelivered task that is finished and marked only
+//!    deletes the file and acks; a finished task without the mark (a crash before step 7, or the
+//!    mark lost) is re-enqueued by the sweeper and takes the log-search path below.
+//!
+//! Rotation (`LOG_MAX_BYTES`, SIGHUP) renames the locked file to `<LOG_FILE>.<UTC timestamp>` under
+//! both locks; a writer that waited for the lock checks that the file it locked is still the one at
+//! `LOG_FILE` (same inode) and otherwise locks the new one, so no line goes to a rotated file after
+//! its rotation. The log search goes on into the rotated files, newest first, while a file does not
+//! reach back to the task's `finished_at`.
+//!
+//! Recovery: a worker that dies leaves its entry pending; another worker's `XAUTOCLAIM` (past
+//! `CLAIM_IDLE_MS`) redelivers it. Redis scans at most 10 × COUNT pending entries per call, so each
+//! worker follows the cursor Redis returns across calls and rounds, wrapping at the end: a dead
+//! worker's entry behind any number of live workers' entries is reached within a round or two. If the row is still `processing` with an expired lease, the
+//! new worker claims it and starts over. If the row is finished but `logged_at` is null, the crash
+//! came between steps 3 and 7: the new worker searches the log backwards, under the lock, as far as
+//! the row's `finished_at` (less 5 minutes of clock skew allowance between hosts), and appends only if
+//! the task has no line. Lines are appended under the lock in time order, so the search is short.
+//! A task that is claimed more than `MAX_DELIVERIES` times is marked `failed`, logged once, copied to
+//! `<JOBS_STREAM>:dead` and acknowledged; the copy is made by a script that also sets a marker key
+//! (`<JOBS_STREAM>:dead:lettered:<task id>`, kept 7 days), so a retry or a crash and redelivery
+//! never adds a second copy. A missing or unreadable file ends the task `failed` with a
+//! clear error on the first attempt.
+//!
+//! The sweeper (every `SWEEP_INTERVAL_MS`, one worker at a time through a Redis `SET NX PX` turn)
+//! lists unlogged tasks that are `queued` for longer than an interval, `processing` past their lease,
+//! or finished but unlogged for longer than an interval, and XADDs those whose id is not in the
+//! stream. This covers an api XADD that failed (Redis down at upload time) and a Redis that lost its
+//! data; a worker that reads `NOGROUP` recreates the group from `0` with `MKSTREAM`.
+//!
+//! Proved by (all in `integration-tests/tests/it/`, run by the test command):
+//!
+//! | guarantee | test |
+//! |---|---|
+//! | a dead worker's job is finished by another | `faults::a_worker_killed_mid_hash_has_its_job_finished_by_another` |
+//! | a crash at any step (after claim, hash, result commit, log append, before XACK) leaves one result and one line | `faults::a_worker_killed_at_any_step_boundary_leaves_one_result_and_one_line` (crash points from the `fault-injection` build `md5-worker-faulty`) |
+//! | a stalled worker replaced past its lease records nothing | `faults::a_stalled_worker_that_wakes_after_a_takeover_records_nothing` |
+//! | Redis losing its data (FLUSHALL, restart without persistence) loses no task | `faults::redis_flushall_in_the_middle_of_a_load_loses_nothing`, `faults::a_redis_restart_without_persistence_mid_load_loses_nothing` |
+//! | Redis down at upload time: 202, and the job runs when it is back | `faults::uploads_while_redis_is_down_get_202_and_run_once_it_is_back` |
+//! | Postgres crashing: 503 promptly, accepted uploads all finish | `faults::postgres_crashing_mid_load_loses_no_accepted_upload` |
+//! | poison jobs end `failed` after `MAX_DELIVERIES`, dead-lettered | `faults::a_job_that_crashes_every_worker_is_failed_after_max_deliveries_and_dead_lettered` |
+//! | a job given up, then crashed on before its result, is dead-lettered once | `exactly_once::a_job_given_up_then_crashed_on_is_dead_lettered_once` |
+//! | a flush that fails after its write leaves one line, not two | `exactly_once::a_flush_that_fails_after_the_write_still_leaves_one_line` (fault `FAULT_FAIL_FLUSH_ONCE`) |
+//! | a dead worker's entry behind 150 live ones is taken over within 3 × `CLAIM_IDLE_MS` | `exactly_once::a_dead_workers_entry_behind_many_live_ones_is_taken_over_within_three_idle_times` |
+//! | rotation by size and by SIGHUP, during kills, keeps one line per task across the files | `exactly_once::rotation_by_size_and_by_sighup_during_kills_keeps_one_line_per_task_across_files`, `results_log::tests::the_search_goes_on_into_rotated_files_and_rotation_keeps_every_line` |
+//! | a SIGHUP (logrotate's) to a worker still starting does not kill it; it rotates once running | `faults::a_sighup_while_the_worker_waits_for_postgres_rotates_once_it_runs_instead_of_killing_it` |
+//! | every MD5 path the CPU has equals md-5, files joining and leaving lanes mid-flight | `lanes::tests::every_path_equals_md5_for_messages_fed_in_random_slices` (property test), `lanes::tests::files_arriving_while_others_hash_refill_the_lanes_and_each_gets_its_md5`, `lanes::a_worker_forced_onto_each_path_hashes_more_files_than_lanes_and_reports_them` |
+//! | a client that leaves between its last byte and the 202 leaves no row without its file | `hostile::uploads_whose_client_leaves_after_the_last_byte_end_done_or_leave_nothing` |
+//! | jobs and uploads at the same step share one statement, each answered as if alone (a task listed twice, a task another worker holds) | `batching::a_backlog_is_claimed_recorded_marked_and_acknowledged_in_shared_statements`, `batching::concurrent_uploads_share_the_folder_fsync_the_insert_and_the_xadd`, `batching::a_shared_statement_answers_each_job_as_if_it_ran_alone` |
+//! | one `Idempotency-Key`, one task: repeats (sequential and concurrent) get the original and store nothing; another file is 422; a repeat mid-upload 409; a failed upload frees the key; an expired key is reusable | `idempotency::*` |
+//! | a client whose answers are lost, or whose api is killed and restarted mid-run, makes one task per file | `client::uploads_whose_answers_are_lost_are_retried_under_their_key_and_make_one_task_each`, `client::an_api_killed_and_restarted_mid_run_costs_no_file_a_second_task` |
+//! | a missing file ends `failed` on the first attempt | `v1::a_file_deleted_before_its_job_runs_ends_failed_without_looping` |
+//! | SIGTERM loses nothing and exits 0 (worker and api) | `faults::sigterm_during_a_load_loses_no_job_and_exits_0` |
+//! | all of it at once | `faults::a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing` (2,000 uploads) |
+//! | the lock keeps concurrent writers' lines whole | `log_writers::*` (with a lock-less control the check catches) |
+//! | torn tail cut; an already-logged task not logged again | unit tests in `worker/src/results_log.rs` |
+//!
+//! Each fault test runs its own Postgres (`initdb`, as the `postgres` user when root) and Redis on
+//! free ports, the api and workers as processes, and ends with one checker
+//! (`integration-tests/src/fault.rs`, `FaultEnv::check`) that prints lost / wrong / duplicated /
+//! unlogged / stuck / pending / stray-file counts, all of which must be 0.
 
 pub mod batches;
 pub mod config;

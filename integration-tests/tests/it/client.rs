@@ -162,6 +162,9 @@ async fn bad_paths_and_unknown_ids_fail_with_the_reason_and_the_rest_is_still_do
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("missing.bin: No such file"), "{stderr}");
     assert!(stderr.contains("files: is a folder (use -r"), "{stderr}");
+    // The summary counts every file named, those that could not be read among them.
+    assert!(stderr.contains("1 of 3 files hashed"), "{stderr}");
+    assert!(stderr.contains("2 failed"), "{stderr}");
     assert_eq!(sorted_lines(&output.stdout), md5sum_of(&app.root, &files[..1]));
 
     let id = uuid::Uuid::new_v4().to_string();
@@ -345,7 +348,8 @@ async fn check_over_50_files_fails_exactly_the_3_corrupted_and_sha256sum_accepts
         .args(["-c", "sums.sha256"])
         .output()
         .unwrap();
-    assert_eq!(sorted_lines(&checked.stdout), sorted_lines(&coreutils.stdout));
+    // In the sum file's order, as sha256sum -c prints them.
+    assert_eq!(String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&coreutils.stdout));
 
     // An md5sum file (MD5 by the digest's length), --quiet, and a file gone missing.
     let md5_sums = coreutils_sums("md5sum", &[], root, &files[..10]);
@@ -358,5 +362,30 @@ async fn check_over_50_files_fails_exactly_the_3_corrupted_and_sha256sum_accepts
     assert_eq!(stdout, format!("{}: FAILED open or read\n", files[3].strip_prefix(root).unwrap().display()));
     assert!(stderr.contains("WARNING: 1 line is improperly formatted"), "{stderr}");
     assert!(stderr.contains("WARNING: 1 listed file could not be read"), "{stderr}");
+    // Without --quiet, every line in the sum file's order, the unreadable one in its place,
+    // exactly as md5sum -c prints them.
+    let all = client(root, &app.base_url, &["check", "-j", "4", "sums.md5"]).output().await.unwrap();
+    let coreutils =
+        std::process::Command::new("md5sum").current_dir(root).args(["-c", "sums.md5"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&all.stdout), String::from_utf8_lossy(&coreutils.stdout));
+    assert!(String::from_utf8_lossy(&all.stdout).lines().nth(3).unwrap().ends_with(": FAILED open or read"));
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_where_nothing_has_ever_answered_is_given_up_within_10_seconds_saying_so() {
+    let root = std::env::temp_dir().join(format!("md5-unreachable-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("a.txt"), b"hello").unwrap();
+    // A port nothing listens on: every connection is refused.
+    let url = format!("http://127.0.0.1:{}", integration_tests::launcher::free_port());
+    let started = std::time::Instant::now();
+    let output = client(&root, &url, &["hash", "a.txt"]).output().await.unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(took < std::time::Duration::from_secs(10), "gave up after {took:?}: {stderr}");
+    assert!(stderr.contains(&format!("the service is not reachable at {url}")), "{stderr}");
+    assert!(stderr.contains("0 of 1 files hashed"), "{stderr}");
 }
