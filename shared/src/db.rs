@@ -63,6 +63,7 @@ fn build_pool_with(
     // server went away is closed, is not recycled, and its first use fails like any other error.
     let mut manager_config = ManagerConfig::default();
     manager_config.recycling_method = RecyclingMethod::Fast;
+    manager_config.custom_setup = Box::new(|url| Box::pin(establish(url)));
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, manager_config);
     let timeout = Some(args.timeout());
     Pool::builder(manager)
@@ -75,14 +76,35 @@ fn build_pool_with(
         .context("cannot build the Postgres pool (check DATABASE_URL)")
 }
 
+/// Opens a connection to `url`. A failure keeps its whole cause in its message (diesel-async's
+/// own `establish` keeps only "error connecting to server", not the operating system's
+/// "Connection refused" behind it).
+pub async fn establish(url: &str) -> diesel::ConnectionResult<AsyncPgConnection> {
+    match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        Ok((client, connection)) => {
+            AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        }
+        Err(err) => {
+            let mut message = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                message = format!("{message}: {cause}");
+                source = cause.source();
+            }
+            Err(diesel::ConnectionError::BadConnection(message))
+        }
+    }
+}
+
 /// Applies pending migrations, once, even when several processes start together: each run
 /// holds a Postgres advisory lock, so the second process finds nothing left to apply.
 pub async fn run_migrations(args: &DatabaseArgs, application_name: &str) -> anyhow::Result<()> {
     let url = connection_url(&args.database_url, application_name, args.timeout());
+    let conn = establish(&url)
+        .await
+        .context("cannot connect to Postgres to apply migrations (check DATABASE_URL)")?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        use diesel::Connection as _;
-        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(&url)
-            .context("cannot connect to Postgres to apply migrations (check DATABASE_URL)")?;
+        let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::from(conn);
         conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
             .context("cannot take the migration lock")?;
         let applied = conn.run_pending_migrations(MIGRATIONS).map(|versions| versions.len());
@@ -205,5 +227,17 @@ mod tests {
             connection_url("postgres://h/db?application_name=x", "md5-api", t),
             "postgres://h/db?application_name=x&connect_timeout=3"
         );
+    }
+}
+
+#[cfg(test)]
+mod establish_tests {
+    #[tokio::test]
+    async fn a_refused_connection_says_why_down_to_the_operating_system() {
+        let err =
+            super::establish("postgres://postgres@127.0.0.1:1/x?connect_timeout=2").await.err().unwrap();
+        let message = err.to_string();
+        assert!(message.contains("error connecting to server"), "{message}");
+        assert!(message.contains("Connection refused"), "{message}");
     }
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use diesel_async::RunQueryDsl as _;
 use futures_util::StreamExt as _;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -119,7 +119,7 @@ async fn listen_once(
     channels: Channels,
     events: &broadcast::Sender<TaskEvent>,
 ) -> anyhow::Result<()> {
-    let mut conn = AsyncPgConnection::establish(database_url).await?;
+    let mut conn = crate::db::establish(database_url).await?;
     diesel::sql_query(format!("LISTEN {TASK_CHANGED_CHANNEL}")).execute(&mut conn).await?;
     if channels == Channels::ChangesAndProgress {
         diesel::sql_query(format!("LISTEN {TASK_PROGRESS_CHANNEL}")).execute(&mut conn).await?;
