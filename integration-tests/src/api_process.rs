@@ -120,14 +120,7 @@ impl ApiProcess {
 
     /// CPU time (user + system) the process has used so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // After the command name (in parentheses): state is field 1, utime and stime 12 and 13.
-        let fields: Vec<u64> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().map(|field| field.parse().unwrap_or(0)).collect())
-            .unwrap_or_default();
-        let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
-        ticks as f64 / 100.0
+        crate::procfs::ProcessStat::of(self.pid()).map_or(0.0, |stat| stat.cpu_seconds())
     }
 
     /// The process's peak resident memory so far, in MiB.

@@ -13,6 +13,7 @@ pub mod h2_attacks;
 pub mod launcher;
 pub mod lying_server;
 pub mod private_services;
+pub mod procfs;
 pub mod proxy;
 
 pub use database::{admin_database_url, redis_url};

@@ -111,13 +111,6 @@ async fn made_up_methods_add_no_metric_series_and_get_problem_json() {
     assert!(text.len() < 256 * 1024, "/metrics stays small: {} bytes", text.len());
 }
 
-/// Raises this test process's open-file limit, so it can play many clients.
-fn raise_own_file_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
-}
-
 fn soft_open_file_limit(pid: u32) -> Option<u64> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
     let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
@@ -126,7 +119,7 @@ fn soft_open_file_limit(pid: u32) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_closed_and_capped_while_others_are_served() {
-    raise_own_file_limit();
+    integration_tests::procfs::raise_own_file_limit();
     let api = ApiProcess::start_wrapped(&["prlimit", "--nofile=512:4096", "--"], |c| {
         c.header_timeout_seconds = 2;
         c.max_connections = 200;

@@ -319,12 +319,7 @@ async fn cancelling_a_running_hash_frees_the_worker_cpu_within_a_second_and_leav
 
 /// CPU time (user + system) of process `pid` so far, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().map(|field| field.parse().unwrap_or(0)).collect())
-        .unwrap();
-    (fields[11] + fields[12]) as f64 / 100.0
+    integration_tests::procfs::ProcessStat::of(pid).expect("the process runs").cpu_seconds()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +382,7 @@ async fn cancels_racing_completions_leave_each_task_done_with_one_line_or_cancel
 async fn a_thousand_event_streams_fit_the_api_memory_budget_and_all_get_their_terminal_events() {
     const STREAMS: usize = 1000;
     const TASKS: usize = 50;
-    raise_open_file_limit();
+    integration_tests::procfs::raise_own_file_limit();
     let api = ApiProcess::start(|_| {}).await.unwrap();
     let mut ids = Vec::new();
     for n in 0..TASKS {
@@ -520,13 +515,4 @@ async fn one_client_cannot_take_every_event_stream_and_another_is_still_served()
     })
     .await
     .unwrap();
-}
-
-fn raise_open_file_limit() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let _ = setrlimit(
-        Resource::Nofile,
-        rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum },
-    );
 }

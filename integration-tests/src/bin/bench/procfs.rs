@@ -39,15 +39,8 @@ impl Cpu {
 
 /// (own user + system, waited-for children's user + system) ticks of a process; 0 if it is gone.
 pub(crate) fn process_ticks(pid: u32) -> (u64, u64) {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return (0, 0) };
-    // Fields after the command name, which is in parentheses and may hold spaces: state is the
-    // first, utime/stime the 12th/13th, cutime/cstime the 14th/15th.
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect())
-        .unwrap_or_default();
-    let at = |i: usize| fields.get(i).copied().unwrap_or(0);
-    (at(10) + at(11), at(12) + at(13))
+    integration_tests::procfs::ProcessStat::of(pid)
+        .map_or((0, 0), |stat| (stat.own_ticks, stat.children_ticks))
 }
 
 /// Live child processes of `parent`.

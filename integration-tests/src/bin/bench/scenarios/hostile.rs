@@ -115,7 +115,7 @@ pub(crate) async fn hostile(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> 
 /// once, with `/healthz` asked on a new connection every 250 ms throughout.
 async fn hostile_h2(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     use integration_tests::h2_attacks;
-    raise_own_file_limit();
+    integration_tests::procfs::raise_own_file_limit();
     let service = Service::start_with(&root.join("hostile-h2"), 0, |_| {}).await?;
     let api_pid = Service::pid(service.api.as_ref().context("api")?);
     let quiet_rss = peak_rss(api_pid)?;
@@ -184,11 +184,4 @@ async fn hostile_h2(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::
         target: "answered throughout".into(),
     });
     Ok(())
-}
-
-/// The benchmark opens more connections than a default soft limit of 1,024 descriptors allows.
-fn raise_own_file_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let _ = setrlimit(Resource::Nofile, Rlimit { current: limit.maximum, maximum: limit.maximum });
 }

@@ -1,6 +1,7 @@
-//! Hostile and clumsy clients, second round: each test performs one attack on a real `md5-api`
-//! process and checks the bound that stops it while a normal client (from another loopback
-//! address) is still served.
+//! Stalls: peers that hold a connection without using it (idle HTTP/2, zero flow-control
+//! windows), bodies in one-byte chunks, scrapers that pile up, and a Postgres or Redis that
+//! stops answering. Each test performs the attack on a real `md5-api` process and checks the
+//! bound that stops it while a normal client (from another loopback address) is still served.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
