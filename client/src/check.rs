@@ -143,10 +143,14 @@ pub async fn run(service: &Service, args: CheckArgs) -> bool {
     // The sum file's line of each job, and the lines whose file cannot be read: every line is
     // reported in the sum file's order, as `sha256sum -c` does.
     let mut line_of_job = Vec::new();
+    // What each job's line expects: the answer must carry that digest, equal (a service that
+    // ignores the expected digest still answers `done`).
+    let mut expected_of_job = Vec::new();
     let mut unreadable = std::collections::VecDeque::new();
     for (line, entry) in entries.into_iter().enumerate() {
         match std::fs::metadata(&entry.path) {
             Ok(meta) if meta.is_file() => {
+                expected_of_job.push((entry.algorithm, entry.hex.clone()));
                 let ask =
                     Ask { algorithms: vec![entry.algorithm], expected: Some((entry.algorithm, entry.hex)) };
                 jobs.push(Job { index: jobs.len(), path: entry.path, size: meta.len(), ask });
@@ -171,9 +175,23 @@ pub async fn run(service: &Service, args: CheckArgs) -> bool {
     let mut next_job = 0;
     send_all(service, &args.sending, display, (jobs, 0), |progress, outcome| {
         report_unreadable(line_of_job[next_job], &mut counts, &|print| progress.print(print));
+        let (algorithm, expected) = &expected_of_job[next_job];
         next_job += 1;
         let verdict = match &outcome.result {
-            Ok(task) if task.status == "done" => Verdict::Ok,
+            Ok(task) if task.status == "done" => match task.digest(*algorithm) {
+                Some(computed) if computed.eq_ignore_ascii_case(expected) => Verdict::Ok,
+                Some(_) => Verdict::Mismatch,
+                None => {
+                    progress.print(|| {
+                        eprintln!(
+                            "md5-client: {}: could not be checked: the service's answer carries no {} digest",
+                            shown(&outcome.path.to_string_lossy()),
+                            algorithm.name()
+                        )
+                    });
+                    Verdict::Unchecked
+                }
+            },
             Ok(task) if task.error.as_deref().is_some_and(|error| error.contains(" mismatch: expected ")) => {
                 Verdict::Mismatch
             }

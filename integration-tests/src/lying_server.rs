@@ -25,6 +25,9 @@ pub enum Lie {
     MaxWait(u64),
 }
 
+// The server's resumable uploads (`/api/v1/uploads`, tus 1.0.0) lie too: created at once, and
+// every `PATCH` (whatever it carries) answered `204` with `Upload-Offset: 0`, as is every `HEAD`.
+
 /// The running server.
 pub struct LyingServer {
     /// `http://127.0.0.1:<port>`.
@@ -33,6 +36,8 @@ pub struct LyingServer {
     pub task_requests: Arc<AtomicUsize>,
     /// The `wait` of every task request, in order (`None`: no `wait`).
     pub waits: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    /// `PATCH`es of resumable uploads answered so far.
+    pub appends: Arc<AtomicUsize>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -41,6 +46,7 @@ struct Shared {
     lie: Lie,
     task_requests: Arc<AtomicUsize>,
     waits: Arc<std::sync::Mutex<Vec<Option<String>>>>,
+    appends: Arc<AtomicUsize>,
 }
 
 impl LyingServer {
@@ -48,16 +54,20 @@ impl LyingServer {
     pub async fn start(lie: Lie) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let url = format!("http://{}", listener.local_addr()?);
-        let shared = Shared { lie, task_requests: Arc::default(), waits: Arc::default() };
-        let (task_requests, waits) = (shared.task_requests.clone(), shared.waits.clone());
+        let shared =
+            Shared { lie, task_requests: Arc::default(), waits: Arc::default(), appends: Arc::default() };
+        let (task_requests, waits, appends) =
+            (shared.task_requests.clone(), shared.waits.clone(), shared.appends.clone());
         let app = axum::Router::new()
             .route("/api/v1/hashes", axum::routing::post(upload))
             .route("/api/v1/hashes/{id}", axum::routing::get(task))
+            .route("/api/v1/uploads", axum::routing::post(create_upload))
+            .route("/api/v1/uploads/{id}", axum::routing::patch(append).head(offset))
             .with_state(shared);
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(LyingServer { url, task_requests, waits, server })
+        Ok(LyingServer { url, task_requests, waits, appends, server })
     }
 
     /// Task requests answered so far.
@@ -82,6 +92,22 @@ async fn upload(body: Body) -> Response {
     // Read and drop the form: the lie is in the answers, not here.
     let _ = axum::body::to_bytes(body, 64 << 20).await;
     (StatusCode::ACCEPTED, axum::Json(task_object("queued", Value::Null))).into_response()
+}
+
+async fn create_upload(body: Body) -> Response {
+    let _ = axum::body::to_bytes(body, 64 << 20).await;
+    let location = "/api/v1/uploads/01936f1e-0000-7000-8000-000000000001";
+    (StatusCode::CREATED, [("location", location), ("tus-resumable", "1.0.0")]).into_response()
+}
+
+async fn append(State(shared): State<Shared>, body: Body) -> Response {
+    shared.appends.fetch_add(1, Ordering::Relaxed);
+    let _ = axum::body::to_bytes(body, 256 << 20).await;
+    (StatusCode::NO_CONTENT, [("upload-offset", "0"), ("tus-resumable", "1.0.0")]).into_response()
+}
+
+async fn offset() -> Response {
+    (StatusCode::OK, [("upload-offset", "0"), ("tus-resumable", "1.0.0")]).into_response()
 }
 
 async fn task(

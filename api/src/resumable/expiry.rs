@@ -14,7 +14,8 @@ use super::UploadError;
 use crate::state::AppState;
 use shared::{TaskStatus, uploads};
 
-/// Most uploads one pass ends.
+/// Most uploads one batch ends; a pass goes on batch after batch while they are full and each
+/// ends some (so a backlog is drained at once, not a batch per period).
 const BATCH: i64 = 100;
 
 /// How often the janitor looks: a quarter of the expiry, between 1 s and 60 s.
@@ -22,9 +23,24 @@ pub fn period(expiry: Duration) -> Duration {
     (expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
-/// Ends the uploads whose time has passed; returns how many it ended.
+/// Ends every upload whose time has passed, a batch at a time; returns how many it ended.
 pub async fn run_once(state: &AppState) -> Result<usize, UploadError> {
+    let mut ended = 0;
+    loop {
+        let (due, ended_now) = run_batch(state).await?;
+        ended += ended_now;
+        // A short batch was all that was due; a batch that ended nothing holds only uploads
+        // being appended to (alive) or that cannot be handled now: the next period retries.
+        if due < BATCH as usize || ended_now == 0 {
+            return Ok(ended);
+        }
+    }
+}
+
+/// Ends one batch of the uploads whose time has passed: how many were due, how many it ended.
+async fn run_batch(state: &AppState) -> Result<(usize, usize), UploadError> {
     let due = state.db.run(async |conn| uploads::expired(conn, BATCH).await).await?;
+    let due_count = due.len();
     let mut ended = 0;
     for task_id in due {
         let lock = match super::lock(state, task_id).await {
@@ -51,7 +67,7 @@ pub async fn run_once(state: &AppState) -> Result<usize, UploadError> {
             ended += 1;
         }
     }
-    Ok(ended)
+    Ok((due_count, ended))
 }
 
 /// Runs [`run_once`] every [`period`], as a maintenance service.

@@ -78,14 +78,45 @@ impl Service {
             .await
             .map_err(|err| Failure::Permanent(format!("cannot read: {err}")))?
             .len();
+        let started = Instant::now();
         let url = self.retrying(|| self.create_upload(path, length, ask), retry).await?;
         let mut offset = 0;
         let mut failures = 0;
         let mut backoff = FIRST_BACKOFF;
         while offset < length || length == 0 {
+            // `--timeout` bounds the whole file, its upload included.
+            if started.elapsed() > self.timeout {
+                return Err(Failure::Permanent(format!(
+                    "the upload did not complete within --timeout ({} s; {offset} of {length} bytes kept)",
+                    self.timeout.as_secs()
+                )));
+            }
             restart_at(offset);
-            match self.append(path, &url, offset, length, sent.clone()).await {
-                Ok(now) => offset = now,
+            let appended = match self.append(path, &url, offset, length, sent.clone()).await {
+                Ok(now) if now > length => {
+                    return Err(Failure::Permanent(format!(
+                        "the service at {} answered an offset of {now} bytes, past the file's {length}",
+                        self.base
+                    )));
+                }
+                // A successful PATCH carries the rest of the file: an answer that kept none of it
+                // is a failure like any other, so a server that never advances cannot make the
+                // client send the file forever.
+                Ok(now) if now <= offset && length > 0 => Err(Failure::Transient {
+                    message: format!(
+                        "the service answered offset {now} after {} bytes sent from {offset}: none was kept",
+                        length - offset
+                    ),
+                    retry_after: None,
+                }),
+                other => other,
+            };
+            match appended {
+                Ok(now) => {
+                    offset = now;
+                    failures = 0;
+                    backoff = FIRST_BACKOFF;
+                }
                 Err(Failure::Transient { message, retry_after }) => {
                     failures += 1;
                     if failures > self.retries {

@@ -93,3 +93,74 @@ async fn the_client_asks_for_the_longest_wait_the_service_allows() {
     assert_eq!(String::from_utf8_lossy(&output.stdout), "900150983cd24fb0d6963f7d28e17f72  a.txt\n");
     app.stop().await;
 }
+
+/// Runs `md5-client --url url <args>` in `dir`, killed after 30 s.
+async fn client_in(dir: &std::path::Path, url: &str, args: &[&str]) -> (std::process::Output, Duration) {
+    let mut command = tokio::process::Command::new(sibling_binary("md5-client").unwrap());
+    command.current_dir(dir).env_remove("MD5_API_KEY").arg("--url").arg(url).args(args).kill_on_drop(true);
+    let started = Instant::now();
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("md5-client ended within 30 s")
+        .unwrap();
+    (output, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_ok_only_for_a_digest_it_compared_and_never_for_a_service_that_ignores_it() {
+    let dir = std::env::temp_dir().join(format!("md5-distrust-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.txt"), b"abc").unwrap();
+    // The sums of "abc"; the file is then tampered with, as sha256sum -c would report.
+    std::fs::write(
+        dir.join("sums.sha256"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  a.txt\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("sums.md5"), "900150983cd24fb0d6963f7d28e17f72  a.txt\n").unwrap();
+    std::fs::write(dir.join("a.txt"), b"abd").unwrap();
+    // A service that ignores Repr-Digest and ?digests= (an older one, or a proxy stripping the
+    // header): `done`, an MD5 of its own, no other digest.
+    let server = LyingServer::start(Lie::Done(json!("d41d8cd98f00b204e9800998ecf8427e"))).await.unwrap();
+    let (output, _) = client_in(&dir, &server.url, &["check", "sums.sha256"]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "a.txt: FAILED\n");
+    assert!(stderr(&output).contains("could not be checked: the service's answer carries no sha-256 digest"));
+    // An MD5 it does carry, but not the expected one: FAILED, as md5sum -c says.
+    let (output, _) = client_in(&dir, &server.url, &["check", "sums.md5"]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "a.txt: FAILED\n");
+    assert!(stderr(&output).contains("1 computed checksum did NOT match"), "{}", stderr(&output));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_offset_never_advances_gets_the_file_at_most_retries_plus_one_times() {
+    let dir = std::env::temp_dir().join(format!("md5-distrust-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("big.bin"), vec![7u8; 2 << 20]).unwrap();
+    let server = LyingServer::start(Lie::AlwaysQueued).await.unwrap();
+    let (output, took) = client_in(
+        &dir,
+        &server.url,
+        &["--retries", "1", "--timeout", "20", "hash", "--resume-threshold", "1024", "big.bin"],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("none was kept"), "{}", stderr(&output));
+    // One try and one retry, not a loop.
+    assert_eq!(server.appends.load(std::sync::atomic::Ordering::Relaxed), 2, "{}", stderr(&output));
+    assert!(took < Duration::from_secs(15), "gave up after {took:?}");
+
+    // --timeout bounds the whole file: with endless retries the upload still stops there.
+    let (output, took) = client_in(
+        &dir,
+        &server.url,
+        &["--retries", "1000", "--timeout", "3", "hash", "--resume-threshold", "1024", "big.bin"],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("did not complete within --timeout"), "{}", stderr(&output));
+    assert!(took < Duration::from_secs(10), "gave up after {took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

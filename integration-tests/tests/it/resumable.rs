@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use integration_tests::launcher::{Launch, free_port};
 use integration_tests::{TestApp, TestOptions, eventually, md5_hex, random_bytes};
 use reqwest::{Client, Response};
@@ -788,4 +789,52 @@ async fn an_append_takes_an_upload_slot_and_a_stalled_one_is_cut_keeping_what_ar
     drop(release);
     let _ = stalled.await;
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_expired_uploads_is_drained_in_one_pass_not_a_batch_per_period() {
+    use diesel_async::RunQueryDsl as _;
+    const UPLOADS: usize = 1000;
+    // A 40 s expiry: the janitor looks every 10 s. Ending 100 uploads a pass, a backlog of 1,000
+    // took ten passes (90 s and more); drained, it goes in the first pass after it is due.
+    let app = TestApp::spawn(TestOptions::default().no_workers().api(|c| c.upload_expiry_seconds = 40))
+        .await
+        .unwrap();
+    let urls: Vec<String> = futures_util::stream::iter(0..UPLOADS)
+        .map(|n| {
+            let app = &app;
+            async move { create(&app.client, &app.base_url, 10, &format!("backlog-{n}")).await }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    // All become due at once, as after an outage of the clients.
+    diesel::sql_query("UPDATE md5_uploads SET expires_at = now() - interval '1 second'")
+        .execute(&mut app.db().await)
+        .await
+        .unwrap();
+    let due_at = std::time::Instant::now();
+    eventually(Duration::from_secs(25), "every expired upload to be ended", || async {
+        let left: Vec<_> = diesel::sql_query("SELECT task_id FROM md5_uploads")
+            .load::<TaskIdRow>(&mut app.db().await)
+            .await
+            .ok()?;
+        left.is_empty().then_some(())
+    })
+    .await
+    .unwrap();
+    let took = due_at.elapsed();
+    assert!(took < Duration::from_secs(25), "{took:?}");
+    // A normal client is still served, and every one of them is `expired`.
+    for url in urls.iter().step_by(97) {
+        assert_eq!(app.task(task_id(url), 0).await["status"], "expired");
+    }
+    app.stop().await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct TaskIdRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    #[expect(dead_code, reason = "only counted")]
+    task_id: uuid::Uuid,
 }
