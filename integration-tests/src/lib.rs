@@ -323,6 +323,13 @@ impl TestApp {
         self.shutdown().await;
     }
 
+    /// Stops the worker processes started so far (SIGTERM, as an operator's restart would).
+    pub fn stop_worker_processes(&mut self) {
+        for mut child in self.worker_processes.drain(..) {
+            stop_process(&mut child);
+        }
+    }
+
     async fn shutdown(&mut self) {
         self.worker_stop.cancel();
         self.api_stop.cancel();

@@ -73,7 +73,7 @@ impl Event {
 }
 
 /// Writes the events of `ended` (tasks whose status just became terminal) to the outbox, one
-/// row per enabled endpoint, with their bodies fixed now so that every retry sends the same
+/// row per enabled endpoint that a running worker registered within [`SEEN_FOR`], with their bodies fixed now so that every retry sends the same
 /// bytes. Call it in the transaction that ended them, so an event exists if and only if its
 /// task's end was committed. An event already written (the same id) is left as it is.
 pub async fn write_events(conn: &mut AsyncPgConnection, ended: &[Task]) -> diesel::QueryResult<()> {
@@ -90,12 +90,13 @@ pub async fn write_events(conn: &mut AsyncPgConnection, ended: &[Task]) -> diese
         "INSERT INTO md5_webhook_deliveries (event_id, endpoint_id, task_id, payload) \
          SELECT v.event_id, e.endpoint_id, v.task_id, v.payload \
          FROM unnest($1::text[], $2::uuid[], $3::text[]) AS v(event_id, task_id, payload) \
-         CROSS JOIN md5_webhook_endpoints AS e WHERE e.disabled_at IS NULL \
+         CROSS JOIN md5_webhook_endpoints AS e WHERE e.disabled_at IS NULL AND e.seen_at > now() - $4 \
          ON CONFLICT DO NOTHING",
     )
     .bind::<Array<Text>, _>(ids)
     .bind::<Array<diesel::sql_types::Uuid>, _>(tasks)
     .bind::<Array<Text>, _>(payloads)
+    .bind::<Interval, _>(interval(SEEN_FOR))
     .execute(conn)
     .await?;
     Ok(())
@@ -121,10 +122,19 @@ pub struct Delivery {
     pub attempts: i32,
 }
 
-/// Registers `urls` as endpoints (an endpoint a 410 disabled stays disabled).
+/// How long after a worker last registered an endpoint events are still written for it (its
+/// workers register every [`REGISTER_EVERY`]); after that, a URL no running worker names gets
+/// no new events.
+pub const SEEN_FOR: Duration = Duration::from_secs(300);
+
+/// How often a delivering worker registers its endpoints again.
+pub const REGISTER_EVERY: Duration = Duration::from_secs(60);
+
+/// Registers `urls` as endpoints seen now (an endpoint a 410 disabled stays disabled).
 pub async fn register_endpoints(conn: &mut AsyncPgConnection, urls: &[String]) -> diesel::QueryResult<()> {
     diesel::sql_query(
-        "INSERT INTO md5_webhook_endpoints (url) SELECT unnest($1::text[]) ON CONFLICT (url) DO NOTHING",
+        "INSERT INTO md5_webhook_endpoints (url) SELECT unnest($1::text[]) \
+         ON CONFLICT (url) DO UPDATE SET seen_at = now()",
     )
     .bind::<diesel::sql_types::Array<Text>, _>(urls)
     .execute(conn)
@@ -132,19 +142,23 @@ pub async fn register_endpoints(conn: &mut AsyncPgConnection, urls: &[String]) -
     Ok(())
 }
 
-/// Claims up to `limit` due deliveries for one attempt each: their attempt count goes up and
-/// they are not due again for `lease` (longer than an attempt can take), so another worker
-/// leaves them alone meanwhile and takes them over if this one dies.
+/// Claims up to `limit` due deliveries to `urls` (the claiming worker's own endpoints: nothing
+/// is delivered to a URL no running worker is configured with) for one attempt each: their
+/// attempt count goes up and they are not due again for `lease` (longer than an attempt can
+/// take), so another worker leaves them alone meanwhile and takes them over if this one dies.
 pub async fn claim_due(
     conn: &mut AsyncPgConnection,
+    urls: &[String],
     limit: i64,
     lease: Duration,
 ) -> diesel::QueryResult<Vec<Delivery>> {
     diesel::sql_query(
         "WITH due AS ( \
-             SELECT event_id, endpoint_id FROM md5_webhook_deliveries \
-             WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_attempt_at <= now() \
-             ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
+             SELECT d.event_id, d.endpoint_id FROM md5_webhook_deliveries AS d \
+             JOIN md5_webhook_endpoints AS e ON e.endpoint_id = d.endpoint_id \
+             WHERE d.delivered_at IS NULL AND d.gave_up_at IS NULL AND d.next_attempt_at <= now() \
+                   AND e.url = ANY($3::text[]) \
+             ORDER BY d.next_attempt_at LIMIT $1 FOR UPDATE OF d SKIP LOCKED), \
          claimed AS ( \
              UPDATE md5_webhook_deliveries AS d \
              SET attempts = d.attempts + 1, next_attempt_at = now() + $2 \
@@ -155,6 +169,7 @@ pub async fn claim_due(
     )
     .bind::<BigInt, _>(limit)
     .bind::<Interval, _>(interval(lease))
+    .bind::<diesel::sql_types::Array<Text>, _>(urls)
     .load(conn)
     .await
 }

@@ -34,6 +34,8 @@ enum Mode {
     Gone,
     /// The first request is never answered (its handler waits 25 s); 2xx after.
     HangOnce,
+    /// 2xx to everything.
+    Accept,
 }
 
 /// One request the receiver got.
@@ -132,7 +134,7 @@ async fn hook(State(receiver): State<Receiver>, headers: HeaderMap, body: String
         }
         Mode::RetryAfterOnce => StatusCode::OK.into_response(),
         Mode::Gone => StatusCode::GONE.into_response(),
-        Mode::HangOnce => StatusCode::NO_CONTENT.into_response(),
+        Mode::HangOnce | Mode::Accept => StatusCode::NO_CONTENT.into_response(),
     };
     requests.push(Received {
         id: header("webhook-id"),
@@ -493,5 +495,55 @@ async fn a_delivered_events_data_is_the_tasks_get_answer_field_for_field_for_don
         }
     }
     serving.stop().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_removed_from_the_workers_configuration_receives_no_more_events() {
+    let (retired, retired_addr, retired_serving) = Receiver::start(Mode::Accept);
+    let (kept, kept_addr, kept_serving) = Receiver::start(Mode::Accept);
+    let (retired_url, kept_url) = (format!("http://{retired_addr}/hook"), format!("http://{kept_addr}/hook"));
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    start_worker(&mut app, &webhook_env(&format!("{retired_url},{kept_url}"), 3));
+    eventually(Duration::from_secs(30), "both endpoints to be registered", || async {
+        let mut conn = app.db().await;
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        use diesel_async::RunQueryDsl as _;
+        let count: Count = diesel::sql_query("SELECT count(*) AS n FROM md5_webhook_endpoints")
+            .get_result(&mut conn)
+            .await
+            .ok()?;
+        (count.n == 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let first = upload_done(&app, 1).await;
+    let delivered_to = |receiver: &Receiver, id: &str| {
+        let id = format!("msg_{}_done", id.replace('-', ""));
+        receiver.requests().iter().any(|r| r.accepted && r.id == id)
+    };
+    eventually(Duration::from_secs(30), "the first event at both receivers", || async {
+        (delivered_to(&retired, &first) && delivered_to(&kept, &first)).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // The operator retires a receiver (say, a compromised one) by configuration alone: the
+    // workers restart without it.
+    app.stop_worker_processes();
+    start_worker(&mut app, &webhook_env(&kept_url, 3));
+    let later: Vec<String> = [upload_done(&app, 2).await, upload_done(&app, 3).await].into();
+    eventually(Duration::from_secs(30), "the later events at the kept receiver", || async {
+        later.iter().all(|id| delivered_to(&kept, id)).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(retired.requests().len(), 1, "the retired receiver got {:?}", retired.requests());
+    retired_serving.stop().await;
+    kept_serving.stop().await;
     app.stop().await;
 }

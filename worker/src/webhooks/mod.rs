@@ -79,7 +79,7 @@ impl DeliverWebhooks {
     /// Claims up to `room` due deliveries.
     async fn claim(&self, room: usize) -> anyhow::Result<Vec<Delivery>> {
         let mut conn = connection(&self.pool).await?;
-        Ok(webhooks::claim_due(&mut conn, i64::try_from(room)?, LEASE).await?)
+        Ok(webhooks::claim_due(&mut conn, &self.urls, i64::try_from(room)?, LEASE).await?)
     }
 
     /// Counts and records one attempt's outcome. Not recorded (Postgres away): the lease runs
@@ -170,9 +170,17 @@ impl Service for DeliverWebhooks {
         // When to look for due deliveries next: at once after a claim that filled every free
         // slot (more may be due), else after POLL; an attempt ending does not bring it forward.
         let mut claim_at = tokio::time::Instant::now();
+        // This worker's endpoints stay "seen" while it runs (events are written for them).
+        let mut register_at = claim_at + webhooks::REGISTER_EVERY;
         loop {
             let room = IN_FLIGHT - in_flight.len();
             let now = tokio::time::Instant::now();
+            if now >= register_at {
+                register_at = now + webhooks::REGISTER_EVERY;
+                if let Err(err) = self.register().await {
+                    tracing::warn!(error = format!("{err:#}"), "cannot register the webhook endpoints again");
+                }
+            }
             if room > 0 && now >= claim_at {
                 claim_at = now + POLL;
                 match self.claim(room).await {

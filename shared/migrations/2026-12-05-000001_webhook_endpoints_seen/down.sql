@@ -1,0 +1,1 @@
+ALTER TABLE md5_webhook_endpoints DROP COLUMN seen_at;
