@@ -8,6 +8,8 @@ use clap::Parser;
 use crate::body::BodyBounds;
 use shared::config::{DatabaseArgs, RedisArgs, StorageArgs, StreamArgs, TelemetryArgs};
 
+/// Event streams one client address may hold unless `MAX_EVENT_STREAMS_PER_CLIENT` says.
+pub const DEFAULT_EVENT_STREAMS_PER_CLIENT: u32 = 256;
 /// Default listen address.
 pub const DEFAULT_BIND_ADDR: &str = "127.0.0.1:9000";
 /// Default upload limit: 10 GiB.
@@ -61,8 +63,8 @@ pub struct Config {
     #[arg(long, env = "MAX_EVENT_STREAMS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_event_streams: u32,
 
-    /// Most event streams open at once from one client address (default: three quarters of
-    /// MAX_EVENT_STREAMS); more get 503.
+    /// Most event streams open at once from one client address (default: 256, at most
+    /// MAX_EVENT_STREAMS); more get 503. A browser page follows only its unfinished tasks.
     #[arg(long, env = "MAX_EVENT_STREAMS_PER_CLIENT", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_event_streams_per_client: Option<u32>,
 
@@ -190,7 +192,7 @@ impl Config {
     /// Event streams one client address may hold open at once.
     pub fn event_streams_per_client(&self) -> u32 {
         self.max_event_streams_per_client
-            .unwrap_or_else(|| (self.max_event_streams * 3 / 4).max(1))
+            .unwrap_or(DEFAULT_EVENT_STREAMS_PER_CLIENT)
             .min(self.max_event_streams)
     }
 

@@ -3,6 +3,11 @@
 //! fanned out to `?wait=` requests and event streams, and the latest progress of each running
 //! hash, which `GET` shows.
 //!
+//! Each event goes only to those watching its task ([`TaskFeed::watch`]): a change or a progress
+//! announcement costs one look-up, however many streams and long-polls wait on other tasks (every
+//! one of them was woken for every event before). A `Resync` (the `LISTEN` connection came back,
+//! or the feed fell behind) goes to every watcher, which then reads its task again.
+//!
 //! Progress is held in memory only, for at most [`STALE_AFTER`] after its last announcement and
 //! never for a task that left `processing`; at most [`MAX_TRACKED`] tasks.
 
@@ -26,6 +31,9 @@ pub const STALE_AFTER: Duration = Duration::from_secs(10);
 /// are not shown until older ones end.
 const MAX_TRACKED: usize = 100_000;
 
+/// Events held for one task's slowest watcher before it lags (and reads its task again).
+const WATCH_CAPACITY: usize = 16;
+
 /// Fills a [`TaskFeed`]: its `LISTEN` connection, and the progress of each running hash.
 pub struct FeedService {
     listener: Listener,
@@ -45,8 +53,12 @@ impl Service for FeedService {
                 tokio::select! {
                     _ = prune.tick() => self.feed.prune(),
                     event = received.recv() => match event {
-                        Ok(event) => self.feed.record(event),
-                        Err(RecvError::Lagged(_)) => {}
+                        Ok(event) => {
+                            self.feed.record(event);
+                            self.feed.dispatch(event);
+                        }
+                        // Events were lost here: every watcher reads its task again.
+                        Err(RecvError::Lagged(_)) => self.feed.dispatch(TaskEvent::Resync),
                         Err(RecvError::Closed) => return,
                     },
                 }
@@ -65,6 +77,33 @@ impl Service for FeedService {
 pub struct TaskFeed {
     events: TaskEvents,
     progress: Arc<Mutex<HashMap<Uuid, (u64, Instant)>>>,
+    /// The tasks being watched, each with the sender its watchers receive from.
+    watched: Arc<Mutex<HashMap<Uuid, broadcast::Sender<TaskEvent>>>>,
+}
+
+/// The events of one task (and every `Resync`), from [`TaskFeed::watch`]; unwatched when dropped.
+pub struct TaskWatch {
+    task_id: Uuid,
+    receiver: broadcast::Receiver<TaskEvent>,
+    watched: Arc<Mutex<HashMap<Uuid, broadcast::Sender<TaskEvent>>>>,
+}
+
+impl TaskWatch {
+    /// The next event of the watched task, as a broadcast receiver gives it (`Lagged` when this
+    /// watcher fell behind: it should read its task again).
+    pub async fn recv(&mut self) -> Result<TaskEvent, RecvError> {
+        self.receiver.recv().await
+    }
+}
+
+impl Drop for TaskWatch {
+    fn drop(&mut self) {
+        let mut watched = self.watched.lock().expect("watched lock");
+        // This watch's receiver still counts: the last watcher removes the task's sender.
+        if watched.get(&self.task_id).is_some_and(|sender| sender.receiver_count() <= 1) {
+            watched.remove(&self.task_id);
+        }
+    }
 }
 
 impl TaskFeed {
@@ -72,13 +111,38 @@ impl TaskFeed {
     /// once started (its `LISTEN` connection and the progress it records).
     pub fn listen(database_url: String) -> (Self, FeedService) {
         let (events, listener) = TaskEvents::listen(database_url, Channels::ChangesAndProgress);
-        let feed = TaskFeed { events, progress: Arc::default() };
+        let feed = TaskFeed { events, progress: Arc::default(), watched: Arc::default() };
         (feed.clone(), FeedService { listener, feed })
     }
 
-    /// A receiver of every task event from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
-        self.events.subscribe()
+    /// The events of `task_id` from now on (and every `Resync`).
+    pub fn watch(&self, task_id: Uuid) -> TaskWatch {
+        let mut watched = self.watched.lock().expect("watched lock");
+        let receiver =
+            watched.entry(task_id).or_insert_with(|| broadcast::channel(WATCH_CAPACITY).0).subscribe();
+        TaskWatch { task_id, receiver, watched: self.watched.clone() }
+    }
+
+    /// Tasks watched now (for tests and metrics).
+    pub fn watched_tasks(&self) -> usize {
+        self.watched.lock().expect("watched lock").len()
+    }
+
+    /// Sends `event` to the watchers of its task, or a `Resync` to every watcher.
+    fn dispatch(&self, event: TaskEvent) {
+        let watched = self.watched.lock().expect("watched lock");
+        match event {
+            TaskEvent::Changed(task_id, _) | TaskEvent::Progress(task_id, _) => {
+                if let Some(sender) = watched.get(&task_id) {
+                    let _ = sender.send(event);
+                }
+            }
+            TaskEvent::Resync => {
+                for sender in watched.values() {
+                    let _ = sender.send(TaskEvent::Resync);
+                }
+            }
+        }
     }
 
     /// Bytes hashed of `task_id`, as its worker last announced (within [`STALE_AFTER`]).
@@ -115,7 +179,11 @@ mod tests {
     async fn progress_is_kept_while_announced_and_forgotten_when_the_task_ends() {
         // Nothing listens here (no database): only the in-memory board is exercised.
         let (sender, _) = broadcast::channel(4);
-        let feed = TaskFeed { events: TaskEvents::from_sender(sender), progress: Arc::default() };
+        let feed = TaskFeed {
+            events: TaskEvents::from_sender(sender),
+            progress: Arc::default(),
+            watched: Arc::default(),
+        };
         let id = Uuid::now_v7();
         assert_eq!(feed.progress(id), None);
         feed.record(TaskEvent::Progress(id, 10));
@@ -129,5 +197,30 @@ mod tests {
         assert_eq!(feed.progress(id), None, "stale");
         feed.prune();
         assert!(feed.progress.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_event_reaches_the_watchers_of_its_task_only_and_a_resync_every_watcher() {
+        let (sender, _) = broadcast::channel(4);
+        let feed = TaskFeed {
+            events: TaskEvents::from_sender(sender),
+            progress: Arc::default(),
+            watched: Arc::default(),
+        };
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let (mut on_a, mut also_on_a, mut on_b) = (feed.watch(a), feed.watch(a), feed.watch(b));
+        assert_eq!(feed.watched_tasks(), 2);
+        feed.dispatch(TaskEvent::Progress(a, 7));
+        feed.dispatch(TaskEvent::Changed(Uuid::now_v7(), TaskStatus::Done));
+        feed.dispatch(TaskEvent::Resync);
+        assert_eq!(on_a.recv().await.unwrap(), TaskEvent::Progress(a, 7));
+        assert_eq!(also_on_a.recv().await.unwrap(), TaskEvent::Progress(a, 7));
+        assert_eq!(on_b.recv().await.unwrap(), TaskEvent::Resync, "b's watcher got nothing of a's");
+        assert_eq!(on_a.recv().await.unwrap(), TaskEvent::Resync);
+        drop(on_a);
+        assert_eq!(feed.watched_tasks(), 2, "a still has a watcher");
+        drop(also_on_a);
+        drop(on_b);
+        assert_eq!(feed.watched_tasks(), 0, "a task nobody watches is forgotten");
     }
 }

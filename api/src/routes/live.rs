@@ -14,7 +14,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::v1::load;
@@ -22,6 +22,7 @@ use crate::error::{ApiError, Problem, Refusals};
 use crate::serve::ClientAddr;
 use crate::slots::{ClientSlot, SlotRefusal};
 use crate::state::AppState;
+use crate::task_feed::TaskWatch;
 use shared::events::TaskEvent;
 use shared::task_view::{HashingProgress, TaskView};
 use shared::{TaskStatus, queries};
@@ -139,7 +140,7 @@ pub async fn hash_events(
         })?;
     // Subscribe before the first read: a change between the read and the subscription is not
     // missed.
-    let events = state.feed.subscribe();
+    let events = state.feed.watch(task_id);
     let (task, upload) = load(&state, task_id).await?;
     let mut watch =
         Watch { state, task_id, events, sent: None, bytes_sent: 0, size_bytes: 0, ended: false, _slot: slot };
@@ -184,7 +185,7 @@ pub struct TaskStreamEvent {
 struct Watch {
     state: AppState,
     task_id: Uuid,
-    events: broadcast::Receiver<TaskEvent>,
+    events: TaskWatch,
     /// The status and attempt of the last status event sent.
     sent: Option<(TaskStatus, i32)>,
     /// Bytes hashed in the last progress event sent, for the attempt in `sent`.

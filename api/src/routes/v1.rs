@@ -179,7 +179,7 @@ async fn wait_for_finish(
     wait: Duration,
 ) -> Result<(Task, Option<UploadRow>), ApiError> {
     // Subscribe before the first read, so a finish between the read and the wait is not missed.
-    let mut events = state.feed.subscribe();
+    let mut events = state.feed.watch(task_id);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let task = load(state, task_id).await?;

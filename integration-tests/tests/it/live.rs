@@ -383,7 +383,7 @@ async fn a_thousand_event_streams_fit_the_api_memory_budget_and_all_get_their_te
     const STREAMS: usize = 1000;
     const TASKS: usize = 50;
     integration_tests::procfs::raise_own_file_limit();
-    let api = ApiProcess::start(|_| {}).await.unwrap();
+    let api = ApiProcess::start(|c| c.max_event_streams_per_client = Some(STREAMS as u32)).await.unwrap();
     let mut ids = Vec::new();
     for n in 0..TASKS {
         let response = integration_tests::post_file(
@@ -515,4 +515,68 @@ async fn one_client_cannot_take_every_event_stream_and_another_is_still_served()
     })
     .await
     .unwrap();
+}
+
+/// The api's CPU time once it has settled (two readings 300 ms apart agree).
+async fn settled_cpu_seconds(api: &ApiProcess) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = api.cpu_seconds();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = api.cpu_seconds();
+        if now == last {
+            return now;
+        }
+        assert!(std::time::Instant::now() < deadline, "the api did not settle within 60 s");
+        last = now;
+    }
+}
+
+/// The api's CPU seconds spent on `events` progress announcements of tasks nobody watches.
+async fn cpu_for_events(api: &ApiProcess, events: u64) -> f64 {
+    let mut conn = shared::db::establish(&api.config.database.database_url).await.unwrap();
+    let before = settled_cpu_seconds(api).await;
+    let task = uuid::Uuid::now_v7();
+    for bytes in 0..events {
+        shared::queries::announce_progress(&mut conn, task, bytes).await.unwrap();
+    }
+    settled_cpu_seconds(api).await - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_event_streams_on_other_tasks_do_not_add_to_the_cost_of_an_event() {
+    const STREAMS: usize = 1500;
+    const EVENTS: u64 = 3000;
+    integration_tests::procfs::raise_own_file_limit();
+    let api = ApiProcess::start(|c| c.max_event_streams_per_client = Some(STREAMS as u32)).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let response = integration_tests::post_file(
+            &api.client,
+            &format!("{}/api/v1/hashes", api.base_url),
+            &format!("f{n}"),
+            reqwest::multipart::Part::bytes(random_bytes(1000, n)),
+        )
+        .await
+        .unwrap();
+        ids.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    let alone = cpu_for_events(&api, EVENTS).await;
+    // One client holds many streams on its own tasks (queued for good: no worker runs) and never
+    // reads them.
+    let client = reqwest::Client::builder().http1_only().pool_max_idle_per_host(0).build().unwrap();
+    let mut streams = Vec::with_capacity(STREAMS);
+    for n in 0..STREAMS {
+        let url = format!("{}/api/v1/hashes/{}/events", api.base_url, ids[n % ids.len()]);
+        let mut stream = EventStream::open(&client, &url, None).await;
+        assert_eq!(stream.next().await.unwrap().data["status"], "queued");
+        streams.push(stream);
+    }
+    let watched = cpu_for_events(&api, EVENTS).await;
+    println!("api CPU for {EVENTS} events: {alone:.2} s alone, {watched:.2} s with {STREAMS} idle streams");
+    // Each event reaches the watchers of its own task only: the idle streams cost it nothing.
+    assert!(watched <= 2.0 * alone + 0.3, "{watched:.2} s with {STREAMS} idle streams, {alone:.2} s without");
+    // A normal client is still served.
+    assert_eq!(api.client.get(format!("{}/healthz", api.base_url)).send().await.unwrap().status(), 200);
+    drop(streams);
 }
