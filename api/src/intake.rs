@@ -4,8 +4,8 @@
 //!
 //! - **Admission**, before a byte of a body is stored: an upload slot for the client
 //!   ([`admit`]: global and per client address, 503 past either), room on the volume (507 under
-//!   `MIN_FREE_BYTES`), and for a new resumable upload a place among the open ones
-//!   ([`admit_resumable`]).
+//!   `MIN_FREE_BYTES`), and for a new resumable upload a place among the open ones, counted
+//!   atomically with its creation ([`admit_resumable`]).
 //! - **Completion**, once the file is durable: the row that makes it a `queued` task and its job
 //!   on the stream ([`commit_one_shot`] for a stored one-shot body, [`complete_resumable`] for an
 //!   upload whose last byte arrived). Nothing else creates a queued task or XADDs a job.
@@ -37,22 +37,27 @@ pub fn admit(state: &AppState, client: Option<IpAddr>) -> Result<ClientSlot, Api
     Ok(slot)
 }
 
-/// Admits a new resumable upload of `client`: a place among the open uploads (in all, and of
-/// this client), and room on the volume.
-pub async fn admit_resumable(state: &AppState, client: Option<&str>) -> Result<(), ApiError> {
-    let (open, own) = state.db.run(async |conn| uploads::count_open(conn, client).await).await?;
-    if open >= i64::from(state.config.max_open_uploads) {
-        return Err(ApiError::unavailable(
+/// Admits a new resumable upload of `client`, in the transaction that creates it (`conn`): a
+/// place among the open uploads, in all and of this client, counted under a lock every creation
+/// takes, so concurrent creations on any replica cannot pass a limit together. `Some` refusal
+/// when there is none (the transaction then inserts nothing).
+pub async fn admit_resumable(
+    conn: &mut diesel_async::AsyncPgConnection,
+    config: &crate::Config,
+    client: Option<&str>,
+) -> diesel::QueryResult<Option<ApiError>> {
+    let (open, own) = uploads::count_open(conn, client).await?;
+    if open >= i64::from(config.max_open_uploads) {
+        return Ok(Some(ApiError::unavailable(
             "too many unfinished resumable uploads; finish or terminate one, or try again later",
-        ));
+        )));
     }
-    if own >= i64::from(state.config.open_uploads_per_client()) {
-        return Err(ApiError::unavailable(
+    if own >= i64::from(config.open_uploads_per_client()) {
+        return Ok(Some(ApiError::unavailable(
             "this client has too many unfinished resumable uploads; finish or terminate one first",
-        ));
+        )));
     }
-    state.storage.check_free_space()?;
-    Ok(())
+    Ok(None)
 }
 
 /// A one-shot body stored in its durable partial file, ready to commit.

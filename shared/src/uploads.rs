@@ -46,6 +46,10 @@ pub async fn create(
     Ok((task, upload))
 }
 
+/// The advisory lock that serializes creations of resumable uploads (between counting the open
+/// ones and inserting a new one), held until the creating transaction ends.
+const CREATION_LOCK_KEY: i64 = 0x6d64_355f_7570_6c64;
+
 /// A task and, while it is `uploading`, its upload row; `None` if there is no such task.
 pub async fn find(
     conn: &mut AsyncPgConnection,
@@ -149,8 +153,15 @@ pub async fn expired(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Ve
         .await
 }
 
-/// How many uploads are open, and how many of them `client` created.
+/// How many uploads are open, and how many of them `client` created. Run it in the transaction
+/// that creates the next upload: it takes the creation lock, so the count holds until then.
 pub async fn count_open(conn: &mut AsyncPgConnection, client: Option<&str>) -> QueryResult<(i64, i64)> {
+    // Creations take this lock first, in their transaction: a count and the insert it allows are
+    // never split by another creation, on any api replica.
+    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+        .bind::<diesel::sql_types::BigInt, _>(CREATION_LOCK_KEY)
+        .execute(conn)
+        .await?;
     let all: i64 = uploads::md5_uploads.count().get_result(conn).await?;
     let Some(client) = client else { return Ok((all, 0)) };
     let own: i64 = uploads::md5_uploads.filter(uploads::client.eq(client)).count().get_result(conn).await?;

@@ -162,7 +162,7 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
         return Err(ApiError::payload_too_large(limit).into());
     }
     let client = new.client.map(|ip| ip.to_string());
-    intake::admit_resumable(state, client.as_deref()).await?;
+    state.storage.check_free_space()?;
     let task_id = Uuid::now_v7();
     let lock = state.storage.create_upload_file(task_id).await?;
     let length = new.length.map(i64::try_from).transpose().map_err(ApiError::internal)?;
@@ -170,6 +170,9 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
     let created = state
         .db
         .write(async |conn| {
+            if let Some(refused) = intake::admit_resumable(conn, &state.config, client.as_deref()).await? {
+                return Ok(Err(refused));
+            }
             let task = NewTask {
                 task_id,
                 file_name: &new.file_name,
@@ -178,11 +181,18 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
                 algorithms: new.digests.algorithm_names(),
                 expected: new.digests.expected_json(),
             };
-            uploads::create(conn, &task, length, new.metadata.as_deref(), client.as_deref(), expiry).await
+            uploads::create(conn, &task, length, new.metadata.as_deref(), client.as_deref(), expiry)
+                .await
+                .map(Ok)
         })
         .await;
     match created {
-        Ok((task, upload)) => {
+        Ok(Err(refused)) => {
+            // No place: nothing was inserted, and the file must not stay either.
+            let _ = lock.remove().await;
+            Err(refused.into())
+        }
+        Ok(Ok((task, upload))) => {
             metrics::counter!("md5_resumable_uploads_total", "event" => "created").increment(1);
             tracing::info!(task.id = %task_id, upload.length = ?new.length, "resumable upload created");
             Ok((task, upload, lock))

@@ -838,3 +838,68 @@ struct TaskIdRow {
     #[expect(dead_code, reason = "only counted")]
     task_id: uuid::Uuid,
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_creations_from_one_client_gets_exactly_its_share_on_two_api_replicas() {
+    const BURST: usize = 400;
+    const SHARE: u32 = 75;
+    let app = TestApp::spawn(TestOptions::default().no_workers().api(|c| {
+        c.max_open_uploads = 100;
+        c.max_open_uploads_per_client = Some(SHARE);
+    }))
+    .await
+    .unwrap();
+    // A second api process on the same database: the limits hold across replicas.
+    let mut config = app.api_config(&TestOptions::default());
+    config.max_open_uploads = 100;
+    config.max_open_uploads_per_client = Some(SHARE);
+    config.bind_addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let replica_url = format!("http://{}", config.bind_addr);
+    let mut replica = Launch::api(&config).spawn().unwrap();
+    eventually(Duration::from_secs(30), "the replica to answer", || async {
+        app.client
+            .get(format!("{replica_url}/healthz"))
+            .send()
+            .await
+            .ok()?
+            .status()
+            .is_success()
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let statuses: Vec<u16> = futures_util::stream::iter(0..BURST)
+        .map(|n| {
+            let base = if n % 2 == 0 { app.base_url.clone() } else { replica_url.clone() };
+            let client = app.client.clone();
+            async move {
+                let answer = client
+                    .post(format!("{base}/api/v1/uploads"))
+                    .header(TUS.0, TUS.1)
+                    .header("Upload-Length", 1000)
+                    .send()
+                    .await
+                    .unwrap();
+                answer.status().as_u16()
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let created = statuses.iter().filter(|&&status| status == 201).count();
+    assert_eq!(created, SHARE as usize, "created {created} of a share of {SHARE}: {statuses:?}");
+    assert!(statuses.iter().all(|&status| status == 201 || status == 503), "{statuses:?}");
+    // Another client is still served, up to the total.
+    let other = Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
+    let answer = other
+        .post(format!("{}/api/v1/uploads", app.base_url))
+        .header(TUS.0, TUS.1)
+        .header("Upload-Length", 1000)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201);
+    assert_eq!(app.upload_files().len(), SHARE as usize + 1, "no refused creation left a file");
+    integration_tests::stop_process(&mut replica);
+    app.stop().await;
+}
