@@ -161,20 +161,21 @@ fn start_worker(app: &mut TestApp, env: &[(String, String)]) {
     app.start_worker_process_with(8, &env).unwrap();
 }
 
-async fn endpoints_registered(app: &TestApp) {
+/// Waits until `endpoints` webhook endpoints are registered.
+async fn endpoints_registered(app: &TestApp, endpoints: i64) {
     use diesel_async::RunQueryDsl as _;
     #[derive(diesel::QueryableByName)]
     struct Count {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    eventually(Duration::from_secs(30), "the worker to register its webhook endpoint", || async {
+    eventually(Duration::from_secs(30), "the worker to register its webhook endpoints", || async {
         let mut conn = app.db().await;
         let count: Count = diesel::sql_query("SELECT count(*) AS n FROM md5_webhook_endpoints")
             .get_result(&mut conn)
             .await
             .ok()?;
-        (count.n == 1).then_some(())
+        (count.n == endpoints).then_some(())
     })
     .await
     .unwrap();
@@ -185,7 +186,7 @@ async fn endpoints_registered(app: &TestApp) {
 async fn app_with_webhooks(addr: SocketAddr, retries: usize) -> TestApp {
     let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     start_worker(&mut app, &webhook_env(&format!("http://{addr}/hook"), retries));
-    endpoints_registered(&app).await;
+    endpoints_registered(&app, 1).await;
     app
 }
 
@@ -253,7 +254,7 @@ async fn every_terminal_event_reaches_a_flaky_receiver_that_goes_down_signed_and
     env.push(("METRICS_ADDR".into(), metrics.clone()));
     start_worker(&mut app, &env);
     start_worker(&mut app, &webhook_env(&format!("http://{addr}/hook"), 60));
-    endpoints_registered(&app).await;
+    endpoints_registered(&app, 1).await;
 
     // The receiver goes down for 20 s once a quarter of the events are in.
     let outage = tokio::spawn({
@@ -505,22 +506,7 @@ async fn a_url_removed_from_the_workers_configuration_receives_no_more_events() 
     let (retired_url, kept_url) = (format!("http://{retired_addr}/hook"), format!("http://{kept_addr}/hook"));
     let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     start_worker(&mut app, &webhook_env(&format!("{retired_url},{kept_url}"), 3));
-    eventually(Duration::from_secs(30), "both endpoints to be registered", || async {
-        let mut conn = app.db().await;
-        #[derive(diesel::QueryableByName)]
-        struct Count {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        use diesel_async::RunQueryDsl as _;
-        let count: Count = diesel::sql_query("SELECT count(*) AS n FROM md5_webhook_endpoints")
-            .get_result(&mut conn)
-            .await
-            .ok()?;
-        (count.n == 2).then_some(())
-    })
-    .await
-    .unwrap();
+    endpoints_registered(&app, 2).await;
     let first = upload_done(&app, 1).await;
     let delivered_to = |receiver: &Receiver, id: &str| {
         let id = format!("msg_{}_done", id.replace('-', ""));
