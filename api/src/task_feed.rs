@@ -175,15 +175,20 @@ impl TaskFeed {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn progress_is_kept_while_announced_and_forgotten_when_the_task_ends() {
-        // Nothing listens here (no database): only the in-memory board is exercised.
+    /// A feed that nothing fills from Postgres (no database): only its in-memory parts run.
+    fn unlistened() -> TaskFeed {
         let (sender, _) = broadcast::channel(4);
-        let feed = TaskFeed {
+        TaskFeed {
             events: TaskEvents::from_sender(sender),
             progress: Arc::default(),
             watched: Arc::default(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn progress_is_kept_while_announced_and_forgotten_when_the_task_ends() {
+        // Nothing listens here (no database): only the in-memory board is exercised.
+        let feed = unlistened();
         let id = Uuid::now_v7();
         assert_eq!(feed.progress(id), None);
         feed.record(TaskEvent::Progress(id, 10));
@@ -201,12 +206,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_event_reaches_the_watchers_of_its_task_only_and_a_resync_every_watcher() {
-        let (sender, _) = broadcast::channel(4);
-        let feed = TaskFeed {
-            events: TaskEvents::from_sender(sender),
-            progress: Arc::default(),
-            watched: Arc::default(),
-        };
+        let feed = unlistened();
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let (mut on_a, mut also_on_a, mut on_b) = (feed.watch(a), feed.watch(a), feed.watch(b));
         assert_eq!(feed.watched_tasks(), 2);

@@ -15,16 +15,10 @@ async fn hash_a_file(url: &str, extra: &[&str]) -> (std::process::Output, Durati
     let dir = std::env::temp_dir().join(format!("md5-distrust-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("a.txt"), b"abc").unwrap();
-    let mut command = tokio::process::Command::new(sibling_binary("md5-client").unwrap());
-    command.current_dir(&dir).env_remove("MD5_API_KEY").arg("--url").arg(url).args(extra);
-    command.args(["hash", "--progress", "lines", "a.txt"]).kill_on_drop(true);
-    let started = Instant::now();
-    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
-        .await
-        .expect("md5-client ended within 30 s")
-        .unwrap();
+    let args: Vec<&str> = extra.iter().copied().chain(["hash", "--progress", "lines", "a.txt"]).collect();
+    let answer = client_in(&dir, url, &args).await;
     let _ = std::fs::remove_dir_all(&dir);
-    (output, started.elapsed())
+    answer
 }
 
 fn stderr(output: &std::process::Output) -> String {
