@@ -104,6 +104,12 @@ pub struct Config {
     #[arg(long, env = "FAULT_FAIL_FLUSH_ONCE", hide = true, default_value_t = false, action = clap::ArgAction::Set)]
     pub fault_fail_flush_once: bool,
 
+    /// Test builds only: a job waits this long between committing its result and appending its
+    /// log line, as a worker that stalls there would.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, env = "FAULT_PAUSE_AFTER_COMMIT_MS", hide = true)]
+    pub fault_pause_after_commit_ms: Option<u64>,
+
     #[command(flatten)]
     #[expect(missing_docs, reason = "documented on the flattened struct")]
     pub database: DatabaseArgs,

@@ -16,3 +16,17 @@ pub fn point(config: &Config, step: &str) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn point(_config: &Config, _step: &str) {}
+
+/// Waits `FAULT_PAUSE_AFTER_COMMIT_MS` here, if set.
+#[cfg(feature = "fault-injection")]
+pub async fn pause_after_commit(config: &Config) {
+    if let Some(ms) = config.fault_pause_after_commit_ms {
+        eprintln!("fault injection: pausing {ms} ms after the commit");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
+/// No-op without the `fault-injection` feature.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub async fn pause_after_commit(_config: &Config) {}

@@ -112,6 +112,7 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<Settle
         return stopped(ctx, task.task_id).await;
     };
     crate::fault::point(&ctx.config, "after_commit");
+    crate::fault::pause_after_commit(&ctx.config).await;
     metrics::counter!("md5_tasks_finished_total", "status" => finished.status.as_str()).increment(1);
     if let Some(finished_at) = finished.finished_at {
         let latency = (finished_at - finished.created_at).to_std().unwrap_or_default();
@@ -200,9 +201,9 @@ async fn finish(ctx: &JobContext, task: &Task, recovering: bool) -> anyhow::Resu
         // A recovering task may have its line already. So may any task after a failed attempt:
         // the write can have gone through before the flush failed, and the file's content is
         // then unknown. Either way, search (from a fresh handle) before writing.
-        let search_since = (recovering || attempts > 1).then(|| task.finished_at.unwrap_or(now));
-        let line = &line;
-        async move { anyhow::Ok(ctx.log.append(line, search_since).await?) }
+        let search = recovering || attempts > 1;
+        let (line, finished_at) = (&line, task.finished_at.unwrap_or(now));
+        async move { anyhow::Ok(ctx.log.append(line, finished_at, search).await?) }
     })
     .await?;
     if appended == Appended::AlreadyPresent {

@@ -37,7 +37,9 @@
 //!    is on disk (`results_log::tests::concurrent_appends_share_flushes_and_each_line_is_written_once`). If an attempt fails (the
 //!    flush can fail after the write went through, leaving the file's content unknown), every later
 //!    attempt opens the file afresh and searches it for the task's line before writing; a line it
-//!    finds is flushed again before it counts.
+//!    finds is flushed again before it counts. A first delivery that stalls between steps 3 and 4
+//!    while a redelivery logs the task (below) writes nothing: each writer reads the lines others
+//!    appended since its own last write and drops a line whose task is among them (`results_log`).
 //! 5. **delete the upload**, 6. **XACK + XDEL** (the stream only holds live entries), 7. **record
 //!    `logged_at`** (asynchronous commit). A redelivered task that is finished and marked only
 //!    deletes the file and acks; a finished task without the mark (a crash before step 7, or the
@@ -81,6 +83,7 @@
 //! | Postgres crashing: 503 promptly, accepted uploads all finish | `faults::postgres_crashing_mid_load_loses_no_accepted_upload` |
 //! | poison jobs end `failed` after `MAX_DELIVERIES`, dead-lettered | `faults::a_job_that_crashes_every_worker_is_failed_after_max_deliveries_and_dead_lettered` |
 //! | a job given up, then crashed on before its result, is dead-lettered once | `exactly_once::a_job_given_up_then_crashed_on_is_dead_lettered_once` |
+//! | a worker stalled between its commit and its log line while a redelivery logged the task adds no second line | `exactly_once::a_worker_stalled_between_its_commit_and_its_log_line_adds_none_after_a_redelivery_logged_it` (fault `FAULT_PAUSE_AFTER_COMMIT_MS`), `results_log::tests::a_first_delivery_appending_after_a_redelivery_logged_its_task_writes_nothing` |
 //! | a flush that fails after its write leaves one line, not two | `exactly_once::a_flush_that_fails_after_the_write_still_leaves_one_line` (fault `FAULT_FAIL_FLUSH_ONCE`) |
 //! | a dead worker's entry behind 150 live ones is taken over within 3 × `CLAIM_IDLE_MS` | `exactly_once::a_dead_workers_entry_behind_many_live_ones_is_taken_over_within_three_idle_times` |
 //! | rotation by size and by SIGHUP, during kills, keeps one line per task across the files | `exactly_once::rotation_by_size_and_by_sighup_during_kills_keeps_one_line_per_task_across_files`, `results_log::tests::the_search_goes_on_into_rotated_files_and_rotation_keeps_every_line` |
@@ -94,7 +97,7 @@
 //! | SIGTERM loses nothing and exits 0 (worker and api) | `faults::sigterm_during_a_load_loses_no_job_and_exits_0` |
 //! | all of it at once | `faults::a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing` (2,000 uploads) |
 //! | the lock keeps concurrent writers' lines whole | `log_writers::*` (with a lock-less control the check catches) |
-//! | torn tail cut; an already-logged task not logged again | unit tests in `worker/src/results_log.rs` |
+//! | torn tail cut; an already-logged task not logged again | unit tests in `worker/src/results_log/tests.rs` |
 //!
 //! Each fault test runs its own Postgres (`initdb`, as the `postgres` user when root) and Redis on
 //! free ports, the api and workers as processes, and ends with one checker

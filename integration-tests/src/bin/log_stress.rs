@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
         };
         match mode.as_str() {
             "locked" => {
-                log.append(&line, None).await?;
+                log.append(&line, line.ts, false).await?;
             }
             "unlocked" => {
                 let text = line.to_json_line();

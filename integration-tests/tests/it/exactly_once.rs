@@ -111,6 +111,36 @@ async fn a_flush_that_fails_after_the_write_still_leaves_one_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stalled_between_its_commit_and_its_log_line_adds_none_after_a_redelivery_logged_it() {
+    use integration_tests::eventually;
+    use integration_tests::fault::{Expect, FaultEnv};
+    let env = FaultEnv::start(|_| {}).await.unwrap();
+    // Worker 0 commits the result, then stalls for 8 s before appending the line. Worker 1
+    // takes the idle entry over (CLAIM_IDLE_MS 1.5 s), finds the result committed and no line,
+    // and logs it; worker 0 then appends without searching, as a first delivery does.
+    env.spawn_worker(&[("FAULT_PAUSE_AFTER_COMMIT_MS", "8000")]).unwrap();
+    let bytes = b"stalled after its commit".to_vec();
+    let md5 = integration_tests::md5_hex(&bytes);
+    let id = env.upload("stalled.txt", bytes).await.expect("202");
+    eventually(Duration::from_secs(30), "the result committed", || async {
+        env.task(&id).await.filter(|task| task.status == shared::TaskStatus::Done).map(|_| ())
+    })
+    .await
+    .unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let expected = std::collections::HashMap::from([(id.clone(), Expect::Done(md5))]);
+    let report = env.check("a stall between commit and log", &expected, Duration::from_secs(60)).await;
+    assert!(report.is_clean(), "one line, written by the redelivery: {report:?}");
+    eventually(Duration::from_secs(30), "worker 0 to resume and find the line", || async {
+        env.worker_output(0).contains("the task's log line was already written").then_some(())
+    })
+    .await
+    .unwrap_or_else(|_| panic!("worker 0 resumed: {}", env.worker_output(0)));
+    let report = env.check("after worker 0 resumed", &expected, Duration::from_secs(10)).await;
+    assert!(report.is_clean(), "still one line after worker 0's append: {report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_given_up_then_crashed_on_is_dead_lettered_once() {
     use integration_tests::fault::{Expect, FaultEnv};
     let env = FaultEnv::start(|c| {

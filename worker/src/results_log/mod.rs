@@ -9,24 +9,38 @@
 //! Appends are group-committed: each handle has one writer thread, which takes every append that
 //! arrived while it was busy as one batch, under one lock, with one `write` and one `fdatasync`,
 //! and answers each caller only once the batch is on disk.
+//!
+//! A task has at most one line, even when two deliveries of it append at once (its first one,
+//! just past its result's commit, and a redelivery that found the result committed and the line
+//! missing): before writing, the writer reads the lines other writers appended since its own last
+//! write (or, when it does not know where that was, the lines back to the batch's oldest
+//! `finished_at`), and drops a line whose task is among them; an append that searches writes its
+//! line only if the task has none.
 
+mod scan;
+
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write as _};
-use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use file_lock::{FileLock, FileOptions};
 use shared::LogLine;
 use uuid::Uuid;
 
+use scan::{Scan, Search, ids_after, ids_since_in, repair_torn_tail, search_since_in};
+
 /// Clock skew tolerated between hosts when searching the log back to a task's `finished_at`.
 pub const CLOCK_SKEW_ALLOWANCE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
-/// Bytes read at a time when scanning the log backwards.
-const SCAN_CHUNK_BYTES: u64 = 64 * 1024;
+/// How long the writer remembers a task whose line a searching append wrote: a first delivery
+/// of the same task in this process that appends later (without searching) writes nothing.
+const REMEMBER_SEARCHED_FOR: Duration = Duration::from_secs(3600);
 
 /// Serializes appends inside this process. It is one lock for the whole process, not one per
 /// handle: the fcntl lock is the process's, so two handles (even on different log files that
@@ -58,8 +72,20 @@ struct LogFile {
 struct Request {
     text: String,
     task_id: Uuid,
-    search_since: Option<DateTime<Utc>>,
+    /// When the task's result was committed: no line of it can be older (less the skew allowance).
+    finished_at: DateTime<Utc>,
+    /// Search the log for a line of the task before writing.
+    search: bool,
     reply: tokio::sync::oneshot::Sender<io::Result<Appended>>,
+}
+
+/// What the writer thread knows of the file from its own writes.
+#[derive(Debug, Default)]
+struct WriterState {
+    /// The file (device, inode) this writer last wrote to, and its length right after.
+    last_write: Option<(u64, u64, u64)>,
+    /// Tasks whose line a searching append wrote, and when.
+    searched: HashMap<Uuid, Instant>,
 }
 
 /// What [`ResultsLog::append`] did.
@@ -88,10 +114,11 @@ impl ResultsLog {
         let (writer, requests) = std::sync::mpsc::channel::<Request>();
         let thread_file = file.clone();
         std::thread::Builder::new().name("results-log".into()).spawn(move || {
+            let mut state = WriterState::default();
             while let Ok(first) = requests.recv() {
                 let mut batch = vec![first];
                 batch.extend(requests.try_iter());
-                match thread_file.append_batch(&batch) {
+                match thread_file.append_batch(&mut state, &batch) {
                     Ok(outcomes) => {
                         for (request, outcome) in batch.into_iter().zip(outcomes) {
                             let _ = request.reply.send(Ok(outcome));
@@ -128,14 +155,22 @@ impl ResultsLog {
     /// Appends `line` with the other lines of its batch in one write call and flushes it to
     /// disk, under both locks; returns once it is on disk.
     ///
-    /// A torn last line left by a crash mid-write is cut off first. With `search_since`, the log
-    /// is first searched backwards (as far as that time, less [`CLOCK_SKEW_ALLOWANCE`], into the
+    /// A torn last line left by a crash mid-write is cut off first. With `search`, the log is
+    /// first searched backwards (as far as `finished_at`, less [`CLOCK_SKEW_ALLOWANCE`], into the
     /// rotated files if need be) for a line of the same task, and nothing is written if one is
     /// there: this is how a redelivered task whose row says "finished, not yet logged", or an
-    /// append retried after a failed flush, avoids a second line.
-    pub async fn append(&self, line: &LogLine, search_since: Option<DateTime<Utc>>) -> io::Result<Appended> {
+    /// append retried after a failed flush, avoids a second line. Without `search`, the line is
+    /// still not written if another writer appended one for the task meanwhile (see the module's
+    /// documentation).
+    pub async fn append(
+        &self,
+        line: &LogLine,
+        finished_at: DateTime<Utc>,
+        search: bool,
+    ) -> io::Result<Appended> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let request = Request { text: line.to_json_line(), task_id: line.task_id, search_since, reply };
+        let request =
+            Request { text: line.to_json_line(), task_id: line.task_id, finished_at, search, reply };
         self.writer.send(request).map_err(|_| io::Error::other("the results-log writer stopped"))?;
         answer.await.map_err(|_| io::Error::other("the results-log writer stopped"))?
     }
@@ -167,7 +202,6 @@ impl LogFile {
     /// Opens and locks the file now at `path`. A writer that waited for the lock while another
     /// rotated the file holds the lock of the renamed file: it lets go and locks the new one.
     fn lock_current(&self) -> io::Result<FileLock> {
-        use std::os::unix::fs::MetadataExt as _;
         loop {
             let options = FileOptions::new().read(true).append(true).create(true);
             let lock = FileLock::lock(&self.path, true, options)?;
@@ -238,30 +272,77 @@ impl LogFile {
         Ok(found == Search::Found)
     }
 
-    /// Writes one batch under both locks: searches where asked, then every line still to write
-    /// in one `write`, then one `fdatasync` (also when every line was found, since a found line
-    /// may be one whose flush failed). The outcomes are in the batch's order.
-    fn append_batch(&self, batch: &[Request]) -> io::Result<Vec<Appended>> {
+    /// Task ids of the lines in the locked file (and, back to `since`, the rotated ones) written
+    /// at or after `since`, less the skew allowance.
+    fn ids_since(&self, locked: &File, since: DateTime<Utc>) -> io::Result<HashSet<Uuid>> {
+        let since = since - CLOCK_SKEW_ALLOWANCE;
+        let mut ids = HashSet::new();
+        if ids_since_in(locked, since, &mut ids)? == Scan::ReachedStart {
+            for rotated in self.rotated_files()? {
+                if ids_since_in(&File::open(&rotated)?, since, &mut ids)? != Scan::ReachedStart {
+                    break;
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Writes one batch under both locks: drops the lines whose task another writer logged
+    /// since this one's last write (or, not knowing where that was, since the batch's oldest
+    /// `finished_at`), searches where asked, then writes every line still to write in one
+    /// `write`, then one `fdatasync` (also when nothing was written, since a found line may be
+    /// one whose flush failed). The outcomes are in the batch's order.
+    fn append_batch(&self, state: &mut WriterState, batch: &[Request]) -> io::Result<Vec<Appended>> {
         let _in_process = IN_PROCESS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut lock = self.lock_current()?;
         repair_torn_tail(&mut lock.file, &self.path)?;
+        // Lines appended by others since our last write, if we know where that was.
+        let mut logged: Option<HashSet<Uuid>> = None;
+        let meta = lock.file.metadata()?;
+        if let Some((dev, ino, end)) = state.last_write
+            && (dev, ino) == (meta.dev(), meta.ino())
+            && end <= meta.len()
+        {
+            let mut ids = HashSet::new();
+            ids_after(&lock.file, end, &mut ids)?;
+            logged = Some(ids);
+        }
         let max = self.max_bytes.load(Ordering::Relaxed);
         let batch_bytes: u64 = batch.iter().map(|request| request.text.len() as u64).sum();
-        let len = lock.file.metadata()?.len();
-        if max > 0 && len > 0 && len + batch_bytes > max {
+        if max > 0 && meta.len() > 0 && meta.len() + batch_bytes > max {
             self.rename_away()?;
             drop(lock);
             lock = self.lock_current()?;
+            // Another process may have created and written the new file before we locked it.
+            if let Some(ids) = logged.as_mut() {
+                ids_after(&lock.file, 0, ids)?;
+            }
         }
+        let logged = match logged {
+            Some(ids) => ids,
+            None => {
+                let oldest = batch.iter().map(|request| request.finished_at).min().unwrap_or_else(Utc::now);
+                self.ids_since(&lock.file, oldest)?
+            }
+        };
+        let now = Instant::now();
+        state.searched.retain(|_, at| now.duration_since(*at) < REMEMBER_SEARCHED_FOR);
         let file = &mut lock.file;
         let mut out = String::with_capacity(batch_bytes as usize);
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut in_batch = HashSet::new();
+        let mut searched = Vec::new();
         for request in batch {
-            if let Some(since) = request.search_since
-                && self.has_line(file, request.task_id, since)?
-            {
+            let present = logged.contains(&request.task_id)
+                || state.searched.contains_key(&request.task_id)
+                || !in_batch.insert(request.task_id)
+                || (request.search && self.has_line(file, request.task_id, request.finished_at)?);
+            if present {
                 outcomes.push(Appended::AlreadyPresent);
                 continue;
+            }
+            if request.search {
+                searched.push(request.task_id);
             }
             out.push_str(&request.text);
             outcomes.push(Appended::Written);
@@ -271,7 +352,10 @@ impl LogFile {
         if self.fail_next_flush.swap(false, Ordering::SeqCst) {
             return Err(io::Error::other("fault injection: the flush failed after the write"));
         }
+        let meta = file.metadata()?;
+        state.last_write = Some((meta.dev(), meta.ino(), meta.len()));
         file.sync_data()?;
+        state.searched.extend(searched.into_iter().map(|id| (id, now)));
         self.flushes.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("md5_log_flushes_total").increment(1);
         metrics::histogram!("md5_log_lines_per_flush").record(batch.len() as f64);
@@ -280,186 +364,5 @@ impl LogFile {
     }
 }
 
-/// Cuts off a last line that has no newline (a writer crashed mid-write; its task was never
-/// acknowledged and will be logged again).
-fn repair_torn_tail(file: &mut File, path: &Path) -> io::Result<()> {
-    let len = file.metadata()?.len();
-    if len == 0 {
-        return Ok(());
-    }
-    let mut last = [0u8; 1];
-    file.read_exact_at(&mut last, len - 1)?;
-    if last[0] == b'\n' {
-        return Ok(());
-    }
-    let keep = last_newline_before(file, len)?.map_or(0, |at| at + 1);
-    tracing::warn!(log.path = %path.display(), log.cut_bytes = len - keep, "cutting off a torn last line");
-    file.set_len(keep)?;
-    file.sync_data()
-}
-
-/// Offset of the last `\n` before `end`, if any.
-fn last_newline_before(file: &File, end: u64) -> io::Result<Option<u64>> {
-    let mut end = end;
-    let mut buffer = vec![0u8; SCAN_CHUNK_BYTES as usize];
-    while end > 0 {
-        let start = end.saturating_sub(SCAN_CHUNK_BYTES);
-        let chunk = &mut buffer[..(end - start) as usize];
-        file.read_exact_at(chunk, start)?;
-        if let Some(at) = chunk.iter().rposition(|&b| b == b'\n') {
-            return Ok(Some(start + at as u64));
-        }
-        end = start;
-    }
-    Ok(None)
-}
-
-/// What a backward search of one file found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Search {
-    /// A line of the task.
-    Found,
-    /// No line of the task back to a line older than the limit.
-    NotFound,
-    /// No line of the task, and every line of the file is at or after the limit: an earlier
-    /// (rotated) file may hold it.
-    ReachedStart,
-}
-
-/// Searches `file` backwards for a line of `task_id`, down to the first line older than `since`.
-fn search_since_in(file: &File, task_id: Uuid, since: DateTime<Utc>) -> io::Result<Search> {
-    let needle = task_id.to_string();
-    let mut end = file.metadata()?.len();
-    let mut carry: Vec<u8> = Vec::new();
-    let mut buffer = vec![0u8; SCAN_CHUNK_BYTES as usize];
-    while end > 0 {
-        let start = end.saturating_sub(SCAN_CHUNK_BYTES);
-        let chunk = &mut buffer[..(end - start) as usize];
-        file.read_exact_at(chunk, start)?;
-        let mut joined = chunk.to_vec();
-        joined.extend_from_slice(&carry);
-        // The first piece may be the tail of a line that starts in an earlier chunk.
-        let mut pieces: Vec<&[u8]> = joined.split(|&b| b == b'\n').collect();
-        let head = if start > 0 { pieces.remove(0).to_vec() } else { Vec::new() };
-        for piece in pieces.iter().rev().filter(|p| !p.is_empty()) {
-            let Ok(line) = serde_json::from_slice::<LogLine>(piece) else {
-                continue;
-            };
-            if line.task_id.to_string() == needle {
-                return Ok(Search::Found);
-            }
-            if line.ts < since {
-                return Ok(Search::NotFound);
-            }
-        }
-        carry = head;
-        end = start;
-    }
-    Ok(Search::ReachedStart)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use shared::TaskStatus;
-
-    fn line(task_id: Uuid, ts: &str) -> LogLine {
-        LogLine {
-            ts: chrono::DateTime::parse_from_rfc3339(ts).unwrap().with_timezone(&Utc),
-            task_id,
-            status: TaskStatus::Done,
-            digests: Some(shared::Digests::md5_only("d41d8cd98f00b204e9800998ecf8427e".parse().unwrap())),
-            size_bytes: 0,
-            worker: "w".into(),
-            error: None,
-        }
-    }
-
-    fn temp_log(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("md5-log-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir.join("md5.log")
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn torn_tail_is_cut_before_the_next_append() {
-        let path = temp_log("torn");
-        let log = ResultsLog::open(&path).unwrap();
-        let first = line(Uuid::now_v7(), "2026-11-27T19:00:00.000Z");
-        log.append(&first, None).await.unwrap();
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"ts\":\"20").unwrap();
-        let second = line(Uuid::now_v7(), "2026-11-27T19:00:01.000Z");
-        log.append(&second, None).await.unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text, format!("{}{}", first.to_json_line(), second.to_json_line()));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_task_already_logged_is_not_logged_again() {
-        let path = temp_log("dup");
-        let log = ResultsLog::open(&path).unwrap();
-        let task = Uuid::now_v7();
-        let since = Utc::now();
-        let ts = shared::time::format_millis(since);
-        assert_eq!(log.append(&line(task, &ts), Some(since)).await.unwrap(), Appended::Written);
-        // Many later lines push it into an earlier scan chunk.
-        for _ in 0..2000 {
-            log.append(&line(Uuid::now_v7(), &ts), None).await.unwrap();
-        }
-        assert_eq!(log.append(&line(task, &ts), Some(since)).await.unwrap(), Appended::AlreadyPresent);
-        let other = Uuid::now_v7();
-        assert_eq!(log.append(&line(other, &ts), Some(since)).await.unwrap(), Appended::Written);
-    }
-
-    #[tokio::test]
-    async fn the_search_goes_on_into_rotated_files_and_rotation_keeps_every_line() {
-        let path = temp_log("rotate");
-        let log = ResultsLog::open(&path).unwrap().with_max_bytes(Some(2048));
-        let since = Utc::now();
-        let ts = shared::time::format_millis(since);
-        let first = Uuid::now_v7();
-        assert_eq!(log.append(&line(first, &ts), None).await.unwrap(), Appended::Written);
-        let mut all = vec![first];
-        for _ in 0..40 {
-            let task = Uuid::now_v7();
-            log.append(&line(task, &ts), None).await.unwrap();
-            all.push(task);
-        }
-        assert!(log.rotate().await.unwrap().is_some(), "SIGHUP's rotation");
-        let rotated = log.rotated_files().unwrap();
-        assert!(rotated.len() >= 3, "rotated by size and on demand: {rotated:?}");
-        // The first task's line is in the oldest rotated file; the current file is empty.
-        assert_eq!(log.append(&line(first, &ts), Some(since)).await.unwrap(), Appended::AlreadyPresent);
-        let mut lines = 0;
-        for file in rotated.iter().chain(std::iter::once(&path)) {
-            let text = std::fs::read_to_string(file).unwrap_or_default();
-            assert!(text.len() <= 2048, "{} is {} bytes", file.display(), text.len());
-            lines += text.lines().count();
-        }
-        assert_eq!(lines, all.len(), "every line once, across the files");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_appends_share_flushes_and_each_line_is_written_once() {
-        let path = temp_log("group");
-        let log = ResultsLog::open(&path).unwrap();
-        let ts = shared::time::format_millis(Utc::now());
-        let tasks: Vec<Uuid> = (0..64).map(|_| Uuid::now_v7()).collect();
-        let appends: Vec<_> = tasks
-            .iter()
-            .map(|&task| {
-                let (log, ts) = (log.clone(), ts.clone());
-                tokio::spawn(async move { log.append(&line(task, &ts), None).await })
-            })
-            .collect();
-        for append in appends {
-            assert_eq!(append.await.unwrap().unwrap(), Appended::Written);
-        }
-        let flushes = log.file.flushes.load(Ordering::Relaxed);
-        assert!(flushes < 32, "64 concurrent appends took {flushes} flushes");
-        let text = std::fs::read_to_string(&path).unwrap();
-        for task in &tasks {
-            assert_eq!(text.matches(&task.to_string()).count(), 1);
-        }
-    }
-}
+mod tests;
