@@ -3,17 +3,16 @@
 //! protocol only maps its headers and statuses onto it.
 //!
 //! - **Admission**, before a byte of a body is stored: an upload slot for the client
-//!   ([`admit`]: global and per client address, 503 past either), room on the volume (507 under
+//!   ([`admit`]: global and per client (`crate::client_id`), 503 past either), room on the volume (507 under
 //!   `MIN_FREE_BYTES`), and for a new resumable upload a place among the open ones, counted
 //!   atomically with its creation ([`admit_resumable`]).
 //! - **Completion**, once the file is durable: the row that makes it a `queued` task and its job
 //!   on the stream ([`commit_one_shot`] for a stored one-shot body, [`complete_resumable`] for an
 //!   upload whose last byte arrived). Nothing else in the api creates a queued task or XADDs a job.
 
-use std::net::IpAddr;
-
 use uuid::Uuid;
 
+use crate::client_id::ClientId;
 use crate::commits::PendingTask;
 use crate::error::ApiError;
 use crate::idempotency::Reservation;
@@ -24,7 +23,7 @@ use shared::{JobMessage, Task, uploads};
 
 /// Admits one upload request of `client`: an upload slot (held while the returned value lives),
 /// and room on the volume.
-pub fn admit(state: &AppState, client: Option<IpAddr>) -> Result<ClientSlot, ApiError> {
+pub fn admit(state: &AppState, client: Option<ClientId>) -> Result<ClientSlot, ApiError> {
     let slot = state.upload_slots.try_acquire(client).map_err(|refusal| {
         ApiError::unavailable(match refusal {
             SlotRefusal::Full => "too many uploads in progress; try again shortly",

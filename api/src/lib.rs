@@ -36,6 +36,7 @@
 //!    stream for that id.
 
 pub mod body;
+pub mod client_id;
 pub mod commits;
 pub mod config;
 pub mod connections;

@@ -20,7 +20,6 @@
 
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,11 +37,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt as _;
 
+use crate::client_id::ClientId;
 use crate::connections::{Connections, RequestBody, TrackedBody};
-
-/// The address of the client a request came from, put into every request's extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub IpAddr);
 
 /// Largest HTTP/1 read buffer: request heads must fit, and body chunks are at most this big.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -131,7 +127,7 @@ pub async fn serve(
         };
         accept_backoff = Duration::from_millis(10);
         let _ = stream.set_nodelay(true);
-        let client = ClientAddr(peer.ip().to_canonical());
+        let client = ClientId::from_peer(peer.ip());
         let request_seen = Arc::new(RequestSeen::default());
         let open = open_connections.open();
         let service = {
@@ -177,11 +173,11 @@ pub async fn serve(
                     tracing::debug!(error = %err, "connection closed with an error");
                 },
                 () = first_head => {
-                    tracing::debug!(client.addr = %client.0, "closed a connection that sent no request head in time");
+                    tracing::debug!(client = %client, "closed a connection that sent no request head in time");
                 }
                 () = activity.idle_timeout(idle_timeout) => {
                     metrics::counter!("md5_idle_connections_closed_total").increment(1);
-                    tracing::debug!(client.addr = %client.0, "closed an idle connection");
+                    tracing::debug!(client = %client, "closed an idle connection");
                 }
             }
         });

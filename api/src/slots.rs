@@ -4,15 +4,16 @@
 //! so one client (or one slow attacker) can never hold every slot.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+
+use crate::client_id::ClientId;
 
 /// Why no slot was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlotRefusal {
     /// Every slot is taken.
     Full,
-    /// This client address holds its share already.
+    /// This client holds its share already.
     ClientFull,
 }
 
@@ -27,14 +28,14 @@ struct Table {
     total: u32,
     per_client: u32,
     in_use: u32,
-    by_client: HashMap<IpAddr, u32>,
+    by_client: HashMap<ClientId, u32>,
 }
 
 /// One slot; given back on drop.
 #[derive(Debug)]
 pub struct ClientSlot {
     slots: ClientSlots,
-    client: Option<IpAddr>,
+    client: Option<ClientId>,
 }
 
 impl ClientSlots {
@@ -51,7 +52,7 @@ impl ClientSlots {
     }
 
     /// Takes a slot for `client` (unknown clients share only the global bound).
-    pub fn try_acquire(&self, client: Option<IpAddr>) -> Result<ClientSlot, SlotRefusal> {
+    pub fn try_acquire(&self, client: Option<ClientId>) -> Result<ClientSlot, SlotRefusal> {
         let mut table = self.inner.lock().expect("slot table lock");
         if table.in_use >= table.total {
             return Err(SlotRefusal::Full);
@@ -98,8 +99,8 @@ mod tests {
     #[test]
     fn one_client_cannot_take_every_slot_and_slots_come_back_on_drop() {
         let slots = ClientSlots::new(4, 3);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a = ClientId::from_peer("10.0.0.1".parse().unwrap());
+        let b = ClientId::from_peer("10.0.0.2".parse().unwrap());
         let held: Vec<_> = (0..3).map(|_| slots.try_acquire(Some(a)).unwrap()).collect();
         assert_eq!(slots.try_acquire(Some(a)).unwrap_err(), SlotRefusal::ClientFull);
         let other = slots.try_acquire(Some(b)).unwrap();

@@ -6,14 +6,13 @@
 //! body (see [`crate::body`]), and nothing is left behind by a rejected or broken upload: its
 //! [`PartFile`] is removed unless the row was committed.
 
-use std::net::IpAddr;
-
 use axum::body::Body;
 use axum::http::HeaderMap;
 use futures_util::StreamExt as _;
 use uuid::Uuid;
 
 use crate::body::{self, FormHead};
+use crate::client_id::ClientId;
 use crate::error::ApiError;
 pub use crate::form::Parts;
 use crate::form::{self, FORM_HEAD_BYTES, FormPart, MULTIPART_OVERHEAD_BYTES, UploadBody};
@@ -35,8 +34,8 @@ pub struct UploadRequest<'a> {
     pub raw: bool,
     /// The `x-request-id`, carried into the task and the worker's log.
     pub request_id: Option<&'a str>,
-    /// The peer address, used to share upload slots fairly between clients.
-    pub client: Option<IpAddr>,
+    /// The client, used to share upload slots fairly between clients.
+    pub client: Option<ClientId>,
     /// Which form parts besides `file` are allowed.
     pub parts: Parts,
     /// The `Idempotency-Key`, if the route takes one and the client sent it.

@@ -8,8 +8,8 @@
 //! final answer to a creation carries the same `Location`, which is what clients that create an
 //! upload explicitly (tus-js-client, Apple's `URLSession`) read.
 
+use crate::client_id::ClientId;
 use crate::digests::DigestsQuery;
-use std::net::IpAddr;
 
 use axum::Json;
 use axum::body::Body;
@@ -143,7 +143,7 @@ fn hash_location(task_id: Uuid) -> HeaderValue {
 /// `POST /api/v1/uploads` with `Upload-Complete`: creates an upload, appending the body if any.
 pub async fn create(
     state: &AppState,
-    client: Option<IpAddr>,
+    client: Option<ClientId>,
     headers: &HeaderMap,
     query: &DigestsQuery,
     body: Body,
@@ -224,7 +224,7 @@ pub async fn head(state: &AppState, task_id: Uuid) -> Response {
 pub async fn patch(
     state: &AppState,
     task_id: Uuid,
-    client: Option<IpAddr>,
+    client: Option<ClientId>,
     headers: &HeaderMap,
     body: Body,
     request_id: Option<String>,

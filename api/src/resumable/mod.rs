@@ -19,7 +19,6 @@ pub mod headers;
 pub mod ietf;
 pub mod tus;
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -28,6 +27,7 @@ use futures_util::StreamExt as _;
 use uuid::Uuid;
 
 use crate::body::{self, FormHead};
+use crate::client_id::ClientId;
 use crate::error::ApiError;
 use crate::intake;
 use crate::state::AppState;
@@ -106,8 +106,8 @@ pub struct NewUpload {
     pub file_name: String,
     /// The `x-request-id` of the creation.
     pub request_id: Option<String>,
-    /// The peer address, for the per-client bound on open uploads.
-    pub client: Option<IpAddr>,
+    /// The client, for the per-client bounds on open uploads.
+    pub client: Option<ClientId>,
     /// The digests its task asks for and expects.
     pub digests: shared::DigestRequest,
 }
@@ -136,7 +136,7 @@ pub struct Append {
     /// The bytes.
     pub body: Body,
     /// The peer address, for upload slots.
-    pub client: Option<IpAddr>,
+    pub client: Option<ClientId>,
     /// The `x-request-id`.
     pub request_id: Option<String>,
 }
@@ -161,7 +161,7 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
     if new.length.is_some_and(|length| length > limit) {
         return Err(ApiError::payload_too_large(limit).into());
     }
-    let client = new.client.map(|ip| ip.to_string());
+    let client = new.client.map(|client| client.to_string());
     state.storage.check_free_space()?;
     let task_id = Uuid::now_v7();
     let lock = state.storage.create_upload_file(task_id).await?;

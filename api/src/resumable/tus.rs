@@ -3,8 +3,8 @@
 //! termination. Every answer carries `Tus-Resumable: 1.0.0`; errors are problem+json (tus does
 //! not fix their bodies).
 
+use crate::client_id::ClientId;
 use crate::digests::DigestsQuery;
-use std::net::IpAddr;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -116,7 +116,7 @@ fn refusal(err: UploadError) -> Response {
 /// `POST /api/v1/uploads`: creates an upload (and, with a body, appends its first bytes).
 pub async fn create(
     state: &AppState,
-    client: Option<IpAddr>,
+    client: Option<ClientId>,
     headers: &HeaderMap,
     query: &DigestsQuery,
     body: Body,
@@ -130,7 +130,7 @@ pub async fn create(
 
 async fn try_create(
     state: &AppState,
-    client: Option<IpAddr>,
+    client: Option<ClientId>,
     headers: &HeaderMap,
     query: &DigestsQuery,
     body: Body,
@@ -240,7 +240,7 @@ pub async fn head(state: &AppState, task_id: Uuid) -> Response {
 pub async fn patch(
     state: &AppState,
     task_id: Uuid,
-    client: Option<IpAddr>,
+    client: Option<ClientId>,
     headers: &HeaderMap,
     body: Body,
     request_id: Option<String>,

@@ -3,17 +3,17 @@
 //! validation would refuse. Where the two differ (ids are UUID strings, not integers; limits,
 //! auth and outages answer problem+json) the README says so.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::client_id::ClientId;
 use crate::error::{ApiError, Problem, Refusals, UploadRefusals};
-use crate::serve::ClientAddr;
 use crate::state::AppState;
 use crate::upload;
 use shared::{TaskStatus, queries};
@@ -98,11 +98,10 @@ pub const ALIAS_WITHOUT_SLASH: &str = "/hashes";
 )]
 pub async fn create_hash(
     State(state): State<AppState>,
-    client: Option<Extension<ClientAddr>>,
+    client: Option<ClientId>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let client = client.map(|Extension(ClientAddr(ip))| ip);
     let request_id = super::request_id(&headers);
     // The older service knew no Idempotency-Key nor expected digests: those headers are
     // ignored here. Its tasks compute the server's DIGESTS, so they can be found by content.

@@ -8,18 +8,18 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::v1::load;
+use crate::client_id::ClientId;
 use crate::error::{ApiError, Problem, Refusals};
-use crate::serve::ClientAddr;
 use crate::slots::{ClientSlot, SlotRefusal};
 use crate::state::AppState;
 use crate::task_feed::TaskWatch;
@@ -123,21 +123,20 @@ pub async fn cancel_hash(
 )]
 pub async fn hash_events(
     State(state): State<AppState>,
-    client: Option<Extension<ClientAddr>>,
+    client: Option<ClientId>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let task_id = super::task_id_in_path(id)?;
-    let slot =
-        state.event_streams.try_acquire(client.map(|Extension(ClientAddr(ip))| ip)).map_err(|refusal| {
-            ApiError::unavailable(match refusal {
-                SlotRefusal::Full => {
-                    "too many event streams are open; poll GET /api/v1/hashes/{id} or try again shortly"
-                }
-                SlotRefusal::ClientFull => {
-                    "this client has too many event streams open; close one, then try again"
-                }
-            })
-        })?;
+    let slot = state.event_streams.try_acquire(client).map_err(|refusal| {
+        ApiError::unavailable(match refusal {
+            SlotRefusal::Full => {
+                "too many event streams are open; poll GET /api/v1/hashes/{id} or try again shortly"
+            }
+            SlotRefusal::ClientFull => {
+                "this client has too many event streams open; close one, then try again"
+            }
+        })
+    })?;
     // Subscribe before the first read: a change between the read and the subscription is not
     // missed.
     let events = state.feed.watch(task_id);

@@ -2,7 +2,6 @@
 //! resource; each request's headers say which (`Tus-Resumable` or `Upload-Draft-Interop-Version`).
 //! The protocols themselves are in `crate::resumable`.
 
-use axum::Extension;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -10,10 +9,10 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
+use crate::client_id::ClientId;
 use crate::digests::{DigestsQuery, ExpectedDigests};
 use crate::error::{ApiError, Problem, Refusals, UploadRefusals};
 use crate::resumable::{ietf, tus};
-use crate::serve::ClientAddr;
 use crate::state::AppState;
 
 /// The tus version a request names (`Tus-Resumable`), for the OpenAPI document.
@@ -92,10 +91,6 @@ fn upload_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> 
     super::task_id_in_path(id)
 }
 
-fn client(client: Option<Extension<ClientAddr>>) -> Option<std::net::IpAddr> {
-    client.map(|Extension(ClientAddr(ip))| ip)
-}
-
 fn request_id(headers: &HeaderMap) -> Option<String> {
     super::request_id(headers).map(str::to_owned)
 }
@@ -134,7 +129,7 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
 )]
 pub async fn create_upload(
     State(state): State<AppState>,
-    peer: Option<Extension<ClientAddr>>,
+    client: Option<ClientId>,
     headers: HeaderMap,
     query: Result<Query<DigestsQuery>, QueryRejection>,
     body: Body,
@@ -144,7 +139,6 @@ pub async fn create_upload(
         Ok(Query(query)) => query,
         Err(err) => return ApiError::bad_request(err.body_text()).into_response(),
     };
-    let client = client(peer);
     by_protocol(
         &headers,
         (body, request_id),
@@ -252,7 +246,7 @@ pub async fn upload_offset(
 )]
 pub async fn append_upload(
     State(state): State<AppState>,
-    peer: Option<Extension<ClientAddr>>,
+    client: Option<ClientId>,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
@@ -262,7 +256,6 @@ pub async fn append_upload(
         Err(refused) => return refused.into_response(),
     };
     let request_id = request_id(&headers);
-    let client = client(peer);
     by_protocol(
         &headers,
         (body, request_id),

@@ -2,20 +2,20 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
+use crate::client_id::ClientId;
 use crate::digests::{self, DigestsQuery, ExpectedDigests};
 use crate::error::{ApiError, Problem, Refusals, UploadRefusals};
 use crate::idempotency::IdempotencyKey;
-use crate::serve::ClientAddr;
 use crate::state::AppState;
 use crate::upload;
 use shared::events::TaskEvent;
@@ -74,7 +74,7 @@ pub struct UploadForm {
 )]
 pub async fn create_hash(
     State(state): State<AppState>,
-    client: Option<Extension<ClientAddr>>,
+    client: Option<ClientId>,
     headers: HeaderMap,
     query: Result<Query<DigestsQuery>, QueryRejection>,
     body: Body,
@@ -87,7 +87,7 @@ pub async fn create_hash(
         body,
         raw: true,
         request_id: super::request_id(&headers),
-        client: client.map(|Extension(ClientAddr(ip))| ip),
+        client,
         parts: upload::Parts::Strict,
         key,
         digests,
