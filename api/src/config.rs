@@ -68,6 +68,12 @@ pub struct Config {
     #[arg(long, env = "MAX_EVENT_STREAMS_PER_CLIENT", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_event_streams_per_client: Option<u32>,
 
+    /// Most `?wait=` long-polls one client holds at once; a further one is answered at once, as
+    /// without `?wait=`. (When every connection is taken, a long-polling connection can also be
+    /// closed to make room, its long-polls answered at once.)
+    #[arg(long, env = "MAX_LONG_POLLS_PER_CLIENT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_long_polls_per_client: u32,
+
     /// Most uploads streamed at once from one client address (default: three quarters of
     /// MAX_CONCURRENT_UPLOADS, so one client never holds every slot); more get 503.
     #[arg(long, env = "MAX_UPLOADS_PER_CLIENT", value_parser = clap::value_parser!(u32).range(1..=100_000))]

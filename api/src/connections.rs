@@ -8,6 +8,13 @@
 //! (`IDLE_TIMEOUT_SECONDS`), and not at all once the server is full and someone else knocks.
 //! A handler that legitimately waits (`?wait=`, an upload) is not idle: its own bounds apply.
 //!
+//! When every slot is taken and a new connection waits, room is made: the longest-idle
+//! connection (idle for at least a second) is closed; failing that, a connection whose every
+//! running handler is a long-poll (`?wait=`) is: its long-polls are answered at once with the
+//! task as it is, with `Connection: close`, and the connection is closed a second later. The
+//! long-polling connection chosen is one of the client that holds the most connections, so one
+//! client's long-polls cannot push out everyone else's.
+//!
 //! [`IDLE_TIMEOUT_SECONDS`]: crate::config::Config::idle_timeout_seconds
 
 use std::collections::HashMap;
@@ -22,6 +29,8 @@ use bytes::Bytes;
 use hyper::body::{Body as _, Frame, Incoming};
 use tokio::sync::Notify;
 
+use crate::client_id::ClientId;
+
 /// A connection idle for less than this is never evicted for a new one (a keep-alive client
 /// between two requests).
 const EVICTION_MIN_IDLE: Duration = Duration::from_secs(1);
@@ -30,18 +39,58 @@ const EVICTION_MIN_IDLE: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
+    client: Option<ClientId>,
     handlers: AtomicUsize,
+    /// Running handlers that are long-polls, waiting for a task to finish.
+    long_polls: AtomicUsize,
     last_progress_ms: AtomicU64,
     evict: Notify,
+    /// Chosen to make room while long-polling: its long-polls answer now, and it closes.
+    closing: AtomicBool,
+    closing_notify: Notify,
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(client: Option<ClientId>) -> Self {
         Activity {
             opened: Instant::now(),
+            client,
             handlers: AtomicUsize::new(0),
+            long_polls: AtomicUsize::new(0),
             last_progress_ms: AtomicU64::new(0),
             evict: Notify::new(),
+            closing: AtomicBool::new(false),
+            closing_notify: Notify::new(),
+        }
+    }
+
+    /// Marks a running handler as a long-poll until the guard is dropped.
+    pub fn long_polling(self: &Arc<Self>) -> LongPolling {
+        self.long_polls.fetch_add(1, Ordering::AcqRel);
+        LongPolling(self.clone())
+    }
+
+    /// Whether every running handler is a long-poll (and at least one runs).
+    fn only_long_polling(&self) -> bool {
+        let handlers = self.handlers.load(Ordering::Acquire);
+        handlers > 0 && self.long_polls.load(Ordering::Acquire) >= handlers
+    }
+
+    /// Whether the connection was chosen to close to make room.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Completes once the connection is chosen to close to make room.
+    pub async fn closing(&self) {
+        loop {
+            let notified = self.closing_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -88,6 +137,15 @@ impl Activity {
     }
 }
 
+/// A long-poll of a connection; dropping it ends its count.
+pub struct LongPolling(Arc<Activity>);
+
+impl Drop for LongPolling {
+    fn drop(&mut self) {
+        self.0.long_polls.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A running handler of a connection; dropping it (the handler finished or was cancelled)
 /// counts as progress.
 pub struct HandlerRunning(Arc<Activity>);
@@ -107,10 +165,10 @@ pub struct Connections {
 }
 
 impl Connections {
-    /// Registers a new connection until the returned handle is dropped.
-    pub fn open(self: &Arc<Self>) -> OpenConnection {
+    /// Registers a new connection of `client` until the returned handle is dropped.
+    pub fn open(self: &Arc<Self>, client: Option<ClientId>) -> OpenConnection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(client));
         self.open.lock().expect("connections lock").insert(id, activity.clone());
         OpenConnection { id, activity, connections: self.clone() }
     }
@@ -126,6 +184,33 @@ impl Connections {
         match longest {
             Some((_, activity)) => {
                 activity.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes room for a new connection: asks the longest-idle one to close, or else closes a
+    /// connection that only long-polls, of the client with the most connections (its oldest).
+    /// True if a connection was asked.
+    pub fn make_room(&self) -> bool {
+        if self.evict_longest_idle() {
+            return true;
+        }
+        let open = self.open.lock().expect("connections lock");
+        let mut held: HashMap<Option<ClientId>, usize> = HashMap::new();
+        for activity in open.values() {
+            *held.entry(activity.client).or_default() += 1;
+        }
+        let chosen = open
+            .values()
+            .filter(|activity| activity.only_long_polling() && !activity.is_closing())
+            .max_by_key(|activity| (held[&activity.client], activity.opened.elapsed()));
+        match chosen {
+            Some(activity) => {
+                activity.closing.store(true, Ordering::Release);
+                activity.closing_notify.notify_waiters();
+                metrics::counter!("md5_long_poll_connections_closed_total").increment(1);
                 true
             }
             None => false,
@@ -247,12 +332,45 @@ mod tests {
     #[test]
     fn a_connection_is_idle_only_while_no_handler_runs() {
         let connections = Arc::new(Connections::default());
-        let open = connections.open();
+        let open = connections.open(None);
         let activity = open.activity.clone();
         let running = activity.handler_running();
         assert_eq!(activity.idle_for(), None);
         assert!(!connections.evict_longest_idle(), "a connection with a running handler is not evicted");
         drop(running);
         assert!(activity.idle_for().is_some());
+    }
+
+    #[tokio::test]
+    async fn room_is_made_from_the_long_polls_of_the_client_holding_most_connections() {
+        let connections = Arc::new(Connections::default());
+        let (a, b) = (
+            ClientId::from_peer("10.0.0.1".parse().unwrap()),
+            ClientId::from_peer("10.0.0.2".parse().unwrap()),
+        );
+        let polling = |client| {
+            let open = connections.open(Some(client));
+            let running = open.activity.handler_running();
+            let polling = open.activity.long_polling();
+            (open, running, polling)
+        };
+        let own = polling(b);
+        let theirs: Vec<_> = (0..3).map(|_| polling(a)).collect();
+        // A connection with a handler that is not a long-poll (an upload) is never chosen.
+        let uploading = connections.open(Some(a));
+        let _upload = uploading.activity.handler_running();
+        for _ in 0..3 {
+            assert!(connections.make_room());
+        }
+        assert!(
+            theirs.iter().all(|(open, ..)| open.activity.is_closing()),
+            "the client with four connections"
+        );
+        assert!(!own.0.activity.is_closing() && !uploading.activity.is_closing());
+        // Then the next: the other client's (each client now holds its last), then none.
+        tokio::time::timeout(Duration::from_secs(1), theirs[0].0.activity.closing()).await.unwrap();
+        assert!(connections.make_room());
+        assert!(own.0.activity.is_closing());
+        assert!(!connections.make_room(), "the upload is left alone");
     }
 }

@@ -115,8 +115,21 @@ pub async fn run(
     let commits = commits::Commits::spawn(&db);
     let storage = storage::Storage::new(&config.storage.upload_dir, config.min_free_bytes);
     let state = AppState {
-        upload_slots: slots::ClientSlots::new(config.max_concurrent_uploads, config.uploads_per_client()),
-        event_streams: slots::ClientSlots::new(config.max_event_streams, config.event_streams_per_client()),
+        upload_slots: slots::ClientSlots::new(
+            "md5_upload_slots_in_use",
+            config.max_concurrent_uploads,
+            config.uploads_per_client(),
+        ),
+        event_streams: slots::ClientSlots::new(
+            "md5_event_streams_open",
+            config.max_event_streams,
+            config.event_streams_per_client(),
+        ),
+        long_polls: slots::ClientSlots::new(
+            "md5_long_polls_waiting",
+            u32::MAX,
+            config.max_long_polls_per_client,
+        ),
         config: Arc::new(config),
         task_counts: task_counts::TaskCounts::new(db.clone()),
         storage,

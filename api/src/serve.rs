@@ -1,7 +1,8 @@
 //! The HTTP server loop: hyper with bounds on everything a connection can hold, and graceful
 //! shutdown with a bounded grace period.
 //!
-//! - At most `MAX_CONNECTIONS` connections are open; more wait in the listen backlog.
+//! - At most `MAX_CONNECTIONS` connections are open (one more is accepted and waits for room);
+//!   more wait in the listen backlog.
 //! - A connection must complete its first request head within `HEADER_TIMEOUT_SECONDS` of being
 //!   accepted, whatever it sends (nothing, half a request line, an HTTP/2 preface); hyper's own
 //!   header timeout then covers every later request on an HTTP/1 connection, and HTTP/2 pings
@@ -15,8 +16,9 @@
 //! - A connection the api closes first keeps reading (and dropping) what its client still sends
 //!   for up to [`LINGER`], so that its last answer is not destroyed by a reset.
 //! - A connection idle for `IDLE_TIMEOUT_SECONDS` is closed (HTTP/1 keep-alive and HTTP/2 alike;
-//!   pings are not activity), and when every connection slot is taken the longest-idle
-//!   connection is closed to let the new one in (see [`crate::connections`]).
+//!   pings are not activity), and when every connection slot is taken and a new connection
+//!   waits, the longest-idle connection, or else one that only long-polls, is closed to let it in
+//!   (see [`crate::connections`]).
 
 use std::future::Future;
 use std::io;
@@ -53,6 +55,11 @@ pub const H2_MAX_STREAMS: u32 = 16;
 pub const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 /// Most response bytes hyper buffers for one HTTP/2 stream beyond what the peer's window takes.
 pub const H2_MAX_SEND_BUFFER_BYTES: usize = 64 * 1024;
+/// While every connection slot is taken, how often a waiting new connection looks again for
+/// one that can make room.
+const MAKE_ROOM_EVERY: Duration = Duration::from_secs(1);
+/// How long a connection chosen to make room has to send its long-polls' answers.
+const CLOSING_GRACE: Duration = Duration::from_secs(1);
 /// File descriptors kept free for everything but client connections (files, Postgres, Redis).
 const RESERVED_FDS: u64 = 256;
 
@@ -100,18 +107,7 @@ pub async fn serve(
     let idle_timeout = options.idle_timeout;
     let mut accept_backoff = Duration::from_millis(10);
     tokio::pin!(shutdown);
-    loop {
-        let permit = match connections.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                // Full: the longest-idle connection makes room, or the next one to end does.
-                open_connections.evict_longest_idle();
-                tokio::select! {
-                    permit = connections.clone().acquire_owned() => permit.expect("the connection semaphore is never closed"),
-                    () = &mut shutdown => break,
-                }
-            }
-        };
+    'accept: loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -126,10 +122,23 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         accept_backoff = Duration::from_millis(10);
+        // Full: a connection makes room (see `crate::connections`), or the next one to end does;
+        // what can make room is looked for again every second while this one waits.
+        let permit = loop {
+            if let Ok(permit) = connections.clone().try_acquire_owned() {
+                break permit;
+            }
+            open_connections.make_room();
+            tokio::select! {
+                permit = connections.clone().acquire_owned() => break permit.expect("the connection semaphore is never closed"),
+                () = tokio::time::sleep(MAKE_ROOM_EVERY) => {}
+                () = &mut shutdown => break 'accept,
+            }
+        };
         let _ = stream.set_nodelay(true);
         let client = ClientId::from_peer(peer.ip());
         let request_seen = Arc::new(RequestSeen::default());
-        let open = open_connections.open();
+        let open = open_connections.open(Some(client));
         let service = {
             let request_seen = request_seen.clone();
             let app = app.clone();
@@ -137,6 +146,7 @@ pub async fn serve(
             hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                 request_seen.mark();
                 request.extensions_mut().insert(client);
+                request.extensions_mut().insert(activity.clone());
                 let running = activity.handler_running();
                 let (app, activity) = (app.clone(), activity.clone());
                 let http1 = request.version() < axum::http::Version::HTTP_2;
@@ -146,8 +156,9 @@ pub async fn serve(
                 async move {
                     let mut response = app.oneshot(request).await?;
                     drop(running);
-                    if http1 && body_end.unread() {
-                        // hyper will close this connection rather than read the rest: say so.
+                    // hyper will close this connection rather than read the rest of the body, or
+                    // it was chosen to close to make room: say so.
+                    if http1 && (body_end.unread() || activity.is_closing()) {
                         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                     }
                     Ok::<_, std::convert::Infallible>(
@@ -174,6 +185,12 @@ pub async fn serve(
                 },
                 () = first_head => {
                     tracing::debug!(client = %client, "closed a connection that sent no request head in time");
+                }
+                () = async {
+                    activity.closing().await;
+                    tokio::time::sleep(CLOSING_GRACE).await;
+                } => {
+                    tracing::debug!(client = %client, "closed a long-polling connection to make room");
                 }
                 () = activity.idle_timeout(idle_timeout) => {
                     metrics::counter!("md5_idle_connections_closed_total").increment(1);

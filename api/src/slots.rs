@@ -25,6 +25,8 @@ pub struct ClientSlots {
 
 #[derive(Debug)]
 struct Table {
+    /// The gauge that shows the slots in use.
+    gauge: &'static str,
     total: u32,
     per_client: u32,
     in_use: u32,
@@ -39,10 +41,11 @@ pub struct ClientSlot {
 }
 
 impl ClientSlots {
-    /// `total` slots, at most `per_client` per address.
-    pub fn new(total: u32, per_client: u32) -> Self {
+    /// `total` slots, at most `per_client` per client, in use shown by the gauge `gauge`.
+    pub fn new(gauge: &'static str, total: u32, per_client: u32) -> Self {
         ClientSlots {
             inner: Arc::new(Mutex::new(Table {
+                gauge,
                 total,
                 per_client: per_client.min(total),
                 in_use: 0,
@@ -66,7 +69,7 @@ impl ClientSlots {
             *held += 1;
         }
         table.in_use += 1;
-        metrics::gauge!("md5_upload_slots_in_use").set(f64::from(table.in_use));
+        metrics::gauge!(table.gauge).set(f64::from(table.in_use));
         Ok(ClientSlot { slots: self.clone(), client })
     }
 
@@ -80,7 +83,7 @@ impl Drop for ClientSlot {
     fn drop(&mut self) {
         let mut table = self.slots.inner.lock().expect("slot table lock");
         table.in_use -= 1;
-        metrics::gauge!("md5_upload_slots_in_use").set(f64::from(table.in_use));
+        metrics::gauge!(table.gauge).set(f64::from(table.in_use));
         if let Some(client) = self.client
             && let Some(held) = table.by_client.get_mut(&client)
         {
@@ -98,7 +101,7 @@ mod tests {
 
     #[test]
     fn one_client_cannot_take_every_slot_and_slots_come_back_on_drop() {
-        let slots = ClientSlots::new(4, 3);
+        let slots = ClientSlots::new("test_slots_in_use", 4, 3);
         let a = ClientId::from_peer("10.0.0.1".parse().unwrap());
         let b = ClientId::from_peer("10.0.0.2".parse().unwrap());
         let held: Vec<_> = (0..3).map(|_| slots.try_acquire(Some(a)).unwrap()).collect();

@@ -35,4 +35,6 @@ pub struct AppState {
     /// One slot per open event stream: `MAX_EVENT_STREAMS` in all,
     /// `MAX_EVENT_STREAMS_PER_CLIENT` per client address.
     pub event_streams: ClientSlots,
+    /// `?wait=` long-polls held (only the per-client share is bounded here; connections bound the total).
+    pub long_polls: ClientSlots,
 }

@@ -1,18 +1,20 @@
 //! `/api/v1/hashes`: what the web page and new clients use.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use crate::client_id::ClientId;
+use crate::connections::Activity;
 use crate::digests::{self, DigestsQuery, ExpectedDigests};
 use crate::error::{ApiError, Problem, Refusals, UploadRefusals};
 use crate::idempotency::IdempotencyKey;
@@ -132,6 +134,8 @@ pub struct WaitQuery {
 )]
 pub async fn get_hash(
     State(state): State<AppState>,
+    client: Option<ClientId>,
+    connection: Option<Extension<Arc<Activity>>>,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -139,10 +143,21 @@ pub async fn get_hash(
     let task_id = super::task_id_in_path(id)?;
     let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
     let wait = parse_wait(query.wait.as_deref(), state.config.max_wait_seconds)?;
-    let task = if wait.is_zero() {
-        load(&state, task_id).await?
-    } else {
-        wait_for_finish(&state, task_id, wait).await?
+    // Past the client's share of long-polls, answered at once, as without `?wait=`.
+    let long_poll = (!wait.is_zero()).then(|| state.long_polls.try_acquire(client).ok()).flatten();
+    let task = match long_poll {
+        None => load(&state, task_id).await?,
+        Some(_held) => {
+            let connection = connection.map(|Extension(activity)| activity);
+            let _polling = connection.as_ref().map(|activity| activity.long_polling());
+            let closing = async {
+                match &connection {
+                    Some(activity) => activity.closing().await,
+                    None => std::future::pending().await,
+                }
+            };
+            wait_for_finish(&state, task_id, wait, closing).await?
+        }
     };
     let progress = state.feed.progress(task.0.task_id);
     let view = TaskView::from(task).with_progress(progress);
@@ -172,23 +187,34 @@ pub async fn load(state: &AppState, task_id: Uuid) -> Result<(Task, Option<Uploa
     task.ok_or_else(|| ApiError::task_not_found(task_id))
 }
 
-/// Answers as soon as the task is finished (woken by its notification), or after `wait`.
+/// Answers as soon as the task is finished (woken by its notification), after `wait`, or when
+/// `closing` completes (the connection was chosen to make room), with the task as it is then.
 async fn wait_for_finish(
     state: &AppState,
     task_id: Uuid,
     wait: Duration,
+    closing: impl Future<Output = ()>,
 ) -> Result<(Task, Option<UploadRow>), ApiError> {
     // Subscribe before the first read, so a finish between the read and the wait is not missed.
     let mut events = state.feed.watch(task_id);
     let deadline = tokio::time::Instant::now() + wait;
+    tokio::pin!(closing);
+    let mut closed = false;
     loop {
         let task = load(state, task_id).await?;
-        if task.0.status.is_finished() || tokio::time::Instant::now() >= deadline {
+        if closed || task.0.status.is_finished() || tokio::time::Instant::now() >= deadline {
             return Ok(task);
         }
         let recheck_at = deadline.min(tokio::time::Instant::now() + WAIT_RECHECK);
         loop {
-            match tokio::time::timeout_at(recheck_at, events.recv()).await {
+            let received = tokio::select! {
+                received = tokio::time::timeout_at(recheck_at, events.recv()) => received,
+                () = &mut closing => {
+                    closed = true;
+                    break;
+                }
+            };
+            match received {
                 Ok(Ok(TaskEvent::Changed(id, status))) if id == task_id && status.is_finished() => break,
                 Ok(Ok(TaskEvent::Changed(..) | TaskEvent::Progress(..))) => continue,
                 // We may have missed ours (a reconnection, or we lagged behind), or it is time

@@ -20,6 +20,7 @@ mod idempotency;
 mod lanes;
 mod live;
 mod log_writers;
+mod long_polls;
 mod raw_http;
 mod resumable;
 mod resumable_faults;
