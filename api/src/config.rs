@@ -116,11 +116,22 @@ pub struct Config {
     #[arg(long, env = "IDEMPOTENCY_TTL_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub idempotency_ttl_seconds: u64,
 
-    /// Seconds a resumable upload (`/api/v1/uploads`) may go without an append before it expires:
-    /// its file is removed and its task ends `expired`. Announced in `Upload-Expires` (tus) and
-    /// `Upload-Limit: max-age` (the IETF draft).
+    /// Seconds a resumable upload (`/api/v1/uploads`) may live from its creation, whatever
+    /// arrives: then, unless complete, it expires (its file is removed, its task ends `expired`).
     #[arg(long, env = "UPLOAD_EXPIRY_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub upload_expiry_seconds: u64,
+
+    /// Seconds a resumable upload may go without an append before it expires (each append
+    /// renews it, up to UPLOAD_EXPIRY_SECONDS). Announced in `Upload-Expires` (tus) and
+    /// `Upload-Limit: max-age` (the IETF draft).
+    #[arg(long, env = "UPLOAD_IDLE_SECONDS", default_value_t = 3_600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub upload_idle_seconds: u64,
+
+    /// Bytes one client may hold in unfinished resumable uploads, counted by their declared
+    /// lengths (a deferred length counts as MAX_UPLOAD_BYTES); default: a quarter of the upload
+    /// volume's size. A creation that would pass it gets 503, or 413 if its length alone does.
+    #[arg(long, env = "MAX_OPEN_UPLOAD_BYTES_PER_CLIENT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_open_upload_bytes_per_client: Option<u64>,
 
     /// Most resumable uploads open at once (created, not yet complete, expired or terminated),
     /// across every api sharing the database; a creation past it gets 503.
@@ -178,9 +189,12 @@ impl Config {
         Duration::from_secs(self.idempotency_ttl_seconds)
     }
 
-    /// How long a resumable upload lives without an append.
-    pub fn upload_expiry(&self) -> Duration {
-        Duration::from_secs(self.upload_expiry_seconds)
+    /// How long a resumable upload lives: without an append, and in all.
+    pub fn upload_expiry(&self) -> shared::uploads::Expiry {
+        shared::uploads::Expiry {
+            idle: Duration::from_secs(self.upload_idle_seconds.min(self.upload_expiry_seconds)),
+            lifetime: Duration::from_secs(self.upload_expiry_seconds),
+        }
     }
 
     /// The API key, if authentication is on: an empty `API_KEY` means none.

@@ -170,6 +170,18 @@ impl ApiError {
         )
     }
 
+    /// 413: a resumable upload counting more bytes than one client may hold in unfinished uploads.
+    pub fn payload_too_large_for_client(length: u64, limit: u64) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!(
+                "this upload counts {length} bytes (its declared length, or MAX_UPLOAD_BYTES while \
+                 deferred), more than the {limit} bytes one client may hold in unfinished uploads"
+            ),
+        )
+    }
+
     /// 408: the body stalled, or arrived slower than the configured minimum rate.
     pub fn request_timeout(detail: impl Into<Cow<'static, str>>) -> Self {
         ApiError::new(StatusCode::REQUEST_TIMEOUT, "request-timeout", detail)

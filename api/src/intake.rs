@@ -36,16 +36,33 @@ pub fn admit(state: &AppState, client: Option<ClientId>) -> Result<ClientSlot, A
     Ok(slot)
 }
 
-/// Admits a new resumable upload of `client`, in the transaction that creates it (`conn`): a
-/// place among the open uploads, in all and of this client, counted under a lock every creation
-/// takes, so concurrent creations on any replica cannot pass a limit together. `Some` refusal
-/// when there is none (the transaction then inserts nothing).
+/// Bytes one client may hold in unfinished resumable uploads (`MAX_OPEN_UPLOAD_BYTES_PER_CLIENT`,
+/// by default a quarter of the upload volume).
+pub fn open_upload_bytes_per_client(state: &AppState) -> u64 {
+    state.config.max_open_upload_bytes_per_client.unwrap_or_else(|| state.storage.volume_bytes() / 4)
+}
+
+/// What a new resumable upload counts against its client's bytes: its length, or, deferred,
+/// the largest it may become.
+pub fn counted_length(state: &AppState, length: Option<u64>) -> u64 {
+    length.unwrap_or(state.config.max_upload_bytes)
+}
+
+/// Admits a new resumable upload of `client` counting `length` bytes, in the transaction that
+/// creates it (`conn`): a place among the open uploads, in all and of this client, and room in
+/// the client's `bytes_limit`, counted under a lock every creation takes, so concurrent creations
+/// on any replica cannot pass a limit together. `Some` refusal when there is none (the
+/// transaction then inserts nothing).
 pub async fn admit_resumable(
     conn: &mut diesel_async::AsyncPgConnection,
     config: &crate::Config,
     client: Option<&str>,
+    length: u64,
+    bytes_limit: u64,
 ) -> diesel::QueryResult<Option<ApiError>> {
-    let (open, own) = uploads::count_open(conn, client).await?;
+    let deferred_as = i64::try_from(config.max_upload_bytes).unwrap_or(i64::MAX);
+    let counted = uploads::count_open(conn, client, deferred_as).await?;
+    let (open, own) = (counted.all, counted.own);
     if open >= i64::from(config.max_open_uploads) {
         return Ok(Some(ApiError::unavailable(
             "too many unfinished resumable uploads; finish or terminate one, or try again later",
@@ -55,6 +72,13 @@ pub async fn admit_resumable(
         return Ok(Some(ApiError::unavailable(
             "this client has too many unfinished resumable uploads; finish or terminate one first",
         )));
+    }
+    let held = u64::try_from(counted.own_bytes).unwrap_or(0);
+    if client.is_some() && held.saturating_add(length) > bytes_limit {
+        return Ok(Some(ApiError::unavailable(format!(
+            "this client's unfinished resumable uploads hold {held} of its {bytes_limit} bytes \
+             (declared lengths), too few for {length} more; finish or terminate one first"
+        ))));
     }
     Ok(None)
 }

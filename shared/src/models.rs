@@ -208,8 +208,10 @@ pub struct UploadRow {
     pub received_bytes: i64,
     /// tus `Upload-Metadata` as the client sent it.
     pub metadata: Option<String>,
-    /// The address it was created from.
+    /// The client that created it (an IPv4 address or an IPv6 /64), for the per-client bounds.
     pub client: Option<String>,
-    /// When it expires unless an append renews it.
+    /// When it expires unless an append renews it (never past its whole life's end).
     pub expires_at: DateTime<Utc>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
 }

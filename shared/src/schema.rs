@@ -48,6 +48,7 @@ diesel::table! {
         metadata -> Nullable<Text>,
         client -> Nullable<Text>,
         expires_at -> Timestamptz,
+        created_at -> Timestamptz,
     }
 }
 

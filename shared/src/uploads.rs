@@ -17,7 +17,21 @@ use crate::schema::md5_tasks::dsl as tasks;
 use crate::schema::md5_uploads::dsl as uploads;
 use crate::time::interval;
 
-/// Creates an `uploading` task and its upload row, expiring `expiry` from now. Run it in a
+diesel::define_sql_function! {
+    /// SQL's `LEAST` of two times: the earlier.
+    fn least(a: Timestamptz, b: Timestamptz) -> Timestamptz;
+}
+
+/// How long an upload lives: each append renews `idle`, never past `lifetime` from its creation.
+#[derive(Debug, Clone, Copy)]
+pub struct Expiry {
+    /// From the creation or the last append (`UPLOAD_IDLE_SECONDS`).
+    pub idle: Duration,
+    /// From the creation, whatever arrives (`UPLOAD_EXPIRY_SECONDS`).
+    pub lifetime: Duration,
+}
+
+/// Creates an `uploading` task and its upload row, expiring as `expiry` says. Run it in a
 /// transaction: both rows or neither.
 pub async fn create(
     conn: &mut AsyncPgConnection,
@@ -25,7 +39,7 @@ pub async fn create(
     upload_length: Option<i64>,
     metadata: Option<&str>,
     client: Option<&str>,
-    expiry: Duration,
+    expiry: Expiry,
 ) -> QueryResult<(Task, UploadRow)> {
     let task: Task = diesel::insert_into(tasks::md5_tasks)
         .values((task, tasks::status.eq(TaskStatus::Uploading)))
@@ -38,7 +52,8 @@ pub async fn create(
             uploads::upload_length.eq(upload_length),
             uploads::metadata.eq(metadata),
             uploads::client.eq(client),
-            uploads::expires_at.eq(now.into_sql::<Timestamptz>() + interval(expiry)),
+            uploads::expires_at
+                .eq(now.into_sql::<Timestamptz>() + interval(expiry.idle.min(expiry.lifetime))),
         ))
         .returning(UploadRow::as_returning())
         .get_result(conn)
@@ -66,20 +81,23 @@ pub async fn find(
 
 /// Records that the upload's file is durable up to `received` bytes, its length (`None` while
 /// still deferred; the caller holds the upload's lock and passes the length it read or was just
-/// told) and renews its expiry; `None` if the upload is no longer open
+/// told) and renews its expiry (never past its lifetime); `None` if the upload is no longer open
 /// (completed, expired or terminated meanwhile).
 pub async fn record_append(
     conn: &mut AsyncPgConnection,
     task_id: Uuid,
     received: i64,
     upload_length: Option<i64>,
-    expiry: Duration,
+    expiry: Expiry,
 ) -> QueryResult<Option<UploadRow>> {
     diesel::update(uploads::md5_uploads.find(task_id))
         .set((
             uploads::received_bytes.eq(received),
             uploads::upload_length.eq(upload_length),
-            uploads::expires_at.eq(now.into_sql::<Timestamptz>() + interval(expiry)),
+            uploads::expires_at.eq(least(
+                now.into_sql::<Timestamptz>() + interval(expiry.idle),
+                uploads::created_at + interval(expiry.lifetime),
+            )),
         ))
         .returning(UploadRow::as_returning())
         .get_result(conn)
@@ -153,9 +171,33 @@ pub async fn expired(conn: &mut AsyncPgConnection, limit: i64) -> QueryResult<Ve
         .await
 }
 
-/// How many uploads are open, and how many of them `client` created. Run it in the transaction
-/// that creates the next upload: it takes the creation lock, so the count holds until then.
-pub async fn count_open(conn: &mut AsyncPgConnection, client: Option<&str>) -> QueryResult<(i64, i64)> {
+/// What is open: every upload, and `client`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenUploads {
+    /// Uploads open.
+    pub all: i64,
+    /// Uploads open that `client` created.
+    pub own: i64,
+    /// Their declared lengths, summed (a deferred length counts as `deferred_as`).
+    pub own_bytes: i64,
+}
+
+/// The client's share of what is open.
+#[derive(QueryableByName)]
+struct Share {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    uploads: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes: i64,
+}
+
+/// What is open, every upload's and `client`'s. Run it in the transaction that creates the next
+/// upload: it takes the creation lock, so the count holds until then.
+pub async fn count_open(
+    conn: &mut AsyncPgConnection,
+    client: Option<&str>,
+    deferred_as: i64,
+) -> QueryResult<OpenUploads> {
     // Creations take this lock first, in their transaction: a count and the insert it allows are
     // never split by another creation, on any api replica.
     diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
@@ -163,7 +205,14 @@ pub async fn count_open(conn: &mut AsyncPgConnection, client: Option<&str>) -> Q
         .execute(conn)
         .await?;
     let all: i64 = uploads::md5_uploads.count().get_result(conn).await?;
-    let Some(client) = client else { return Ok((all, 0)) };
-    let own: i64 = uploads::md5_uploads.filter(uploads::client.eq(client)).count().get_result(conn).await?;
-    Ok((all, own))
+    let Some(client) = client else { return Ok(OpenUploads { all, own: 0, own_bytes: 0 }) };
+    let share: Share = diesel::sql_query(
+        "SELECT count(*) AS uploads, COALESCE(sum(COALESCE(upload_length, $2)), 0)::int8 AS bytes \
+         FROM md5_uploads WHERE client = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(client)
+    .bind::<diesel::sql_types::BigInt, _>(deferred_as)
+    .get_result(conn)
+    .await?;
+    Ok(OpenUploads { all, own: share.uploads, own_bytes: share.bytes })
 }

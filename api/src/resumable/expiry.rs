@@ -60,7 +60,8 @@ async fn run_batch(state: &AppState) -> Result<(usize, usize), UploadError> {
             }
         };
         let detail = format!(
-            "the upload expired: no bytes arrived for {} s before it was complete",
+            "the upload expired before it was complete: no bytes arrived for {} s, or {} s passed since its creation",
+            state.config.upload_expiry().idle.as_secs(),
             state.config.upload_expiry_seconds
         );
         if super::end(state, lock, TaskStatus::Expired, &detail, true).await? {
@@ -82,7 +83,7 @@ impl Service for ExpireUploads {
     }
 
     async fn run(self, stop: CancellationToken) {
-        let period = period(self.state.config.upload_expiry());
+        let period = period(self.state.config.upload_expiry().idle);
         loop {
             match run_once(&self.state).await {
                 Ok(0) => {}

@@ -42,7 +42,7 @@ fn name(name: &'static str) -> HeaderName {
 fn upload_limit(state: &AppState, expires_at: Option<DateTime<Utc>>) -> HeaderValue {
     let max_age = match expires_at {
         Some(at) => (at - Utc::now()).num_seconds().max(0).unsigned_abs(),
-        None => state.config.upload_expiry_seconds,
+        None => state.config.upload_expiry().idle.as_secs(),
     };
     HeaderValue::from_str(&format!("max-size={}, max-age={max_age}", state.config.max_upload_bytes))
         .unwrap_or_else(|_| HeaderValue::from_static(""))

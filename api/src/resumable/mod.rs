@@ -161,6 +161,11 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
     if new.length.is_some_and(|length| length > limit) {
         return Err(ApiError::payload_too_large(limit).into());
     }
+    let bytes_limit = intake::open_upload_bytes_per_client(state);
+    let counted = intake::counted_length(state, new.length);
+    if new.client.is_some() && counted > bytes_limit {
+        return Err(ApiError::payload_too_large_for_client(counted, bytes_limit).into());
+    }
     let client = new.client.map(|client| client.to_string());
     state.storage.check_free_space()?;
     let task_id = Uuid::now_v7();
@@ -170,7 +175,9 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
     let created = state
         .db
         .write(async |conn| {
-            if let Some(refused) = intake::admit_resumable(conn, &state.config, client.as_deref()).await? {
+            let admitted =
+                intake::admit_resumable(conn, &state.config, client.as_deref(), counted, bytes_limit);
+            if let Some(refused) = admitted.await? {
                 return Ok(Err(refused));
             }
             let task = NewTask {
@@ -340,15 +347,18 @@ async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Re
             && received > recorded
             && !matches!(err, UploadError::InconsistentLength(_))
             && writer.sync().await.is_ok()
+            && record(state, task_id, received, length).await.is_ok()
         {
-            let _ = record(state, task_id, received, length).await;
+            recorded = received;
         }
+        cut_back(&lock, writer, recorded).await;
         return Err(err);
     }
     if let (Some(checksum), Some(hasher)) = (&append.checksum, hasher)
         && !checksum.matches(hasher)
     {
         metrics::counter!("md5_resumable_uploads_total", "event" => "checksum_mismatch").increment(1);
+        cut_back(&lock, writer, recorded).await;
         return Err(UploadError::ChecksumMismatch);
     }
     writer.sync().await?;
@@ -377,6 +387,16 @@ async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Re
     })?;
     drop(lock);
     Ok(Appended { offset: received, length: Some(received), completed: Some(task), expires_at: None })
+}
+
+/// After a failed append: the file is cut back to `recorded`, its durable length in Postgres,
+/// at once (on a full disk, bytes that count for nothing must not keep the space until the next
+/// append or the expiry).
+async fn cut_back(lock: &UploadLock, writer: crate::storage::PartWriter, recorded: u64) {
+    writer.abandon().await;
+    if let Err(err) = lock.cut_to(recorded).await {
+        tracing::warn!(task.id = %lock.task_id(), error = %err, "cannot cut a failed append's bytes off");
+    }
 }
 
 /// What an append may do before its body is read: the upload is open, the request's offset is

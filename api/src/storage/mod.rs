@@ -120,6 +120,11 @@ impl Storage {
         }
     }
 
+    /// The size of the upload volume (`u64::MAX` if it cannot be read).
+    pub fn volume_bytes(&self) -> u64 {
+        rustix::fs::statvfs(&self.dir).map_or(u64::MAX, |stats| stats.f_blocks.saturating_mul(stats.f_frsize))
+    }
+
     /// Fails with [`io::ErrorKind::StorageFull`] when the folder has less than the reserve free.
     pub fn check_free_space(&self) -> Result<(), StorageError> {
         if self.min_free_bytes == 0 {
@@ -317,6 +322,11 @@ impl PartWriter {
     pub async fn finish(mut self) -> Result<PartFile, StorageError> {
         self.sync().await?;
         Ok(self.part)
+    }
+
+    /// Gives up: waits for the write in flight, if any, and drops what is buffered.
+    pub async fn abandon(mut self) {
+        let _ = self.part.wait().await;
     }
 
     /// Writes what is buffered and flushes the file to disk; writing may go on afterwards.

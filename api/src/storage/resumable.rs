@@ -147,6 +147,22 @@ impl UploadLock {
         Ok(PartWriter::new(part, storage.buffer_grant()))
     }
 
+    /// Cuts the file back to `offset` (the durable length recorded), if it is longer: bytes past
+    /// it count for nothing, and their space is given back at once.
+    pub async fn cut_to(&self, offset: u64) -> Result<(), StorageError> {
+        let file =
+            self.file.try_clone().map_err(|err| StorageError::io("cannot reopen the upload's file", err))?;
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            if file.metadata()?.len() > offset {
+                file.set_len(offset)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|err| StorageError::Task("truncate", Arc::new(err)))?
+        .map_err(|err| StorageError::io("cannot cut the upload's file back", err))
+    }
+
     /// Removes the upload's file (an expired or terminated upload), then releases the lock.
     pub async fn remove(self) -> Result<(), StorageError> {
         let path = self.path.clone();

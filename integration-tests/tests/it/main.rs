@@ -21,6 +21,7 @@ mod lanes;
 mod live;
 mod log_writers;
 mod long_polls;
+mod partial_uploads;
 mod raw_http;
 mod resumable;
 mod resumable_faults;

@@ -1,0 +1,1 @@
+ALTER TABLE md5_uploads DROP COLUMN created_at;
