@@ -533,3 +533,65 @@ async fn a_url_removed_from_the_workers_configuration_receives_no_more_events() 
     kept_serving.stop().await;
     app.stop().await;
 }
+
+/// A receiver that accepts connections and never answers (nor reads); how many it accepted.
+fn start_hanging_receiver() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>, tokio::task::JoinHandle<()>)
+{
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let task = tokio::spawn({
+        let accepted = accepted.clone();
+        async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(socket);
+            }
+        }
+    });
+    (addr, accepted, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_does_not_slow_another_endpoints_deliveries() {
+    const TASKS: u64 = 100;
+    let (hanging_addr, hanging_accepted, hanging) = start_hanging_receiver();
+    let (healthy, healthy_addr, healthy_serving) = Receiver::start(Mode::Accept);
+    let mut app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let urls = format!("http://{hanging_addr}/hook,http://{healthy_addr}/hook");
+    start_worker(&mut app, &webhook_env(&urls, 3));
+    endpoints_registered(&app, 2).await;
+    let mut ids = Vec::new();
+    for seed in 0..TASKS {
+        let response = app.upload("f.bin", random_bytes(100, 1000 + seed)).await;
+        ids.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(app.wait_finished(id, Duration::from_secs(60)).await["status"], "done");
+    }
+    let finished = Instant::now();
+    let wanted: HashSet<String> = ids.iter().map(|id| format!("msg_{}_done", id.replace('-', ""))).collect();
+    // Each is delivered as its task finishes; 5 s is slack for a slow host (sharing the attempts
+    // with the hanging receiver, the last came 15 s after: its attempts' timeout).
+    eventually(Duration::from_secs(5), "every event at the healthy receiver", || async {
+        let delivered: HashSet<String> =
+            healthy.requests().into_iter().filter(|r| r.accepted).map(|r| r.id).collect();
+        wanted.is_subset(&delivered).then_some(())
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let delivered = healthy.requests().iter().filter(|r| r.accepted).count();
+        panic!("{delivered} of {TASKS} events reached the healthy receiver in 5 s")
+    });
+    println!(
+        "{TASKS} events at the healthy receiver {:.2}s after the last task finished; the hanging one took {} connections",
+        finished.elapsed().as_secs_f64(),
+        hanging_accepted.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    hanging.abort();
+    healthy_serving.stop().await;
+    app.stop().await;
+}

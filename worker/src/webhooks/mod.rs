@@ -4,8 +4,11 @@
 //! Every worker with `WEBHOOK_URLS` claims due
 //! deliveries (a lease of [`LEASE`], so workers share the work and a dead one's attempts are
 //! taken over) and sends each signed ([`signing`]), up to [`IN_FLIGHT`] at once, a free
-//! slot taking the next due event within [`POLL`] (a receiver that hangs holds only its own
-//! attempts). Each
+//! slot taking the next due event within [`POLL`]. Each endpoint has its own share of the slots
+//! (an equal part, claimed endpoint by endpoint) and its own circuit breaker ([`breaker`]): a
+//! receiver that hangs or fails holds only its share, and after [`breaker::FAILURES_TO_OPEN`]
+//! failures in a row none of its deliveries is claimed for a cool-down (5 s, doubling to 5 min),
+//! then one probe decides. Each
 //! outcome is recorded as its attempt ends: delivered (2xx), retried after the next step of
 //! `WEBHOOK_RETRY_SCHEDULE` or a longer `Retry-After`, given up when the schedule is spent, or
 //! the endpoint disabled (410 Gone). At least once: a worker that dies between the answer and
@@ -17,7 +20,12 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
+pub mod breaker;
 pub mod signing;
+
+use std::collections::HashMap;
+
+use breaker::Breaker;
 
 use shared::db::{Pool, connection};
 use shared::maintenance::Service;
@@ -76,10 +84,30 @@ impl DeliverWebhooks {
         Ok(())
     }
 
-    /// Claims up to `room` due deliveries.
-    async fn claim(&self, room: usize) -> anyhow::Result<Vec<Delivery>> {
+    /// Claims due deliveries, for each endpoint as many as its breaker and share allow (and
+    /// `room` in all).
+    async fn claim(
+        &self,
+        endpoints: &mut HashMap<String, Breaker>,
+        room: usize,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        let share = (IN_FLIGHT / self.urls.len()).max(1);
         let mut conn = connection(&self.pool).await?;
-        Ok(webhooks::claim_due(&mut conn, &self.urls, i64::try_from(room)?, LEASE).await?)
+        let mut claimed = Vec::new();
+        let now = tokio::time::Instant::now();
+        for url in &self.urls {
+            let breaker = endpoints.entry(url.clone()).or_default();
+            let allowed = breaker.allowed(share, now).min(room - claimed.len());
+            if allowed == 0 {
+                continue;
+            }
+            let batch =
+                webhooks::claim_due(&mut conn, std::slice::from_ref(url), i64::try_from(allowed)?, LEASE)
+                    .await?;
+            breaker.started(batch.len());
+            claimed.extend(batch);
+        }
+        Ok(claimed)
     }
 
     /// Counts and records one attempt's outcome. Not recorded (Postgres away): the lease runs
@@ -167,6 +195,7 @@ impl Service for DeliverWebhooks {
         // to the 15 s timeout) holds only its own slot, never the deliveries claimed after it.
         let this = &self;
         let mut in_flight = FuturesUnordered::new();
+        let mut endpoints: HashMap<String, Breaker> = HashMap::new();
         // When to look for due deliveries next: at once after a claim that filled every free
         // slot (more may be due), else after POLL; an attempt ending does not bring it forward.
         let mut claim_at = tokio::time::Instant::now();
@@ -183,7 +212,7 @@ impl Service for DeliverWebhooks {
             }
             if room > 0 && now >= claim_at {
                 claim_at = now + POLL;
-                match self.claim(room).await {
+                match self.claim(&mut endpoints, room).await {
                     Ok(claimed) => {
                         if claimed.len() == room {
                             claim_at = now;
@@ -203,7 +232,12 @@ impl Service for DeliverWebhooks {
             }
             tokio::select! {
                 () = stop.cancelled() => break,
-                Some((delivery, outcome)) = in_flight.next() => self.finish(delivery, outcome).await,
+                Some((delivery, outcome)) = in_flight.next() => {
+                    if let Some(breaker) = endpoints.get_mut(&delivery.url) {
+                        breaker.ended(&outcome, tokio::time::Instant::now());
+                    }
+                    self.finish(delivery, outcome).await;
+                }
                 () = tokio::time::sleep_until(claim_at), if in_flight.len() < IN_FLIGHT => {}
             }
         }
