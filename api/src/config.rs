@@ -68,6 +68,12 @@ pub struct Config {
     #[arg(long, env = "MAX_EVENT_STREAMS_PER_CLIENT", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_event_streams_per_client: Option<u32>,
 
+    /// Tasks (uploads and resumable uploads created) one client may create per second, a
+    /// second's worth at once; more get 429 with Retry-After. Kept by each api process. 0: no
+    /// bound.
+    #[arg(long, env = "MAX_TASKS_PER_CLIENT_PER_SECOND", default_value_t = 100)]
+    pub max_tasks_per_client_per_second: u32,
+
     /// Most `?wait=` long-polls one client holds at once; a further one is answered at once, as
     /// without `?wait=`. (When every connection is taken, a long-polling connection can also be
     /// closed to make room, its long-polls answered at once.)

@@ -213,6 +213,17 @@ impl ApiError {
             .with_header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS))
     }
 
+    /// 429 with `Retry-After`: the client creates tasks faster than its rate.
+    pub fn too_many_tasks(retry_after: std::time::Duration) -> Self {
+        let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-requests",
+            "this client creates tasks faster than MAX_TASKS_PER_CLIENT_PER_SECOND; slow down",
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+    }
+
     /// 503 with `Retry-After`: Postgres cannot be reached (`cause` is logged, not sent).
     pub fn database_unavailable(
         cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
@@ -431,6 +442,10 @@ pub enum UploadRefusals {
     /// Larger than `MAX_UPLOAD_BYTES` (from `Content-Length`, or while streaming).
     #[response(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Problem),
+    /// A creation: the client creates tasks faster than `MAX_TASKS_PER_CLIENT_PER_SECOND`.
+    #[response(status = 429, content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "Seconds until the client may create another task")))]
+    TooManyRequests(Problem),
     /// The upload volume is full (less than `MIN_FREE_BYTES` free).
     #[response(status = 507, content_type = "application/problem+json")]
     InsufficientStorage(Problem),

@@ -48,6 +48,12 @@ pub fn counted_length(state: &AppState, length: Option<u64>) -> u64 {
     length.unwrap_or(state.config.max_upload_bytes)
 }
 
+/// Admits the creation of a task (a one-shot upload, or a resumable upload's creation) within
+/// its client's rate.
+pub fn admit_creation(state: &AppState, client: Option<ClientId>) -> Result<(), ApiError> {
+    state.creation_rate.try_take(client).map_err(ApiError::too_many_tasks)
+}
+
 /// Admits a new resumable upload of `client` counting `length` bytes, in the transaction that
 /// creates it (`conn`): a place among the open uploads, in all and of this client, and room in
 /// the client's `bytes_limit`, counted under a lock every creation takes, so concurrent creations

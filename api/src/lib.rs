@@ -40,6 +40,7 @@ pub mod client_id;
 pub mod commits;
 pub mod config;
 pub mod connections;
+pub mod creation_rate;
 pub mod database;
 pub mod digests;
 pub mod error;
@@ -125,6 +126,7 @@ pub async fn run(
             config.max_event_streams,
             config.event_streams_per_client(),
         ),
+        creation_rate: Arc::new(creation_rate::CreationRate::new(config.max_tasks_per_client_per_second)),
         long_polls: slots::ClientSlots::new(
             "md5_long_polls_waiting",
             u32::MAX,

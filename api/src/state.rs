@@ -35,6 +35,8 @@ pub struct AppState {
     /// One slot per open event stream: `MAX_EVENT_STREAMS` in all,
     /// `MAX_EVENT_STREAMS_PER_CLIENT` per client address.
     pub event_streams: ClientSlots,
+    /// Tasks created per second, per client.
+    pub creation_rate: std::sync::Arc<crate::creation_rate::CreationRate>,
     /// `?wait=` long-polls held (only the per-client share is bounded here; connections bound the total).
     pub long_polls: ClientSlots,
 }

@@ -69,6 +69,10 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
         body::drain(request.body.into_data_stream(), REFUSED_DRAIN_BYTES).await;
         return Err(ApiError::payload_too_large(limit));
     }
+    if let Err(refused) = intake::admit_creation(state, request.client) {
+        body::drain(request.body.into_data_stream(), REFUSED_DRAIN_BYTES).await;
+        return Err(refused);
+    }
     let _slot = intake::admit(state, request.client)?;
     let task_id = Uuid::now_v7();
     let destination = open_destination(state, task_id, request.key).await?;

@@ -43,12 +43,14 @@ pub struct ServiceConfig {
 impl ServiceConfig {
     /// The binaries' defaults, pointed at `database_url` and `redis_url`, with `UPLOAD_DIR`
     /// (`uploads`) and `LOG_FILE` (`log/md5.log`) under `root`, the api on 127.0.0.1:`port`,
-    /// no free-space reserve and `RUST_LOG=info`.
+    /// no free-space reserve, no creation rate per client (every test or benchmark client shares
+    /// 127.0.0.1; the bound's own test sets one) and `RUST_LOG=info`.
     pub fn new(database_url: &str, redis_url: &str, root: &Path, port: u16) -> Self {
         let mut api: api::Config = defaults("md5-api");
         let mut worker: worker::Config = defaults("md5-worker");
         api.bind_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         api.min_free_bytes = 0;
+        api.max_tasks_per_client_per_second = 0;
         worker.log_file = root.join("log").join("md5.log");
         for (database, redis, storage, telemetry) in [
             (&mut api.database, &mut api.redis, &mut api.storage, &mut api.telemetry),

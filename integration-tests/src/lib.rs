@@ -59,6 +59,8 @@ impl Default for TestOptions {
         let mut api = api::Config::parse_from(["md5-api"]);
         api.max_upload_bytes = 64 * 1024 * 1024;
         api.min_free_bytes = 0;
+        // Every test client shares 127.0.0.1: no creation rate (its own test sets one).
+        api.max_tasks_per_client_per_second = 0;
         api.database.db_pool_size = 8;
         let mut worker = worker::Config::parse_from(["md5-worker"]);
         worker.worker_concurrency = 4;

@@ -161,6 +161,7 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
     if new.length.is_some_and(|length| length > limit) {
         return Err(ApiError::payload_too_large(limit).into());
     }
+    intake::admit_creation(state, new.client)?;
     let bytes_limit = intake::open_upload_bytes_per_client(state);
     let counted = intake::counted_length(state, new.length);
     if new.client.is_some() && counted > bytes_limit {

@@ -223,6 +223,7 @@ async fn refusal(response: reqwest::Response, server: &str) -> (Failure, Option<
     let failure = match status {
         StatusCode::CONFLICT
         | StatusCode::LOCKED
+        | StatusCode::TOO_MANY_REQUESTS
         | StatusCode::SERVICE_UNAVAILABLE
         | StatusCode::INSUFFICIENT_STORAGE => Failure::Transient { message, retry_after },
         _ => Failure::Permanent(message),

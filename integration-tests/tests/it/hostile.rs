@@ -549,3 +549,42 @@ async fn uploads_whose_client_leaves_after_the_last_byte_end_done_or_leave_nothi
     assert_eq!(app.log_lines().len(), rows, "one log line per stored task");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_creating_tasks_as_fast_as_it_can_gets_its_rate_and_429s_while_another_creates() {
+    const RATE: u32 = 5;
+    let api = ApiProcess::start(|c| c.max_tasks_per_client_per_second = RATE).await.unwrap();
+    let attacker = api.client_from("127.0.0.1".parse().unwrap());
+    let started = Instant::now();
+    let (mut accepted, mut refused) = (0u32, 0u32);
+    while started.elapsed() < Duration::from_secs(2) {
+        let response = integration_tests::post_file(
+            &attacker,
+            &format!("{}/api/v1/hashes", api.base_url),
+            "empty",
+            reqwest::multipart::Part::bytes(Vec::new()),
+        )
+        .await
+        .unwrap();
+        match response.status().as_u16() {
+            202 => accepted += 1,
+            429 => {
+                let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!((1..=2).contains(&wait), "Retry-After {wait}");
+                refused += 1;
+            }
+            other => panic!("answered {other}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("{accepted} created and {refused} refused in {elapsed:.2}s at {RATE}/s");
+    // A second's worth at once, then the rate.
+    assert!(
+        f64::from(accepted) <= f64::from(RATE) * (1.0 + elapsed) + 1.0,
+        "{accepted} created in {elapsed:.2}s"
+    );
+    assert!(refused > 0);
+    // Another client creates at once.
+    let normal = api.client_from(normal_address());
+    assert_eq!(api.upload_with(&normal, "normal.bin", vec![1u8; 100]).await, 202);
+}
