@@ -4,7 +4,7 @@
 //!
 //! Each upload still answers 202 only after the statement carrying its row has committed; a
 //! batch only means that the wait is shared. See `shared::batch`.
-//! **This module knows nothing about HTTP**: `error.rs` turns an [`InsertError`] into a problem.
+//! **This module knows nothing about HTTP**: `crate::error` turns an [`InsertError`] into a problem.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -52,6 +52,13 @@ pub enum InsertError {
     /// The batch itself failed.
     #[error("the insert batch did not complete")]
     Batch(#[source] BatchError),
+}
+
+impl InsertError {
+    /// Whether the row's `COMMIT` went unanswered: it may exist or not.
+    pub fn commit_unknown(&self) -> bool {
+        matches!(self, InsertError::Database(db) if matches!(**db, DbError::CommitUnknown(_)))
+    }
 }
 
 /// The insert batcher; cheap to clone.

@@ -9,8 +9,10 @@
 //!
 //! A write whose outcome the caller must know ([`Database::write`]) runs in a transaction: its
 //! statements are bounded like any other, and a deadline that passes before `COMMIT` leaves the
-//! transaction open on a dropped connection, which Postgres rolls back. A `COMMIT` once sent is
-//! waited for, however long: its outcome decides whether the rows exist.
+//! transaction open on a dropped connection, which Postgres rolls back. The `COMMIT` has a
+//! deadline of its own (the same length): past it, or if the connection breaks, the outcome is
+//! unknown ([`DbError::CommitUnknown`]), and a caller whose rows must not be left half-known
+//! settles it with `shared::queries::settle_insert` (`crate::intake`).
 
 use std::time::Duration;
 
@@ -37,6 +39,10 @@ pub enum DbError {
     /// Postgres did not answer in time.
     #[error("Postgres did not answer within {} ms", .0.as_millis())]
     TimedOut(Duration),
+    /// The `COMMIT` was sent, and no answer came in time (or the connection broke): the rows may
+    /// exist or not.
+    #[error("Postgres did not confirm the commit within {} ms", .0.as_millis())]
+    CommitUnknown(Duration),
 }
 
 /// The pool and its deadline; cheap to clone.
@@ -79,8 +85,8 @@ impl Database {
     }
 
     /// Runs `statements` in a transaction and commits it. `BEGIN` and the statements must finish
-    /// within [`Database::timeout`] (else nothing is committed, ever); the `COMMIT` is then
-    /// awaited without a deadline.
+    /// within [`Database::timeout`] (else nothing is committed, ever); the `COMMIT` within as
+    /// long again, else [`DbError::CommitUnknown`].
     pub async fn write<T>(
         &self,
         statements: impl AsyncFnOnce(&mut AsyncPgConnection) -> QueryResult<T>,
@@ -93,11 +99,16 @@ impl Database {
         })
         .await;
         match done {
-            Ok(Ok(value)) => match conn.batch_execute("COMMIT").await {
-                Ok(()) => Ok(value),
-                Err(err) => {
+            Ok(Ok(value)) => match tokio::time::timeout(self.timeout, conn.batch_execute("COMMIT")).await {
+                Ok(Ok(())) => Ok(value),
+                // Postgres answered: the transaction rolled back.
+                Ok(Err(err)) if !is_connection_lost(&err) => {
                     discard(conn);
                     Err(DbError::Query(err))
+                }
+                Ok(Err(_)) | Err(_) => {
+                    discard(conn);
+                    Err(DbError::CommitUnknown(self.timeout))
                 }
             },
             // The transaction is left open on a connection nobody will use again: Postgres
@@ -122,4 +133,14 @@ impl Database {
             .map(drop)
             .map_err(DbError::Pool)
     }
+}
+
+/// True when the statement failed because the connection to Postgres was lost, not on a working
+/// connection.
+pub fn is_connection_lost(err: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    matches!(
+        err,
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _)
+    )
 }

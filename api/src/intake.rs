@@ -112,7 +112,7 @@ pub struct StoredUpload {
 pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Task, ApiError> {
     let StoredUpload { mut part, task_id, file_name, size, request_id, reservation, digests } = upload;
     state.storage.promote(&mut part).await?;
-    let task = state
+    let inserted = state
         .commits
         .insert(PendingTask {
             task_id,
@@ -122,7 +122,26 @@ pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Ta
             idempotency_key: reservation.as_ref().map(|reservation| reservation.key().to_owned()),
             digests,
         })
-        .await?;
+        .await;
+    let task = match inserted {
+        Ok(task) => task,
+        Err(err) if err.commit_unknown() => {
+            // The row may exist: its file and its key's reservation stay until that is settled.
+            let state = state.clone();
+            tokio::spawn(async move {
+                if settle(&state, task_id).await {
+                    part.keep();
+                    if let Some(reservation) = reservation {
+                        reservation.completed();
+                    }
+                    enqueue(&state, task_id, size, request_id).await;
+                }
+                // Else `part` and `reservation` go: the file is removed, the key released.
+            });
+            return Err(err.into());
+        }
+        Err(err) => return Err(err.into()),
+    };
     part.keep();
     if let Some(reservation) = reservation {
         reservation.completed();
@@ -151,6 +170,24 @@ pub async fn complete_resumable(
 
 /// Announces a committed, `queued` task of `size` bytes to the workers. A failed XADD is
 /// logged, not returned: the row is committed, and the sweeper enqueues it once Redis answers.
+/// Settles the row of task `task_id` after its `COMMIT` went unanswered
+/// (`shared::queries::settle_insert`), asking every second until Postgres answers: true if the
+/// task exists.
+pub async fn settle(state: &AppState, task_id: Uuid) -> bool {
+    loop {
+        match state.db.write(async |conn| shared::queries::settle_insert(conn, task_id).await).await {
+            Ok(exists) => {
+                tracing::warn!(task.id = %task_id, task.exists = exists, "settled a task whose commit went unanswered");
+                return exists;
+            }
+            Err(err) => {
+                tracing::warn!(task.id = %task_id, error = %err, "cannot settle a task whose commit went unanswered yet");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 async fn enqueue(state: &AppState, task_id: Uuid, size: u64, request_id: Option<String>) {
     metrics::counter!("md5_uploads_total").increment(1);
     metrics::counter!("md5_upload_bytes_total").increment(size);

@@ -49,6 +49,7 @@ pub mod idempotency;
 pub mod intake;
 pub mod openapi;
 pub mod queue;
+pub mod refusals;
 pub mod resumable;
 pub mod routes;
 pub mod serve;

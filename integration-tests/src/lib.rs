@@ -12,6 +12,7 @@ pub mod fault;
 pub mod h2_attacks;
 pub mod launcher;
 pub mod lying_server;
+pub mod pg_proxy;
 pub mod private_services;
 pub mod procfs;
 pub mod proxy;

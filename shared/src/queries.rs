@@ -281,6 +281,28 @@ pub async fn tasks_to_sweep(
         .await
 }
 
+/// Settles an insert of task `task_id` whose `COMMIT` went unanswered: true if the task's row
+/// exists (that transaction committed), false if it never will. Run it in a transaction: it
+/// inserts a placeholder row with the same id, which waits while that transaction is still open
+/// and conflicts if it committed; a placeholder that goes in is deleted again before the commit,
+/// so no row is left either way.
+pub async fn settle_insert(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResult<bool> {
+    let placed = diesel::insert_into(dsl::md5_tasks)
+        .values((
+            dsl::task_id.eq(task_id),
+            dsl::file_name.eq(""),
+            dsl::size_bytes.eq(0_i64),
+            dsl::status.eq(TaskStatus::Cancelled),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    if placed == 1 {
+        diesel::delete(dsl::md5_tasks.find(task_id)).execute(conn).await?;
+    }
+    Ok(placed == 0)
+}
+
 /// Counts tasks by status (for metrics and tests).
 pub async fn count_by_status(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(TaskStatus, i64)>> {
     dsl::md5_tasks.group_by(dsl::status).select((dsl::status, diesel::dsl::count_star())).load(conn).await

@@ -14,6 +14,7 @@
 //! (an api killed mid-append) are cut off by the next append.
 
 pub mod checksum;
+mod errors;
 pub mod expiry;
 pub mod headers;
 pub mod ietf;
@@ -33,6 +34,7 @@ use crate::intake;
 use crate::state::AppState;
 use crate::storage::resumable::{LockError, UploadLock};
 use checksum::Checksum;
+pub use errors::{UploadError, UploadState};
 use shared::models::{NewTask, UploadRow};
 use shared::{Task, TaskStatus, uploads};
 
@@ -41,60 +43,6 @@ use shared::{Task, TaskStatus, uploads};
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(5);
 /// …or every this many bytes, whichever comes first.
 pub const CHECKPOINT_BYTES: u64 = 256 * 1024 * 1024;
-
-/// Why an upload operation was refused, in protocol-neutral terms; [`tus`] and [`ietf`] choose
-/// the status and body.
-#[derive(Debug)]
-pub enum UploadError {
-    /// No upload or task has this id.
-    NotFound,
-    /// The upload expired or was terminated (the task's status says which).
-    Gone(TaskStatus),
-    /// Another request holds the upload (an append in progress, here or on another replica).
-    Busy,
-    /// The request's offset is not the upload's.
-    OffsetMismatch {
-        /// The upload's durable length.
-        expected: u64,
-        /// What the request said.
-        provided: u64,
-    },
-    /// The upload is complete: nothing more can be appended, and it cannot be terminated.
-    Completed {
-        /// Its length.
-        length: u64,
-    },
-    /// The request's length contradicts the upload's (declared twice differently, shorter than
-    /// what was received, or a body running past it).
-    InconsistentLength(String),
-    /// The body does not match its `Upload-Checksum`; nothing of it was kept.
-    ChecksumMismatch,
-    /// Anything else, answered as every route answers it (problem+json).
-    Api(ApiError),
-}
-
-impl<E: Into<ApiError>> From<E> for UploadError {
-    fn from(err: E) -> Self {
-        UploadError::Api(err.into())
-    }
-}
-
-/// Where an upload stands, as `HEAD` reports it.
-#[derive(Debug)]
-pub enum UploadState {
-    /// Receiving bytes.
-    Open {
-        /// Its task (`uploading`).
-        task: Task,
-        /// Its row.
-        upload: UploadRow,
-    },
-    /// Every byte arrived; its task is queued or later.
-    Complete {
-        /// Its task.
-        task: Task,
-    },
-}
 
 /// A new upload, as a creation request describes it.
 pub struct NewUpload {
@@ -204,6 +152,16 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
             metrics::counter!("md5_resumable_uploads_total", "event" => "created").increment(1);
             tracing::info!(task.id = %task_id, upload.length = ?new.length, "resumable upload created");
             Ok((task, upload, lock))
+        }
+        Err(err @ crate::database::DbError::CommitUnknown(_)) => {
+            // The rows may exist: the file stays until that is settled.
+            let state = state.clone();
+            tokio::spawn(async move {
+                if !intake::settle(&state, task_id).await {
+                    let _ = lock.remove().await;
+                }
+            });
+            Err(ApiError::commit_unknown(err).into())
         }
         Err(err) => {
             // No row: the file must not stay either.

@@ -13,7 +13,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::client_id::ClientId;
-use crate::error::{ApiError, Problem, Refusals, UploadRefusals};
+use crate::error::{ApiError, Problem};
+use crate::refusals::{Refusals, UploadRefusals};
 use crate::state::AppState;
 use crate::upload;
 use shared::{TaskStatus, queries};

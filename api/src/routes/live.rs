@@ -19,7 +19,8 @@ use uuid::Uuid;
 
 use super::v1::load;
 use crate::client_id::ClientId;
-use crate::error::{ApiError, Problem, Refusals};
+use crate::error::{ApiError, Problem};
+use crate::refusals::Refusals;
 use crate::slots::{ClientSlot, SlotRefusal};
 use crate::state::AppState;
 use crate::task_feed::TaskWatch;

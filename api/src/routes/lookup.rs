@@ -12,7 +12,8 @@ use shared::Algorithm;
 use shared::queries::{self, FoundTask};
 
 use crate::digests::AlgorithmName;
-use crate::error::{ApiError, Problem, Refusals};
+use crate::error::{ApiError, Problem};
+use crate::refusals::Refusals;
 use crate::state::AppState;
 
 /// Tasks a page lists unless `limit` says otherwise.

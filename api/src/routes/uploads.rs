@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use crate::client_id::ClientId;
 use crate::digests::{DigestsQuery, ExpectedDigests};
-use crate::error::{ApiError, Problem, Refusals, UploadRefusals};
+use crate::error::{ApiError, Problem};
+use crate::refusals::{Refusals, UploadRefusals};
 use crate::resumable::{ietf, tus};
 use crate::state::AppState;
 

@@ -26,6 +26,7 @@ mod raw_http;
 mod resumable;
 mod resumable_faults;
 mod stalled_peers_and_services;
+mod unanswered_commits;
 mod v1;
 mod webhooks;
 mod workers;

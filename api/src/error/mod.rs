@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::commits::InsertError;
-use crate::database::DbError;
+use crate::database::{DbError, is_connection_lost};
 use crate::storage::StorageError;
 
 /// Seconds a client is told to wait after a 503.
@@ -213,6 +213,17 @@ impl ApiError {
             .with_header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS))
     }
 
+    /// 503 with `Retry-After`: Postgres did not confirm the commit of the upload's row in time.
+    /// The upload is settled either way (its task exists with its file, or neither does); a
+    /// retry with the same `Idempotency-Key` gets whichever it was.
+    pub fn commit_unknown(cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        ApiError::unavailable(
+            "the database did not confirm the upload in time; it may have been recorded: retry \
+             with the same Idempotency-Key to get its task, or to upload it again if it was not",
+        )
+        .with_source(cause)
+    }
+
     /// 429 with `Retry-After`: the client creates tasks faster than its rate.
     pub fn too_many_tasks(retry_after: std::time::Duration) -> Self {
         let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
@@ -333,14 +344,6 @@ impl ApiError {
     }
 }
 
-fn is_connection_lost(err: &diesel::result::Error) -> bool {
-    use diesel::result::{DatabaseErrorKind, Error};
-    matches!(
-        err,
-        Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand, _)
-    )
-}
-
 impl From<diesel::result::Error> for ApiError {
     fn from(err: diesel::result::Error) -> Self {
         ApiError::database(err)
@@ -376,7 +379,7 @@ impl From<DbError> for ApiError {
 /// that failed on a working connection.
 fn is_unavailable(err: &DbError) -> bool {
     match err {
-        DbError::Pool(_) | DbError::TimedOut(_) => true,
+        DbError::Pool(_) | DbError::TimedOut(_) | DbError::CommitUnknown(_) => true,
         DbError::Query(query) => is_connection_lost(query),
     }
 }
@@ -384,6 +387,9 @@ fn is_unavailable(err: &DbError) -> bool {
 impl From<InsertError> for ApiError {
     fn from(err: InsertError) -> Self {
         match err {
+            InsertError::Database(ref db) if matches!(**db, DbError::CommitUnknown(_)) => {
+                ApiError::commit_unknown(err)
+            }
             InsertError::Database(ref db) if is_unavailable(db) => ApiError::database_unavailable(err),
             InsertError::KeyTakenOver => ApiError::idempotency_key_taken_over(),
             InsertError::Database(_) | InsertError::RowMissing | InsertError::Batch(_) => {
@@ -416,39 +422,6 @@ pub struct Problem {
     /// For a resumable upload's mismatching offset: the offset the request gave.
     #[serde(rename = "provided-offset", skip_serializing_if = "Option::is_none")]
     pub provided_offset: Option<u64>,
-}
-
-/// The refusals every `/api/` and `/hashes` route may answer, for the OpenAPI document
-/// (`responses(…, Refusals)`): written once, so no route describes them differently.
-#[derive(utoipa::IntoResponses)]
-pub enum Refusals {
-    /// `API_KEY` is set and the bearer token is missing or wrong.
-    #[response(status = 401, content_type = "application/problem+json")]
-    Unauthorized(Problem),
-    /// Postgres is unreachable, or (uploads, event streams) every slot, or this client's share,
-    /// is taken.
-    #[response(status = 503, content_type = "application/problem+json",
-        headers(("Retry-After" = u64, description = "Seconds to wait")))]
-    Unavailable(Problem),
-}
-
-/// The refusals of an upload body (both upload routes), for the OpenAPI document.
-#[derive(utoipa::IntoResponses)]
-pub enum UploadRefusals {
-    /// The body stalled for `BODY_IDLE_TIMEOUT_SECONDS`, or arrived slower than
-    /// `MIN_UPLOAD_BYTES_PER_SECOND` over `UPLOAD_RATE_WINDOW_SECONDS`.
-    #[response(status = 408, content_type = "application/problem+json")]
-    RequestTimeout(Problem),
-    /// Larger than `MAX_UPLOAD_BYTES` (from `Content-Length`, or while streaming).
-    #[response(status = 413, content_type = "application/problem+json")]
-    PayloadTooLarge(Problem),
-    /// A creation: the client creates tasks faster than `MAX_TASKS_PER_CLIENT_PER_SECOND`.
-    #[response(status = 429, content_type = "application/problem+json",
-        headers(("Retry-After" = u64, description = "Seconds until the client may create another task")))]
-    TooManyRequests(Problem),
-    /// The upload volume is full (less than `MIN_FREE_BYTES` free).
-    #[response(status = 507, content_type = "application/problem+json")]
-    InsufficientStorage(Problem),
 }
 
 /// The cause of a failed request, carried in the response's extensions from
@@ -493,40 +466,4 @@ impl IntoResponse for ApiError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lost_database_connection_is_a_503_whose_log_line_keeps_the_diesel_message() {
-        let lost = diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::ClosedConnection,
-            Box::new("server closed the connection unexpectedly".to_owned()),
-        );
-        let err = ApiError::from(lost);
-        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(err.problem().detail, DATABASE_UNREACHABLE);
-        let response = err.into_response();
-        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
-        let logged = &response.extensions().get::<FailureCause>().unwrap().0;
-        assert!(logged.contains("server closed the connection unexpectedly"), "{logged}");
-    }
-
-    #[test]
-    fn an_unexpected_error_is_an_opaque_500_whose_log_line_keeps_the_whole_chain() {
-        let cause = anyhow::anyhow!("disk on fire").context("cannot insert the task");
-        let response = ApiError::internal(cause).into_response();
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let logged = &response.extensions().get::<FailureCause>().unwrap().0;
-        assert_eq!(logged, "internal error: cannot insert the task: disk on fire");
-    }
-
-    #[test]
-    fn each_idempotency_problem_carries_its_own_type_and_headers() {
-        let in_use = ApiError::idempotency_key_in_use().into_response();
-        assert_eq!(in_use.status(), StatusCode::CONFLICT);
-        assert_eq!(in_use.headers()[header::RETRY_AFTER], "1");
-        let reused = ApiError::idempotency_key_reused("other file".into());
-        assert_eq!(reused.problem().kind, "/problems/idempotency-key-reused");
-        assert!(reused.into_response().headers().get(header::RETRY_AFTER).is_none());
-    }
-}
+mod tests;
