@@ -155,6 +155,16 @@ impl ApiProcess {
         response.map_or(0, |r| r.status().as_u16())
     }
 
+    /// Uploads a small file (10 bytes of `seed`) and returns its task's id. With no worker
+    /// running, the task stays `queued`.
+    pub async fn task_id_of_upload(&self, seed: u64) -> String {
+        let url = format!("{}/api/v1/hashes", self.base_url);
+        let part = reqwest::multipart::Part::bytes(crate::random_bytes(10, seed));
+        let response = crate::post_file(&self.client, &url, "f", part).await.expect("the upload's answer");
+        let task: serde_json::Value = response.json().await.expect("a task");
+        task["id"].as_str().expect("an id").to_owned()
+    }
+
     /// True when `/healthz` answers 200 within 5 s.
     pub async fn healthy(&self, client: &reqwest::Client) -> bool {
         let request = client.get(format!("{}/healthz", self.base_url)).timeout(Duration::from_secs(5)).send();

@@ -486,15 +486,7 @@ async fn one_client_cannot_take_every_event_stream_and_another_is_still_served()
     })
     .await
     .unwrap();
-    let response = integration_tests::post_file(
-        &api.client,
-        &format!("{}/api/v1/hashes", api.base_url),
-        "f",
-        reqwest::multipart::Part::bytes(random_bytes(10, 1)),
-    )
-    .await
-    .unwrap();
-    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let id = api.task_id_of_upload(1).await;
     let url = format!("{}/api/v1/hashes/{id}/events", api.base_url);
     let attacker = api.client_from("127.0.0.1".parse::<IpAddr>().unwrap());
     let held =

@@ -7,26 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use integration_tests::api_process::ApiProcess;
-use integration_tests::{eventually, random_bytes};
+use integration_tests::eventually;
 use serde_json::Value;
-
-/// A task that stays `queued` (no worker runs): its id.
-async fn a_task_that_never_finishes(api: &ApiProcess) -> String {
-    let response = integration_tests::post_file(
-        &api.client,
-        &format!("{}/api/v1/hashes", api.base_url),
-        "f",
-        reqwest::multipart::Part::bytes(random_bytes(10, 1)),
-    )
-    .await
-    .unwrap();
-    response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_past_the_clients_share_is_answered_at_once_and_another_client_still_waits() {
     let api = ApiProcess::start(|c| c.max_long_polls_per_client = 2).await.unwrap();
-    let id = a_task_that_never_finishes(&api).await;
+    let id = api.task_id_of_upload(1).await;
     let url = format!("{}/api/v1/hashes/{id}?wait=30", api.base_url);
     let attacker = api.client_from("127.0.0.1".parse::<IpAddr>().unwrap());
     let held: Vec<_> = (0..2).map(|_| tokio::spawn(attacker.get(&url).send())).collect();
@@ -65,7 +52,7 @@ async fn long_polls_on_every_connection_do_not_lock_a_new_client_out() {
     })
     .await
     .unwrap();
-    let id = a_task_that_never_finishes(&api).await;
+    let id = api.task_id_of_upload(1).await;
     let url = format!("{}/api/v1/hashes/{id}?wait=60", api.base_url);
     let waiting = Arc::new(AtomicUsize::new(0));
     let answered_early = Arc::new(AtomicUsize::new(0));
