@@ -174,7 +174,7 @@ impl Connections {
     }
 
     /// Asks the longest-idle connection (idle for at least a second) to close; true if one was asked.
-    pub fn evict_longest_idle(&self) -> bool {
+    fn evict_longest_idle(&self) -> bool {
         let open = self.open.lock().expect("connections lock");
         let longest = open
             .values()

@@ -42,12 +42,6 @@ pub fn open_upload_bytes_per_client(state: &AppState) -> u64 {
     state.config.max_open_upload_bytes_per_client.unwrap_or_else(|| state.storage.volume_bytes() / 4)
 }
 
-/// What a new resumable upload counts against its client's bytes: its length, or, deferred,
-/// the largest it may become.
-pub fn counted_length(state: &AppState, length: Option<u64>) -> u64 {
-    length.unwrap_or(state.config.max_upload_bytes)
-}
-
 /// Admits the creation of a task (a one-shot upload, or a resumable upload's creation) within
 /// its client's rate.
 pub fn admit_creation(state: &AppState, client: Option<ClientId>) -> Result<(), ApiError> {
@@ -168,8 +162,6 @@ pub async fn complete_resumable(
     Ok(task)
 }
 
-/// Announces a committed, `queued` task of `size` bytes to the workers. A failed XADD is
-/// logged, not returned: the row is committed, and the sweeper enqueues it once Redis answers.
 /// Settles the row of task `task_id` after its `COMMIT` went unanswered
 /// (`shared::queries::settle_insert`), asking every second until Postgres answers: true if the
 /// task exists.
@@ -188,6 +180,8 @@ pub async fn settle(state: &AppState, task_id: Uuid) -> bool {
     }
 }
 
+/// Announces a committed, `queued` task of `size` bytes to the workers. A failed XADD is
+/// logged, not returned: the row is committed, and the sweeper enqueues it once Redis answers.
 async fn enqueue(state: &AppState, task_id: Uuid, size: u64, request_id: Option<String>) {
     metrics::counter!("md5_uploads_total").increment(1);
     metrics::counter!("md5_upload_bytes_total").increment(size);

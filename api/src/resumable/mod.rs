@@ -83,7 +83,7 @@ pub struct Append {
     pub checksum: Option<Checksum>,
     /// The bytes.
     pub body: Body,
-    /// The peer address, for upload slots.
+    /// The client, for upload slots.
     pub client: Option<ClientId>,
     /// The `x-request-id`.
     pub request_id: Option<String>,
@@ -111,7 +111,8 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
     }
     intake::admit_creation(state, new.client)?;
     let bytes_limit = intake::open_upload_bytes_per_client(state);
-    let counted = intake::counted_length(state, new.length);
+    // A deferred length counts as the largest it may become (as `uploads::count_open` counts it).
+    let counted = new.length.unwrap_or(state.config.max_upload_bytes);
     if new.client.is_some() && counted > bytes_limit {
         return Err(ApiError::payload_too_large_for_client(counted, bytes_limit).into());
     }

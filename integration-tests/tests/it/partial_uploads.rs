@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use integration_tests::{TestApp, TestOptions};
 use reqwest::{Client, Response};
 
-const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
+use crate::resumable::{TUS, patch};
+
 const MIB: u64 = 1024 * 1024;
 
 /// A tus creation declaring `length` bytes.
@@ -26,19 +27,6 @@ async fn creation(client: &Client, base: &str, length: u64) -> Response {
 fn location(base: &str, created: &Response) -> String {
     assert_eq!(created.status(), 201);
     format!("{base}{}", created.headers()["location"].to_str().unwrap())
-}
-
-/// A tus `PATCH` of `bytes` at `offset`.
-async fn patch(client: &Client, url: &str, offset: u64, bytes: &[u8]) -> Response {
-    client
-        .patch(url)
-        .header(TUS.0, TUS.1)
-        .header("Upload-Offset", offset)
-        .header("Content-Type", "application/offset+octet-stream")
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,12 +82,12 @@ async fn an_idle_upload_expires_after_the_idle_limit_and_appends_cannot_keep_one
     let started = Instant::now();
     let idle = location(base, &creation(&app.client, base, MIB).await);
     let fed = location(base, &creation(&app.client, base, MIB).await);
-    assert_eq!(patch(&app.client, &idle, 0, &[1u8; 1000]).await.status(), 204);
+    assert_eq!(patch(&app.client, &idle, 0, &[1u8; 1000], None).await.status(), 204);
     // The idle one goes within its idle limit and the janitor's period (1 s here), with slack.
     let mut offset = 0;
     let idle_expired = loop {
         // Meanwhile one byte a second keeps the other alive past the idle limit.
-        let answer = patch(&app.client, &fed, offset, &[2u8]).await;
+        let answer = patch(&app.client, &fed, offset, &[2u8], None).await;
         assert_eq!(answer.status(), 204, "fed at {:?}", started.elapsed());
         offset += 1;
         let head = app.client.head(&idle).header(TUS.0, TUS.1).send().await.unwrap();
@@ -112,7 +100,7 @@ async fn an_idle_upload_expires_after_the_idle_limit_and_appends_cannot_keep_one
     println!("idle upload expired after {idle_expired:?}");
     // The fed one expires at its lifetime, though a byte keeps coming every second.
     let fed_expired = loop {
-        let answer = patch(&app.client, &fed, offset, &[2u8]).await;
+        let answer = patch(&app.client, &fed, offset, &[2u8], None).await;
         match answer.status().as_u16() {
             204 => offset += 1,
             410 => break started.elapsed(),
@@ -144,7 +132,7 @@ async fn an_append_that_fills_the_volume_gives_its_space_back_at_once() {
     let base = &api.base_url;
     let url = location(base, &creation(&api.client, base, 64 * MIB).await);
     // 40 MiB into 24: the disk fills mid-append.
-    let answer = patch(&api.client, &url, 0, &vec![7u8; 40 * MIB as usize]).await;
+    let answer = patch(&api.client, &url, 0, &vec![7u8; 40 * MIB as usize], None).await;
     assert_eq!(answer.status(), 507, "{:?}", answer.text().await);
     let head = api.client.head(&url).header(TUS.0, TUS.1).send().await.unwrap();
     assert_eq!(head.headers()["upload-offset"], "0", "nothing was durable");

@@ -13,7 +13,7 @@ use reqwest::{Client, Response};
 use serde_json::Value;
 use sha1::Digest as _;
 
-const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
+pub(crate) const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
 const IETF: (&str, &str) = ("Upload-Draft-Interop-Version", "6");
 
 /// The task as the compatibility route shows it.
@@ -41,7 +41,13 @@ async fn create(client: &Client, base: &str, length: u64, name: &str) -> String 
 }
 
 /// A tus `PATCH` of `bytes` at `offset`, with an `Upload-Checksum` when given.
-async fn patch(client: &Client, url: &str, offset: u64, bytes: &[u8], checksum: Option<String>) -> Response {
+pub(crate) async fn patch(
+    client: &Client,
+    url: &str,
+    offset: u64,
+    bytes: &[u8],
+    checksum: Option<String>,
+) -> Response {
     let mut request = client
         .patch(url)
         .header(TUS.0, TUS.1)
