@@ -108,12 +108,12 @@ wait_for 10 port_closed "$PRIVATE_PG_PORT" || fail "Postgres still runs after SI
 ok "SIGTERM stops the api, the workers, Postgres and Redis"
 
 # 3. A busy BIND_ADDR.
-# SO_REUSEADDR, as md5-api's own listener has: a connection of the runs above left in TIME_WAIT
-# on this port number must not stop the holder (two listeners still cannot share it).
-python3 -c "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('${BIND_ADDR%:*}', ${BIND_ADDR##*:})); s.listen(); time.sleep(120)" &
+# The holder binds a port of its own choosing and says which: a port number picked earlier and
+# bound later could be taken by anyone in between.
+python3 -c "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); print(s.getsockname()[1], flush=True); time.sleep(120)" >"$work/holder.port" &
 holder=$!
-wait_for 10 bash -c "! python3 -c \"import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', ${BIND_ADDR##*:})); s.listen()\" 2>/dev/null" \
-  || fail "could not hold BIND_ADDR's port for the busy-port test"
+wait_for 10 test -s "$work/holder.port" || fail "could not hold a port for the busy-port test"
+BIND_ADDR=127.0.0.1:$(cat "$work/holder.port")
 set +e
 timeout 120 scripts/run.sh >"$work/run3.log" 2>&1
 code=$?
