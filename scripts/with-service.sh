@@ -35,5 +35,5 @@ for _ in $(seq 300); do
 done
 curl -sf "http://$BIND_ADDR/readyz" >/dev/null || { echo "md5-api did not become ready:" >&2; cat "$work/api.log" >&2; exit 1; }
 
-export MD5_BASE_URL="http://$BIND_ADDR" MD5_MAX_UPLOAD_BYTES=$MAX_UPLOAD_BYTES
+export MD5_BASE_URL="http://$BIND_ADDR" MD5_MAX_UPLOAD_BYTES=$MAX_UPLOAD_BYTES MD5_API_BIN="$cargo_bin/md5-api"
 "$@"

@@ -33,6 +33,8 @@ pub struct PendingTask {
     pub idempotency_key: Option<String>,
     /// The digests it asks for and expects.
     pub digests: shared::DigestRequest,
+    /// The API key it belongs to (see `crate::keys`).
+    pub owner: Option<i64>,
 }
 
 /// Why a row was not inserted; every upload of a failed batch gets the same error, its cause
@@ -142,6 +144,7 @@ fn new_tasks<'a>(pending: &'a [PendingTask], skip: &HashSet<Uuid>) -> Vec<NewTas
             request_id: task.request_id.as_deref(),
             algorithms: task.digests.algorithm_names(),
             expected: task.digests.expected_json(),
+            owner: task.owner,
         })
         .collect()
 }

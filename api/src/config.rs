@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::body::BodyBounds;
+use crate::quotas::{QuotaOverrides, Quotas};
 use shared::config::{DatabaseArgs, RedisArgs, StorageArgs, StreamArgs, TelemetryArgs};
 
 /// Event streams one client address may hold unless `MAX_EVENT_STREAMS_PER_CLIENT` says.
@@ -32,8 +33,9 @@ pub struct Config {
     #[arg(long, env = "MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_upload_bytes: u64,
 
-    /// When set, every /api/ and /hashes route needs `Authorization: Bearer <key>`. An empty
-    /// value counts as unset (no authentication), and the api warns about it at start.
+    /// A key shared by every client that presents it (one client for the per-client bounds):
+    /// when set, every /api/ and /hashes route needs `Authorization: Bearer <key>` (this one, or
+    /// one of `md5-api keys create`). An empty value counts as unset, and the api warns at start.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
@@ -116,6 +118,17 @@ pub struct Config {
     /// taken, the longest-idle connection (idle at least a second) is closed for a new one.
     #[arg(long, env = "IDLE_TIMEOUT_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_timeout_seconds: u64,
+
+    /// Reverse proxies (addresses or CIDRs, comma-separated) whose `Forwarded` or
+    /// `X-Forwarded-For` header names the client's address, read right to left past these hops;
+    /// from any other peer those headers are ignored. Empty: none.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::forwarded::parse_trusted)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// A command instead of serving (`md5-api keys --help`).
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<Command>,
 
     /// Seconds an `Idempotency-Key` of `POST /api/v1/hashes` names its task: a repeat within
     /// this window gets the original task; after it the key may be used for a new upload.
@@ -222,6 +235,19 @@ impl Config {
             .min(self.max_event_streams)
     }
 
+    /// The settings' per-client quotas (`volume_bytes`: the upload volume's size, whose quarter
+    /// is the default of `MAX_OPEN_UPLOAD_BYTES_PER_CLIENT`).
+    pub fn quotas(&self, volume_bytes: u64) -> Quotas {
+        Quotas {
+            uploads: self.uploads_per_client(),
+            open_uploads: self.open_uploads_per_client(),
+            open_upload_bytes: self.max_open_upload_bytes_per_client.unwrap_or(volume_bytes / 4),
+            tasks_per_minute: self.max_tasks_per_client_per_second.saturating_mul(60),
+            event_streams: self.event_streams_per_client(),
+            long_polls: self.max_long_polls_per_client,
+        }
+    }
+
     /// Uploads one client address may stream at once.
     pub fn uploads_per_client(&self) -> u32 {
         self.max_uploads_per_client
@@ -237,4 +263,49 @@ fn digests_help() -> String {
          (MD5 is computed always). Each one costs the workers CPU for every byte uploaded",
         shared::Algorithm::names()
     )
+}
+
+/// What `md5-api` does instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Create, list, change or revoke API keys (once a key exists, every API request needs one).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `md5-api keys …`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Creates a key and prints it, once: only its SHA-256 is stored. Quotas not given take the
+    /// api's per-client settings.
+    Create {
+        /// Its name (letters, digits, `.`, `_`, `-`; up to 64): in logs, `keys list`, webhook events.
+        #[arg(long)]
+        name: String,
+        /// The key sees every client's tasks (for operators).
+        #[arg(long)]
+        admin: bool,
+        /// Its own quotas.
+        #[command(flatten)]
+        quotas: QuotaOverrides,
+    },
+    /// Lists the keys: name, created, last used, revoked, admin, own quotas (never the key).
+    List {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Changes a live key's quotas (those not given stay); the replicas apply them within a second.
+    Update {
+        /// The key's name.
+        name: String,
+        /// Its own quotas.
+        #[command(flatten)]
+        quotas: QuotaOverrides,
+    },
+    /// Revokes a key: every replica refuses it within a second; its tasks stay its own.
+    Revoke {
+        /// The key's name.
+        name: String,
+    },
 }

@@ -65,6 +65,16 @@ impl IdempotencyKey {
         Ok(Some(IdempotencyKey(key.to_owned())))
     }
 
+    /// The key as stored for the client of the API key `owner`: a key of its own, which no
+    /// other client's can equal (a client's key has no space; this one starts with the owner and
+    /// one).
+    pub fn scoped(self, owner: Option<i64>) -> Self {
+        match owner {
+            None => self,
+            Some(owner) => IdempotencyKey(format!("{owner} {}", self.0)),
+        }
+    }
+
     /// The key as sent (without the quotes of a structured-field string).
     pub fn as_str(&self) -> &str {
         &self.0

@@ -3,12 +3,14 @@
 //! protocol only maps its headers and statuses onto it.
 //!
 //! - **Admission**, before a byte of a body is stored: an upload slot for the client
-//!   ([`admit`]: global and per client (`crate::client_id`), 503 past either), room on the volume (507 under
+//!   ([`admit`]: global (503) and within the client's quota (`crate::quotas`, 429)), room on the volume (507 under
 //!   `MIN_FREE_BYTES`), and for a new resumable upload a place among the open ones, counted
 //!   atomically with its creation ([`admit_resumable`]).
 //! - **Completion**, once the file is durable: the row that makes it a `queued` task and its job
 //!   on the stream ([`commit_one_shot`] for a stored one-shot body, [`complete_resumable`] for an
 //!   upload whose last byte arrived). Nothing else in the api creates a queued task or XADDs a job.
+
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -16,6 +18,7 @@ use crate::client_id::ClientId;
 use crate::commits::PendingTask;
 use crate::error::ApiError;
 use crate::idempotency::Reservation;
+use crate::quotas::{Quota, Quotas};
 use crate::slots::{ClientSlot, SlotRefusal};
 use crate::state::AppState;
 use crate::storage::PartFile;
@@ -24,61 +27,73 @@ use shared::{JobMessage, Task, uploads};
 /// Admits one upload request of `client`: an upload slot (held while the returned value lives),
 /// and room on the volume.
 pub fn admit(state: &AppState, client: Option<ClientId>) -> Result<ClientSlot, ApiError> {
-    let slot = state.upload_slots.try_acquire(client).map_err(|refusal| {
-        ApiError::unavailable(match refusal {
-            SlotRefusal::Full => "too many uploads in progress; try again shortly",
-            SlotRefusal::ClientFull => {
-                "this client has too many uploads in progress; finish one, then try again"
-            }
-        })
+    let quota = state.keys.quotas(client).uploads;
+    let slot = state.upload_slots.try_acquire(client, quota).map_err(|refusal| match refusal {
+        SlotRefusal::Full => ApiError::unavailable("too many uploads in progress; try again shortly"),
+        SlotRefusal::ClientFull => ApiError::over_quota(
+            Quota::Uploads,
+            format!("this client streams {quota} uploads already, its quota; finish one, then try again"),
+            Duration::from_secs(crate::error::RETRY_AFTER_SECONDS),
+        ),
     })?;
     state.storage.check_free_space()?;
     Ok(slot)
 }
 
-/// Bytes one client may hold in unfinished resumable uploads (`MAX_OPEN_UPLOAD_BYTES_PER_CLIENT`,
-/// by default a quarter of the upload volume).
-pub fn open_upload_bytes_per_client(state: &AppState) -> u64 {
-    state.config.max_open_upload_bytes_per_client.unwrap_or_else(|| state.storage.volume_bytes() / 4)
-}
-
 /// Admits the creation of a task (a one-shot upload, or a resumable upload's creation) within
 /// its client's rate.
 pub fn admit_creation(state: &AppState, client: Option<ClientId>) -> Result<(), ApiError> {
-    state.creation_rate.try_take(client).map_err(ApiError::too_many_tasks)
+    let quota = state.keys.quotas(client).tasks_per_minute;
+    state.creation_rate.try_take(client, quota).map_err(|wait| {
+        ApiError::over_quota(
+            Quota::TasksPerMinute,
+            format!("this client creates tasks faster than its quota of {quota} a minute; slow down"),
+            wait,
+        )
+    })
 }
 
 /// Admits a new resumable upload of `client` counting `length` bytes, in the transaction that
-/// creates it (`conn`): a place among the open uploads, in all and of this client, and room in
-/// the client's `bytes_limit`, counted under a lock every creation takes, so concurrent creations
-/// on any replica cannot pass a limit together. `Some` refusal when there is none (the
-/// transaction then inserts nothing).
+/// creates it (`conn`): a place among the open uploads, in all and within the client's quotas
+/// (open uploads, and bytes they declare), counted under a lock every creation takes, so
+/// concurrent creations on any replica cannot pass a limit together. `Some` refusal when there
+/// is none (the transaction then inserts nothing).
 pub async fn admit_resumable(
     conn: &mut diesel_async::AsyncPgConnection,
     config: &crate::Config,
     client: Option<&str>,
     length: u64,
-    bytes_limit: u64,
+    quotas: &Quotas,
 ) -> diesel::QueryResult<Option<ApiError>> {
     let deferred_as = i64::try_from(config.max_upload_bytes).unwrap_or(i64::MAX);
     let counted = uploads::count_open(conn, client, deferred_as).await?;
     let (open, own) = (counted.all, counted.own);
+    let retry = Duration::from_secs(crate::error::RETRY_AFTER_SECONDS);
     if open >= i64::from(config.max_open_uploads) {
         return Ok(Some(ApiError::unavailable(
             "too many unfinished resumable uploads; finish or terminate one, or try again later",
         )));
     }
-    if own >= i64::from(config.open_uploads_per_client()) {
-        return Ok(Some(ApiError::unavailable(
-            "this client has too many unfinished resumable uploads; finish or terminate one first",
+    if client.is_some() && own >= i64::from(quotas.open_uploads) {
+        return Ok(Some(ApiError::over_quota(
+            Quota::OpenUploads,
+            format!(
+                "this client has {own} unfinished resumable uploads, its quota; finish or terminate one first"
+            ),
+            retry,
         )));
     }
     let held = u64::try_from(counted.own_bytes).unwrap_or(0);
-    if client.is_some() && held.saturating_add(length) > bytes_limit {
-        return Ok(Some(ApiError::unavailable(format!(
-            "this client's unfinished resumable uploads hold {held} of its {bytes_limit} bytes \
-             (declared lengths), too few for {length} more; finish or terminate one first"
-        ))));
+    let limit = quotas.open_upload_bytes;
+    if client.is_some() && held.saturating_add(length) > limit {
+        return Ok(Some(ApiError::over_quota(
+            Quota::OpenUploadBytes,
+            format!(
+                "this client's unfinished resumable uploads hold {held} of its {limit} bytes \
+                 (declared lengths), too few for {length} more; finish or terminate one first"
+            ),
+            retry,
+        )));
     }
     Ok(None)
 }
@@ -99,12 +114,14 @@ pub struct StoredUpload {
     pub reservation: Option<Reservation>,
     /// The digests the task asks for and expects.
     pub digests: shared::DigestRequest,
+    /// The API key it belongs to (see `crate::keys`).
+    pub owner: Option<i64>,
 }
 
 /// Completes a one-shot upload: renames its durable part file to its final name, commits the
 /// row (completing its idempotency key in the same transaction) and enqueues the job.
 pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Task, ApiError> {
-    let StoredUpload { mut part, task_id, file_name, size, request_id, reservation, digests } = upload;
+    let StoredUpload { mut part, task_id, file_name, size, request_id, reservation, digests, owner } = upload;
     state.storage.promote(&mut part).await?;
     let inserted = state
         .commits
@@ -115,6 +132,7 @@ pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Ta
             request_id: request_id.clone(),
             idempotency_key: reservation.as_ref().map(|reservation| reservation.key().to_owned()),
             digests,
+            owner,
         })
         .await;
     let task = match inserted {

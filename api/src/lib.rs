@@ -45,10 +45,13 @@ pub mod database;
 pub mod digests;
 pub mod error;
 pub mod form;
+pub mod forwarded;
 pub mod idempotency;
 pub mod intake;
+pub mod keys;
 pub mod openapi;
 pub mod queue;
+pub mod quotas;
 pub mod refusals;
 pub mod resumable;
 pub mod routes;
@@ -116,23 +119,15 @@ pub async fn run(
     };
     let commits = commits::Commits::spawn(&db);
     let storage = storage::Storage::new(&config.storage.upload_dir, config.min_free_bytes);
+    let keys = keys::Keys::new(config.api_key.clone(), config.quotas(storage.volume_bytes()));
+    keys.load(&db).await.context("cannot read the API keys")?;
+    maintenance.start(keys::KeyRefresh { keys: keys.clone(), db: db.clone() });
     let state = AppState {
-        upload_slots: slots::ClientSlots::new(
-            "md5_upload_slots_in_use",
-            config.max_concurrent_uploads,
-            config.uploads_per_client(),
-        ),
-        event_streams: slots::ClientSlots::new(
-            "md5_event_streams_open",
-            config.max_event_streams,
-            config.event_streams_per_client(),
-        ),
-        creation_rate: Arc::new(creation_rate::CreationRate::new(config.max_tasks_per_client_per_second)),
-        long_polls: slots::ClientSlots::new(
-            "md5_long_polls_waiting",
-            u32::MAX,
-            config.max_long_polls_per_client,
-        ),
+        keys,
+        upload_slots: slots::ClientSlots::new("md5_upload_slots_in_use", config.max_concurrent_uploads),
+        event_streams: slots::ClientSlots::new("md5_event_streams_open", config.max_event_streams),
+        creation_rate: Arc::new(creation_rate::CreationRate::default()),
+        long_polls: slots::ClientSlots::new("md5_long_polls_waiting", u32::MAX),
         config: Arc::new(config),
         task_counts: task_counts::TaskCounts::new(db.clone()),
         storage,
@@ -175,7 +170,7 @@ pub fn app(state: AppState) -> axum::Router {
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request.id = request_id)
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request.id = request_id, key = tracing::field::Empty)
         }))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }

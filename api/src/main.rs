@@ -9,6 +9,9 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = shared::telemetry::shutdown_signal();
     let config = api::Config::parse();
     shared::telemetry::init(&config.telemetry)?;
+    if let Some(command) = &config.command {
+        return api::keys::cli::run(&config, command).await;
+    }
     let listener = tokio::net::TcpListener::bind(config.bind_addr)
         .await
         .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;

@@ -12,8 +12,10 @@ use utoipa::{Modify, OpenApi};
     info(
         title = "MD5 service",
         description = "Upload a file, get a promise id at once, fetch its MD5 when a worker has hashed it. \
-                       When the server runs with `API_KEY`, every `/api/` and `/hashes` route needs \
-                       `Authorization: Bearer <key>`. `POST /hashes` (no trailing slash) is an alias of `POST /hashes/`."
+                       Once the server has an API key (`md5-api keys create`, or `API_KEY`), every `/api/` and `/hashes` \
+                       route needs `Authorization: Bearer <key>`, and each key sees only the tasks and uploads it created \
+                       (another key's are 404, as ids that never existed). A client past one of its quotas gets 429 with \
+                       `Retry-After`, the problem's `quota` naming it. `POST /hashes` (no trailing slash) is an alias of `POST /hashes/`."
     ),
     modifiers(&BearerAuth),
     tags(

@@ -7,11 +7,17 @@ use crate::error::Problem;
 /// (`responses(…, Refusals)`): written once, so no route describes them differently.
 #[derive(utoipa::IntoResponses)]
 pub enum Refusals {
-    /// `API_KEY` is set and the bearer token is missing or wrong.
-    #[response(status = 401, content_type = "application/problem+json")]
+    /// The service has API keys and the bearer token is missing, wrong or revoked.
+    #[response(status = 401, content_type = "application/problem+json",
+        headers(("WWW-Authenticate" = String, description = "`Bearer`")))]
     Unauthorized(Problem),
-    /// Postgres is unreachable, or (uploads, event streams) every slot, or this client's share,
-    /// is taken.
+    /// The client is at one of its quotas (the problem's `quota` names it: `uploads`,
+    /// `open-uploads`, `open-upload-bytes`, `tasks-per-minute`, `event-streams`); nothing was
+    /// stored.
+    #[response(status = 429, content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    TooManyRequests(Problem),
+    /// Postgres is unreachable, or (uploads, event streams) every slot is taken.
     #[response(status = 503, content_type = "application/problem+json",
         headers(("Retry-After" = u64, description = "Seconds to wait")))]
     Unavailable(Problem),
@@ -27,10 +33,6 @@ pub enum UploadRefusals {
     /// Larger than `MAX_UPLOAD_BYTES` (from `Content-Length`, or while streaming).
     #[response(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Problem),
-    /// A creation: the client creates tasks faster than `MAX_TASKS_PER_CLIENT_PER_SECOND`.
-    #[response(status = 429, content_type = "application/problem+json",
-        headers(("Retry-After" = u64, description = "Seconds until the client may create another task")))]
-    TooManyRequests(Problem),
     /// The upload volume is full (less than `MIN_FREE_BYTES` free).
     #[response(status = 507, content_type = "application/problem+json")]
     InsufficientStorage(Problem),

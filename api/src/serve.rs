@@ -39,7 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt as _;
 
-use crate::client_id::ClientId;
+use crate::client_id::{ClientId, Peer};
 use crate::connections::{Connections, RequestBody, TrackedBody};
 
 /// Largest HTTP/1 read buffer: request heads must fit, and body chunks are at most this big.
@@ -146,6 +146,7 @@ pub async fn serve(
             hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                 request_seen.mark();
                 request.extensions_mut().insert(client);
+                request.extensions_mut().insert(Peer(peer.ip()));
                 request.extensions_mut().insert(activity.clone());
                 let running = activity.handler_running();
                 let (app, activity) = (app.clone(), activity.clone());
@@ -286,6 +287,7 @@ fn problem_response(status: axum::http::StatusCode) -> Vec<u8> {
         status: status.as_u16(),
         detail: "the request could not be read: its head is malformed or too large".to_owned(),
         max_wait_seconds: None,
+        quota: None,
         expected_offset: None,
         provided_offset: None,
     };

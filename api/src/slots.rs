@@ -28,7 +28,6 @@ struct Table {
     /// The gauge that shows the slots in use.
     gauge: &'static str,
     total: u32,
-    per_client: u32,
     in_use: u32,
     by_client: HashMap<ClientId, u32>,
 }
@@ -41,27 +40,21 @@ pub struct ClientSlot {
 }
 
 impl ClientSlots {
-    /// `total` slots, at most `per_client` per client, in use shown by the gauge `gauge`.
-    pub fn new(gauge: &'static str, total: u32, per_client: u32) -> Self {
+    /// `total` slots, in use shown by the gauge `gauge`.
+    pub fn new(gauge: &'static str, total: u32) -> Self {
         ClientSlots {
-            inner: Arc::new(Mutex::new(Table {
-                gauge,
-                total,
-                per_client: per_client.min(total),
-                in_use: 0,
-                by_client: HashMap::new(),
-            })),
+            inner: Arc::new(Mutex::new(Table { gauge, total, in_use: 0, by_client: HashMap::new() })),
         }
     }
 
-    /// Takes a slot for `client` (unknown clients share only the global bound).
-    pub fn try_acquire(&self, client: Option<ClientId>) -> Result<ClientSlot, SlotRefusal> {
+    /// Takes a slot for `client`, who may hold `per_client` (its quota; unknown clients share
+    /// only the global bound).
+    pub fn try_acquire(&self, client: Option<ClientId>, per_client: u32) -> Result<ClientSlot, SlotRefusal> {
         let mut table = self.inner.lock().expect("slot table lock");
         if table.in_use >= table.total {
             return Err(SlotRefusal::Full);
         }
         if let Some(client) = client {
-            let per_client = table.per_client;
             let held = table.by_client.entry(client).or_insert(0);
             if *held >= per_client {
                 return Err(SlotRefusal::ClientFull);
@@ -101,13 +94,13 @@ mod tests {
 
     #[test]
     fn one_client_cannot_take_every_slot_and_slots_come_back_on_drop() {
-        let slots = ClientSlots::new("test_slots_in_use", 4, 3);
+        let slots = ClientSlots::new("test_slots_in_use", 4);
         let a = ClientId::from_peer("10.0.0.1".parse().unwrap());
         let b = ClientId::from_peer("10.0.0.2".parse().unwrap());
-        let held: Vec<_> = (0..3).map(|_| slots.try_acquire(Some(a)).unwrap()).collect();
-        assert_eq!(slots.try_acquire(Some(a)).unwrap_err(), SlotRefusal::ClientFull);
-        let other = slots.try_acquire(Some(b)).unwrap();
-        assert_eq!(slots.try_acquire(Some(b)).unwrap_err(), SlotRefusal::Full);
+        let held: Vec<_> = (0..3).map(|_| slots.try_acquire(Some(a), 3).unwrap()).collect();
+        assert_eq!(slots.try_acquire(Some(a), 3).unwrap_err(), SlotRefusal::ClientFull);
+        let other = slots.try_acquire(Some(b), 3).unwrap();
+        assert_eq!(slots.try_acquire(Some(b), 3).unwrap_err(), SlotRefusal::Full);
         drop(held);
         assert_eq!(slots.in_use(), 1);
         drop(other);

@@ -37,6 +37,8 @@ pub struct AppState {
     pub event_streams: ClientSlots,
     /// Tasks created per second, per client.
     pub creation_rate: std::sync::Arc<crate::creation_rate::CreationRate>,
+    /// The API keys, and each client's quotas.
+    pub keys: crate::keys::Keys,
     /// `?wait=` long-polls held (only the per-client share is bounded here; connections bound the total).
     pub long_polls: ClientSlots,
 }

@@ -42,6 +42,8 @@ pub struct UploadRequest<'a> {
     pub key: Option<IdempotencyKey>,
     /// The digests the task asks for and expects.
     pub digests: shared::DigestRequest,
+    /// The API key it belongs to (see `crate::keys`): its `Idempotency-Key` is its own.
+    pub owner: Option<i64>,
 }
 
 /// An accepted upload.
@@ -75,7 +77,8 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
     }
     let _slot = intake::admit(state, request.client)?;
     let task_id = Uuid::now_v7();
-    let destination = open_destination(state, task_id, request.key).await?;
+    let key = request.key.map(|key| key.scoped(request.owner));
+    let destination = open_destination(state, task_id, key).await?;
 
     let (file_name, size, received) = match body_kind {
         UploadBody::Form(boundary) => {
@@ -102,6 +105,7 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
         request_id: request.request_id.map(str::to_owned),
         reservation,
         digests: request.digests,
+        owner: request.owner,
     };
     let task = tokio::spawn(intake::commit_one_shot(state.clone(), stored))
         .await

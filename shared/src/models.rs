@@ -137,6 +137,9 @@ pub struct Task {
     pub expected: Option<serde_json::Value>,
     /// The computed digests besides MD5, once `done` (see [`Task::digests`]).
     pub digests: Option<serde_json::Value>,
+    /// The API key (`md5_api_keys.key_id`) whose client created the task; `None` for an
+    /// anonymous client's or the shared `API_KEY`'s.
+    pub owner: Option<i64>,
 }
 
 impl Task {
@@ -175,6 +178,8 @@ pub struct NewTask<'a> {
     pub algorithms: Vec<String>,
     /// The client's expected digests ([`crate::DigestRequest::expected_json`]).
     pub expected: Option<serde_json::Value>,
+    /// The API key whose client uploads it ([`Task::owner`]).
+    pub owner: Option<i64>,
 }
 
 /// One row of `md5_idempotency_keys`: what an `Idempotency-Key` of the v1 upload names.

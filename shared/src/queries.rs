@@ -216,11 +216,13 @@ pub struct FoundTask {
 
 /// Done tasks whose file had `digest` (raw bytes) under `algorithm`, newest first, at most
 /// `limit`, starting after `after` (the `(finished_at, task_id)` of the last task of the page
-/// before). One backward range scan of `md5_task_digests`' primary key.
+/// before); with `owner`, only the tasks of that owner (`Some(None)`: those no key owns). One
+/// backward range scan of `md5_task_digests`' primary key.
 pub async fn find_by_digest(
     conn: &mut AsyncPgConnection,
     algorithm: crate::Algorithm,
     digest: &[u8],
+    owner: Option<Option<i64>>,
     after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
     limit: i64,
 ) -> QueryResult<Vec<FoundTask>> {
@@ -231,6 +233,7 @@ pub async fn find_by_digest(
          FROM md5_task_digests AS d JOIN md5_tasks AS t ON t.task_id = d.task_id \
          WHERE d.algorithm = $1 AND d.digest = $2 \
            AND ($3::timestamptz IS NULL OR (d.finished_at, d.task_id) < ($3, $4)) \
+           AND ($6 OR t.owner IS NOT DISTINCT FROM $7) \
          ORDER BY d.finished_at DESC, d.task_id DESC \
          LIMIT $5",
     )
@@ -239,6 +242,8 @@ pub async fn find_by_digest(
     .bind::<Nullable<Timestamptz>, _>(after_time)
     .bind::<Nullable<diesel::sql_types::Uuid>, _>(after_id)
     .bind::<BigInt, _>(limit)
+    .bind::<diesel::sql_types::Bool, _>(owner.is_none())
+    .bind::<Nullable<BigInt>, _>(owner.flatten())
     .load(conn)
     .await
 }

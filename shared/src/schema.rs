@@ -28,6 +28,7 @@ diesel::table! {
         algorithms -> Array<Text>,
         expected -> Nullable<Jsonb>,
         digests -> Nullable<Jsonb>,
+        owner -> Nullable<Int8>,
     }
 }
 
@@ -63,5 +64,19 @@ diesel::table! {
         size_bytes -> Nullable<Int8>,
         created_at -> Timestamptz,
         reserved_until -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    md5_api_keys (key_id) {
+        key_id -> Int8,
+        name -> Text,
+        key_hash -> Bytea,
+        admin -> Bool,
+        quotas -> Jsonb,
+        created_at -> Timestamptz,
+        last_used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+        changed_at -> Timestamptz,
     }
 }

@@ -6,12 +6,13 @@
 
 use std::time::Duration;
 
-use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Integer, Interval, Text};
+use diesel::{ExpressionMethods as _, QueryDsl as _, QueryableByName};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::schema;
 use crate::task_view::TaskView;
 use crate::time::interval;
 use crate::{Task, TaskStatus};
@@ -55,6 +56,10 @@ pub struct Event {
     pub timestamp: chrono::DateTime<chrono::Utc>,
     /// The task.
     pub data: TaskView,
+    /// The name of the API key whose client created the task (absent for an anonymous
+    /// client's or the shared `API_KEY`'s): a receiver serving several clients can route by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl Event {
@@ -62,7 +67,7 @@ impl Event {
     pub fn of(task: &Task) -> Option<Event> {
         let kind = EventType::for_status(task.status)?;
         let timestamp = task.finished_at.unwrap_or_else(chrono::Utc::now);
-        Some(Event { kind, timestamp, data: TaskView::from(task.clone()) })
+        Some(Event { kind, timestamp, data: TaskView::from(task.clone()), key: None })
     }
 
     /// The `webhook-id` of this task's event: the task's and its status's, so one event can
@@ -78,9 +83,24 @@ impl Event {
 /// task's end was committed. An event already written (the same id) is left as it is.
 pub async fn write_events(conn: &mut AsyncPgConnection, ended: &[Task]) -> diesel::QueryResult<()> {
     use diesel::sql_types::Array;
-    let events: Vec<Event> = ended.iter().filter_map(Event::of).collect();
+    let mut events: Vec<Event> = ended.iter().filter_map(Event::of).collect();
     if events.is_empty() {
         return Ok(());
+    }
+    let owners: Vec<i64> = ended.iter().filter_map(|task| task.owner).collect();
+    if !owners.is_empty() {
+        let names: std::collections::HashMap<i64, String> = schema::md5_api_keys::table
+            .filter(schema::md5_api_keys::key_id.eq_any(&owners))
+            .select((schema::md5_api_keys::key_id, schema::md5_api_keys::name))
+            .load::<(i64, String)>(conn)
+            .await?
+            .into_iter()
+            .collect();
+        let owner_of: std::collections::HashMap<Uuid, i64> =
+            ended.iter().filter_map(|task| Some((task.task_id, task.owner?))).collect();
+        for event in &mut events {
+            event.key = owner_of.get(&event.data.id).and_then(|owner| names.get(owner)).cloned();
+        }
     }
     let ids: Vec<String> = events.iter().map(Event::id).collect();
     let tasks: Vec<Uuid> = events.iter().map(|event| event.data.id).collect();

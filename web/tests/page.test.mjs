@@ -2,6 +2,7 @@
 // md5-api with a real worker (scripts/browser-test.sh starts them and sets MD5_BASE_URL).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -316,6 +317,41 @@ test('a large upload cut off by a reload is offered again and continued from the
   await tab.screenshot({ path: `${SHOTS}/resumed.png` });
   await resumable.close();
   rmSync(dir, { recursive: true, force: true });
+});
+
+test('with API keys, the page asks for its key once, and another key\'s task is not found', async () => {
+  // From here on the service has keys: every API request needs one (this test runs last but one).
+  const createKey = (name) => execFileSync(process.env.MD5_API_BIN, ['keys', 'create', '--name', name],
+    { env: { ...process.env, RUST_LOG: 'warn' }, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+  const [mine, theirs] = [createKey('page-mine'), createKey('page-theirs')];
+  for (let i = 0; (await fetch(`${BASE}/api/v1/hashes/${uploadedId}`)).status !== 401; i += 1) {
+    assert.ok(i < 40, 'the api did not read the new keys within 2 s');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  const keyed = await browser.newContext();
+  const tab = watchCsp(await keyed.newPage());
+  const prompts = [];
+  tab.on('dialog', (dialog) => { prompts.push(dialog.type()); dialog.accept(mine); });
+  await tab.goto(BASE);
+  await tab.getByLabel('Choose one or more files').setInputFiles({
+    name: 'keyed.bin', mimeType: 'application/octet-stream', buffer: content,
+  });
+  await tab.getByRole('button', { name: 'Upload' }).click();
+  const md5 = tab.locator('.task .md5').first();
+  await md5.waitFor({ timeout: 30000 });
+  assert.equal(await md5.textContent(), expectedMd5);
+  assert.deepEqual(prompts, ['prompt'], 'asked once, then the key is kept for the session');
+  const id = await tab.locator('.task').first().getAttribute('data-task-id');
+  // Another key looks the task up: not found, as an id that never existed.
+  const other = await browser.newContext();
+  const theirTab = watchCsp(await other.newPage());
+  theirTab.on('dialog', (dialog) => dialog.accept(theirs));
+  await theirTab.goto(BASE);
+  await theirTab.locator('#lookup-input').fill(id);
+  await theirTab.locator('#lookup-input').press('Enter');
+  await theirTab.locator('#lookup-message', { hasText: 'Not found' }).waitFor({ timeout: 10000 });
+  await keyed.close();
+  await other.close();
 });
 
 test('no page reported a Content-Security-Policy violation', () => {

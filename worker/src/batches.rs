@@ -117,6 +117,7 @@ mod tests {
             algorithms: Vec::new(),
             expected: None,
             digests: None,
+            owner: None,
         }
     }
 

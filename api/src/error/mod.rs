@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::commits::InsertError;
 use crate::database::{DbError, is_connection_lost};
+use crate::quotas::Quota;
 use crate::storage::StorageError;
 
 /// Seconds a client is told to wait after a 503.
@@ -42,9 +43,11 @@ pub struct ApiError {
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
-/// The members a resumable-upload problem may add.
+/// The members a resumable-upload problem, or a 429, may add.
 #[derive(Debug, Default)]
 struct UploadProblem {
+    /// The quota a 429 names.
+    quota: Option<&'static str>,
     /// An absolute problem type URI (an IANA-registered type) instead of `/problems/<slug>`.
     type_uri: Option<&'static str>,
     /// The `expected-offset` and `provided-offset` members of a mismatching upload offset.
@@ -224,15 +227,19 @@ impl ApiError {
         .with_source(cause)
     }
 
-    /// 429 with `Retry-After`: the client creates tasks faster than its rate.
-    pub fn too_many_tasks(retry_after: std::time::Duration) -> Self {
+    /// 429 with `Retry-After`: the client is at its `quota` (`detail` says how); counted on
+    /// `/metrics` as `md5_quota_refusals_total{quota}`.
+    pub fn over_quota(
+        quota: Quota,
+        detail: impl Into<Cow<'static, str>>,
+        retry_after: std::time::Duration,
+    ) -> Self {
+        metrics::counter!("md5_quota_refusals_total", "quota" => quota.name()).increment(1);
         let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too-many-requests",
-            "this client creates tasks faster than MAX_TASKS_PER_CLIENT_PER_SECOND; slow down",
-        )
-        .with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+        let mut err = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota-exceeded", detail)
+            .with_header(header::RETRY_AFTER, HeaderValue::from(seconds));
+        err.upload.get_or_insert_default().quota = Some(quota.name());
+        err
     }
 
     /// 503 with `Retry-After`: Postgres cannot be reached (`cause` is logged, not sent).
@@ -322,6 +329,7 @@ impl ApiError {
             status: self.status.as_u16(),
             detail: self.detail.to_string(),
             max_wait_seconds: self.max_wait_seconds,
+            quota: upload.and_then(|upload| upload.quota),
             expected_offset: offsets.map(|(expected, _)| expected),
             provided_offset: offsets.map(|(_, provided)| provided),
         }
@@ -416,6 +424,10 @@ pub struct Problem {
     /// again with it (an RFC 9457 extension member).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_wait_seconds: Option<u64>,
+    /// For a 429: the quota the client is at (`uploads`, `open-uploads`, `open-upload-bytes`,
+    /// `tasks-per-minute`, `event-streams`, `long-polls`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<&'static str>,
     /// For a resumable upload's mismatching offset: the offset the upload is at.
     #[serde(rename = "expected-offset", skip_serializing_if = "Option::is_none")]
     pub expected_offset: Option<u64>,

@@ -10,6 +10,7 @@
 
 use crate::client_id::ClientId;
 use crate::digests::DigestsQuery;
+use crate::keys::Requester;
 
 use axum::Json;
 use axum::body::Body;
@@ -143,7 +144,7 @@ fn hash_location(task_id: Uuid) -> HeaderValue {
 /// `POST /api/v1/uploads` with `Upload-Complete`: creates an upload, appending the body if any.
 pub async fn create(
     state: &AppState,
-    client: Option<ClientId>,
+    who: Requester,
     headers: &HeaderMap,
     query: &DigestsQuery,
     body: Body,
@@ -154,7 +155,7 @@ pub async fn create(
         let length = headers::number(headers, "upload-length")?;
         let (metadata, file_name) = headers::metadata(headers)?;
         let digests = crate::digests::requested(query, &state.config.digests.0, headers)?;
-        let new = NewUpload { length, metadata, file_name, request_id: request_id.clone(), client, digests };
+        let new = NewUpload { length, metadata, file_name, request_id: request_id.clone(), who, digests };
         let (task, upload, lock) = super::create(state, new).await?;
         let task_id = task.task_id;
         let location = super::tus::location(task_id);
@@ -170,7 +171,7 @@ pub async fn create(
             completion: Completion::Declared(complete),
             checksum: None,
             body,
-            client,
+            client: who.client,
             request_id,
         };
         let mut response = match super::append(state, task_id, Some(lock), append).await {

@@ -31,6 +31,7 @@ use crate::body::{self, FormHead};
 use crate::client_id::ClientId;
 use crate::error::ApiError;
 use crate::intake;
+use crate::keys::Requester;
 use crate::state::AppState;
 use crate::storage::resumable::{LockError, UploadLock};
 use checksum::Checksum;
@@ -54,8 +55,8 @@ pub struct NewUpload {
     pub file_name: String,
     /// The `x-request-id` of the creation.
     pub request_id: Option<String>,
-    /// The client, for the per-client bounds on open uploads.
-    pub client: Option<ClientId>,
+    /// Its client (for the per-client bounds on open uploads) and the key it belongs to.
+    pub who: Requester,
     /// The digests its task asks for and expects.
     pub digests: shared::DigestRequest,
 }
@@ -109,14 +110,15 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
     if new.length.is_some_and(|length| length > limit) {
         return Err(ApiError::payload_too_large(limit).into());
     }
-    intake::admit_creation(state, new.client)?;
-    let bytes_limit = intake::open_upload_bytes_per_client(state);
+    intake::admit_creation(state, new.who.client)?;
+    let quotas = state.keys.quotas(new.who.client);
+    let bytes_limit = quotas.open_upload_bytes;
     // A deferred length counts as the largest it may become (as `uploads::count_open` counts it).
     let counted = new.length.unwrap_or(state.config.max_upload_bytes);
-    if new.client.is_some() && counted > bytes_limit {
+    if new.who.client.is_some() && counted > bytes_limit {
         return Err(ApiError::payload_too_large_for_client(counted, bytes_limit).into());
     }
-    let client = new.client.map(|client| client.to_string());
+    let client = new.who.client.map(|client| client.to_string());
     state.storage.check_free_space()?;
     let task_id = Uuid::now_v7();
     let lock = state.storage.create_upload_file(task_id).await?;
@@ -125,8 +127,7 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
     let created = state
         .db
         .write(async |conn| {
-            let admitted =
-                intake::admit_resumable(conn, &state.config, client.as_deref(), counted, bytes_limit);
+            let admitted = intake::admit_resumable(conn, &state.config, client.as_deref(), counted, &quotas);
             if let Some(refused) = admitted.await? {
                 return Ok(Err(refused));
             }
@@ -137,6 +138,7 @@ pub async fn create(state: &AppState, new: NewUpload) -> Result<(Task, UploadRow
                 request_id: new.request_id.as_deref(),
                 algorithms: new.digests.algorithm_names(),
                 expected: new.digests.expected_json(),
+                owner: new.who.scope.owner,
             };
             uploads::create(conn, &task, length, new.metadata.as_deref(), client.as_deref(), expiry)
                 .await

@@ -5,6 +5,7 @@
 
 use crate::client_id::ClientId;
 use crate::digests::DigestsQuery;
+use crate::keys::Requester;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -116,13 +117,13 @@ fn refusal(err: UploadError) -> Response {
 /// `POST /api/v1/uploads`: creates an upload (and, with a body, appends its first bytes).
 pub async fn create(
     state: &AppState,
-    client: Option<ClientId>,
+    who: Requester,
     headers: &HeaderMap,
     query: &DigestsQuery,
     body: Body,
     request_id: Option<String>,
 ) -> Response {
-    match try_create(state, client, headers, query, body, request_id).await {
+    match try_create(state, who, headers, query, body, request_id).await {
         Ok(response) => tus(response),
         Err(err) => refusal(err),
     }
@@ -130,7 +131,7 @@ pub async fn create(
 
 async fn try_create(
     state: &AppState,
-    client: Option<ClientId>,
+    who: Requester,
     headers: &HeaderMap,
     query: &DigestsQuery,
     body: Body,
@@ -152,7 +153,7 @@ async fn try_create(
     let checksum = checksum(headers)?;
     let (metadata, file_name) = headers::metadata(headers)?;
     let digests = crate::digests::requested(query, &state.config.digests.0, headers)?;
-    let new = NewUpload { length, metadata, file_name, request_id: request_id.clone(), client, digests };
+    let new = NewUpload { length, metadata, file_name, request_id: request_id.clone(), who, digests };
     let (task, upload, lock) = super::create(state, new).await?;
     let location = location(task.task_id);
     let mut response = StatusCode::CREATED.into_response();
@@ -161,8 +162,15 @@ async fn try_create(
         response.headers_mut().insert(name("upload-expires"), http_date(upload.expires_at));
         return Ok(response);
     }
-    let append =
-        Append { offset: 0, length, completion: Completion::AtLength, checksum, body, client, request_id };
+    let append = Append {
+        offset: 0,
+        length,
+        completion: Completion::AtLength,
+        checksum,
+        body,
+        client: who.client,
+        request_id,
+    };
     match super::append(state, task.task_id, Some(lock), append).await {
         Ok(appended) => {
             add_progress(response.headers_mut(), &appended);

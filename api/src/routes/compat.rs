@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use crate::client_id::ClientId;
 use crate::error::{ApiError, Problem};
+use crate::keys::Scope;
 use crate::refusals::{Refusals, UploadRefusals};
 use crate::state::AppState;
 use crate::upload;
@@ -100,6 +101,7 @@ pub const ALIAS_WITHOUT_SLASH: &str = "/hashes";
 pub async fn create_hash(
     State(state): State<AppState>,
     client: Option<ClientId>,
+    scope: Scope,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -115,6 +117,7 @@ pub async fn create_hash(
         parts: upload::Parts::Lenient,
         key: None,
         digests: shared::DigestRequest { algorithms: state.config.digests.0.clone(), ..Default::default() },
+        owner: scope.owner,
     };
     match upload::receive(&state, request).await {
         Ok(upload) => Ok(Json(CreatedTask { task_id: upload.task.task_id }).into_response()),
@@ -147,6 +150,7 @@ pub async fn create_hash(
 )]
 pub async fn get_hash(
     State(state): State<AppState>,
+    scope: Scope,
     task_id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let task_id = task_id.map(|Path(id)| id).unwrap_or_else(|_| "(invalid id)".to_owned());
@@ -161,7 +165,8 @@ pub async fn get_hash(
         }
         return Ok(unprocessable(["path", "task_id"], "value is not a valid uuid", "type_error.uuid"));
     };
-    let Some(task) = state.db.run(async |conn| queries::find_task(conn, id).await).await? else {
+    let found = state.db.run(async |conn| queries::find_task(conn, id).await).await?;
+    let Some(task) = found.filter(|task| scope.may_see(task.owner)) else {
         return Ok(not_found());
     };
     let result = match task.status {

@@ -20,6 +20,8 @@ use uuid::Uuid;
 use super::v1::load;
 use crate::client_id::ClientId;
 use crate::error::{ApiError, Problem};
+use crate::keys::Scope;
+use crate::quotas::Quota;
 use crate::refusals::Refusals;
 use crate::slots::{ClientSlot, SlotRefusal};
 use crate::state::AppState;
@@ -65,9 +67,14 @@ const RECONNECT_MS: u64 = 2000;
 )]
 pub async fn cancel_hash(
     State(state): State<AppState>,
+    scope: Scope,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let task_id = super::task_id_in_path(id)?;
+    if state.keys.required() && !scope.sees_all {
+        // Another key's task is cancelled by no one but its own client (or an admin).
+        load(&state, scope, task_id).await?;
+    }
     let cancelled = state.db.write(async |conn| queries::cancel_task(conn, task_id).await).await?;
     let task = match cancelled {
         Some(task) => {
@@ -78,7 +85,7 @@ pub async fn cancel_hash(
             task
         }
         None => {
-            let (task, _) = load(&state, task_id).await?;
+            let (task, _) = load(&state, scope, task_id).await?;
             match task.status {
                 TaskStatus::Cancelled => task,
                 TaskStatus::Uploading => {
@@ -125,23 +132,25 @@ pub async fn cancel_hash(
 pub async fn hash_events(
     State(state): State<AppState>,
     client: Option<ClientId>,
+    scope: Scope,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let task_id = super::task_id_in_path(id)?;
-    let slot = state.event_streams.try_acquire(client).map_err(|refusal| {
-        ApiError::unavailable(match refusal {
-            SlotRefusal::Full => {
-                "too many event streams are open; poll GET /api/v1/hashes/{id} or try again shortly"
-            }
-            SlotRefusal::ClientFull => {
-                "this client has too many event streams open; close one, then try again"
-            }
-        })
+    let quota = state.keys.quotas(client).event_streams;
+    let slot = state.event_streams.try_acquire(client, quota).map_err(|refusal| match refusal {
+        SlotRefusal::Full => ApiError::unavailable(
+            "too many event streams are open; poll GET /api/v1/hashes/{id} or try again shortly",
+        ),
+        SlotRefusal::ClientFull => ApiError::over_quota(
+            Quota::EventStreams,
+            format!("this client has {quota} event streams open, its quota; close one, then try again"),
+            Duration::from_secs(crate::error::RETRY_AFTER_SECONDS),
+        ),
     })?;
     // Subscribe before the first read: a change between the read and the subscription is not
     // missed.
     let events = state.feed.watch(task_id);
-    let (task, upload) = load(&state, task_id).await?;
+    let (task, upload) = load(&state, scope, task_id).await?;
     let mut watch =
         Watch { state, task_id, events, sent: None, bytes_sent: 0, size_bytes: 0, ended: false, _slot: slot };
     let first = watch.status_event(TaskView::from((task, upload)));
@@ -220,7 +229,7 @@ impl Watch {
             };
             if reload {
                 // Postgres unreachable: end the stream; the client reconnects (after `retry`).
-                let (task, upload) = load(&self.state, self.task_id).await.ok()?;
+                let (task, upload) = load(&self.state, Scope::EVERY, self.task_id).await.ok()?;
                 if self.sent != Some((task.status, task.attempts)) {
                     return Some(self.status_event(TaskView::from((task, upload))));
                 }

@@ -13,6 +13,7 @@ use shared::queries::{self, FoundTask};
 
 use crate::digests::AlgorithmName;
 use crate::error::{ApiError, Problem};
+use crate::keys::Scope;
 use crate::refusals::Refusals;
 use crate::state::AppState;
 
@@ -96,6 +97,7 @@ impl From<FoundTask> for FoundView {
 )]
 pub async fn find_by_digest(
     State(state): State<AppState>,
+    scope: Scope,
     path: Result<Path<(String, String)>, PathRejection>,
     query: Result<Query<LookupQuery>, QueryRejection>,
 ) -> Result<Json<LookupPage>, ApiError> {
@@ -116,7 +118,9 @@ pub async fn find_by_digest(
     let after = query.cursor.as_deref().map(parse_cursor).transpose()?;
     let found = state
         .db
-        .run(async |conn| queries::find_by_digest(conn, algorithm, &digest, after, i64::from(limit)).await)
+        .run(async |conn| {
+            queries::find_by_digest(conn, algorithm, &digest, scope.filter(), after, i64::from(limit)).await
+        })
         .await?;
     let next = (found.len() == limit as usize).then(|| {
         let last = found.last().expect("a full page has a last task");

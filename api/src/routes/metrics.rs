@@ -59,7 +59,7 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
 )]
 pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
     if state.config.metrics_require_auth
-        && let Err(refused) = super::check_api_key(&state, &headers)
+        && let Err(refused) = state.keys.authenticate(&headers, None)
     {
         return refused.into_response();
     }

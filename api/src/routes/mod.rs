@@ -11,11 +11,12 @@ pub mod web;
 
 use axum::Router;
 use axum::extract::{Request, State};
+
+use crate::client_id::{ClientId, Peer};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
-use subtle::ConstantTimeEq as _;
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -61,7 +62,7 @@ pub fn api_document() -> utoipa::openapi::OpenApi {
 /// `POST /hashes/` are served without being documented as paths.
 pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let (protected, open) = api_routes();
-    let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
+    let protected = protected.route_layer(middleware::from_fn_with_state(state.clone(), identify));
     let (router, openapi) = protected.merge(open).split_for_parts();
     let router = router
         .route("/", get(web::index))
@@ -71,35 +72,32 @@ pub fn router(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     (router, openapi)
 }
 
-/// When `API_KEY` is set, lets a request through only with `Authorization: Bearer <key>`,
-/// comparing in constant time.
-async fn require_api_key(
+/// Before every API route: checks the key, and puts the request's client and scope into it.
+pub async fn identify(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    check_api_key(&state, request.headers())?;
+    let extensions = request.extensions();
+    let anonymous = match extensions.get::<Peer>() {
+        Some(&Peer(peer)) => Some(ClientId::from_peer(crate::forwarded::client_address(
+            peer,
+            request.headers(),
+            &state.config.trusted_proxies,
+        ))),
+        None => extensions.get::<ClientId>().copied(),
+    };
+    let caller = state.keys.authenticate(request.headers(), anonymous)?;
+    if let Some(name) = &caller.key_name {
+        tracing::Span::current().record("key", &**name);
+    }
+    let extensions = request.extensions_mut();
+    match caller.client {
+        Some(client) => extensions.insert(client),
+        None => extensions.remove::<ClientId>(),
+    };
+    extensions.insert(caller.scope);
     Ok(next.run(request).await)
-}
-
-/// 401 unless `API_KEY` is unset or `headers` carry `Authorization: Bearer <key>` (compared in
-/// constant time).
-pub fn check_api_key(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = state.config.api_key() else { return Ok(()) };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(bearer_token)
-        .unwrap_or("");
-    let matches: bool = presented.as_bytes().ct_eq(expected.as_bytes()).into();
-    if matches { Ok(()) } else { Err(ApiError::unauthorized()) }
-}
-
-/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
-/// (RFC 9110, section 11.1).
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start())
 }
 
 /// Gives every error response that has no body of its own (axum's 404 for an unknown route and
@@ -128,6 +126,7 @@ pub async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
         status: status.as_u16(),
         detail,
         max_wait_seconds: None,
+        quota: None,
         expected_offset: None,
         provided_offset: None,
     };

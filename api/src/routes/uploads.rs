@@ -12,9 +12,11 @@ use uuid::Uuid;
 use crate::client_id::ClientId;
 use crate::digests::{DigestsQuery, ExpectedDigests};
 use crate::error::{ApiError, Problem};
+use crate::keys::{Requester, Scope};
 use crate::refusals::{Refusals, UploadRefusals};
 use crate::resumable::{ietf, tus};
 use crate::state::AppState;
+use shared::queries;
 
 /// The tus version a request names (`Tus-Resumable`), for the OpenAPI document.
 #[derive(utoipa::ToSchema)]
@@ -88,8 +90,20 @@ where
 }
 
 /// The upload id in the path; 404 for anything that is not a UUID.
-fn upload_id(id: Result<Path<String>, PathRejection>) -> Result<Uuid, ApiError> {
-    super::task_id_in_path(id)
+/// The upload the path names, as `scope` may use it: another key's upload is answered as an id
+/// that never existed (the nil id, which the protocol then answers 404 as it answers any unknown
+/// one; the same one query either way). Without keys every upload is everyone's.
+async fn visible_upload(
+    state: &AppState,
+    scope: Scope,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Uuid, ApiError> {
+    let id = super::task_id_in_path(id)?;
+    if !state.keys.required() || scope.sees_all {
+        return Ok(id);
+    }
+    let found = state.db.run(async |conn| queries::find_task(conn, id).await).await?;
+    Ok(if found.is_some_and(|task| scope.may_see(task.owner)) { id } else { Uuid::nil() })
 }
 
 fn request_id(headers: &HeaderMap) -> Option<String> {
@@ -130,7 +144,7 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
 )]
 pub async fn create_upload(
     State(state): State<AppState>,
-    client: Option<ClientId>,
+    who: Requester,
     headers: HeaderMap,
     query: Result<Query<DigestsQuery>, QueryRejection>,
     body: Body,
@@ -143,8 +157,8 @@ pub async fn create_upload(
     by_protocol(
         &headers,
         (body, request_id),
-        |(body, request_id)| tus::create(&state, client, &headers, &query, body, request_id),
-        |(body, request_id)| ietf::create(&state, client, &headers, &query, body, request_id),
+        |(body, request_id)| tus::create(&state, who, &headers, &query, body, request_id),
+        |(body, request_id)| ietf::create(&state, who, &headers, &query, body, request_id),
     )
     .await
 }
@@ -203,10 +217,11 @@ pub async fn upload_resource_options(State(state): State<AppState>, headers: Hea
 )]
 pub async fn upload_offset(
     State(state): State<AppState>,
+    scope: Scope,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let id = match upload_id(id) {
+    let id = match visible_upload(&state, scope, id).await {
         Ok(id) => id,
         Err(refused) => return refused.into_response(),
     };
@@ -248,11 +263,12 @@ pub async fn upload_offset(
 pub async fn append_upload(
     State(state): State<AppState>,
     client: Option<ClientId>,
+    scope: Scope,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let id = match upload_id(id) {
+    let id = match visible_upload(&state, scope, id).await {
         Ok(id) => id,
         Err(refused) => return refused.into_response(),
     };
@@ -287,10 +303,11 @@ pub async fn append_upload(
 )]
 pub async fn terminate_upload(
     State(state): State<AppState>,
+    scope: Scope,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let id = match upload_id(id) {
+    let id = match visible_upload(&state, scope, id).await {
         Ok(id) => id,
         Err(refused) => return refused.into_response(),
     };

@@ -18,6 +18,7 @@ use crate::connections::Activity;
 use crate::digests::{self, DigestsQuery, ExpectedDigests};
 use crate::error::{ApiError, Problem};
 use crate::idempotency::IdempotencyKey;
+use crate::keys::Scope;
 use crate::refusals::{Refusals, UploadRefusals};
 use crate::state::AppState;
 use crate::upload;
@@ -78,6 +79,7 @@ pub struct UploadForm {
 pub async fn create_hash(
     State(state): State<AppState>,
     client: Option<ClientId>,
+    scope: Scope,
     headers: HeaderMap,
     query: Result<Query<DigestsQuery>, QueryRejection>,
     body: Body,
@@ -94,6 +96,7 @@ pub async fn create_hash(
         parts: upload::Parts::Strict,
         key,
         digests,
+        owner: scope.owner,
     };
     let upload = upload::receive(&state, request).await?;
     let location = format!("/api/v1/hashes/{}", upload.task.task_id);
@@ -136,6 +139,7 @@ pub struct WaitQuery {
 pub async fn get_hash(
     State(state): State<AppState>,
     client: Option<ClientId>,
+    scope: Scope,
     connection: Option<Extension<Arc<Activity>>>,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<WaitQuery>, QueryRejection>,
@@ -145,9 +149,10 @@ pub async fn get_hash(
     let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
     let wait = parse_wait(query.wait.as_deref(), state.config.max_wait_seconds)?;
     // Past the client's share of long-polls, answered at once, as without `?wait=`.
-    let long_poll = (!wait.is_zero()).then(|| state.long_polls.try_acquire(client).ok()).flatten();
+    let quota = state.keys.quotas(client).long_polls;
+    let long_poll = (!wait.is_zero()).then(|| state.long_polls.try_acquire(client, quota).ok()).flatten();
     let task = match long_poll {
-        None => load(&state, task_id).await?,
+        None => load(&state, scope, task_id).await?,
         Some(_held) => {
             let connection = connection.map(|Extension(activity)| activity);
             let _polling = connection.as_ref().map(|activity| activity.long_polling());
@@ -157,7 +162,7 @@ pub async fn get_hash(
                     None => std::future::pending().await,
                 }
             };
-            wait_for_finish(&state, task_id, wait, closing).await?
+            wait_for_finish(&state, scope, task_id, wait, closing).await?
         }
     };
     let progress = state.feed.progress(task.0.task_id);
@@ -182,16 +187,22 @@ fn parse_wait(raw: Option<&str>, max_seconds: u64) -> Result<Duration, ApiError>
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// Loads a task (with its upload row while it is `uploading`) or fails with 404.
-pub async fn load(state: &AppState, task_id: Uuid) -> Result<(Task, Option<UploadRow>), ApiError> {
+/// Loads a task (with its upload row while it is `uploading`) or fails with 404, as for an id
+/// that never existed when `scope` may not see it (the same query either way).
+pub async fn load(
+    state: &AppState,
+    scope: Scope,
+    task_id: Uuid,
+) -> Result<(Task, Option<UploadRow>), ApiError> {
     let task = state.db.run(async |conn| uploads::find(conn, task_id).await).await?;
-    task.ok_or_else(|| ApiError::task_not_found(task_id))
+    task.filter(|(task, _)| scope.may_see(task.owner)).ok_or_else(|| ApiError::task_not_found(task_id))
 }
 
 /// Answers as soon as the task is finished (woken by its notification), after `wait`, or when
 /// `closing` completes (the connection was chosen to make room), with the task as it is then.
 async fn wait_for_finish(
     state: &AppState,
+    scope: Scope,
     task_id: Uuid,
     wait: Duration,
     closing: impl Future<Output = ()>,
@@ -202,7 +213,7 @@ async fn wait_for_finish(
     tokio::pin!(closing);
     let mut closed = false;
     loop {
-        let task = load(state, task_id).await?;
+        let task = load(state, scope, task_id).await?;
         if closed || task.0.status.is_finished() || tokio::time::Instant::now() >= deadline {
             return Ok(task);
         }

@@ -139,6 +139,7 @@ async fn a_shared_statement_answers_each_job_as_if_it_ran_alone() {
             request_id: None,
             algorithms: vec![],
             expected: None,
+            owner: None,
         };
         queries::insert_tasks(&mut conn, &[new]).await.unwrap();
     }

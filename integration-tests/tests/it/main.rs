@@ -17,6 +17,7 @@ mod exactly_once;
 mod faults;
 mod hostile;
 mod idempotency;
+mod keys;
 mod lanes;
 mod live;
 mod log_writers;

@@ -13,7 +13,7 @@ use crate::resumable::{TUS, patch};
 const MIB: u64 = 1024 * 1024;
 
 /// A tus creation declaring `length` bytes.
-async fn creation(client: &Client, base: &str, length: u64) -> Response {
+pub(crate) async fn creation(client: &Client, base: &str, length: u64) -> Response {
     client
         .post(format!("{base}/api/v1/uploads"))
         .header(TUS.0, TUS.1)
@@ -42,9 +42,9 @@ async fn a_clients_unfinished_uploads_are_bounded_by_their_declared_bytes_while_
     for _ in 0..3 {
         held.push(location(base, &creation(hoarder, base, MIB).await));
     }
-    // A fourth MiB would pass its 3 MiB: 503 with Retry-After, and no file.
+    // A fourth MiB would pass its 3 MiB: 429 with Retry-After naming the quota, and no file.
     let refused = creation(hoarder, base, MIB).await;
-    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
     let detail = refused.text().await.unwrap();
     assert!(detail.contains("3145728 of its 3145728 bytes"), "{detail}");

@@ -646,15 +646,16 @@ async fn a_client_creating_uploads_without_end_is_stopped_at_its_share_while_oth
             .header("Upload-Length", 1000)
             .send()
     };
-    // The hoarder (127.0.0.1) gets its share of five, then 503.
+    // The hoarder (127.0.0.1) gets its share of five, then 429.
     let mut open = Vec::new();
     for n in 0..5 {
         open.push(create(&app.client, &app.base_url, 1000, &format!("hoard-{n}")).await);
     }
     let refused = creation(&app.client).await.unwrap();
-    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["tus-resumable"], "1.0.0");
-    assert!(refused.text().await.unwrap().contains("this client has too many"));
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["quota"], "open-uploads", "{problem}");
     // Another client (127.0.0.2) still creates uploads, up to the total of eight.
     let other = Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
     for _ in 0..3 {
@@ -894,7 +895,7 @@ async fn a_burst_of_creations_from_one_client_gets_exactly_its_share_on_two_api_
         .await;
     let created = statuses.iter().filter(|&&status| status == 201).count();
     assert_eq!(created, SHARE as usize, "created {created} of a share of {SHARE}: {statuses:?}");
-    assert!(statuses.iter().all(|&status| status == 201 || status == 503), "{statuses:?}");
+    assert!(statuses.iter().all(|&status| status == 201 || status == 429), "{statuses:?}");
     // Another client is still served, up to the total.
     let other = Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, 2])).build().unwrap();
     let answer = other
