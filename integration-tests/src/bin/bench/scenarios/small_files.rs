@@ -1,5 +1,7 @@
 //! Scenario 2: many small files end to end, at full speed and at a fixed rate, with CPU per job.
 
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+
 use crate::prelude::*;
 
 /// Uploads `count` small files from `clients` clients; returns (jobs/s first upload → last done,
@@ -10,6 +12,7 @@ pub(crate) async fn many_small(
     size: usize,
     clients: usize,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
+    let already = service.done_count().await?;
     let started = Instant::now();
     let expected: HashMap<String, String> = futures_util::stream::iter(0..count)
         .map(|n| async move {
@@ -22,7 +25,7 @@ pub(crate) async fn many_small(
         .await
         .into_iter()
         .collect::<anyhow::Result<_>>()?;
-    let target = expected.len() as i64;
+    let target = already + expected.len() as i64;
     eventually(Duration::from_secs(600), "every small task done", || async {
         (service.done_count().await.ok()? >= target).then_some(())
     })
@@ -124,7 +127,7 @@ pub(crate) fn pgbench_baseline(service: &Service, seconds: u64) -> anyhow::Resul
 }
 
 pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let service = Service::start(&root.join("small"), 2).await?;
+    let mut service = Service::start(&root.join("small"), 2).await?;
     let before = service.cpu();
     let (rate, latencies) = many_small(&service, sizes.small_count, sizes.small_size, sizes.clients).await?;
     let after = service.cpu();
@@ -153,6 +156,7 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
         ratio: "—".into(),
         target: "—".into(),
     });
+    keys_on_and_off(&mut service, sizes, rate, rows).await?;
     let before = service.cpu();
     let (timed, refused) =
         fixed_load(&service, sizes.fixed_rate, sizes.fixed_seconds, sizes.small_size).await?;
@@ -196,6 +200,58 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
         baseline: format!("machine CPU {machine:.2} ms per job"),
         ratio: "—".into(),
         target: "—".into(),
+    });
+    Ok(())
+}
+
+/// The same small jobs with an API key, then without again (the key deleted): the key check is a
+/// lookup in memory, not a query, so the rates should differ by no more than the noise.
+async fn keys_on_and_off(
+    service: &mut Service,
+    sizes: &Sizes,
+    off: f64,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let created = std::process::Command::new(sibling_binary("md5-api")?)
+        .env("DATABASE_URL", service.pg.url())
+        .env("RUST_LOG", "warn")
+        .args(["keys", "create", "--name", "bench"])
+        .output()?;
+    anyhow::ensure!(
+        created.status.success(),
+        "md5-api keys create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let key = String::from_utf8(created.stdout)?.trim().to_owned();
+    let anonymous = service.client.clone();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse()?);
+    service.client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .pool_idle_timeout(Duration::from_secs(1))
+        .default_headers(headers)
+        .build()?;
+    let hashes = format!("{}/api/v1/hashes/{}", service.api_url, uuid::Uuid::nil());
+    eventually(Duration::from_secs(5), "the api to require the key", || async {
+        (anonymous.get(&hashes).send().await.ok()?.status() == 401).then_some(())
+    })
+    .await?;
+    let (on, _) = many_small(service, sizes.small_count, sizes.small_size, sizes.clients).await?;
+    let mut conn = AsyncPgConnection::establish(&service.pg.url()).await?;
+    diesel::sql_query("DELETE FROM md5_api_keys").execute(&mut conn).await?;
+    service.client = anonymous;
+    eventually(Duration::from_secs(5), "the api to be open again", || async {
+        (service.client.get(&hashes).send().await.ok()?.status() == 404).then_some(())
+    })
+    .await?;
+    let (off_again, _) = many_small(service, sizes.small_count, sizes.small_size, sizes.clients).await?;
+    let without = (off + off_again) / 2.0;
+    rows.push(Row {
+        scenario: "2. the same with an API key (keys on), between two runs without".into(),
+        figure: format!("{on:.0} jobs/s"),
+        baseline: format!("without: {off:.0} before, {off_again:.0} after"),
+        ratio: ratio(on, without),
+        target: "within the noise of 1.00×".into(),
     });
     Ok(())
 }
