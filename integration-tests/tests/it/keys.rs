@@ -60,12 +60,13 @@ async fn get(client: &Client, url: &str) -> (StatusCode, String) {
     (response.status(), response.text().await.unwrap())
 }
 
-/// A second api process on `app`'s database, and its URL.
-async fn replica(app: &TestApp) -> (Child, String) {
+/// A second api process on `app`'s database (logging each request, its log to `log`), and its URL.
+async fn replica(app: &TestApp, log: &std::path::Path) -> (Child, String) {
     let mut config = app.api_config(&TestOptions::default());
     config.bind_addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    config.telemetry.log_filter = "info,tower_http=debug".into();
     let url = format!("http://{}", config.bind_addr);
-    let child = Launch::api(&config).spawn().unwrap();
+    let child = Launch::api(&config).stderr_to(log).spawn().unwrap();
     eventually(Duration::from_secs(30), "the replica to answer", || async {
         app.client.get(format!("{url}/healthz")).send().await.ok()?.status().is_success().then_some(())
     })
@@ -84,7 +85,9 @@ async fn each_key_sees_only_its_own_tasks_an_admin_sees_all_and_a_revoked_key_is
     let key_b = keys(&app.database_url, &["create", "--name", "bob"]);
     let key_admin = keys(&app.database_url, &["create", "--name", "ops", "--admin"]);
     assert!(key_a.starts_with("md5svc_") && key_a.len() == 7 + 43, "{key_a}");
-    let (mut second, replica_url) = replica(&app).await;
+    let replica_log =
+        std::env::temp_dir().join(format!("keys-replica-{}.log", uuid::Uuid::new_v4().simple()));
+    let (mut second, replica_url) = replica(&app, &replica_log).await;
     let (a, b, admin) = (
         client_with(&key_a, [127, 0, 0, 1]),
         client_with(&key_b, [127, 0, 0, 1]),
@@ -169,6 +172,21 @@ async fn each_key_sees_only_its_own_tasks_an_admin_sees_all_and_a_revoked_key_is
         assert_eq!(cancel.status(), 404, "Bob cannot cancel Alice's task");
     }
     assert!(get(&a, &format!("{base}/api/v1/hashes/{id_a}")).await.1.contains("\"done\""));
+    // The older service's flow with a key: Alice's compat upload is hers alone.
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(b"old".to_vec()).file_name("a.txt"));
+    let old: Value =
+        a.post(format!("{replica_url}/hashes/")).multipart(form).send().await.unwrap().json().await.unwrap();
+    let old_url = format!("{base}/hashes/{}", old["task_id"].as_str().unwrap());
+    let old_result = eventually(Duration::from_secs(30), "the compat task to finish", || async {
+        let body: Value = a.get(&old_url).send().await.ok()?.json().await.ok()?;
+        (body["status"] == "SUCCESS").then_some(body)
+    })
+    .await
+    .unwrap();
+    assert_eq!(old_result["result"], md5_hex(b"old"));
+    assert_eq!(get(&b, &old_url).await.0, 404);
+
     // Lookup by content: each sees only its own upload of the file; the admin sees both.
     let lookup = format!("{base}/api/v1/digests/md5/{}", md5_hex(&bytes));
     let ids = |page: Value| -> Vec<String> {
@@ -270,6 +288,11 @@ async fn each_key_sees_only_its_own_tasks_an_admin_sees_all_and_a_revoked_key_is
         assert!(!dump.contains(key.as_str()), "the dump holds a key");
     }
     integration_tests::stop_process(&mut second);
+    // Each request's log lines carry the key's name.
+    let log = std::fs::read_to_string(&replica_log).unwrap();
+    assert!(log.contains("key=\"bob\""), "no request of Bob's logged with his key's name");
+    assert!(!log.contains("md5svc_"), "a key in the log");
+    let _ = std::fs::remove_file(&replica_log);
     app.stop().await;
 }
 
