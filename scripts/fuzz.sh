@@ -8,5 +8,5 @@ command -v schemathesis >/dev/null || { echo "schemathesis is missing: run scrip
 export PYTHONPATH="$PWD/scripts${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=fuzz_hooks
 # shellcheck disable=SC2016
 exec ./scripts/with-service.sh bash -c 'schemathesis run "$MD5_BASE_URL/openapi.json" \
-  --phases ${FUZZ_PHASES:-examples,coverage,fuzzing,stateful} --max-examples "${FUZZ_EXAMPLES:-100}" --seed 1 \
+  --phases ${FUZZ_PHASES:-examples,coverage,fuzzing,stateful} --max-examples "${FUZZ_EXAMPLES:-100}" --seed "${FUZZ_SEED:-1}" \
   --request-timeout 30 --suppress-health-check all'

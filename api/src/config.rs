@@ -140,6 +140,12 @@ pub struct Config {
     #[arg(long, env = "UPLOAD_EXPIRY_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     pub upload_expiry_seconds: u64,
 
+    /// Seconds a task that ended (`done` or `failed` with its log line written, `cancelled`,
+    /// `expired`) is kept after its upload began; then it is forgotten as `DELETE` forgets it
+    /// (row, digests, idempotency key). 0 keeps every task forever.
+    #[arg(long, env = "TASK_RETENTION_SECONDS", default_value_t = 2_592_000)]
+    pub task_retention_seconds: u64,
+
     /// Seconds a resumable upload may go without an append before it expires (each append
     /// renews it, up to UPLOAD_EXPIRY_SECONDS). Announced in `Upload-Expires` (tus) and
     /// `Upload-Limit: max-age` (the IETF draft).

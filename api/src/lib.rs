@@ -54,6 +54,7 @@ pub mod queue;
 pub mod quotas;
 pub mod refusals;
 pub mod resumable;
+pub mod retention;
 pub mod routes;
 pub mod serve;
 pub mod slots;
@@ -111,6 +112,10 @@ pub async fn run(
     maintenance
         .start(storage::janitor::Janitor::new(config.storage.upload_dir.clone(), config.body_bounds().idle));
     maintenance.start(idempotency::PurgeKeys { db: db.clone(), ttl: config.idempotency_ttl() });
+    if config.task_retention_seconds > 0 {
+        let keep = Duration::from_secs(config.task_retention_seconds);
+        maintenance.start(retention::Retention { db: db.clone(), keep });
+    }
     let options = serve::ServeOptions {
         header_timeout: Duration::from_secs(config.header_timeout_seconds),
         grace: Duration::from_secs(config.shutdown_grace_seconds),

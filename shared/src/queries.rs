@@ -185,6 +185,64 @@ pub async fn cancel_task(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryRe
     Ok(cancelled)
 }
 
+/// The id of a forgotten task.
+#[derive(Debug, QueryableByName)]
+struct ForgottenTask {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    task_id: Uuid,
+}
+
+/// Forgets the tasks of `task_ids` that have ended for good (`cancelled`, `expired`, or `done`
+/// and `failed` once their log line is written): their rows, their upload rows, their digests
+/// (found through the primary key, from the task's own digests) and their idempotency keys, in
+/// one statement. Their webhook events already written stay, to be delivered. The ids it forgot.
+pub async fn forget_tasks(conn: &mut AsyncPgConnection, task_ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
+    use diesel::sql_types::Array;
+    let forgotten = diesel::sql_query(
+        "WITH gone AS ( \
+             DELETE FROM md5_tasks AS t WHERE t.task_id = ANY($1) \
+               AND (t.status IN ('cancelled', 'expired') \
+                    OR (t.status IN ('done', 'failed') AND t.logged_at IS NOT NULL)) \
+             RETURNING t.task_id, t.status, t.result, t.digests, t.finished_at), \
+         digests AS ( \
+             DELETE FROM md5_task_digests AS d \
+             USING gone AS g, LATERAL ( \
+                 SELECT 'md5'::text AS algorithm, decode(g.result, 'hex') AS digest WHERE g.result IS NOT NULL \
+                 UNION ALL \
+                 SELECT e.key, decode(e.value, 'hex') FROM jsonb_each_text(coalesce(g.digests, '{}'::jsonb)) AS e \
+             ) AS v \
+             WHERE g.status = 'done' AND d.algorithm = v.algorithm AND d.digest = v.digest \
+               AND d.finished_at = g.finished_at AND d.task_id = g.task_id), \
+         keys AS (DELETE FROM md5_idempotency_keys AS k USING gone AS g WHERE k.task_id = g.task_id) \
+         SELECT task_id FROM gone",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(task_ids)
+    .load::<ForgottenTask>(conn)
+    .await?;
+    Ok(forgotten.into_iter().map(|task| task.task_id).collect())
+}
+
+/// Up to `limit` tasks created before `before` (a UUIDv7: ids order by creation) that have
+/// ended for good, oldest first: what retention forgets next. A range scan of the primary key.
+pub async fn tasks_to_forget(
+    conn: &mut AsyncPgConnection,
+    before: Uuid,
+    limit: i64,
+) -> QueryResult<Vec<Uuid>> {
+    dsl::md5_tasks
+        .filter(dsl::task_id.lt(before))
+        .filter(
+            dsl::status.eq_any([TaskStatus::Cancelled, TaskStatus::Expired]).or(dsl::status
+                .eq_any([TaskStatus::Done, TaskStatus::Failed])
+                .and(dsl::logged_at.is_not_null())),
+        )
+        .order(dsl::task_id)
+        .select(dsl::task_id)
+        .limit(limit)
+        .load(conn)
+        .await
+}
+
 /// Announces that `bytes` of the task's file are hashed, on
 /// [`crate::db::TASK_PROGRESS_CHANNEL`]: a notification, no row written.
 pub async fn announce_progress(conn: &mut AsyncPgConnection, task_id: Uuid, bytes: u64) -> QueryResult<()> {

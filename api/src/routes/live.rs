@@ -1,17 +1,16 @@
 //! A task while it lives: its event stream (`GET /api/v1/hashes/{id}/events`, Server-Sent
-//! Events) and its cancellation (`DELETE /api/v1/hashes/{id}`).
+//! Events).
 //!
-//! Both work across api replicas and workers through Postgres: a cancel is one conditional
-//! update whose status change every api (event streams) and every worker (the hash stops)
+//! It works across api replicas and workers through Postgres: a cancel is one conditional
+//! update (`routes::life`) whose status change every api (event streams) and every worker (the hash stops)
 //! hears as a notification (`shared::events`).
 
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use tokio::sync::broadcast::error::RecvError;
@@ -26,9 +25,9 @@ use crate::refusals::Refusals;
 use crate::slots::{ClientSlot, SlotRefusal};
 use crate::state::AppState;
 use crate::task_feed::TaskWatch;
+use shared::TaskStatus;
 use shared::events::TaskEvent;
 use shared::task_view::{HashingProgress, TaskView};
-use shared::{TaskStatus, queries};
 
 /// A stream re-reads its task this often even without a notification (a lost one only delays
 /// an event).
@@ -46,65 +45,6 @@ fn keep_alive_every(idle_timeout: Duration) -> Duration {
 
 /// What a client's `EventSource` waits before reconnecting after the stream breaks.
 const RECONNECT_MS: u64 = 2000;
-
-/// `DELETE /api/v1/hashes/{id}`: cancels a queued or processing task.
-#[utoipa::path(
-    delete,
-    path = "/api/v1/hashes/{id}",
-    operation_id = "cancel_hash_v1",
-    tag = "v1",
-    params(("id" = String, Path, description = "The promise id (a UUID)", example = "019acb5e-4f3a-7c21-9d0e-5b6f7a8c9d01")),
-    responses(
-        (status = 200, description = "The task, now `cancelled` (also when it already was): its file is removed, \
-            a running hash stops within a second wherever it runs, and it gets no line in the results log, \
-            which records results only", body = TaskView),
-        (status = 404, description = "No task has this id, or it is not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The task is already `done`, `failed` or `expired`, or is a resumable upload \
-            still `uploading` (terminate it with `DELETE` on its upload URL)", body = Problem, content_type = "application/problem+json"),
-        Refusals,
-    ),
-    security((), ("bearer" = []))
-)]
-pub async fn cancel_hash(
-    State(state): State<AppState>,
-    scope: Scope,
-    id: Result<Path<String>, PathRejection>,
-) -> Result<Response, ApiError> {
-    let task_id = super::task_id_in_path(id)?;
-    if state.keys.required() && !scope.sees_all {
-        // Another key's task is cancelled by no one but its own client (or an admin).
-        load(&state, scope, task_id).await?;
-    }
-    let cancelled = state.db.write(async |conn| queries::cancel_task(conn, task_id).await).await?;
-    let task = match cancelled {
-        Some(task) => {
-            metrics::counter!("md5_tasks_cancelled_total").increment(1);
-            tracing::info!(task.id = %task_id, "task cancelled");
-            // The worker holding it may still read its open file; nothing else will.
-            state.storage.remove_cancelled(task_id).await;
-            task
-        }
-        None => {
-            let (task, _) = load(&state, scope, task_id).await?;
-            match task.status {
-                TaskStatus::Cancelled => task,
-                TaskStatus::Uploading => {
-                    return Err(ApiError::conflict(
-                        "task-not-cancellable",
-                        "the task is a resumable upload still receiving bytes: terminate it with DELETE on its upload URL",
-                    ));
-                }
-                status => {
-                    return Err(ApiError::conflict(
-                        "task-not-cancellable",
-                        format!("the task is already {} and cannot be cancelled", status.as_str()),
-                    ));
-                }
-            }
-        }
-    };
-    Ok((StatusCode::OK, Json(TaskView::from(task))).into_response())
-}
 
 /// `GET /api/v1/hashes/{id}/events`: the task's state now, then every change, as Server-Sent
 /// Events; ends after the terminal state.

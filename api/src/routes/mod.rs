@@ -2,6 +2,7 @@
 
 pub mod compat;
 pub mod health;
+pub mod life;
 pub mod live;
 pub mod lookup;
 pub mod metrics;
@@ -31,7 +32,8 @@ use crate::state::AppState;
 fn api_routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
     let protected = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(v1::create_hash))
-        .routes(routes!(v1::get_hash, live::cancel_hash))
+        .routes(routes!(v1::get_hash, life::forget_hash))
+        .routes(routes!(life::cancel_hash))
         .routes(routes!(live::hash_events))
         .routes(routes!(lookup::find_by_digest))
         .routes(routes!(uploads::create_upload, uploads::upload_options))

@@ -65,7 +65,11 @@ pub struct UploadForm {
             headers(("Location" = String, description = "/api/v1/hashes/{id}"),
                 ("Idempotent-Replayed" = String, description = "`true` when the answer is a repeated key's original task")),
             links(("GetHash" = (operation_id = "get_hash_v1", parameters(("id" = "$response.body#/id")),
-                description = "The task this upload created")))),
+                description = "The task this upload created")),
+                ("CancelHash" = (operation_id = "cancel_hash_v1", parameters(("id" = "$response.body#/id")),
+                description = "Cancel it")),
+                ("ForgetHash" = (operation_id = "forget_hash_v1", parameters(("id" = "$response.body#/id")),
+                description = "Forget it")))),
         (status = 400, description = "No `file` part, malformed multipart, a malformed Idempotency-Key, an unknown \
             name in `digests` (the detail lists the known ones), or a malformed, unknown or contradictory expected digest", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key's first upload is still in progress", body = Problem, content_type = "application/problem+json",

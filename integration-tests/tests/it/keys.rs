@@ -168,8 +168,10 @@ async fn each_key_sees_only_its_own_tasks_an_admin_sees_all_and_a_revoked_key_is
                 "admin: {what}"
             );
         }
-        let cancel = b.delete(format!("{url}/api/v1/hashes/{id_a}")).send().await.unwrap();
+        let cancel = b.post(format!("{url}/api/v1/hashes/{id_a}/cancel")).send().await.unwrap();
         assert_eq!(cancel.status(), 404, "Bob cannot cancel Alice's task");
+        let forget = b.delete(format!("{url}/api/v1/hashes/{id_a}")).send().await.unwrap();
+        assert_eq!(forget.status(), 404, "nor forget it");
     }
     assert!(get(&a, &format!("{base}/api/v1/hashes/{id_a}")).await.1.contains("\"done\""));
     // The older service's flow with a key: Alice's compat upload is hers alone.

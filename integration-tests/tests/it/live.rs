@@ -10,7 +10,7 @@ use integration_tests::{TestApp, TestOptions, eventually, random_bytes};
 use serde_json::Value;
 
 /// A big file: long enough to hash (seconds) that progress and a cancel happen mid-way.
-const LARGE: u64 = 2 << 30;
+pub(crate) const LARGE: u64 = 2 << 30;
 const CHUNK: usize = 1 << 20;
 
 /// One event of a stream.
@@ -103,7 +103,7 @@ fn large_md5(size: u64) -> String {
 
 /// Uploads the large file as a raw body streamed from memory chunks (never held whole); returns
 /// the task's id.
-async fn upload_large(client: &reqwest::Client, base_url: &str, size: u64) -> String {
+pub(crate) async fn upload_large(client: &reqwest::Client, base_url: &str, size: u64) -> String {
     let base = random_bytes(CHUNK, 99);
     let chunks = futures_util::stream::iter(0..size / CHUNK as u64)
         .map(move |n| Ok::<_, std::io::Error>(large_chunk(&base, n)));
@@ -120,7 +120,7 @@ async fn upload_large(client: &reqwest::Client, base_url: &str, size: u64) -> St
     response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
 }
 
-fn large_options() -> TestOptions {
+pub(crate) fn large_options() -> TestOptions {
     TestOptions::default().api(|c| c.max_upload_bytes = 3 << 30)
 }
 
@@ -192,7 +192,7 @@ async fn keep_alives_hold_a_waiting_stream_open_past_the_idle_timeout() {
     // Three idle timeouts long: a comment every second keeps the connection.
     let comments = stream.keep_alives_during(Duration::from_secs(6)).await;
     assert!((4..=8).contains(&comments), "{comments} keep-alive comments in 6 s at one a second");
-    assert_eq!(app.client.delete(&url).send().await.unwrap().status(), 200);
+    assert_eq!(app.client.post(format!("{url}/cancel")).send().await.unwrap().status(), 200);
     let cancelled = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("pushed");
     assert_eq!(cancelled.unwrap().data["status"], "cancelled");
     assert!(stream.next().await.is_none(), "the stream ends after the terminal event");
@@ -288,7 +288,7 @@ async fn cancelling_a_running_hash_frees_the_worker_cpu_within_a_second_and_leav
     .unwrap();
     assert!(hashed < LARGE, "caught mid-way");
 
-    let response = app.client.delete(&url).send().await.unwrap();
+    let response = app.client.post(format!("{url}/cancel")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().await.unwrap()["status"], "cancelled");
     let cancelled_at = std::time::Instant::now();
@@ -318,7 +318,7 @@ async fn cancelling_a_running_hash_frees_the_worker_cpu_within_a_second_and_leav
 }
 
 /// CPU time (user + system) of process `pid` so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     integration_tests::procfs::ProcessStat::of(pid).expect("the process runs").cpu_seconds()
 }
 
@@ -337,7 +337,7 @@ async fn cancels_racing_completions_leave_each_task_done_with_one_line_or_cancel
                 tokio::time::sleep(Duration::from_millis((n % 8) as u64 * 2)).await;
                 let status = app
                     .client
-                    .delete(format!("{}/api/v1/hashes/{id}", app.base_url))
+                    .post(format!("{}/api/v1/hashes/{id}/cancel", app.base_url))
                     .send()
                     .await
                     .unwrap()
@@ -465,7 +465,8 @@ async fn a_cancel_through_one_api_reaches_a_stream_held_by_another() {
     let mut stream =
         EventStream::open(&app.client, &format!("{other}/api/v1/hashes/{id}/events"), None).await;
     assert_eq!(stream.next().await.unwrap().data["status"], "queued");
-    let cancelled = app.client.delete(format!("{}/api/v1/hashes/{id}", app.base_url)).send().await.unwrap();
+    let cancelled =
+        app.client.post(format!("{}/api/v1/hashes/{id}/cancel", app.base_url)).send().await.unwrap();
     assert_eq!(cancelled.status(), 200);
     let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await

@@ -19,6 +19,7 @@ mod hostile;
 mod idempotency;
 mod keys;
 mod lanes;
+mod lifecycle;
 mod live;
 mod log_writers;
 mod long_polls;

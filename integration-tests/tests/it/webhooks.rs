@@ -287,7 +287,7 @@ async fn every_terminal_event_reaches_a_flaky_receiver_that_goes_down_signed_and
                 assert_eq!(response.status(), 202);
                 let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
                 if (FAILS..FAILS + CANCELS).contains(&n) {
-                    app.client.delete(format!("{url}/{id}")).send().await.unwrap();
+                    app.client.post(format!("{url}/{id}/cancel")).send().await.unwrap();
                 }
                 id
             }
@@ -467,7 +467,7 @@ async fn a_delivered_events_data_is_the_tasks_get_answer_field_for_field_for_don
         }
     };
     let cancelled = post(random_bytes(300, 1), None, "").await;
-    let answer = app.client.delete(format!("{hashes}/{cancelled}")).send().await.unwrap();
+    let answer = app.client.post(format!("{hashes}/{cancelled}/cancel")).send().await.unwrap();
     assert_eq!(answer.status(), 200);
     let done = post(random_bytes(300, 2), None, "?digests=sha-256,crc32c").await;
     let failed = post(random_bytes(300, 3), Some(("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==")), "").await;

@@ -1,0 +1,179 @@
+//! A task's whole life: `DELETE` forgets a task (cancelling it first if unfinished) so that every
+//! route answers its id as one that never existed, and retention forgets finished tasks on its
+//! own, leaving the unfinished ones.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use integration_tests::{TestApp, TestOptions, eventually, md5_hex, random_bytes};
+
+use crate::live::{LARGE, cpu_seconds, large_options, upload_large};
+
+/// Every way to reach task `id` answers 404: v1, its events, the compatibility route, lookup by
+/// its MD5 (empty), and a second `DELETE`.
+async fn gone_everywhere(app: &TestApp, id: &str, md5: Option<&str>) {
+    let base = &app.base_url;
+    for url in [
+        format!("{base}/api/v1/hashes/{id}"),
+        format!("{base}/api/v1/hashes/{id}/events"),
+        format!("{base}/hashes/{id}"),
+    ] {
+        assert_eq!(app.client.get(&url).send().await.unwrap().status(), 404, "{url}");
+    }
+    let again = app.client.delete(format!("{base}/api/v1/hashes/{id}")).send().await.unwrap();
+    assert_eq!(again.status(), 404, "a second DELETE");
+    let cancel = app.client.post(format!("{base}/api/v1/hashes/{id}/cancel")).send().await.unwrap();
+    assert_eq!(cancel.status(), 404);
+    if let Some(md5) = md5 {
+        let page: Value = app
+            .client
+            .get(format!("{base}/api/v1/digests/md5/{md5}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(!page.to_string().contains(id), "lookup still finds it: {page}");
+    }
+    let mut conn = app.db().await;
+    for table in ["md5_tasks", "md5_task_digests", "md5_idempotency_keys", "md5_uploads"] {
+        let count: i64 = diesel_async::RunQueryDsl::get_result(
+            diesel::sql_query(format!("SELECT count(*) AS n FROM {table} WHERE task_id = '{id}'")),
+            &mut conn,
+        )
+        .await
+        .map(|row: Count| row.n)
+        .unwrap();
+        assert_eq!(count, 0, "{table} still has a row of {id}");
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_forgets_a_queued_a_running_and_a_done_task_leaving_only_the_done_ones_log_line() {
+    let mut app = TestApp::spawn(large_options().no_workers()).await.unwrap();
+    let base = app.base_url.clone();
+    let upload = |seed: u64, key: &'static str| {
+        let form = reqwest::multipart::Form::new()
+            .part("file", reqwest::multipart::Part::bytes(random_bytes(2000, seed)).file_name("f.bin"));
+        app.client.post(format!("{base}/api/v1/hashes")).header("Idempotency-Key", key).multipart(form).send()
+    };
+    // Queued (no worker yet): forgotten, never hashed.
+    let queued: Value = upload(1, "queued").await.unwrap().json().await.unwrap();
+    let queued = queued["id"].as_str().unwrap().to_owned();
+    let deleted = app.client.delete(format!("{base}/api/v1/hashes/{queued}")).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    gone_everywhere(&app, &queued, None).await;
+    // Its Idempotency-Key went with it: the same key makes a new task.
+    let again: Value = upload(1, "queued").await.unwrap().json().await.unwrap();
+    assert_ne!(again["id"].as_str().unwrap(), queued);
+
+    // Running: a 2 GiB hash, stopped within a second.
+    app.start_worker_process(2).unwrap();
+    let pid = app.worker_pids()[0];
+    let running = upload_large(&app.client, &base, LARGE).await;
+    let url = format!("{base}/api/v1/hashes/{running}");
+    eventually(Duration::from_secs(30), "the hash to be under way", || async {
+        let task: Value = app.client.get(&url).send().await.ok()?.json().await.ok()?;
+        (task["status"] == "processing" && task["progress"]["bytes_hashed"].as_u64()? > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(app.client.delete(&url).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    let deleted_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after_a_second = cpu_seconds(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_seconds(pid) - after_a_second;
+    assert!(used < 0.25, "the worker still uses {used:.2} s of CPU per second after the DELETE");
+    assert!(deleted_at.elapsed() < Duration::from_secs(5));
+    gone_everywhere(&app, &running, None).await;
+
+    // Done: forgotten, its log line kept.
+    let bytes = random_bytes(2000, 3);
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(bytes.clone()).file_name("d.bin"));
+    let done: Value = app
+        .client
+        .post(format!("{base}/api/v1/hashes"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let done = done["id"].as_str().unwrap().to_owned();
+    app.wait_finished(&done, Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(10), "its line to be written", || async {
+        app.log_lines().iter().any(|line| line.task_id.to_string() == done).then_some(())
+    })
+    .await
+    .unwrap();
+    let deleted = app.client.delete(format!("{base}/api/v1/hashes/{done}")).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    gone_everywhere(&app, &done, Some(&md5_hex(&bytes))).await;
+
+    eventually(Duration::from_secs(20), "the files gone and the entries acknowledged", || async {
+        (app.upload_files().len() <= 1 && app.pending_count().await.ok()? == 0).then_some(())
+    })
+    .await
+    .unwrap();
+    let lines = app.log_lines();
+    assert!(lines.iter().any(|line| line.task_id.to_string() == done), "the done task's line stays");
+    assert!(
+        !lines.iter().any(|line| line.task_id.to_string() == queued || line.task_id.to_string() == running)
+    );
+    assert!(!app.upload_files().iter().any(|file| {
+        let name = file.to_string_lossy();
+        name.contains(&queued) || name.contains(&running) || name.contains(&done)
+    }));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_forgets_finished_tasks_on_time_keeps_unfinished_ones_and_keeps_the_tables_flat() {
+    let app = TestApp::spawn(TestOptions::default().api(|c| {
+        c.task_retention_seconds = 2;
+        c.max_tasks_per_client_per_second = 0;
+    }))
+    .await
+    .unwrap();
+    let base = app.base_url.clone();
+    // An unfinished resumable upload: never forgotten by retention.
+    let unfinished = crate::partial_uploads::creation(&app.client, &base, 100).await;
+    assert_eq!(unfinished.status(), 201);
+    let unfinished_id =
+        unfinished.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    // A steady load of small uploads: what is kept stays about retention × rate.
+    let started = Instant::now();
+    let mut most = 0;
+    let mut first = None;
+    let mut uploaded = 0;
+    while started.elapsed() < Duration::from_secs(12) {
+        for n in 0..20u64 {
+            let task: Value = app.upload("s.bin", random_bytes(100, n)).await.json().await.unwrap();
+            first.get_or_insert(task["id"].as_str().unwrap().to_owned());
+            uploaded += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        most = most.max(app.row_count().await);
+    }
+    let first = first.unwrap();
+    assert_eq!(app.client.get(format!("{base}/api/v1/hashes/{first}")).send().await.unwrap().status(), 404);
+    // Uploads kept for 2 s and looked for every second: a few seconds' worth at most, not all.
+    println!("most rows at once: {most} of {uploaded} uploaded");
+    assert!(uploaded > 2 * most, "{uploaded} uploaded: too few to show the bound");
+    assert!(most < 500, "{most} rows at once with a retention of 2 s");
+    let task = app.task(&unfinished_id, 0).await;
+    assert_eq!(task["status"], "uploading", "an unfinished upload is never forgotten");
+    app.stop().await;
+}

@@ -1,0 +1,1 @@
+DROP INDEX md5_idempotency_keys_task;
