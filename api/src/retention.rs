@@ -1,6 +1,7 @@
 //! Retention: tasks that ended for good are forgotten `TASK_RETENTION_SECONDS` after their
-//! upload began, as `DELETE` forgets them (`queries::forget_tasks`), so the tables stay bounded
-//! by the retention times the rate. The results log, append-only, is the permanent record.
+//! upload began, as `DELETE` forgets them (`queries::forget_tasks`), and so are their webhook
+//! deliveries once delivered or given up, so the tables stay bounded by the retention times the
+//! rate. The results log, append-only, is the permanent record.
 //!
 //! Task ids are UUIDv7, ordered by creation: the tasks due are a range at the start of the
 //! primary key, taken [`BATCH`] at a time (each batch one short statement that locks only its
@@ -13,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::database::Database;
+use crate::database::{Database, DbError};
 use shared::maintenance::Service;
 use shared::queries;
 
@@ -30,6 +31,20 @@ pub fn first_id_at(at: SystemTime) -> Uuid {
     bytes[6] = 0x70;
     bytes[8] = 0x80;
     Uuid::from_bytes(bytes)
+}
+
+/// Forgets one batch of what was created before `before` and has ended: up to [`BATCH`] tasks
+/// and [`BATCH`] delivered or given-up webhook deliveries, in one short transaction. Returns the
+/// larger count found due of the two (a batch that found [`BATCH`] may have left more) and the
+/// tasks forgotten.
+pub async fn forget_batch(db: &Database, before: Uuid) -> Result<(usize, usize), DbError> {
+    db.write(async |conn| {
+        let due = queries::tasks_to_forget(conn, before, BATCH).await?;
+        let gone = queries::forget_tasks(conn, &due).await?.len();
+        let deliveries = shared::webhooks::forget_deliveries(conn, before, BATCH).await?;
+        Ok((due.len().max(deliveries), gone))
+    })
+    .await
 }
 
 /// The retention service of one api.
@@ -49,16 +64,14 @@ impl Service for Retention {
         // Looked at four times per retention period, between once a second and once a minute.
         let period = (self.keep / 4).clamp(Duration::from_secs(1), MAX_PERIOD);
         loop {
+            // A period after the start first: a starting api has more urgent work.
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = stop.cancelled() => return,
+            }
             let before = first_id_at(SystemTime::now() - self.keep);
             loop {
-                let forgotten = self
-                    .db
-                    .write(async |conn| {
-                        let due = queries::tasks_to_forget(conn, before, BATCH).await?;
-                        queries::forget_tasks(conn, &due).await.map(|gone| (due.len(), gone.len()))
-                    })
-                    .await;
-                match forgotten {
+                match forget_batch(&self.db, before).await {
                     Ok((due, gone)) => {
                         if gone > 0 {
                             metrics::counter!("md5_tasks_forgotten_total", "by" => "retention")
@@ -78,10 +91,6 @@ impl Service for Retention {
                         break;
                     }
                 }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(period) => {}
-                () = stop.cancelled() => return,
             }
         }
     }

@@ -194,6 +194,26 @@ pub async fn claim_due(
     .await
 }
 
+/// Deletes up to `limit` deliveries that are over (delivered, or given up) of tasks created
+/// before `before` (a UUIDv7), oldest first; how many it deleted. An event's id begins with its
+/// task's id in hex, so those deliveries are a range at the start of the primary key.
+pub async fn forget_deliveries(
+    conn: &mut AsyncPgConnection,
+    before: Uuid,
+    limit: i64,
+) -> diesel::QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM md5_webhook_deliveries WHERE (event_id, endpoint_id) IN ( \
+             SELECT event_id, endpoint_id FROM md5_webhook_deliveries \
+             WHERE event_id < $1 AND (delivered_at IS NOT NULL OR gave_up_at IS NOT NULL) \
+             ORDER BY event_id LIMIT $2)",
+    )
+    .bind::<Text, _>(format!("msg_{}", before.simple()))
+    .bind::<BigInt, _>(limit)
+    .execute(conn)
+    .await
+}
+
 /// Records the outcome of an attempt at `delivery`.
 pub async fn record(
     conn: &mut AsyncPgConnection,

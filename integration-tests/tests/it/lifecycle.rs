@@ -153,6 +153,15 @@ async fn retention_forgets_finished_tasks_on_time_keeps_unfinished_ones_and_keep
     assert_eq!(unfinished.status(), 201);
     let unfinished_id =
         unfinished.headers()["location"].to_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    // Every ended task gets a webhook event; they are marked delivered as they come.
+    let mut conn = app.db().await;
+    diesel_async::RunQueryDsl::execute(
+        diesel::sql_query("INSERT INTO md5_webhook_endpoints (url) VALUES ('http://127.0.0.1:9/hook')"),
+        &mut conn,
+    )
+    .await
+    .unwrap();
+    let mut most_deliveries = 0;
     // A steady load of small uploads: what is kept stays about retention × rate.
     let started = Instant::now();
     let mut most = 0;
@@ -166,13 +175,23 @@ async fn retention_forgets_finished_tasks_on_time_keeps_unfinished_ones_and_keep
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
         most = most.max(app.row_count().await);
+        let delivered = diesel::sql_query(
+            "WITH d AS (UPDATE md5_webhook_deliveries SET delivered_at = now() WHERE delivered_at IS NULL) \
+             SELECT count(*) AS n FROM md5_webhook_deliveries",
+        );
+        let deliveries: Count = diesel_async::RunQueryDsl::get_result(delivered, &mut conn).await.unwrap();
+        most_deliveries = most_deliveries.max(deliveries.n);
     }
     let first = first.unwrap();
     assert_eq!(app.client.get(format!("{base}/api/v1/hashes/{first}")).send().await.unwrap().status(), 404);
     // Uploads kept for 2 s and looked for every second: a few seconds' worth at most, not all.
-    println!("most rows at once: {most} of {uploaded} uploaded");
+    println!("most rows at once: {most} tasks, {most_deliveries} deliveries, of {uploaded} uploaded");
     assert!(uploaded > 2 * most, "{uploaded} uploaded: too few to show the bound");
     assert!(most < 500, "{most} rows at once with a retention of 2 s");
+    assert!(
+        most_deliveries > 0 && most_deliveries < 500,
+        "{most_deliveries} delivered webhook events at once"
+    );
     let task = app.task(&unfinished_id, 0).await;
     assert_eq!(task["status"], "uploading", "an unfinished upload is never forgotten");
     app.stop().await;

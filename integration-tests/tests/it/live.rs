@@ -138,27 +138,27 @@ async fn a_queued_task_cancelled_is_never_hashed_or_logged_and_only_unfinished_t
     let (cancelled, kept) = (upload("cancel-me.bin", 1).await, upload("keep-me.bin", 2).await);
     assert_eq!(app.upload_files().len(), 2);
     let base_url = app.base_url.clone();
-    let url = |id: &str| format!("{base_url}/api/v1/hashes/{id}");
+    let url = |id: &str| format!("{base_url}/api/v1/hashes/{id}/cancel");
 
-    let response = app.client.delete(url(&cancelled)).send().await.unwrap();
+    let response = app.client.post(url(&cancelled)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let task: Value = response.json().await.unwrap();
     assert_eq!(task["status"], "cancelled", "{task}");
     assert_eq!(task["md5"], Value::Null);
     assert_eq!(app.upload_files().len(), 1, "its file is removed at once");
     // Cancelling again answers the same; unknown and malformed ids are 404.
-    let again = app.client.delete(url(&cancelled)).send().await.unwrap();
+    let again = app.client.post(url(&cancelled)).send().await.unwrap();
     assert_eq!(again.status(), 200);
     assert_eq!(again.json::<Value>().await.unwrap()["status"], "cancelled");
-    let unknown = app.client.delete(url("019acb5e-4f3a-7c21-9d0e-5b6f7a8c9d01")).send().await.unwrap();
+    let unknown = app.client.post(url("019acb5e-4f3a-7c21-9d0e-5b6f7a8c9d01")).send().await.unwrap();
     assert_eq!(unknown.status(), 404);
-    assert_eq!(app.client.delete(url("not-a-uuid")).send().await.unwrap().status(), 404);
+    assert_eq!(app.client.post(url("not-a-uuid")).send().await.unwrap().status(), 404);
 
     // The workers start: the other task is hashed; the cancelled one never is.
     app.start_in_process_worker(2);
     let done = app.wait_finished(&kept, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "done");
-    let refused = app.client.delete(url(&kept)).send().await.unwrap();
+    let refused = app.client.post(url(&kept)).send().await.unwrap();
     assert_eq!(refused.status(), 409);
     let problem: Value = refused.json().await.unwrap();
     assert!(problem["detail"].as_str().unwrap().contains("already done"), "{problem}");

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use report::{machine, table};
 use scenarios::{
     digests::digests, hostile::hostile, large_file::large_file, many_files::many_files, memory::memory,
-    scaling::scaling, small_files::small_files,
+    retention::retention, scaling::scaling, small_files::small_files,
 };
 use tools::settle_disk;
 
@@ -62,6 +62,8 @@ struct Sizes {
     fixed_seconds: u64,
     scaling_count: usize,
     lookup_rows: usize,
+    /// Scenario 8: old finished tasks retention forgets.
+    purge_rows: usize,
     lookups: usize,
     many_count: usize,
     many_size: u64,
@@ -84,6 +86,7 @@ const FULL: Sizes = Sizes {
     fixed_seconds: 10,
     scaling_count: 2000,
     lookup_rows: 1_000_000,
+    purge_rows: 2_000_000,
     lookups: 2000,
     many_count: 16,
     many_size: 256 << 20,
@@ -106,6 +109,7 @@ const SMOKE: Sizes = Sizes {
     fixed_seconds: 1,
     scaling_count: 50,
     lookup_rows: 10_000,
+    purge_rows: 10_000,
     lookups: 50,
     many_count: 4,
     many_size: 2 << 20,
@@ -150,6 +154,10 @@ async fn main() -> anyhow::Result<()> {
         if wanted(7) {
             settle_disk()?;
             many_files(&root, sizes, &mut rows).await.context("scenario 7, many large files")?;
+        }
+        if wanted(8) {
+            settle_disk()?;
+            retention(&root, sizes, &mut rows).await.context("scenario 8, retention")?;
         }
         anyhow::Ok(())
     }

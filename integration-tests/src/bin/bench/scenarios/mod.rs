@@ -5,5 +5,6 @@ pub(crate) mod hostile;
 pub(crate) mod large_file;
 pub(crate) mod many_files;
 pub(crate) mod memory;
+pub(crate) mod retention;
 pub(crate) mod scaling;
 pub(crate) mod small_files;
