@@ -20,6 +20,9 @@ use shared::queries;
 
 /// Tasks forgotten per statement.
 pub const BATCH: i64 = 500;
+/// A purge pauses this many times as long as each batch took: it takes at most a quarter of the
+/// time of one connection (and of a core) from the requests.
+pub const PAUSE_PER_BATCH_TIME: u32 = 3;
 /// The longest pause between two looks for tasks due.
 const MAX_PERIOD: Duration = Duration::from_secs(60);
 
@@ -70,28 +73,37 @@ impl Service for Retention {
                 () = stop.cancelled() => return,
             }
             let before = first_id_at(SystemTime::now() - self.keep);
-            loop {
-                match forget_batch(&self.db, before).await {
-                    Ok((due, gone)) => {
-                        if gone > 0 {
-                            metrics::counter!("md5_tasks_forgotten_total", "by" => "retention")
-                                .increment(gone as u64);
-                            tracing::debug!(tasks.forgotten = gone, "forgot tasks past their retention");
-                        }
-                        if due < BATCH as usize || stop.is_cancelled() {
-                            break;
-                        }
-                    }
-                    Err(err) => {
-                        let err = anyhow::Error::new(err);
-                        tracing::warn!(
-                            error = format!("{err:#}"),
-                            "cannot forget tasks past their retention"
-                        );
-                        break;
-                    }
+            match forget_due(&self.db, before, &stop).await {
+                Ok(0) => {}
+                Ok(gone) => tracing::debug!(tasks.forgotten = gone, "forgot tasks past their retention"),
+                Err(err) => {
+                    let err = anyhow::Error::new(err);
+                    tracing::warn!(error = format!("{err:#}"), "cannot forget tasks past their retention");
                 }
             }
+        }
+    }
+}
+
+/// Forgets everything due before `before`, batch after batch, each followed by a pause
+/// [`PAUSE_PER_BATCH_TIME`] times as long as the batch took, so that a backlog never takes more
+/// than a share of the database's time from the requests arriving meanwhile; until a batch finds
+/// less than a full one, or `stop`. The tasks forgotten.
+pub async fn forget_due(db: &Database, before: Uuid, stop: &CancellationToken) -> Result<usize, DbError> {
+    let mut forgotten = 0;
+    loop {
+        let started = tokio::time::Instant::now();
+        let (due, gone) = forget_batch(db, before).await?;
+        forgotten += gone;
+        if gone > 0 {
+            metrics::counter!("md5_tasks_forgotten_total", "by" => "retention").increment(gone as u64);
+        }
+        if due < BATCH as usize || stop.is_cancelled() {
+            return Ok(forgotten);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(started.elapsed() * PAUSE_PER_BATCH_TIME) => {}
+            () = stop.cancelled() => return Ok(forgotten),
         }
     }
 }
