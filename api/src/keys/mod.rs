@@ -201,7 +201,11 @@ impl Keys {
 
     /// Whether a request needs a key.
     pub fn required(&self) -> bool {
-        self.inner.shared.is_some() || self.table().exists
+        self.required_with(&self.table())
+    }
+
+    fn required_with(&self, table: &Table) -> bool {
+        self.inner.shared.is_some() || table.exists
     }
 
     /// The caller of a request with `headers` whose anonymous client would be `anonymous`; 401
@@ -209,9 +213,8 @@ impl Keys {
     /// ignored, as before keys existed.)
     pub fn authenticate(&self, headers: &HeaderMap, anonymous: Option<ClientId>) -> Result<Caller, ApiError> {
         let table = self.table();
-        let required = self.inner.shared.is_some() || table.exists;
         let anonymous = Caller { client: anonymous, scope: Scope::default(), key_name: None };
-        if !required {
+        if !self.required_with(&table) {
             return Ok(anonymous);
         }
         let presented = headers

@@ -99,18 +99,7 @@ async fn delete_forgets_a_queued_a_running_and_a_done_task_leaving_only_the_done
 
     // Done: forgotten, its log line kept.
     let bytes = random_bytes(2000, 3);
-    let form = reqwest::multipart::Form::new()
-        .part("file", reqwest::multipart::Part::bytes(bytes.clone()).file_name("d.bin"));
-    let done: Value = app
-        .client
-        .post(format!("{base}/api/v1/hashes"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let done: Value = app.upload("d.bin", bytes.clone()).await.json().await.unwrap();
     let done = done["id"].as_str().unwrap().to_owned();
     app.wait_finished(&done, Duration::from_secs(30)).await;
     eventually(Duration::from_secs(10), "its line to be written", || async {
