@@ -44,6 +44,9 @@ if ! cmp -s scripts/test-tools.txt "$tools/installed.txt" 2>/dev/null; then
   cp scripts/test-tools.txt "$tools/installed.txt"
 fi
 export PATH="$root/$tools/bin:$PATH"
+# Prometheus and promtool (Debian's package, unpacked into .tools/prometheus): the rule tests and
+# the live monitoring check.
+export PATH="$(scripts/install-prometheus.sh):$PATH"
 # The page's npm packages, from the lockfile, reinstalled only when it changed.
 # (npm's own node_modules/.package-lock.json is not a copy of the lockfile: keep one of ours.)
 if ! cmp -s web/package-lock.json web/node_modules/.installed-package-lock.json 2>/dev/null; then
@@ -78,7 +81,7 @@ echo "== browser tests (Chromium + playwright-core)"
 ./scripts/browser-test.sh 2>&1 | tee "$logs/browser"
 echo "== interop with tus-js-client under Node (tus 1.0.0 and the IETF draft -05, 64 MiB in 4 MiB chunks)"
 ./scripts/interop-test.sh 2>&1 | tee "$logs/interop"
-echo "== deployment checks (compose, hadolint, Kubernetes schemas, Dockerfile builds)"
+echo "== deployment checks (compose, hadolint, Kubernetes schemas, monitoring rules, Dockerfile builds)"
 ./scripts/deploy-check.sh 2>&1 | tee "$logs/deploy"
 echo "== benchmark smoke run (tiny sizes; checks every task, asserts no timing)"
 "$cargo_bin/bench" --smoke 2>&1 | tee "$logs/bench"

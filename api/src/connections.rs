@@ -169,7 +169,10 @@ impl Connections {
     pub fn open(self: &Arc<Self>, client: Option<ClientId>) -> OpenConnection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::new(client));
-        self.open.lock().expect("connections lock").insert(id, activity.clone());
+        let mut open = self.open.lock().expect("connections lock");
+        open.insert(id, activity.clone());
+        metrics::gauge!("md5_connections_open").set(open.len() as f64);
+        drop(open);
         OpenConnection { id, activity, connections: self.clone() }
     }
 
@@ -228,7 +231,9 @@ pub struct OpenConnection {
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.connections.open.lock().expect("connections lock").remove(&self.id);
+        let mut open = self.connections.open.lock().expect("connections lock");
+        open.remove(&self.id);
+        metrics::gauge!("md5_connections_open").set(open.len() as f64);
     }
 }
 

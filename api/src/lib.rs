@@ -52,6 +52,7 @@ pub mod keys;
 pub mod openapi;
 pub mod queue;
 pub mod quotas;
+pub mod readiness;
 pub mod refusals;
 pub mod resumable;
 pub mod retention;
@@ -99,6 +100,13 @@ pub async fn run(
         return Ok(());
     }
     let _ = shared::telemetry::metrics();
+    // Counters the dashboard and the alerts watch, shown from the start at zero.
+    for quota in quotas::Quota::ALL {
+        metrics::counter!("md5_quota_refusals_total", "quota" => quota.name()).absolute(0);
+    }
+    for counter in ["md5_uploads_total", "md5_upload_bytes_total"] {
+        metrics::counter!(counter).absolute(0);
+    }
     let db = database::Database::new(
         shared::db::build_pool(&config.database, "md5-api")?,
         config.database.timeout(),
@@ -142,6 +150,7 @@ pub async fn run(
         feed,
     };
     maintenance.start(resumable::expiry::ExpireUploads { state: state.clone() });
+    maintenance.start(readiness::ReadinessGauges { state: state.clone() });
     let app = app(state);
     tracing::info!(addr = %listener.local_addr()?, "md5-api listening");
     serve::serve(listener, app, options, stop.cancelled_owned()).await;

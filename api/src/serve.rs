@@ -84,6 +84,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let max_connections = fit_to_open_file_limit(options.max_connections);
+    metrics::gauge!("md5_connections_max").set(f64::from(max_connections));
     let connections = Arc::new(Semaphore::new(max_connections as usize));
     let header_timeout = options.header_timeout;
     let mut builder = Builder::new(TokioExecutor::new());

@@ -66,6 +66,13 @@ impl ClientSlots {
         Ok(ClientSlot { slots: self.clone(), client })
     }
 
+    /// Sets the gauge to the slots in use now (every few seconds, by
+    /// [`crate::readiness::ReadinessGauges`]: it shows before the first slot is ever taken).
+    pub fn show(&self) {
+        let table = self.inner.lock().expect("slot table lock");
+        metrics::gauge!(table.gauge).set(f64::from(table.in_use));
+    }
+
     /// Slots in use now.
     pub fn in_use(&self) -> u32 {
         self.inner.lock().expect("slot table lock").in_use

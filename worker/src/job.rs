@@ -91,8 +91,10 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<Settle
             "given up after {} attempts: the job kept failing or crashing its worker",
             ctx.config.max_deliveries
         );
-        if let Err(err) = ctx.jobs.dead_letter(&delivery.entry_id, task.task_id, &reason).await {
-            tracing::warn!(error = %err, "cannot copy the job to the dead-letter stream");
+        match ctx.jobs.dead_letter(&delivery.entry_id, task.task_id, &reason).await {
+            Ok(true) => metrics::counter!("md5_jobs_dead_lettered_total").increment(1),
+            Ok(false) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot copy the job to the dead-letter stream"),
         }
         Outcome::Failed { error: reason }
     } else {

@@ -185,6 +185,17 @@ pub async fn run(
     );
     metrics::gauge!("md5_lanes", "path" => engine.path().name()).set(engine.lanes() as f64);
     metrics::gauge!("md5_lanes_in_use").set(0.0);
+    // The counters an alert watches are shown from the start, at zero: a rate or an increase
+    // then sees their first events (a series that appears at 1 shows no increase).
+    for status in ["done", "failed"] {
+        metrics::counter!("md5_tasks_finished_total", "status" => status).absolute(0);
+    }
+    for outcome in ["delivered", "failed", "gave_up", "gone"] {
+        metrics::counter!("md5_webhook_attempts_total", "outcome" => outcome).absolute(0);
+    }
+    for counter in ["md5_jobs_dead_lettered_total", "md5_log_flushes_total", "md5_hashed_bytes_total"] {
+        metrics::counter!(counter).absolute(0);
+    }
     let ctx = Arc::new(JobContext {
         config: config.clone(),
         pool,

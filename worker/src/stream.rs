@@ -237,8 +237,8 @@ impl JobsHandle {
 
     /// Copies a given-up job to the dead-letter stream, at most once per task: a marker key
     /// (kept for [`DEAD_LETTER_MARK_TTL`]) is set in the same atomic script, so a retry or a
-    /// redelivery after a crash adds no second copy.
-    pub async fn dead_letter(&self, entry_id: &str, task_id: Uuid, reason: &str) -> RedisResult<()> {
+    /// redelivery after a crash adds no second copy. Whether this call added it.
+    pub async fn dead_letter(&self, entry_id: &str, task_id: Uuid, reason: &str) -> RedisResult<bool> {
         let script = redis::Script::new(
             r"if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[4]) then
                 return redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[1], 'entry_id', ARGV[2], 'reason', ARGV[3])
@@ -254,7 +254,7 @@ impl JobsHandle {
             .arg(DEAD_LETTER_MARK_TTL.as_millis() as u64)
             .invoke_async::<Option<String>>(&mut self.commands.clone())
             .await
-            .map(drop)
+            .map(|added| added.is_some())
     }
 
     /// Adds a job (the sweeper re-enqueuing a task).

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use crate::readiness::Readiness;
 use crate::state::AppState;
 
 /// `GET /healthz`: the process is up.
@@ -24,44 +25,18 @@ pub async fn healthz() -> Json<Value> {
             example = json!({"postgres": {"error": "connection refused"}, "redis": "ok", "upload_dir": "ok"})),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let postgres = state
-        .db
-        .run(async |conn| {
-            use diesel_async::RunQueryDsl as _;
-            diesel::sql_query("SELECT 1").execute(conn).await
+    let readiness = Readiness::check(&state).await;
+    let body: serde_json::Map<String, Value> = readiness
+        .checks()
+        .into_iter()
+        .map(|(name, result)| {
+            let value = match result {
+                Ok(()) => json!("ok"),
+                Err(err) => json!({ "error": err }),
+            };
+            (name.to_owned(), value)
         })
-        .await
-        .map(drop)
-        .map_err(|err| format!("{:#}", anyhow::Error::new(err)));
-    let redis = state.queue.ping().await.map_err(|err| err.to_string());
-    let upload_dir = probe_upload_dir(state.config.storage.upload_dir.clone()).await;
-    let check = |result: &Result<(), String>| match result {
-        Ok(()) => json!("ok"),
-        Err(err) => json!({ "error": err }),
-    };
-    let body =
-        json!({ "postgres": check(&postgres), "redis": check(&redis), "upload_dir": check(&upload_dir) });
-    let ready = postgres.is_ok() && redis.is_ok() && upload_dir.is_ok();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(body))
-}
-
-/// Creates, writes and removes a small file in `UPLOAD_DIR`: a read-only or full volume, or one
-/// the api may not write, is caught here instead of by the next upload.
-async fn probe_upload_dir(upload_dir: std::path::PathBuf) -> Result<(), String> {
-    let probe = upload_dir.join(format!(".readyz-{}.probe", uuid::Uuid::new_v4().simple()));
-    let display = upload_dir.display().to_string();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write as _;
-        let result = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)
-            .and_then(|mut file| file.write_all(b"ok"));
-        let _ = std::fs::remove_file(&probe);
-        result
-    })
-    .await
-    .map_err(|err| err.to_string())?
-    .map_err(|err| format!("cannot write to {display}: {err}"))
+        .collect();
+    let status = if readiness.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Value::Object(body)))
 }

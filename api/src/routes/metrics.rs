@@ -43,9 +43,10 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
     response
 }
 
-/// `GET /metrics`: the api's own counters plus tasks by status (read from Postgres at most once
-/// per `task_counts::TASK_COUNTS_MAX_AGE`, whatever the number of scrapers), the stream's length
-/// and the group's pending entries. Behind the API key when `METRICS_REQUIRE_AUTH` is set.
+/// `GET /metrics`: the api's own counters plus tasks by status and the oldest queued task's age
+/// (read from Postgres at most once per `task_counts::TASK_COUNTS_MAX_AGE`, whatever the number
+/// of scrapers), the stream's length and the group's pending entries. Every metric, with its
+/// labels: `deploy/monitoring/RUNBOOK.md`. Behind the API key when `METRICS_REQUIRE_AUTH` is set.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -65,9 +66,13 @@ pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderM
     }
     if let Some(counts) = state.task_counts.current().await {
         for status in shared::TaskStatus::ALL {
-            let n = counts.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
+            let n = counts.by_status.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n);
             metrics::gauge!("md5_tasks", "status" => status.as_str()).set(n as f64);
         }
+        let age = counts
+            .oldest_queued
+            .map_or(0.0, |created| (chrono::Utc::now() - created).to_std().unwrap_or_default().as_secs_f64());
+        metrics::gauge!("md5_oldest_queued_task_age_seconds").set(age);
     }
     if let Ok((length, pending)) = state.queue.stream_stats(&state.config.stream.jobs_group).await {
         metrics::gauge!("md5_stream_length").set(length as f64);

@@ -125,14 +125,18 @@ impl Storage {
         rustix::fs::statvfs(&self.dir).map_or(u64::MAX, |stats| stats.f_blocks.saturating_mul(stats.f_frsize))
     }
 
+    /// The bytes of the upload volume this process may still use (`f_bavail`).
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let stats = rustix::fs::statvfs(&self.dir)?;
+        Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+
     /// Fails with [`io::ErrorKind::StorageFull`] when the folder has less than the reserve free.
     pub fn check_free_space(&self) -> Result<(), StorageError> {
         if self.min_free_bytes == 0 {
             return Ok(());
         }
-        let stats = rustix::fs::statvfs(&self.dir)
-            .map_err(|err| StorageError::io("cannot stat UPLOAD_DIR", err.into()))?;
-        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+        let free = self.free_bytes().map_err(|err| StorageError::io("cannot stat UPLOAD_DIR", err))?;
         if free < self.min_free_bytes {
             return Err(StorageError::io(
                 "the upload volume is below its free-space reserve",

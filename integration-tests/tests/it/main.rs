@@ -23,6 +23,7 @@ mod lifecycle;
 mod live;
 mod log_writers;
 mod long_polls;
+mod monitoring;
 mod partial_uploads;
 mod raw_http;
 mod resumable;
