@@ -89,7 +89,6 @@ where
     }
 }
 
-/// The upload id in the path; 404 for anything that is not a UUID.
 /// The upload the path names, as `scope` may use it: another key's upload is answered as an id
 /// that never existed (the nil id, which the protocol then answers 404 as it answers any unknown
 /// one; the same one query either way). Without keys every upload is everyone's.
@@ -109,6 +108,9 @@ async fn visible_upload(
 fn request_id(headers: &HeaderMap) -> Option<String> {
     super::request_id(headers).map(str::to_owned)
 }
+
+/// The upload's id in a creation's answer: the last segment of its `Location`.
+const UPLOAD_ID: &str = "$response.header.Location#regex:/api/v1/uploads/([0-9a-f-]+)$";
 
 /// `POST /api/v1/uploads`.
 ///
@@ -133,7 +135,17 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
             headers(("Location" = String, description = "/api/v1/uploads/{id}"),
                 ("Upload-Offset" = u64, description = "Bytes stored durably (when the request carried some)"),
                 ("Upload-Expires" = String, description = "tus: when the upload expires without an append"),
-                ("Upload-Limit" = String, description = "IETF: `max-size=…, max-age=…`"))),
+                ("Upload-Limit" = String, description = "IETF: `max-size=…, max-age=…`")),
+            // The id is the last segment of `Location`: Schemathesis's `#regex:` extractor (an
+            // extension of OpenAPI's runtime expressions) takes it, so its stateful phase follows.
+            links(("UploadOffset" = (operation_id = "upload_offset", parameters(("id" = UPLOAD_ID)),
+                description = "How many bytes are stored")),
+                ("AppendUpload" = (operation_id = "append_upload", parameters(("id" = UPLOAD_ID)),
+                description = "Send the next bytes")),
+                ("TerminateUpload" = (operation_id = "terminate_upload", parameters(("id" = UPLOAD_ID)),
+                description = "Terminate it")),
+                ("GetHash" = (operation_id = "get_hash_v1", parameters(("id" = UPLOAD_ID)),
+                description = "Its task")))),
         (status = 400, description = "Malformed or contradictory headers (expected digests included), or an unknown name in `digests`", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "A `Tus-Resumable` other than 1.0.0 (`Tus-Version` says which this service speaks)", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "tus: a body that is not application/offset+octet-stream", body = Problem, content_type = "application/problem+json"),
@@ -211,6 +223,8 @@ pub async fn upload_resource_options(State(state): State<AppState>, headers: Hea
         (status = 204, description = "IETF: Upload-Offset, Upload-Complete, Upload-Length, Upload-Limit"),
         (status = 404, description = "No such upload (IETF: or it expired or was cancelled)"),
         (status = 410, description = "tus: the upload expired or was terminated"),
+        (status = 400, description = "Neither `Tus-Resumable` nor `Upload-Draft-Interop-Version` (no body: HEAD)"),
+        (status = 412, description = "A `Tus-Resumable` other than 1.0.0 (`Tus-Version` says which this service speaks)"),
         Refusals,
     ),
     security((), ("bearer" = []))
@@ -249,12 +263,13 @@ pub async fn upload_offset(
     responses(
         (status = 204, description = "Appended; Upload-Offset is the new offset"),
         (status = 200, description = "IETF: the upload is complete; the body is its task", body = shared::task_view::TaskView),
-        (status = 400, description = "Malformed headers, a contradictory length, or (IETF) an upload already complete", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed headers (or neither protocol's), a contradictory length, or (IETF) an upload already complete", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such upload", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Upload-Offset is not the upload's (the problem's expected-offset is), or (tus) it is complete; IETF: another request is appending", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "tus: expired or terminated", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not application/offset+octet-stream (tus) or application/partial-upload (IETF)", body = Problem, content_type = "application/problem+json"),
         (status = 423, description = "tus: another request is appending to this upload", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "A `Tus-Resumable` other than 1.0.0", body = Problem, content_type = "application/problem+json"),
         (status = 460, description = "tus: the body does not match Upload-Checksum; nothing was appended", body = Problem, content_type = "application/problem+json"),
         UploadRefusals, Refusals,
     ),
@@ -292,7 +307,8 @@ pub async fn append_upload(
         ("Tus-Resumable" = inline(TusVersion), Header, description = "`1.0.0` (or the IETF draft's `Upload-Draft-Interop-Version: 6`)")),
     responses(
         (status = 204, description = "Terminated: its file is removed, its task is `cancelled`"),
-        (status = 400, description = "IETF: the upload is complete", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Neither `Tus-Resumable` nor `Upload-Draft-Interop-Version`, or (IETF) the upload is complete", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "A `Tus-Resumable` other than 1.0.0", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such upload", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "tus: the upload is complete; IETF: another request is appending", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "tus: already expired or terminated", body = Problem, content_type = "application/problem+json"),
