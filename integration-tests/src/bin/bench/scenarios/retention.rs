@@ -29,7 +29,11 @@ pub(crate) async fn retention(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -
     )
     .execute(&mut conn)
     .await?;
-    diesel::sql_query("ANALYZE").execute(&mut conn).await?;
+    // Old rows were vacuumed and checkpointed long ago in a real table: without this, the
+    // seeding's own checkpoint and autovacuum land in the measured loads (a baseline p99 of
+    // 241 ms at 500/s, where a settled table gives tens of ms).
+    diesel::sql_query("VACUUM ANALYZE md5_tasks, md5_task_digests").execute(&mut conn).await?;
+    diesel::sql_query("CHECKPOINT").execute(&mut conn).await?;
     let seeded = seeded.elapsed();
 
     let p99 = |timed: &[Timed]| {
@@ -37,8 +41,11 @@ pub(crate) async fn retention(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -
         totals.sort_by(f64::total_cmp);
         (percentile(&totals, 0.5), percentile(&totals, 0.99))
     };
+    // Twice: the noise of the baseline itself.
     let (quiet, _) = fixed_load(&service, sizes.fixed_rate, sizes.fixed_seconds, sizes.small_size).await?;
     let (quiet_p50, quiet_p99) = p99(&quiet);
+    let (again, _) = fixed_load(&service, sizes.fixed_rate, sizes.fixed_seconds, sizes.small_size).await?;
+    let (again_p50, again_p99) = p99(&again);
 
     // The purge, as the api's retention service runs it (the same batches), from here.
     let db = api::database::Database::new(
@@ -61,7 +68,10 @@ pub(crate) async fn retention(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -
         .get_result::<Count>(&mut conn)
         .await?
         .n;
-    anyhow::ensure!(left <= (quiet.len() + busy.len()) as i64, "{left} digest rows left after the purge");
+    anyhow::ensure!(
+        left <= (quiet.len() + again.len() + busy.len()) as i64,
+        "{left} digest rows left after the purge"
+    );
     rows.push(Row {
         scenario: format!(
             "8. {} uploads/s offered while retention forgets {} old tasks: upload → done seen, p50 / p99{}",
@@ -70,8 +80,10 @@ pub(crate) async fn retention(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -
             if purge_running { "" } else { " (the purge ended before the load)" }
         ),
         figure: format!("{busy_p50:.1} / {busy_p99:.1} ms"),
-        baseline: format!("without the purge {quiet_p50:.1} / {quiet_p99:.1} ms"),
-        ratio: ratio(busy_p99, quiet_p99),
+        baseline: format!(
+            "without the purge {quiet_p50:.1} / {quiet_p99:.1} ms, again {again_p50:.1} / {again_p99:.1} ms"
+        ),
+        ratio: ratio(busy_p99, (quiet_p99 + again_p99) / 2.0),
         target: "p99 ≤ 1.50×".into(),
     });
     rows.push(Row {
