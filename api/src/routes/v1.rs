@@ -133,7 +133,11 @@ pub struct WaitQuery {
         (status = 200, description = "The task", body = TaskView,
             headers(("File-Digest" = String, description = "Once `done`, the file's sha-256 and sha-512 digests \
                 (those it has) in RFC 9530 `Repr-Digest` syntax, e.g. `sha-256=:LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=:`. \
-                Not `Repr-Digest`, which would claim them for this JSON answer"))),
+                Not `Repr-Digest`, which would claim them for this JSON answer")),
+            links(("CancelHash" = (operation_id = "cancel_hash_v1", parameters(("id" = "$response.body#/id")),
+                description = "Cancel it")),
+                ("ForgetHash" = (operation_id = "forget_hash_v1", parameters(("id" = "$response.body#/id")),
+                description = "Forget it")))),
         (status = 400, description = "`wait` out of range", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No task has this id, or it is not a UUID", body = Problem, content_type = "application/problem+json"),
         Refusals,
