@@ -138,7 +138,13 @@ async fn stopped(ctx: &JobContext, task_id: Uuid) -> anyhow::Result<Settle> {
             remove_upload(ctx, &task).await;
             Ok(Settle::Acknowledge)
         }
-        _ => {
+        // Forgotten (`DELETE`) while it was hashed: its row and file are gone, nothing is left
+        // to record; its entry is settled now, not after a takeover a lease later.
+        None => {
+            tracing::info!("task forgotten; no result and no log line");
+            Ok(Settle::Acknowledge)
+        }
+        Some(_) => {
             tracing::warn!("lease lost while hashing; leaving the task to its new owner");
             Ok(Settle::LeavePending)
         }
