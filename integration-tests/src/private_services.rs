@@ -108,13 +108,25 @@ impl PrivatePostgres {
             .arg("-o")
             // fsync off unless durable: the fault tests kill the server, never the machine.
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync={}",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync={}{}",
                 self.port,
                 self.dir.display(),
-                if self.durable { "on" } else { "off" }
+                if self.durable { "on" } else { "off" },
+                self.statement_counts()
             ))
             .arg("start");
         run(start, "pg_ctl start")
+    }
+
+    /// For the benchmark (durable), `pg_stat_statements` where the server has it, so that it can
+    /// count the statements of each job; the tests run without it.
+    fn statement_counts(&self) -> &'static str {
+        let library = self.bin.parent().map(|version| version.join("lib/pg_stat_statements.so"));
+        if self.durable && library.is_some_and(|library| library.exists()) {
+            " -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+        } else {
+            ""
+        }
     }
 
     /// The postmaster's process id, while the server runs (from `postmaster.pid`).

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::digest::Digests;
 use crate::models::{IdempotencyRecord, NewTask, Task, TaskStatus};
+use crate::prepared::{bind, prepared};
 use crate::schema::md5_tasks::dsl;
 use crate::time::interval;
 
@@ -61,20 +62,21 @@ pub async fn claim_tasks(
     worker: &str,
     lease: Duration,
 ) -> QueryResult<Vec<Task>> {
-    let claimable = dsl::status.eq(TaskStatus::Queued).or(dsl::status
-        .eq(TaskStatus::Processing)
-        .and(dsl::lease_until.lt(now.into_sql::<Timestamptz>().nullable())));
-    diesel::update(dsl::md5_tasks.filter(dsl::task_id.eq_any(task_ids)).filter(claimable))
-        .set((
-            dsl::status.eq(TaskStatus::Processing),
-            dsl::attempts.eq(dsl::attempts + 1),
-            dsl::started_at.eq(now.into_sql::<Timestamptz>().nullable()),
-            dsl::worker.eq(worker),
-            dsl::lease_until.eq((now.into_sql::<Timestamptz>() + interval(lease)).nullable()),
-        ))
-        .returning(Task::as_returning())
-        .get_results(conn)
-        .await
+    use diesel::sql_types::{Array, Interval, Text};
+    prepared(
+        "UPDATE md5_tasks SET status = 'processing', attempts = attempts + 1, started_at = now(), \
+             worker = $1, lease_until = now() + $2 \
+         WHERE task_id = ANY($3) \
+           AND (status = 'queued' OR (status = 'processing' AND lease_until < now())) \
+         RETURNING *",
+        (
+            bind::<Text, _>(worker),
+            bind::<Interval, _>(interval(lease)),
+            bind::<Array<diesel::sql_types::Uuid>, _>(task_ids),
+        ),
+    )
+    .load(conn)
+    .await
 }
 
 /// Extends `worker`'s lease on a task it is still processing; false if the lease was lost.
@@ -84,13 +86,16 @@ pub async fn extend_lease(
     worker: &str,
     lease: Duration,
 ) -> QueryResult<bool> {
-    let updated = diesel::update(
-        dsl::md5_tasks
-            .find(task_id)
-            .filter(dsl::status.eq(TaskStatus::Processing))
-            .filter(dsl::worker.eq(worker)),
+    use diesel::sql_types::{Interval, Text};
+    let updated = prepared(
+        "UPDATE md5_tasks SET lease_until = now() + $1 \
+         WHERE task_id = $2 AND status = 'processing' AND worker = $3",
+        (
+            bind::<Interval, _>(interval(lease)),
+            bind::<diesel::sql_types::Uuid, _>(task_id),
+            bind::<Text, _>(worker),
+        ),
     )
-    .set(dsl::lease_until.eq((now.into_sql::<Timestamptz>() + interval(lease)).nullable()))
     .execute(conn)
     .await?;
     Ok(updated == 1)
@@ -129,7 +134,7 @@ pub async fn complete_tasks(
         errors.push(error);
         others.push(digests);
     }
-    let finished = diesel::sql_query(
+    let finished = prepared(
         "WITH updated AS ( \
              UPDATE md5_tasks AS t \
              SET status = v.status::task_status, result = v.result, error = v.error, \
@@ -147,13 +152,15 @@ pub async fn complete_tasks(
              FROM updated AS u, jsonb_each_text(u.digests) AS d WHERE u.status = 'done' \
              ON CONFLICT DO NOTHING) \
          SELECT * FROM updated",
+        (
+            bind::<Array<diesel::sql_types::Uuid>, _>(ids),
+            bind::<Array<Text>, _>(statuses),
+            bind::<Array<Nullable<Text>>, _>(results),
+            bind::<Array<Nullable<Text>>, _>(errors),
+            bind::<Array<Nullable<Text>>, _>(others),
+            bind::<Text, _>(worker),
+        ),
     )
-    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
-    .bind::<Array<Text>, _>(statuses)
-    .bind::<Array<Nullable<Text>>, _>(results)
-    .bind::<Array<Nullable<Text>>, _>(errors)
-    .bind::<Array<Nullable<Text>>, _>(others)
-    .bind::<Text, _>(worker)
     .load::<Task>(conn)
     .await?;
     crate::webhooks::write_events(conn, &finished).await?;
@@ -308,10 +315,13 @@ pub async fn find_by_digest(
 
 /// Records that the tasks' lines are in the results log (a mark, once set, is never moved).
 pub async fn mark_all_logged(conn: &mut AsyncPgConnection, task_ids: &[Uuid]) -> QueryResult<()> {
-    diesel::update(dsl::md5_tasks.filter(dsl::task_id.eq_any(task_ids)).filter(dsl::logged_at.is_null()))
-        .set(dsl::logged_at.eq(now.into_sql::<Timestamptz>().nullable()))
-        .execute(conn)
-        .await?;
+    use diesel::sql_types::Array;
+    prepared(
+        "UPDATE md5_tasks SET logged_at = now() WHERE task_id = ANY($1) AND logged_at IS NULL",
+        (bind::<Array<diesel::sql_types::Uuid>, _>(task_ids),),
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::prepared::bind;
 use crate::schema;
 use crate::task_view::TaskView;
 use crate::time::interval;
@@ -106,17 +107,19 @@ pub async fn write_events(conn: &mut AsyncPgConnection, ended: &[Task]) -> diese
     let tasks: Vec<Uuid> = events.iter().map(|event| event.data.id).collect();
     let payloads: Vec<String> =
         events.iter().map(|event| serde_json::to_string(event).expect("an event serializes")).collect();
-    diesel::sql_query(
+    crate::prepared::prepared(
         "INSERT INTO md5_webhook_deliveries (event_id, endpoint_id, task_id, payload) \
          SELECT v.event_id, e.endpoint_id, v.task_id, v.payload \
          FROM unnest($1::text[], $2::uuid[], $3::text[]) AS v(event_id, task_id, payload) \
          CROSS JOIN md5_webhook_endpoints AS e WHERE e.disabled_at IS NULL AND e.seen_at > now() - $4 \
          ON CONFLICT DO NOTHING",
+        (
+            bind::<Array<Text>, _>(ids),
+            bind::<Array<diesel::sql_types::Uuid>, _>(tasks),
+            bind::<Array<Text>, _>(payloads),
+            bind::<Interval, _>(interval(SEEN_FOR)),
+        ),
     )
-    .bind::<Array<Text>, _>(ids)
-    .bind::<Array<diesel::sql_types::Uuid>, _>(tasks)
-    .bind::<Array<Text>, _>(payloads)
-    .bind::<Interval, _>(interval(SEEN_FOR))
     .execute(conn)
     .await?;
     Ok(())

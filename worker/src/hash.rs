@@ -176,9 +176,13 @@ fn digest_file_on(
     Ok((hasher.finish(), total))
 }
 
-/// Threads for the other algorithms: the CPUs beside the MD5's, at least one.
+/// Threads for the other algorithms: the CPUs beside the MD5's, at least one. Asked once per
+/// process: the standard library reads the cgroup's CPU quota files on every call (a dozen
+/// system calls, which a small file's whole hash does not need).
 fn side_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).max(1)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS
+        .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)).max(1))
 }
 
 /// Reads on a second thread while this one computes the MD5 and, when there are other

@@ -185,7 +185,38 @@ async fn a_shared_statement_answers_each_job_as_if_it_ran_alone() {
     assert!(row(&mut conn, b).await.logged_at.is_some() && row(&mut conn, c).await.logged_at.is_none());
     queries::mark_all_logged(&mut conn, &[a]).await.unwrap();
     assert_eq!(row(&mut conn, a).await.logged_at, marked, "a mark is never moved");
+
+    // The job's statements were prepared on this connection once each, and used again as such
+    // (Postgres neither parses nor plans them again).
+    queries::claim_tasks(&mut conn, &[c], "w1", lease).await.unwrap();
+    queries::complete_tasks(&mut conn, "w2", &[(c, done(&"0c".repeat(16)))]).await.unwrap();
+    for start in [
+        "UPDATE md5_tasks SET status = 'processing'",
+        "WITH updated AS ( UPDATE md5_tasks",
+        "INSERT INTO md5_webhook_deliveries",
+        "UPDATE md5_tasks SET logged_at",
+    ] {
+        assert_eq!(prepared_count(&mut conn, start).await, 1, "statements starting {start:?}");
+    }
     app.stop().await;
+}
+
+/// How many statements starting with `start` are prepared on `conn`'s session.
+async fn prepared_count(conn: &mut AsyncPgConnection, start: &str) -> i64 {
+    use diesel_async::RunQueryDsl as _;
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let count: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_prepared_statements WHERE NOT from_sql AND starts_with(statement, $1)",
+    )
+    .bind::<diesel::sql_types::Text, _>(start)
+    .get_result(conn)
+    .await
+    .unwrap();
+    count.n
 }
 
 async fn row(conn: &mut AsyncPgConnection, id: Uuid) -> shared::Task {

@@ -6,6 +6,7 @@
 //! target) and writes it to BENCHMARKS.md. `--smoke` runs tiny sizes in seconds, checks that
 //! every task finished with the right MD5, and writes nothing.
 
+mod pg_counts;
 mod procfs;
 mod report;
 mod scenarios;

@@ -54,6 +54,12 @@ impl Service {
         config.api.max_concurrent_uploads = 256;
         config.api.telemetry.log_filter = "warn".into();
         config.worker.telemetry.log_filter = "warn".into();
+        // BENCH_UPLOAD_DIR puts the uploads on another filesystem than the run's temporary folder.
+        if let Some(dir) = std::env::var_os("BENCH_UPLOAD_DIR") {
+            let dir = PathBuf::from(dir).join(root.file_name().context("root")?);
+            config.api.storage.upload_dir = dir.clone();
+            config.worker.storage.upload_dir = dir;
+        }
         change(&mut config);
         let mut service = Service {
             root: root.to_owned(),

@@ -130,9 +130,15 @@ pub(crate) fn pgbench_baseline(service: &Service, seconds: u64) -> anyhow::Resul
 
 pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let mut service = Service::start(&root.join("small"), 2).await?;
+    let counts = crate::pg_counts::PgCounts::start(&service.pg.url())?;
     let before = service.cpu();
     let (rate, latencies) = many_small(&service, sizes.small_count, sizes.small_size, sizes.clients).await?;
     let after = service.cpu();
+    let (postgres, statements) = counts.per_job(&service.pg.url(), sizes.small_count)?;
+    println!("Postgres per small job: {postgres}");
+    for statement in &statements {
+        println!("  {statement}");
+    }
     let (parts, machine) = after.per_job_since(&before, sizes.small_count);
     let service_ms = after.service_per_job_since(&before, sizes.small_count);
     // After the CPU figures: pgbench's backends are still exiting when it returns.
@@ -150,6 +156,13 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
         baseline: parts,
         ratio: "—".into(),
         target: "≤ 0.9 ms".into(),
+    });
+    rows.push(Row {
+        scenario: "2. Postgres per job".into(),
+        figure: postgres,
+        baseline: "—".into(),
+        ratio: "—".into(),
+        target: "—".into(),
     });
     rows.push(Row {
         scenario: "2. row committed → done, p50 / p99".into(),
