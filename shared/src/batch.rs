@@ -3,8 +3,10 @@
 //!
 //! A [`Batcher`] owns one task that takes every waiting request (up to a maximum), runs the
 //! batch's `flush` once, and answers each caller with its own result. Nothing waits for a timer:
-//! a lone request goes out at once, and under load each flush carries everything that queued up
-//! during the previous one, so the cost per request falls as load grows. Each caller still gets
+//! a lone request goes out at once (after one yield to the runtime, so that requests made ready
+//! by the same event, such as the jobs of one log flush, join it), and under load each flush
+//! carries everything that queued up during the previous one, so the cost per request falls as
+//! load grows. Each caller still gets
 //! its answer only after the statement that carried its request has completed.
 
 use std::future::Future;
@@ -103,6 +105,16 @@ impl<Req: Send + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         tokio::spawn(async move {
             let mut waiting = Vec::with_capacity(max_batch);
             while receiver.recv_many(&mut waiting, max_batch).await > 0 {
+                // Requests made ready by one event (a read of several stream entries, one log
+                // flush for many jobs) are often still on their way: let the tasks that are
+                // ready run first, once, and take what they sent.
+                if waiting.len() < max_batch {
+                    tokio::task::yield_now().await;
+                    while waiting.len() < max_batch {
+                        let Ok(request) = receiver.try_recv() else { break };
+                        waiting.push(request);
+                    }
+                }
                 let (batch, replies): (Vec<Req>, Vec<Reply<Resp>>) = waiting.drain(..).unzip();
                 let size = batch.len();
                 metrics::histogram!("md5_batch_size", "batch" => name).record(size as f64);

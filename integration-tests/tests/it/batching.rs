@@ -222,3 +222,29 @@ async fn prepared_count(conn: &mut AsyncPgConnection, start: &str) -> i64 {
 async fn row(conn: &mut AsyncPgConnection, id: Uuid) -> shared::Task {
     queries::find_task(conn, id).await.unwrap().unwrap()
 }
+
+#[tokio::test]
+async fn every_pooled_connection_plans_each_statement_for_its_own_values() {
+    use diesel_async::RunQueryDsl as _;
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        value: String,
+    }
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let args = shared::config::DatabaseArgs {
+        database_url: app.database_url.clone(),
+        db_pool_size: 1,
+        db_timeout_ms: 5_000,
+    };
+    let durable = shared::db::build_pool(&args, "test").unwrap();
+    let bookkeeping = shared::db::build_bookkeeping_pool(&args, "test").unwrap();
+    for (pool, synchronous_commit) in [(durable, "on"), (bookkeeping, "off")] {
+        let mut conn = shared::db::connection(&pool).await.unwrap();
+        let show = |name: &str| diesel::sql_query(format!("SELECT current_setting('{name}') AS value"));
+        let mode: Setting = show("plan_cache_mode").get_result(&mut conn).await.unwrap();
+        let commit: Setting = show("synchronous_commit").get_result(&mut conn).await.unwrap();
+        assert_eq!((mode.value.as_str(), commit.value.as_str()), ("force_custom_plan", synchronous_commit));
+    }
+    app.stop().await;
+}

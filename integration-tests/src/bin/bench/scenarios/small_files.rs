@@ -172,10 +172,16 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
         target: "—".into(),
     });
     keys_on_and_off(&mut service, sizes, rate, rows).await?;
+    let counts = crate::pg_counts::PgCounts::start(&service.pg.url())?;
     let before = service.cpu();
     let (timed, refused) =
         fixed_load(&service, sizes.fixed_rate, sizes.fixed_seconds, sizes.small_size).await?;
-    let (_, machine) = service.cpu().per_job_since(&before, timed.len());
+    let (postgres, statements) = counts.per_job(&service.pg.url(), timed.len())?;
+    println!("Postgres per job at {} uploads/s: {postgres}", sizes.fixed_rate);
+    for statement in &statements {
+        println!("  {statement}");
+    }
+    let (cpu_parts, machine) = service.cpu().per_job_since(&before, timed.len());
     let sorted = |mut values: Vec<f64>| {
         values.sort_by(f64::total_cmp);
         format!("{:.1} / {:.1} ms", percentile(&values, 0.5), percentile(&values, 0.99))
@@ -212,7 +218,7 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
             sorted(queued),
             sorted(processed)
         ),
-        baseline: format!("machine CPU {machine:.2} ms per job"),
+        baseline: format!("machine CPU {machine:.2} ms per job: {cpu_parts}"),
         ratio: "—".into(),
         target: "—".into(),
     });
