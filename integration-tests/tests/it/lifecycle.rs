@@ -231,8 +231,11 @@ async fn retention_forgets_finished_tasks_on_time_keeps_unfinished_ones_and_keep
         assert!(overall < 500, "{name}: {overall} rows at once with a retention of 2 s");
         assert!(last <= middle.max(1) * 3 / 2, "{name} grows: {middle} then {last}");
     }
+    // One client uploading in turn: about a third of its 12 s of uploads are in the table at
+    // the most (2 s kept, looked for every second, under the suite's load); twice the most is
+    // enough to show that the rows are forgotten, not just fewer than what came in.
     let most_tasks = samples.iter().map(|(_, rows)| rows[0]).max().unwrap_or(0);
-    assert!(uploaded > 3 * most_tasks as u64, "{uploaded} uploaded: too few to show the bound");
+    assert!(uploaded > 2 * most_tasks as u64, "{uploaded} uploaded: too few to show the bound");
     assert!(
         samples.iter().any(|(_, rows)| rows.iter().all(|n| *n > 0)),
         "every table had rows at some point: {:?}",
