@@ -25,7 +25,7 @@ pub struct Prepared<B> {
 
 /// `sql` with `binds`, a tuple of [`bind`]s, one per placeholder of `sql` in order.
 pub fn prepared<B: Binds>(sql: &'static str, binds: B) -> Prepared<B> {
-    debug_assert_eq!(placeholders(sql), B::COUNT, "one bind per placeholder, in order: {sql}");
+    assert_eq!(placeholders(sql), B::COUNT, "one bind per placeholder, in order: {sql}");
     Prepared { sql, binds }
 }
 
@@ -77,15 +77,21 @@ binds!(7; 0 S0 T0, 1 S1 T1, 2 S2 T2, 3 S3 T3, 4 S4 T4, 5 S5 T5, 6 S6 T6);
 fn placeholders(sql: &str) -> usize {
     let mut found = 0;
     let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        let digits: String = rest[at + 1..].chars().take_while(char::is_ascii_digit).collect();
-        if digits.parse::<usize>() != Ok(found + 1) {
+    while let Some((_, number, after)) = next_placeholder(rest) {
+        if number.parse::<usize>() != Ok(found + 1) {
             return usize::MAX;
         }
         found += 1;
-        rest = &rest[at + 1 + digits.len()..];
+        rest = after;
     }
     found
+}
+
+/// The text before `sql`'s first placeholder, its number and the text after it.
+fn next_placeholder(sql: &str) -> Option<(&str, &str, &str)> {
+    let at = sql.find('$')?;
+    let digits = sql[at + 1..].bytes().take_while(u8::is_ascii_digit).count();
+    Some((&sql[..at], &sql[at + 1..at + 1 + digits], &sql[at + 1 + digits..]))
 }
 
 impl<B: Binds> QueryFragment<Pg> for Prepared<B> {
@@ -93,11 +99,10 @@ impl<B: Binds> QueryFragment<Pg> for Prepared<B> {
         // Each `$n` is written back by `push_bind_param`, which numbers the binds in order.
         let mut rest = self.sql;
         for index in 0..B::COUNT {
-            let placeholder = format!("${}", index + 1);
-            let at = rest.find(&placeholder).expect("checked by `prepared`");
-            out.push_sql(&rest[..at]);
+            let (before, _, after) = next_placeholder(rest).expect("checked by `prepared`");
+            out.push_sql(before);
             self.binds.push(index, &mut out)?;
-            rest = &rest[at + placeholder.len()..];
+            rest = after;
         }
         out.push_sql(rest);
         Ok(())

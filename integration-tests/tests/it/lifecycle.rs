@@ -167,9 +167,10 @@ async fn retention_forgets_finished_tasks_on_time_keeps_unfinished_ones_and_keep
     .unwrap();
     // A steady load of small uploads (every fourth with an Idempotency-Key, one resumable a batch,
     // whose md5_uploads row goes when it completes): what each task-related table holds stays
-    // about retention × rate, from the first seconds to the last. 12 s in the test command; `RETENTION_FLAT_SECONDS=300` runs it for minutes.
+    // about retention × rate, from the first seconds to the last. 15 s in the test command (one
+    // client uploading in turn: about a quarter of its uploads are in the table at the most); `RETENTION_FLAT_SECONDS=300` runs it for minutes.
     let seconds: u64 =
-        std::env::var("RETENTION_FLAT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+        std::env::var("RETENTION_FLAT_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
     let started = Instant::now();
     let mut samples: Vec<(f64, [i64; 5])> = Vec::new();
     let mut first = None;
@@ -231,11 +232,8 @@ async fn retention_forgets_finished_tasks_on_time_keeps_unfinished_ones_and_keep
         assert!(overall < 500, "{name}: {overall} rows at once with a retention of 2 s");
         assert!(last <= middle.max(1) * 3 / 2, "{name} grows: {middle} then {last}");
     }
-    // One client uploading in turn: about a third of its 12 s of uploads are in the table at
-    // the most (2 s kept, looked for every second, under the suite's load); twice the most is
-    // enough to show that the rows are forgotten, not just fewer than what came in.
     let most_tasks = samples.iter().map(|(_, rows)| rows[0]).max().unwrap_or(0);
-    assert!(uploaded > 2 * most_tasks as u64, "{uploaded} uploaded: too few to show the bound");
+    assert!(uploaded > 3 * most_tasks as u64, "{uploaded} uploaded: too few to show the bound");
     assert!(
         samples.iter().any(|(_, rows)| rows.iter().all(|n| *n > 0)),
         "every table had rows at some point: {:?}",

@@ -23,7 +23,6 @@ impl PgCounts {
     }
 
     fn now(url: &str) -> anyhow::Result<PgCounts> {
-        // Statistics are sent at the end of each transaction, at most once a second per backend.
         let text = psql(
             url,
             "SELECT pg_stat_clear_snapshot(); \
@@ -41,11 +40,31 @@ impl PgCounts {
         })
     }
 
+    /// [`PgCounts::per_job`], its statements printed under `what`; the line of counters.
+    pub(crate) fn print_per_job(&self, url: &str, jobs: usize, what: &str) -> anyhow::Result<String> {
+        let (summary, statements) = self.per_job(url, jobs)?;
+        println!("Postgres per job {what}: {summary}");
+        for statement in &statements {
+            println!("  {statement}");
+        }
+        Ok(summary)
+    }
+
     /// Per job since `self`, for `jobs` jobs: one line of counters, and the statements (calls
-    /// per job, mean time) where counted, most called first.
-    pub(crate) fn per_job(&self, url: &str, jobs: usize) -> anyhow::Result<(String, Vec<String>)> {
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-        let now = PgCounts::now(url)?;
+    /// per job, mean time) where counted, most time first.
+    fn per_job(&self, url: &str, jobs: usize) -> anyhow::Result<(String, Vec<String>)> {
+        // Each backend reports its counts at most once a second, and an idle one up to 10 s
+        // later: read until two readings a second apart agree (12 s at the most).
+        let mut now = PgCounts::now(url)?;
+        for _ in 0..12 {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let next = PgCounts::now(url)?;
+            let settled = next.commits == now.commits && next.wal_records == now.wal_records;
+            now = next;
+            if settled {
+                break;
+            }
+        }
         let n = jobs as f64;
         let summary = format!(
             "{:.1} commits, {:.1} WAL records, {:.0} B of WAL, {:.2} WAL flushes",

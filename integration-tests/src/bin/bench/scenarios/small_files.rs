@@ -134,11 +134,7 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
     let before = service.cpu();
     let (rate, latencies) = many_small(&service, sizes.small_count, sizes.small_size, sizes.clients).await?;
     let after = service.cpu();
-    let (postgres, statements) = counts.per_job(&service.pg.url(), sizes.small_count)?;
-    println!("Postgres per small job: {postgres}");
-    for statement in &statements {
-        println!("  {statement}");
-    }
+    let postgres = counts.print_per_job(&service.pg.url(), sizes.small_count, "at full speed")?;
     let (parts, machine) = after.per_job_since(&before, sizes.small_count);
     let service_ms = after.service_per_job_since(&before, sizes.small_count);
     // After the CPU figures: pgbench's backends are still exiting when it returns.
@@ -176,11 +172,7 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
     let before = service.cpu();
     let (timed, refused) =
         fixed_load(&service, sizes.fixed_rate, sizes.fixed_seconds, sizes.small_size).await?;
-    let (postgres, statements) = counts.per_job(&service.pg.url(), timed.len())?;
-    println!("Postgres per job at {} uploads/s: {postgres}", sizes.fixed_rate);
-    for statement in &statements {
-        println!("  {statement}");
-    }
+    counts.print_per_job(&service.pg.url(), timed.len(), &format!("at {} uploads/s", sizes.fixed_rate))?;
     let (cpu_parts, machine) = service.cpu().per_job_since(&before, timed.len());
     let sorted = |mut values: Vec<f64>| {
         values.sort_by(f64::total_cmp);
