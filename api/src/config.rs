@@ -39,6 +39,11 @@ pub struct Config {
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
+    /// Uploads of at least this many bytes (declared, or once received) are hashed while they
+    /// arrive: a worker reads each part as soon as it is written and flushed. 0 turns it off.
+    #[arg(long, env = "HASH_WHILE_UPLOADING_ABOVE_BYTES", default_value_t = shared::follow::FOLLOW_ABOVE_BYTES)]
+    pub hash_while_uploading_above_bytes: u64,
+
     /// Refuse uploads with 507 while the upload volume has less free space than this many bytes.
     #[arg(long, env = "MIN_FREE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub min_free_bytes: u64,

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::client_id::ClientId;
 use crate::commits::PendingTask;
 use crate::error::ApiError;
+use crate::follow::Announcer;
 use crate::idempotency::Reservation;
 use crate::quotas::{Quota, Quotas};
 use crate::slots::{ClientSlot, SlotRefusal};
@@ -116,12 +117,15 @@ pub struct StoredUpload {
     pub digests: shared::DigestRequest,
     /// The API key it belongs to (see `crate::keys`).
     pub owner: Option<i64>,
+    /// Its announcements to a worker hashing it as it arrived (see `crate::follow`).
+    pub follow: Box<Announcer>,
 }
 
 /// Completes a one-shot upload: renames its durable part file to its final name, commits the
 /// row (completing its idempotency key in the same transaction) and enqueues the job.
 pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Task, ApiError> {
-    let StoredUpload { mut part, task_id, file_name, size, request_id, reservation, digests, owner } = upload;
+    let StoredUpload { mut part, task_id, file_name, size, request_id, reservation, digests, owner, follow } =
+        upload;
     state.storage.promote(&mut part).await?;
     let inserted = state
         .commits
@@ -146,7 +150,7 @@ pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Ta
                     if let Some(reservation) = reservation {
                         reservation.completed();
                     }
-                    enqueue(&state, task_id, size, request_id).await;
+                    enqueue(&state, task_id, size, request_id, Some(*follow)).await;
                 }
                 // Else `part` and `reservation` go: the file is removed, the key released.
             });
@@ -158,24 +162,26 @@ pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Ta
     if let Some(reservation) = reservation {
         reservation.completed();
     }
-    enqueue(&state, task_id, size, request_id).await;
+    enqueue(&state, task_id, size, request_id, Some(*follow)).await;
     Ok(task)
 }
 
 /// Completes resumable upload `task_id`, whose `size` bytes are durable: its upload row goes and
-/// its task becomes `queued` (one transaction), then its job is enqueued. `None` when the upload
-/// was no longer open (expired or terminated meanwhile): nothing is enqueued.
+/// its task becomes `queued` (one transaction), then its job is enqueued (or its follower told).
+/// `None` when the upload was no longer open (expired or terminated meanwhile): nothing is
+/// enqueued.
 pub async fn complete_resumable(
     state: &AppState,
     task_id: Uuid,
     size: u64,
     request_id: Option<String>,
+    follow: Announcer,
 ) -> Result<Option<Task>, ApiError> {
     let size_bytes = i64::try_from(size).map_err(ApiError::internal)?;
     let task = state.db.write(async |conn| uploads::complete(conn, task_id, size_bytes).await).await?;
     if task.is_some() {
         metrics::counter!("md5_resumable_uploads_total", "event" => "completed").increment(1);
-        enqueue(state, task_id, size, request_id).await;
+        enqueue(state, task_id, size, request_id, Some(follow)).await;
     }
     Ok(task)
 }
@@ -198,13 +204,25 @@ pub async fn settle(state: &AppState, task_id: Uuid) -> bool {
     }
 }
 
-/// Announces a committed, `queued` task of `size` bytes to the workers. A failed XADD is
-/// logged, not returned: the row is committed, and the sweeper enqueues it once Redis answers.
-async fn enqueue(state: &AppState, task_id: Uuid, size: u64, request_id: Option<String>) {
+/// Announces a committed, `queued` task of `size` bytes to the workers: to the worker that
+/// followed its upload if one takes it (`follow`), else with a job. A failed XADD is logged,
+/// not returned: the row is committed, and the sweeper enqueues it once Redis answers.
+async fn enqueue(
+    state: &AppState,
+    task_id: Uuid,
+    size: u64,
+    request_id: Option<String>,
+    follow: Option<Announcer>,
+) {
     metrics::counter!("md5_uploads_total").increment(1);
     metrics::counter!("md5_upload_bytes_total").increment(size);
     tracing::info!(task.id = %task_id, upload.size_bytes = size, "upload stored");
-    let job = JobMessage { task_id, request_id };
+    if let Some(follow) = follow
+        && follow.complete(size).await
+    {
+        return;
+    }
+    let job = JobMessage::new(task_id, request_id);
     if let Err(err) = state.queue.enqueue(&job).await {
         let err = anyhow::Error::new(err);
         tracing::warn!(task.id = %task_id, error = format!("{err:#}"), "cannot enqueue job; the sweeper will retry");

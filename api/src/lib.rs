@@ -44,6 +44,7 @@ pub mod creation_rate;
 pub mod database;
 pub mod digests;
 pub mod error;
+pub mod follow;
 pub mod form;
 pub mod forwarded;
 pub mod idempotency;

@@ -61,6 +61,11 @@ impl JobQueue {
         Ok(JobQueue { connection, stream, adds })
     }
 
+    /// The connection and the stream's name, for the announcements of `crate::follow`.
+    pub fn connection(&self) -> (ConnectionManager, String) {
+        (self.connection.clone(), self.stream.clone())
+    }
+
     /// XADDs the job (pipelined with other uploads' jobs); an error means the sweeper will
     /// have to enqueue it later.
     pub async fn enqueue(&self, job: &JobMessage) -> Result<(), BatchError> {

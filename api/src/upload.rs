@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::body::{self, FormHead};
 use crate::client_id::ClientId;
 use crate::error::ApiError;
+use crate::follow::Announcer;
 pub use crate::form::Parts;
 use crate::form::{self, FORM_HEAD_BYTES, FormPart, MULTIPART_OVERHEAD_BYTES, UploadBody};
 use crate::idempotency::{self, Begin, IdempotencyKey, Reservation};
@@ -78,7 +79,16 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
     let _slot = intake::admit(state, request.client)?;
     let task_id = Uuid::now_v7();
     let key = request.key.map(|key| key.scoped(request.owner));
-    let destination = open_destination(state, task_id, key).await?;
+    let request_id = request.request_id.map(str::to_owned);
+    let follow = Announcer::new(
+        state,
+        task_id,
+        request_id.clone(),
+        &request.digests.algorithms,
+        form::content_length(request.headers),
+        true,
+    );
+    let destination = open_destination(state, task_id, key, follow).await?;
 
     let (file_name, size, received) = match body_kind {
         UploadBody::Form(boundary) => {
@@ -89,8 +99,8 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
             (file_name, size, received)
         }
     };
-    let (part, reservation) = match received {
-        Received::Stored(part, reservation) => (part, reservation),
+    let (part, reservation, follow) = match received {
+        Received::Stored(part, reservation, follow) => (part, reservation, follow),
         Received::Counted(original) => return replay(state, &original, &file_name, size).await,
     };
 
@@ -102,8 +112,9 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
         task_id,
         file_name,
         size,
-        request_id: request.request_id.map(str::to_owned),
+        request_id,
         reservation,
+        follow,
         digests: request.digests,
         owner: request.owner,
     };
@@ -115,8 +126,9 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
 
 /// Where an upload's `file` part goes.
 enum Destination {
-    /// To its partial file, under the key's reservation if it has a key.
-    Store(PartWriter, Option<Reservation>),
+    /// To its partial file, under the key's reservation if it has a key, its flushed bytes
+    /// announced to a worker once it is large.
+    Store(PartWriter, Option<Reservation>, Box<Announcer>),
     /// Nowhere: a repeat of a completed key's upload is only counted, to compare with the original.
     Count(IdempotencyRecord),
 }
@@ -124,7 +136,7 @@ enum Destination {
 /// What the `file` part became.
 enum Received {
     /// A durable partial file, ready to commit.
-    Stored(PartFile, Option<Reservation>),
+    Stored(PartFile, Option<Reservation>, Box<Announcer>),
     /// Nothing: the part was a repeat of this key's original upload.
     Counted(IdempotencyRecord),
 }
@@ -135,14 +147,15 @@ async fn open_destination(
     state: &AppState,
     task_id: Uuid,
     key: Option<IdempotencyKey>,
+    follow: Announcer,
 ) -> Result<Destination, ApiError> {
     let Some(key) = key else {
         state.db.check_available().await?;
-        return Ok(Destination::Store(state.storage.create(task_id), None));
+        return Ok(Destination::Store(state.storage.create(task_id), None, Box::new(follow)));
     };
     match idempotency::begin(&state.db, key, task_id, state.config.idempotency_ttl()).await? {
         Begin::Reserved(reservation) => {
-            Ok(Destination::Store(state.storage.create(task_id), Some(reservation)))
+            Ok(Destination::Store(state.storage.create(task_id), Some(reservation), Box::new(follow)))
         }
         Begin::Completed(record) => Ok(Destination::Count(record)),
         Begin::InProgress => Err(ApiError::idempotency_key_in_use()),
@@ -185,7 +198,7 @@ async fn read_form(
         }
         let file_name = form::sanitize_file_name(disposition.file_name.as_deref());
         let size = match &mut destination {
-            Destination::Store(writer, _) => store_part(field, writer, limit).await?,
+            Destination::Store(writer, _, follow) => store_part(field, writer, follow, limit).await?,
             Destination::Count(_) => count_part(field, limit).await?,
         };
         file_part = Some((file_name, size));
@@ -215,8 +228,9 @@ async fn read_raw(
             body::drain(&mut body, REFUSED_DRAIN_BYTES).await;
             return Err(ApiError::payload_too_large(limit));
         }
-        if let Destination::Store(writer, _) = &mut destination {
+        if let Destination::Store(writer, _, follow) = &mut destination {
             writer.write(&chunk).await?;
+            follow.after_write(writer).await?;
         }
     }
     Ok((size, destination.finish().await?))
@@ -226,7 +240,9 @@ impl Destination {
     /// What the part became once the body ended: a durable partial file, or a count.
     async fn finish(self) -> Result<Received, ApiError> {
         Ok(match self {
-            Destination::Store(writer, reservation) => Received::Stored(writer.finish().await?, reservation),
+            Destination::Store(writer, reservation, follow) => {
+                Received::Stored(writer.finish().await?, reservation, follow)
+            }
             Destination::Count(original) => Received::Counted(original),
         })
     }
@@ -236,6 +252,7 @@ impl Destination {
 async fn store_part(
     mut field: multer::Field<'_>,
     writer: &mut PartWriter,
+    follow: &mut Announcer,
     limit: u64,
 ) -> Result<u64, ApiError> {
     let mut size: u64 = 0;
@@ -245,6 +262,7 @@ async fn store_part(
             return Err(ApiError::payload_too_large(limit));
         }
         writer.write(&chunk).await?;
+        follow.after_write(writer).await?;
     }
     Ok(size)
 }

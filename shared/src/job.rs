@@ -12,6 +12,9 @@ pub struct JobMessage {
     pub task_id: Uuid,
     /// The request id of the upload, to follow the task into the worker's logs.
     pub request_id: Option<String>,
+    /// True for a job whose upload is still arriving: the worker hashes its bytes as the api
+    /// announces them (see [`crate::follow`]), then handles it as any job once it completes.
+    pub follow: bool,
 }
 
 /// Why a stream entry is not a valid [`JobMessage`].
@@ -30,12 +33,22 @@ impl JobMessage {
     pub const TASK_ID: &'static str = "task_id";
     /// Field holding the request id.
     pub const REQUEST_ID: &'static str = "request_id";
+    /// Field present (`1`) on a job whose upload is still arriving.
+    pub const FOLLOW: &'static str = "follow";
+
+    /// The job of a stored upload.
+    pub fn new(task_id: Uuid, request_id: Option<String>) -> Self {
+        JobMessage { task_id, request_id, follow: false }
+    }
 
     /// The entry's field/value pairs, in the order they are added to the stream.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         let mut fields = vec![(Self::TASK_ID, self.task_id.to_string())];
         if let Some(request_id) = &self.request_id {
             fields.push((Self::REQUEST_ID, request_id.clone()));
+        }
+        if self.follow {
+            fields.push((Self::FOLLOW, "1".to_owned()));
         }
         fields
     }
@@ -46,17 +59,19 @@ impl JobMessage {
     ) -> Result<Self, JobParseError> {
         let mut task_id = None;
         let mut request_id = None;
+        let mut follow = false;
         for (name, value) in fields {
             let value = String::from_utf8_lossy(value).into_owned();
             match name {
                 Self::TASK_ID => task_id = Some(value),
                 Self::REQUEST_ID => request_id = Some(value),
+                Self::FOLLOW => follow = value == "1",
                 _ => {}
             }
         }
         let raw = task_id.ok_or(JobParseError::MissingTaskId)?;
         let task_id = Uuid::parse_str(&raw).map_err(|_| JobParseError::InvalidTaskId(raw))?;
-        Ok(JobMessage { task_id, request_id })
+        Ok(JobMessage { task_id, request_id, follow })
     }
 }
 
@@ -66,10 +81,12 @@ mod tests {
 
     #[test]
     fn message_round_trips_through_fields() {
-        let message = JobMessage { task_id: Uuid::now_v7(), request_id: Some("req-1".into()) };
-        let fields = message.to_fields();
-        let parsed = JobMessage::from_fields(fields.iter().map(|(k, v)| (*k, v.as_bytes()))).unwrap();
-        assert_eq!(parsed, message);
+        for follow in [false, true] {
+            let message = JobMessage { task_id: Uuid::now_v7(), request_id: Some("req-1".into()), follow };
+            let fields = message.to_fields();
+            let parsed = JobMessage::from_fields(fields.iter().map(|(k, v)| (*k, v.as_bytes()))).unwrap();
+            assert_eq!(parsed, message);
+        }
     }
 
     #[test]

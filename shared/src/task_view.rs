@@ -65,9 +65,10 @@ pub struct HashingProgress {
 
 impl TaskView {
     /// The view with its `progress` (`bytes_hashed` as its worker last announced, none yet
-    /// counting as 0), when the task is `processing`.
+    /// counting as 0), when the task is `processing`, or `uploading` and hashed as it arrives.
     pub fn with_progress(mut self, bytes_hashed: Option<u64>) -> Self {
-        if self.status == TaskStatus::Processing {
+        let hashing_upload = self.status == TaskStatus::Uploading && bytes_hashed.is_some();
+        if self.status == TaskStatus::Processing || hashing_upload {
             let bytes_hashed = bytes_hashed.unwrap_or(0).min(self.size_bytes.max(0) as u64);
             self.progress = Some(HashingProgress { bytes_hashed, size_bytes: self.size_bytes });
         }

@@ -171,9 +171,22 @@ fn digest_file_on(
     let total = if file.metadata()?.len() <= OVERLAP_ABOVE_BYTES {
         hash_in_turn(&mut file, &mut hasher, progress)?
     } else {
-        hash_overlapped(file, &mut hasher, threads, progress)?
+        hash_overlapped(file, &mut hasher, threads, 0, progress)?
     };
     Ok((hasher.finish(), total))
+}
+
+/// Hashes the next `length` bytes of `file` (from its position) into `hasher`, read on a second
+/// thread as [`digest_file`] reads, counting into `progress` from `start`; returns the bytes
+/// read, fewer if the file ended first.
+pub fn hash_range(
+    file: &File,
+    length: u64,
+    hasher: &mut MultiHasher,
+    start: u64,
+    progress: &HashProgress,
+) -> io::Result<u64> {
+    hash_overlapped(file.take(length), hasher, side_threads(), start, progress)
 }
 
 /// Threads for the other algorithms: the CPUs beside the MD5's, at least one. Asked once per
@@ -190,9 +203,10 @@ fn side_threads() -> usize {
 /// goes back to the reader when every thread is done with it). Costs then do not add up: the
 /// file takes as long as its slowest thread. Returns the bytes read.
 fn hash_overlapped(
-    mut file: File,
+    mut file: impl Read + Send,
     hasher: &mut MultiHasher,
     threads: usize,
+    start: u64,
     progress: &HashProgress,
 ) -> io::Result<u64> {
     let mut total = 0u64;
@@ -252,7 +266,7 @@ fn hash_overlapped(
                 }
                 hasher.md5.update(&buffer[..]);
                 total += buffer.len() as u64;
-                progress.set(total);
+                progress.set(start + total);
                 give_back(buffer, &empty_tx);
                 if progress.is_stopped() {
                     // Returning drops the receiver: the reader and the other threads end too.
@@ -322,7 +336,7 @@ fn hash_in_turn(file: &mut File, hasher: &mut MultiHasher, progress: &HashProgre
 }
 
 /// Reads until `buffer` is full or the file ends; returns the bytes read.
-pub(crate) fn read_full(file: &mut File, buffer: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(file: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buffer.len() {
         match file.read(&mut buffer[filled..]) {

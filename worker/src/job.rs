@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 pub use crate::context::JobContext;
+use crate::follow::{Followed, Following};
 use crate::results_log::Appended;
 use crate::stream::Delivery;
 
@@ -24,7 +25,7 @@ use crate::stream::Delivery;
 const RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// How often a running hash announces its progress; a hash shorter than this announces nothing.
-const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+pub(crate) const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// What becomes of a delivery's stream entry, decided by the job and carried out in one place,
 /// [`settle`].
@@ -82,6 +83,15 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<Settle
             return Ok(Settle::Acknowledge);
         }
     };
+    let following = if job.follow {
+        match crate::follow::follow(ctx, &delivery.entry_id, job.task_id).await? {
+            Followed::Complete(following) => following,
+            Followed::Gone => return Ok(Settle::Acknowledge),
+            Followed::Stopping => return Ok(Settle::LeavePending),
+        }
+    } else {
+        None
+    };
     let claimed = retry(ctx, "claim the task", || ctx.batches.claim.call(job.task_id)).await?;
     let Some(task) = claimed else {
         return not_claimable(ctx, delivery, job.task_id).await;
@@ -99,7 +109,8 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<Settle
         Outcome::Failed { error: reason }
     } else {
         crate::fault::point(&ctx.config, "after_claim");
-        match hash_with_heartbeat(ctx, &task, &delivery.entry_id).await {
+        let resume = following.filter(|following| following.fits(&task));
+        match hash_with_heartbeat(ctx, &task, &delivery.entry_id, resume).await {
             Some(outcome) => outcome,
             None => return stopped(ctx, task.task_id).await,
         }
@@ -247,19 +258,31 @@ async fn remove_upload(ctx: &JobContext, task: &Task) {
 /// is announced every [`PROGRESS_EVERY`]. `None` if the hash was stopped: the task was
 /// cancelled (the cancel watcher stops it at once) or the heartbeat found the task no longer
 /// ours.
-async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> Option<Outcome> {
+async fn hash_with_heartbeat(
+    ctx: &JobContext,
+    task: &Task,
+    entry_id: &str,
+    resume: Option<Following>,
+) -> Option<Outcome> {
     let path = shared::config::upload_path(&ctx.config.storage.upload_dir, task.task_id);
     let registered = ctx.running.register(task.task_id);
     let progress = registered.progress.clone();
     let algorithms = task.algorithms();
     // A large file that needs MD5 alone joins the SIMD lanes (which count their bytes as they
     // go); any other hashes on a blocking thread, one per CPU.
-    let in_lanes = algorithms.iter().all(|algorithm| *algorithm == shared::Algorithm::Md5)
+    let in_lanes = resume.is_none()
+        && algorithms.iter().all(|algorithm| *algorithm == shared::Algorithm::Md5)
         && task.size_bytes as u64 > crate::hash::OVERLAP_ABOVE_BYTES;
+    let followed = resume.as_ref().map_or(0, Following::hashed);
     let hashing = async {
         let started = std::time::Instant::now();
         let hashed =
-            if in_lanes {
+            if let Some(resume) = resume {
+                // Hashed while it arrived: only the rest is left.
+                let _turn = ctx.hashing.acquire().await;
+                let progress = progress.clone();
+                tokio::task::spawn_blocking(move || resume.finish(&progress)).await
+            } else if in_lanes {
                 Ok(ctx.lanes.md5_watched(path, progress.clone()).await.map(|(digest, size)| {
                     (shared::Digests::md5_only(shared::Md5Hex::from_digest(digest)), size)
                 }))
@@ -317,7 +340,12 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
             if !in_lanes {
                 metrics::counter!("md5_hashed_bytes_total").increment(size);
             }
-            tracing::info!(hash.duration_ms = took.as_millis() as u64, hash.size_bytes = size, "hashed");
+            tracing::info!(
+                hash.duration_ms = took.as_millis() as u64,
+                hash.size_bytes = size,
+                hash.while_uploading_bytes = followed,
+                "hashed"
+            );
             checked(digests, &task.expected())
         }
         Ok(Ok((_, size))) => Outcome::Failed {
@@ -334,7 +362,7 @@ async fn hash_with_heartbeat(ctx: &JobContext, task: &Task, entry_id: &str) -> O
 /// Tells whoever watches the task (event streams, `GET`) how far its hash has come: one
 /// notification, no row written. Best effort: a notification that cannot be sent within
 /// [`PROGRESS_EVERY`] is skipped (the next one says more).
-async fn announce_progress(ctx: &JobContext, task_id: Uuid, bytes: u64) {
+pub(crate) async fn announce_progress(ctx: &JobContext, task_id: Uuid, bytes: u64) {
     let announce = async {
         let mut conn = connection(&ctx.bookkeeping).await?;
         anyhow::Ok(queries::announce_progress(&mut conn, task_id, bytes).await?)

@@ -108,6 +108,7 @@ pub mod batches;
 pub mod config;
 pub mod context;
 pub mod fault;
+pub mod follow;
 pub mod hash;
 pub mod job;
 pub mod lanes;

@@ -81,6 +81,7 @@ impl Jobs {
     /// A clone of the command connection for jobs running concurrently.
     pub fn commands(&self) -> JobsHandle {
         JobsHandle {
+            client: self.client.clone(),
             commands: self.commands.clone(),
             stream: self.stream.clone(),
             group: self.group.clone(),
@@ -196,6 +197,7 @@ fn delivery(entry: StreamId, taken_over: bool) -> Delivery {
 /// The commands a running job needs, on the shared multiplexed connection.
 #[derive(Clone)]
 pub struct JobsHandle {
+    client: redis::Client,
     commands: ConnectionManager,
     stream: String,
     group: String,
@@ -204,6 +206,24 @@ pub struct JobsHandle {
 }
 
 impl JobsHandle {
+    /// The jobs stream's name.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// The shared command connection.
+    pub fn connection(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
+    /// A connection of its own, for reads that block up to `block`.
+    pub async fn blocking_connection(&self, block: Duration) -> RedisResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(block + COMMAND_TIMEOUT));
+        self.client.get_multiplexed_async_connection_with_config(&config).await
+    }
+
     /// Acknowledges entries and deletes them (one XACK and one XDEL, pipelined), so the stream
     /// holds only live entries.
     pub async fn ack_all(&self, entry_ids: &[String]) -> RedisResult<()> {

@@ -30,6 +30,7 @@ use uuid::Uuid;
 use crate::body::{self, FormHead};
 use crate::client_id::ClientId;
 use crate::error::ApiError;
+use crate::follow::Announcer;
 use crate::intake;
 use crate::keys::Requester;
 use crate::state::AppState;
@@ -252,7 +253,7 @@ async fn drain(body: Body) {
 }
 
 async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Result<Appended, UploadError> {
-    let (length, offset) = match check_append(state, &lock, append.offset, append.length).await {
+    let (length, offset, algorithms) = match check_append(state, &lock, append.offset, append.length).await {
         Ok(checked) => checked,
         Err(err) => {
             drain(append.body).await;
@@ -263,6 +264,8 @@ async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Re
     let limit = state.config.max_upload_bytes;
 
     let mut writer = lock.writer_at(&state.storage, offset).await?;
+    // Each recorded length is announced, so a large upload is hashed as it arrives.
+    let mut follow = Announcer::new(state, task_id, append.request_id.clone(), &algorithms, length, false);
     let mut hasher = append.checksum.as_ref().map(Checksum::hasher);
     let body =
         body::guard(append.body.into_data_stream(), state.config.body_bounds(), FormHead::new(u64::MAX));
@@ -295,6 +298,7 @@ async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Re
                 writer.sync().await?;
                 record(state, task_id, received, length).await?;
                 recorded = received;
+                follow.announce(recorded).await;
                 checkpoint_at = Instant::now() + CHECKPOINT_INTERVAL;
             }
         }
@@ -312,6 +316,7 @@ async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Re
             && record(state, task_id, received, length).await.is_ok()
         {
             recorded = received;
+            follow.announce(recorded).await;
         }
         cut_back(&lock, writer, recorded).await;
         return Err(err);
@@ -341,9 +346,10 @@ async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Re
     };
     if !complete {
         let row = record(state, task_id, received, length).await?;
+        follow.announce(received).await;
         return Ok(Appended { offset: received, length, completed: None, expires_at: Some(row.expires_at) });
     }
-    let task = intake::complete_resumable(state, task_id, received, append.request_id).await?;
+    let task = intake::complete_resumable(state, task_id, received, append.request_id, follow).await?;
     let task = task.ok_or_else(|| {
         ApiError::internal(anyhow::anyhow!("upload {task_id} was no longer uploading at its completion"))
     })?;
@@ -363,17 +369,17 @@ async fn cut_back(lock: &UploadLock, writer: crate::storage::PartWriter, recorde
 
 /// What an append may do before its body is read: the upload is open, the request's offset is
 /// its, the length (recorded or given) is consistent and within the limit. Returns the length,
-/// if known, and the offset.
+/// if known, the offset and the digests the task asks for.
 async fn check_append(
     state: &AppState,
     lock: &UploadLock,
     provided: u64,
     given_length: Option<u64>,
-) -> Result<(Option<u64>, u64), UploadError> {
+) -> Result<(Option<u64>, u64, Vec<shared::Algorithm>), UploadError> {
     let task_id = lock.task_id();
     let found = state.db.run(async |conn| uploads::find(conn, task_id).await).await?;
-    let upload = match classify(found)? {
-        UploadState::Open { upload, .. } => upload,
+    let (upload, algorithms) = match classify(found)? {
+        UploadState::Open { upload, task } => (upload, task.algorithms()),
         UploadState::Complete { task } => {
             return Err(UploadError::Completed { length: u64::try_from(task.size_bytes).unwrap_or(0) });
         }
@@ -400,7 +406,7 @@ async fn check_append(
     if length.is_some_and(|length| length > limit) {
         return Err(ApiError::payload_too_large(limit).into());
     }
-    Ok((length, offset))
+    Ok((length, offset, algorithms))
 }
 
 /// Records the durable length (and the length, once known) and renews the expiry.
@@ -457,6 +463,7 @@ async fn end(
         return Ok(false);
     }
     lock.remove().await?;
+    crate::follow::abort(&state.queue, task_id).await;
     state.db.run(async |conn| uploads::forget(conn, task_id).await).await?;
     Ok(true)
 }

@@ -154,6 +154,8 @@ impl Storage {
             file: None,
             in_flight: None,
             kept: false,
+            written: 0,
+            flush_handle: None,
         };
         PartWriter::new(part, self.buffer_grant())
     }
@@ -208,6 +210,10 @@ pub struct PartFile {
     file: Option<std::fs::File>,
     in_flight: Option<JoinHandle<io::Result<WriteDone>>>,
     kept: bool,
+    /// Bytes whose write completed.
+    written: u64,
+    /// A second handle on the file, for flushes that run beside the writes.
+    flush_handle: Option<Arc<std::fs::File>>,
 }
 
 impl PartFile {
@@ -250,6 +256,10 @@ impl PartFile {
         let (file, buffer) = result
             .map_err(|err| StorageError::Task("write", Arc::new(err)))?
             .map_err(|err| StorageError::io("cannot write the upload", err))?;
+        self.written += buffer.len() as u64;
+        if self.flush_handle.is_none() {
+            self.flush_handle = file.try_clone().ok().map(Arc::new);
+        }
         self.file = Some(file);
         Ok(Some(buffer))
     }
@@ -297,12 +307,55 @@ pub struct PartWriter {
     buffer: Vec<u8>,
     grant: BufferGrant,
     last_write: Instant,
+    /// The flush running beside the writes, and the length it makes durable.
+    flushing: Option<JoinHandle<io::Result<u64>>>,
+    /// Bytes known durable.
+    flushed: u64,
 }
 
 impl PartWriter {
     /// Writes into `part` from its first byte.
     fn new(part: PartFile, grant: BufferGrant) -> Self {
-        PartWriter { part, buffer: Vec::with_capacity(grant.block), grant, last_write: Instant::now() }
+        PartWriter {
+            part,
+            buffer: Vec::with_capacity(grant.block),
+            grant,
+            last_write: Instant::now(),
+            flushing: None,
+            flushed: 0,
+        }
+    }
+
+    /// Bytes written to the file so far (not counting what is buffered or being written).
+    pub fn written(&self) -> u64 {
+        self.part.written
+    }
+
+    /// Flushes the file in the background, beside the writes, once at least `every` bytes were
+    /// written since the last flush: returns the length a flush that finished since the last
+    /// call made durable (every byte before it is on disk, and visible to another host over a
+    /// network filesystem).
+    pub fn checkpoint(&mut self, every: u64) -> Result<Option<u64>, StorageError> {
+        use futures_util::FutureExt;
+        let mut durable = None;
+        if self.flushing.as_ref().is_some_and(JoinHandle::is_finished) {
+            let finished = self.flushing.take().and_then(FutureExt::now_or_never);
+            if let Some(finished) = finished {
+                let length = finished
+                    .map_err(|err| StorageError::Task("flush", Arc::new(err)))?
+                    .map_err(|err| StorageError::io("cannot flush the upload", err))?;
+                self.flushed = length;
+                durable = Some(length);
+            }
+        }
+        let written = self.part.written;
+        if self.flushing.is_none()
+            && written >= self.flushed + every
+            && let Some(handle) = self.part.flush_handle.clone()
+        {
+            self.flushing = Some(tokio::task::spawn_blocking(move || handle.sync_data().map(|()| written)));
+        }
+        Ok(durable)
     }
 
     /// Adds `chunk`, writing each buffer as it fills (and at least every

@@ -143,6 +143,8 @@ impl UploadLock {
             file: Some(file),
             in_flight: None,
             kept: true,
+            written: offset,
+            flush_handle: None,
         };
         Ok(PartWriter::new(part, storage.buffer_grant()))
     }

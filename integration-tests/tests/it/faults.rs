@@ -29,13 +29,20 @@ async fn upload_big(env: &FaultEnv) -> (String, Expect) {
     (env.upload("big.bin", bytes).await.expect("202"), Expect::Done(md5))
 }
 
+/// One job at a time, and a large upload hashed once stored (not while it arrives), so its
+/// task stays `processing` for the whole hash.
+fn one_worker_hashing_after_upload(config: &mut integration_tests::launcher::ServiceConfig) {
+    config.worker.worker_concurrency = 1;
+    config.api.hash_while_uploading_above_bytes = 0;
+}
+
 fn assert_clean(report: &integration_tests::fault::Report) {
     assert!(report.is_clean(), "the checker found problems: {report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_hash_has_its_job_finished_by_another() {
-    let env = FaultEnv::start(|c| c.worker.worker_concurrency = 1).await.unwrap();
+    let env = FaultEnv::start(one_worker_hashing_after_upload).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     let (id, expect) = upload_big(&env).await;
     wait_status(&env, &id, TaskStatus::Processing).await;
@@ -70,7 +77,7 @@ async fn a_worker_killed_at_any_step_boundary_leaves_one_result_and_one_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_worker_that_wakes_after_a_takeover_records_nothing() {
-    let env = FaultEnv::start(|c| c.worker.worker_concurrency = 1).await.unwrap();
+    let env = FaultEnv::start(one_worker_hashing_after_upload).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     let (id, expect) = upload_big(&env).await;
     wait_status(&env, &id, TaskStatus::Processing).await;

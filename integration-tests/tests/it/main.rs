@@ -15,6 +15,7 @@ mod edge;
 mod errors;
 mod exactly_once;
 mod faults;
+mod following;
 mod hostile;
 mod idempotency;
 mod keys;

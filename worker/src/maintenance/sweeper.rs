@@ -62,7 +62,7 @@ pub async fn sweep_once(ctx: &Arc<JobContext>) -> anyhow::Result<usize> {
     let live = ctx.jobs.live_task_ids().await?;
     let mut enqueued = 0;
     for task_id in candidates.into_iter().filter(|id| !live.contains(id)) {
-        ctx.jobs.enqueue(&JobMessage { task_id, request_id: None }).await?;
+        ctx.jobs.enqueue(&JobMessage::new(task_id, None)).await?;
         enqueued += 1;
     }
     metrics::counter!("md5_sweeper_requeued_total").increment(enqueued as u64);

@@ -1,0 +1,196 @@
+//! The api's side of following an upload (the protocol is `shared::follow`): a large upload's
+//! flushed bytes are announced as they land, so a worker hashes them while the rest arrives.
+//!
+//! Every call is best effort and bounded: an announcement Redis does not take leaves the worker
+//! idle (it lets go, see `shared::follow::IDLE_RELEASE`), and a completion it does not take is
+//! followed by an ordinary job, so a lost announcement costs time, never a result.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use shared::JobMessage;
+use shared::follow::{self, ABORT_SCRIPT, ANNOUNCE_SCRIPT, COMPLETE_SCRIPT};
+use uuid::Uuid;
+
+use crate::queue::JobQueue;
+use crate::state::AppState;
+use crate::storage::{PartWriter, StorageError};
+
+static ANNOUNCE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ANNOUNCE_SCRIPT));
+static COMPLETE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(COMPLETE_SCRIPT));
+static ABORT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ABORT_SCRIPT));
+
+/// Bound on one announcement: the upload does not wait longer for Redis.
+const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The announcements of one upload.
+pub struct Announcer {
+    connection: ConnectionManager,
+    stream: String,
+    job: JobMessage,
+    algorithms: String,
+    /// The upload's length, if declared.
+    declared: Option<u64>,
+    /// Announcing starts once the upload is known to be at least this large.
+    threshold: u64,
+    /// Announcing: the upload is large enough (and Redis answered so far).
+    started: bool,
+    /// An announcement failed: no more are sent, and the completion adds an ordinary job.
+    broken: bool,
+    /// Completed (or handed over): nothing to abort on drop.
+    ended: bool,
+    /// Whether dropping it unended tells the follower the upload is over (a one-shot upload);
+    /// a resumable upload outlives a failed append.
+    abort_on_drop: bool,
+}
+
+impl Announcer {
+    /// The announcer of task `task_id`'s upload, of `declared` bytes if known; it announces
+    /// nothing until the upload reaches `HASH_WHILE_UPLOADING_ABOVE_BYTES`.
+    pub fn new(
+        state: &AppState,
+        task_id: Uuid,
+        request_id: Option<String>,
+        algorithms: &[shared::Algorithm],
+        declared: Option<u64>,
+        abort_on_drop: bool,
+    ) -> Self {
+        let (connection, stream) = state.queue.connection();
+        let threshold = match state.config.hash_while_uploading_above_bytes {
+            0 => u64::MAX,
+            bytes => bytes,
+        };
+        Announcer {
+            threshold,
+            connection,
+            stream,
+            job: JobMessage { task_id, request_id, follow: true },
+            algorithms: follow::algorithms_field(algorithms),
+            declared,
+            started: false,
+            broken: false,
+            ended: false,
+            abort_on_drop,
+        }
+    }
+
+    /// Whether the upload is announced (large enough, and Redis took every announcement).
+    pub fn following(&self) -> bool {
+        self.started && !self.broken
+    }
+
+    /// After a write of a one-shot upload: starts announcing once the upload is known to be
+    /// large, and announces each background flush of `writer` that has finished.
+    pub async fn after_write(&mut self, writer: &mut PartWriter) -> Result<(), StorageError> {
+        if self.broken {
+            return Ok(());
+        }
+        if !self.started {
+            let known = self.declared.unwrap_or(0).max(writer.written());
+            if known < self.threshold {
+                return Ok(());
+            }
+            self.started = true;
+            self.announce(0).await;
+        }
+        if let Some(durable) = writer.checkpoint(follow::ANNOUNCE_EVERY_BYTES)? {
+            self.announce(durable).await;
+        }
+        Ok(())
+    }
+
+    /// Announces that the first `bytes` of the file are written and flushed (starting to
+    /// announce if the upload is large enough).
+    pub async fn announce(&mut self, bytes: u64) {
+        if self.broken || self.ended {
+            return;
+        }
+        if !self.started && self.declared.unwrap_or(0).max(bytes) < self.threshold {
+            return;
+        }
+        self.started = true;
+        let mut invocation = ANNOUNCE.prepare_invoke();
+        invocation
+            .key(follow::meta_key(&self.stream, self.job.task_id))
+            .key(follow::bytes_key(&self.stream, self.job.task_id))
+            .key(&self.stream)
+            .arg(bytes)
+            .arg(&self.algorithms)
+            .arg(follow::TTL.as_secs());
+        for (field, value) in self.job.to_fields() {
+            invocation.arg(field).arg(value);
+        }
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(ANNOUNCE_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await {
+            Ok(Ok(added)) => {
+                if added == 2 {
+                    metrics::counter!("md5_followed_uploads_total").increment(1);
+                }
+            }
+            Ok(Err(err)) => self.break_off(&err),
+            Err(_) => self.break_off(&"timed out"),
+        }
+    }
+
+    fn break_off(&mut self, err: &dyn std::fmt::Display) {
+        tracing::warn!(task.id = %self.job.task_id, error = %err, "cannot announce the upload's bytes; it will be hashed once stored");
+        self.broken = true;
+    }
+
+    /// The upload is complete at `size` bytes, durable, its row committed: true when a follower
+    /// takes the task (no ordinary job is needed), false when the caller must enqueue one.
+    pub async fn complete(mut self, size: u64) -> bool {
+        self.ended = true;
+        if !self.started || self.broken {
+            return false;
+        }
+        let mut invocation = COMPLETE.prepare_invoke();
+        invocation
+            .key(follow::meta_key(&self.stream, self.job.task_id))
+            .key(follow::bytes_key(&self.stream, self.job.task_id))
+            .arg(size)
+            .arg(follow::TTL.as_secs());
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(ANNOUNCE_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await {
+            Ok(Ok(taken)) => taken == 1,
+            Ok(Err(err)) => {
+                tracing::warn!(task.id = %self.job.task_id, error = %err, "cannot announce the upload's completion; enqueueing its job");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for Announcer {
+    fn drop(&mut self) {
+        if self.ended || !self.started || self.broken || !self.abort_on_drop {
+            return;
+        }
+        let (connection, stream, task_id) = (self.connection.clone(), self.stream.clone(), self.job.task_id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { abort_keys(connection, &stream, task_id).await });
+        }
+    }
+}
+
+/// Tells a follower of resumable upload `task_id` that it ended without completing (expired or
+/// terminated); nothing happens if it was never followed.
+pub async fn abort(queue: &JobQueue, task_id: Uuid) {
+    let (connection, stream) = queue.connection();
+    abort_keys(connection, &stream, task_id).await;
+}
+
+async fn abort_keys(mut connection: ConnectionManager, stream: &str, task_id: Uuid) {
+    let mut invocation = ABORT.prepare_invoke();
+    invocation
+        .key(follow::meta_key(stream, task_id))
+        .key(follow::bytes_key(stream, task_id))
+        .arg(follow::TTL.as_secs());
+    let aborted =
+        tokio::time::timeout(ANNOUNCE_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await;
+    if !matches!(aborted, Ok(Ok(_))) {
+        tracing::debug!(task.id = %task_id, "cannot announce an upload's end; its follower lets go once idle");
+    }
+}

@@ -1,0 +1,230 @@
+//! Hashing while uploading (`shared::follow`), against real processes: a worker hashes a large
+//! upload's bytes while the client still holds its last part back, and the result, the log line
+//! and the clean-up are those of any task; a cut-off upload, a worker killed with `kill -9` while
+//! following, and a resumable upload paused between appends each end as they must.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use integration_tests::eventually;
+use integration_tests::fault::{Expect, FaultEnv};
+use integration_tests::{md5_hex, random_bytes};
+use tokio::sync::mpsc;
+
+const MIB: usize = 1024 * 1024;
+/// The upload: above the 32 MiB from which uploads are followed.
+const SIZE: usize = 48 * MIB;
+/// What the client holds back until the worker has hashed the rest.
+const HELD_BACK: usize = 8 * MIB;
+const SETTLE: Duration = Duration::from_secs(60);
+
+type Feed = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// Starts a raw upload of `length` bytes whose body the test feeds; the answer to come.
+fn raw_upload(
+    env: &FaultEnv,
+    length: usize,
+) -> (Feed, tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>) {
+    let (feed, mut body) = mpsc::channel(2);
+    let stream = futures_util::stream::poll_fn(move |cx| body.poll_recv(cx));
+    let request = env
+        .client
+        .post(format!("{}/api/v1/hashes", env.api_url))
+        .header("Content-Type", "application/octet-stream")
+        .header("Content-Length", length)
+        .body(reqwest::Body::wrap_stream(stream));
+    (feed, tokio::spawn(request.send()))
+}
+
+async fn send(feed: &Feed, bytes: &[u8]) {
+    for chunk in bytes.chunks(MIB) {
+        feed.send(Ok(Bytes::copy_from_slice(chunk))).await.expect("the request reads its body");
+    }
+}
+
+async fn redis(env: &FaultEnv) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(env.redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// The one upload being followed: its keys' `hashed` and `requested` fields, once it has keys.
+async fn followed(env: &FaultEnv) -> Option<(u64, String)> {
+    let mut conn = redis(env).await;
+    let pattern = format!("{}:follow:*", env.config.worker.stream.jobs_stream);
+    let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut conn).await.ok()?;
+    let meta = keys.into_iter().find(|key| !key.ends_with(":bytes"))?;
+    let (hashed, requested): (Option<u64>, Option<String>) =
+        redis::cmd("HMGET").arg(&meta).arg("hashed").arg("requested").query_async(&mut conn).await.ok()?;
+    Some((hashed.unwrap_or(0), requested.unwrap_or_default()))
+}
+
+/// Entries delivered to a worker and not acknowledged.
+async fn pending(env: &FaultEnv) -> i64 {
+    let mut conn = redis(env).await;
+    let stream = &env.config.worker.stream;
+    let reply: redis::Value = redis::cmd("XPENDING")
+        .arg(&stream.jobs_stream)
+        .arg(&stream.jobs_group)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    match reply {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => panic!("unexpected XPENDING reply {items:?}"),
+        },
+        other => panic!("unexpected XPENDING reply {other:?}"),
+    }
+}
+
+/// Waits until the worker has hashed at least `bytes` of the upload.
+async fn hashed_at_least(env: &FaultEnv, bytes: usize) {
+    eventually(SETTLE, "the worker to hash the bytes sent so far", || async {
+        followed(env).await.filter(|(hashed, _)| *hashed >= bytes as u64).map(drop)
+    })
+    .await
+    .unwrap();
+}
+
+async fn accepted(answer: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>) -> String {
+    let response = answer.await.unwrap().expect("an answer");
+    assert_eq!(response.status(), 202);
+    let task: serde_json::Value = response.json().await.unwrap();
+    task["id"].as_str().unwrap().to_owned()
+}
+
+fn worker_logs(env: &FaultEnv, count: usize) -> String {
+    (0..count).map(|index| env.worker_output(index)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_is_hashed_while_it_arrives_and_ends_as_any_task() {
+    let env = FaultEnv::start(|_| {}).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let bytes = random_bytes(SIZE, 35);
+    let (feed, answer) = raw_upload(&env, SIZE);
+    send(&feed, &bytes[..SIZE - HELD_BACK]).await;
+    // Every byte the client has sent but the last buffer's worth is hashed before the upload
+    // ends: the api flushed and announced them, the worker read them.
+    hashed_at_least(&env, SIZE - HELD_BACK - 8 * MIB).await;
+    send(&feed, &bytes[SIZE - HELD_BACK..]).await;
+    drop(feed);
+    let id = accepted(answer).await;
+    let report = env
+        .check("hashed while uploading", &HashMap::from([(id, Expect::Done(md5_hex(&bytes)))]), SETTLE)
+        .await;
+    assert!(report.is_clean(), "{report:?}");
+    let log = worker_logs(&env, 1);
+    assert!(log.contains("hash.while_uploading_bytes"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_upload_cut_off_leaves_no_row_no_line_no_file_and_nothing_pending() {
+    let env = FaultEnv::start(|_| {}).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let bytes = random_bytes(SIZE, 36);
+    let (feed, answer) = raw_upload(&env, SIZE);
+    send(&feed, &bytes[..SIZE / 2 + 8 * MIB]).await;
+    hashed_at_least(&env, SIZE / 2 - 8 * MIB).await;
+    feed.send(Err(std::io::Error::other("the client goes away"))).await.unwrap();
+    drop(feed);
+    assert!(answer.await.unwrap().is_err(), "the cut-off upload got an answer");
+    // No task: nothing pending (the follower let go), no file, no line, no row.
+    let report = env.check("cut off while followed", &HashMap::new(), SETTLE).await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(env.row_count().await, Some(0));
+    let log = worker_logs(&env, 1);
+    assert!(log.contains("the upload ended without a task"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_following_is_taken_over_and_the_task_logged_once() {
+    let env = FaultEnv::start(|_| {}).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let bytes = random_bytes(SIZE, 37);
+    let (feed, answer) = raw_upload(&env, SIZE);
+    send(&feed, &bytes[..SIZE - HELD_BACK]).await;
+    hashed_at_least(&env, 16 * MIB).await;
+    env.kill_worker(0);
+    env.spawn_worker(&[]).unwrap();
+    send(&feed, &bytes[SIZE - HELD_BACK..]).await;
+    drop(feed);
+    let id = accepted(answer).await;
+    let report = env
+        .check("kill -9 while following", &HashMap::from([(id, Expect::Done(md5_hex(&bytes)))]), SETTLE)
+        .await;
+    assert!(report.is_clean(), "{report:?}");
+    assert!(worker_logs(&env, 2).contains("took over idle jobs"), "the follow job was taken over");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_resumable_upload_is_let_go_and_hashed_when_it_completes() {
+    let env = FaultEnv::start(|_| {}).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let bytes = random_bytes(SIZE, 38);
+    let created = env
+        .client
+        .post(format!("{}/api/v1/uploads", env.api_url))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", SIZE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let url = format!("{}{}", env.api_url, created.headers()["location"].to_str().unwrap());
+    let id = url.rsplit('/').next().unwrap().to_owned();
+    let patch = |offset: usize, part: &[u8]| {
+        env.client
+            .patch(&url)
+            .header("Tus-Resumable", "1.0.0")
+            .header("Upload-Offset", offset)
+            .header("Content-Type", "application/offset+octet-stream")
+            .body(part.to_vec())
+            .send()
+    };
+    let first = SIZE - HELD_BACK;
+    assert_eq!(patch(0, &bytes[..first]).await.unwrap().status(), 204);
+    hashed_at_least(&env, first).await;
+    // While uploading, the task shows the bytes received and the bytes hashed.
+    let task: serde_json::Value = env
+        .client
+        .get(format!("{}/api/v1/hashes/{id}", env.api_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["status"], "uploading");
+    assert_eq!(task["bytes_received"], first as u64);
+    eventually(SETTLE, "the task to show the bytes hashed", || async {
+        let task: serde_json::Value = env
+            .client
+            .get(format!("{}/api/v1/hashes/{id}", env.api_url))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (task["progress"]["bytes_hashed"] == first as u64).then_some(())
+    })
+    .await
+    .unwrap();
+    // The pause outlasts the follower's patience: it lets go, and holds no entry.
+    eventually(SETTLE, "the worker to let the paused upload go", || async {
+        followed(&env).await.filter(|(_, requested)| requested == "0").map(drop)
+    })
+    .await
+    .unwrap();
+    eventually(SETTLE, "nothing pending", || async { (pending(&env).await == 0).then_some(()) })
+        .await
+        .unwrap();
+    let answer = patch(first, &bytes[first..]).await.unwrap();
+    assert_eq!(answer.status(), 204);
+    let report =
+        env.check("resumed upload", &HashMap::from([(id, Expect::Done(md5_hex(&bytes)))]), SETTLE).await;
+    assert!(report.is_clean(), "{report:?}");
+    let log = worker_logs(&env, 1);
+    assert!(log.contains("letting go"), "{log}");
+}
