@@ -81,9 +81,10 @@ impl Announcer {
     }
 
     /// After a write of a one-shot upload: starts announcing once the upload is known to be
-    /// large, and announces each background flush of `writer` that has finished.
+    /// large, and starts a background flush of `writer` every
+    /// `shared::follow::ANNOUNCE_EVERY_BYTES`, announced as soon as it finishes.
     pub async fn after_write(&mut self, writer: &mut PartWriter) -> Result<(), StorageError> {
-        if self.broken {
+        if self.broken || self.ended {
             return Ok(());
         }
         if !self.started {
@@ -94,8 +95,23 @@ impl Announcer {
             self.started = true;
             self.announce(0).await;
         }
-        if let Some(durable) = writer.checkpoint(follow::ANNOUNCE_EVERY_BYTES)? {
-            self.announce(durable).await;
+        if let Some(flush) = writer.checkpoint(follow::ANNOUNCE_EVERY_BYTES) {
+            let (connection, invocation) = (self.connection.clone(), self.invocation());
+            tokio::spawn(async move {
+                if let Ok(Ok(durable)) = flush.await {
+                    let _ = run_announce(connection, invocation, durable).await;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The body paused: what it sent is written, flushed and announced now, so the worker is
+    /// not left waiting on bytes that are already here.
+    pub async fn paused(&mut self, writer: &mut PartWriter) -> Result<(), StorageError> {
+        if self.following() && !self.ended {
+            writer.sync().await?;
+            self.announce(writer.written()).await;
         }
         Ok(())
     }
@@ -110,27 +126,27 @@ impl Announcer {
             return;
         }
         self.started = true;
-        let mut invocation = ANNOUNCE.prepare_invoke();
-        invocation
-            .key(follow::meta_key(&self.stream, self.job.task_id))
-            .key(follow::bytes_key(&self.stream, self.job.task_id))
-            .key(&self.stream)
-            .arg(bytes)
-            .arg(&self.algorithms)
-            .arg(follow::TTL.as_secs());
+        match run_announce(self.connection.clone(), self.invocation(), bytes).await {
+            Ok(()) => {}
+            Err(err) => self.break_off(&err),
+        }
+    }
+
+    /// The announcement's keys and arguments but the byte count (which [`run_announce`] adds
+    /// first).
+    fn invocation(&self) -> Vec<String> {
+        let mut args = vec![
+            follow::meta_key(&self.stream, self.job.task_id),
+            follow::bytes_key(&self.stream, self.job.task_id),
+            self.stream.clone(),
+            self.algorithms.clone(),
+            follow::TTL.as_secs().to_string(),
+        ];
         for (field, value) in self.job.to_fields() {
-            invocation.arg(field).arg(value);
+            args.push(field.to_owned());
+            args.push(value);
         }
-        let mut connection = self.connection.clone();
-        match tokio::time::timeout(ANNOUNCE_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await {
-            Ok(Ok(added)) => {
-                if added == 2 {
-                    metrics::counter!("md5_followed_uploads_total").increment(1);
-                }
-            }
-            Ok(Err(err)) => self.break_off(&err),
-            Err(_) => self.break_off(&"timed out"),
-        }
+        args
     }
 
     fn break_off(&mut self, err: &dyn std::fmt::Display) {
@@ -142,7 +158,10 @@ impl Announcer {
     /// takes the task (no ordinary job is needed), false when the caller must enqueue one.
     pub async fn complete(mut self, size: u64) -> bool {
         self.ended = true;
-        if !self.started || self.broken {
+        // A resumable upload's earlier appends may have started a follower this append's
+        // announcer never saw: any upload large enough asks.
+        let large = self.declared.unwrap_or(0).max(size) >= self.threshold;
+        if self.broken || !(self.started || large) {
             return false;
         }
         let mut invocation = COMPLETE.prepare_invoke();
@@ -172,6 +191,30 @@ impl Drop for Announcer {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { abort_keys(connection, &stream, task_id).await });
         }
+    }
+}
+
+/// Runs [`ANNOUNCE_SCRIPT`] for `bytes` with `args` (three keys, the algorithms, the TTL, the
+/// follow job's fields).
+async fn run_announce(
+    mut connection: ConnectionManager,
+    args: Vec<String>,
+    bytes: u64,
+) -> Result<(), String> {
+    let mut invocation = ANNOUNCE.prepare_invoke();
+    invocation.key(&args[0]).key(&args[1]).key(&args[2]).arg(bytes);
+    for arg in &args[3..] {
+        invocation.arg(arg);
+    }
+    match tokio::time::timeout(ANNOUNCE_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await {
+        Ok(Ok(added)) => {
+            if added == 2 {
+                metrics::counter!("md5_followed_uploads_total").increment(1);
+            }
+            Ok(())
+        }
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err("timed out".to_owned()),
     }
 }
 

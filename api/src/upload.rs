@@ -221,7 +221,12 @@ async fn read_raw(
     let body = body::guard(body.into_data_stream(), state.config.body_bounds(), FormHead::new(u64::MAX));
     let mut body = std::pin::pin!(body);
     let mut size: u64 = 0;
-    while let Some(chunk) = body.next().await {
+    loop {
+        let next = match &mut destination {
+            Destination::Store(writer, _, follow) => next_or_pause(body.next(), writer, follow).await?,
+            Destination::Count(_) => body.next().await,
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(form::body_error)?;
         size += chunk.len() as u64;
         if size > limit {
@@ -256,7 +261,10 @@ async fn store_part(
     limit: u64,
 ) -> Result<u64, ApiError> {
     let mut size: u64 = 0;
-    while let Some(chunk) = field.chunk().await.map_err(|err| form::multipart_error(err, limit))? {
+    while let Some(chunk) = next_or_pause(field.chunk(), writer, follow)
+        .await?
+        .map_err(|err| form::multipart_error(err, limit))?
+    {
         size += chunk.len() as u64;
         if size > limit {
             return Err(ApiError::payload_too_large(limit));
@@ -265,6 +273,27 @@ async fn store_part(
         follow.after_write(writer).await?;
     }
     Ok(size)
+}
+
+/// How long the body of an upload hashed while it arrives may pause before what it sent is
+/// flushed and announced (a worker is waiting for it).
+const PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The body's next piece; if it keeps the upload waiting past [`PAUSE`] while a worker follows
+/// it, what was sent is first flushed and announced.
+async fn next_or_pause<T>(
+    next: impl std::future::Future<Output = T>,
+    writer: &mut PartWriter,
+    follow: &mut Announcer,
+) -> Result<T, ApiError> {
+    let mut next = std::pin::pin!(next);
+    if follow.following() {
+        match tokio::time::timeout(PAUSE, &mut next).await {
+            Ok(item) => return Ok(item),
+            Err(_) => follow.paused(writer).await?,
+        }
+    }
+    Ok(next.await)
 }
 
 /// Reads one part to its end without storing it (a repeated upload), failing with 413 as soon

@@ -307,10 +307,10 @@ pub struct PartWriter {
     buffer: Vec<u8>,
     grant: BufferGrant,
     last_write: Instant,
-    /// The flush running beside the writes, and the length it makes durable.
-    flushing: Option<JoinHandle<io::Result<u64>>>,
-    /// Bytes known durable.
-    flushed: u64,
+    /// Whether a flush runs beside the writes.
+    flushing: Arc<std::sync::atomic::AtomicBool>,
+    /// The length the last flush began at.
+    flush_started: u64,
 }
 
 impl PartWriter {
@@ -321,8 +321,8 @@ impl PartWriter {
             buffer: Vec::with_capacity(grant.block),
             grant,
             last_write: Instant::now(),
-            flushing: None,
-            flushed: 0,
+            flushing: Arc::default(),
+            flush_started: 0,
         }
     }
 
@@ -332,30 +332,24 @@ impl PartWriter {
     }
 
     /// Flushes the file in the background, beside the writes, once at least `every` bytes were
-    /// written since the last flush: returns the length a flush that finished since the last
-    /// call made durable (every byte before it is on disk, and visible to another host over a
-    /// network filesystem).
-    pub fn checkpoint(&mut self, every: u64) -> Result<Option<u64>, StorageError> {
-        use futures_util::FutureExt;
-        let mut durable = None;
-        if self.flushing.as_ref().is_some_and(JoinHandle::is_finished) {
-            let finished = self.flushing.take().and_then(FutureExt::now_or_never);
-            if let Some(finished) = finished {
-                let length = finished
-                    .map_err(|err| StorageError::Task("flush", Arc::new(err)))?
-                    .map_err(|err| StorageError::io("cannot flush the upload", err))?;
-                self.flushed = length;
-                durable = Some(length);
-            }
-        }
+    /// written since the last flush began and none is running: the flush gives the length it
+    /// made durable (every byte before it is on disk, and visible to another host over a network
+    /// filesystem).
+    pub fn checkpoint(&mut self, every: u64) -> Option<JoinHandle<io::Result<u64>>> {
+        use std::sync::atomic::Ordering;
         let written = self.part.written;
-        if self.flushing.is_none()
-            && written >= self.flushed + every
-            && let Some(handle) = self.part.flush_handle.clone()
-        {
-            self.flushing = Some(tokio::task::spawn_blocking(move || handle.sync_data().map(|()| written)));
+        if self.flushing.load(Ordering::Acquire) || written < self.flush_started + every {
+            return None;
         }
-        Ok(durable)
+        let handle = self.part.flush_handle.clone()?;
+        self.flushing.store(true, Ordering::Release);
+        self.flush_started = written;
+        let flushing = self.flushing.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            let flushed = handle.sync_data().map(|()| written);
+            flushing.store(false, Ordering::Release);
+            flushed
+        }))
     }
 
     /// Adds `chunk`, writing each buffer as it fills (and at least every

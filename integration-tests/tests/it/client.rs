@@ -132,8 +132,14 @@ async fn on_a_terminal_progress_is_drawn_as_bars() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_terminal_a_large_file_shows_its_hashing_progress() {
     // 2 GiB (sparse: no disk write here) hashes for a few seconds; the file's bar then
-    // follows the bytes hashed, which the service reports while the task is processing.
-    let app = TestApp::spawn(TestOptions::default().api(|c| c.max_upload_bytes = 3 << 30)).await.unwrap();
+    // follows the bytes hashed, which the service reports while the task is processing (hashed
+    // once stored: while it arrives, the upload's own bar is the one that moves).
+    let app = TestApp::spawn(TestOptions::default().api(|c| {
+        c.max_upload_bytes = 3 << 30;
+        c.hash_while_uploading_above_bytes = 0;
+    }))
+    .await
+    .unwrap();
     let file = std::fs::File::create(app.root.join("large.bin")).unwrap();
     file.set_len(2 << 30).unwrap();
     let screen = on_a_terminal(&app, "hash --no-resume large.bin").await;

@@ -120,8 +120,13 @@ pub(crate) async fn upload_large(client: &reqwest::Client, base_url: &str, size:
     response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
 }
 
+/// Uploads up to 3 GiB, hashed once stored (not while they arrive), so that a large task stays
+/// `processing` for its whole hash.
 pub(crate) fn large_options() -> TestOptions {
-    TestOptions::default().api(|c| c.max_upload_bytes = 3 << 30)
+    TestOptions::default().api(|c| {
+        c.max_upload_bytes = 3 << 30;
+        c.hash_while_uploading_above_bytes = 0;
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

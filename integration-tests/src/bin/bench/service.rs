@@ -134,6 +134,38 @@ impl Service {
         Ok(response.json::<Value>().await?["id"].as_str().context("id")?.to_owned())
     }
 
+    /// [`Service::upload_raw`] sent at `bytes_per_second` (1 MiB pieces on schedule, a client
+    /// slower than the hash); the task id once answered.
+    pub(crate) async fn upload_raw_paced(
+        &self,
+        path: &Path,
+        bytes_per_second: u64,
+    ) -> anyhow::Result<String> {
+        use futures_util::StreamExt as _;
+        let file = tokio::fs::File::open(path).await?;
+        let length = file.metadata().await?.len();
+        let started = tokio::time::Instant::now();
+        let mut sent = 0u64;
+        let paced = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).then(move |piece| {
+            let due = started + Duration::from_secs_f64(sent as f64 / bytes_per_second as f64);
+            sent += piece.as_ref().map_or(0, |bytes| bytes.len() as u64);
+            async move {
+                tokio::time::sleep_until(due).await;
+                piece
+            }
+        });
+        let response = self
+            .client
+            .post(format!("{}/api/v1/hashes", self.api_url))
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Length", length)
+            .body(reqwest::Body::wrap_stream(paced))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 202, "raw upload answered {}", response.status());
+        Ok(response.json::<Value>().await?["id"].as_str().context("id")?.to_owned())
+    }
+
     /// Sends a file with tus 1.0.0 in `chunk`-byte `PATCH`es; the task id once the last is in.
     pub(crate) async fn upload_tus(&self, path: &Path, chunk: u64) -> anyhow::Result<String> {
         use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
