@@ -8,7 +8,8 @@
 //!   atomically with its creation ([`admit_resumable`]).
 //! - **Completion**, once the file is durable: the row that makes it a `queued` task and its job
 //!   on the stream ([`commit_one_shot`] for a stored one-shot body, [`complete_resumable`] for an
-//!   upload whose last byte arrived). Nothing else in the api creates a queued task or XADDs a job.
+//!   upload whose last byte arrived). Nothing else in the api creates a queued task or XADDs an
+//!   ordinary job (`crate::follow` adds the follow job of a large upload still arriving).
 
 use std::time::Duration;
 
