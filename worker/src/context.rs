@@ -29,6 +29,9 @@ pub struct JobContext {
     pub batches: Batches,
     /// Hashes running at once (one per CPU), whatever the number of jobs in flight.
     pub hashing: Arc<Semaphore>,
+    /// Uploads this process follows at once (`crate::follow::most_followed`), so uploads still
+    /// arriving never hold every job slot.
+    pub following: Arc<Semaphore>,
     /// The multi-buffer MD5 threads, for large files that need MD5 alone.
     pub lanes: Lanes,
     /// The hashes running now, with their progress; a cancelled task's is stopped through it.

@@ -34,6 +34,13 @@ const READ_BLOCK: Duration = Duration::from_secs(1);
 /// worker lets go and leaves the file to an ordinary job.
 const UNREADABLE_FOR: Duration = Duration::from_secs(5);
 
+/// Most uploads a worker process with `concurrency` job slots follows at once: half its slots
+/// (at least one), so that uploads still arriving, however slow, leave the other half to jobs
+/// that are ready.
+pub fn most_followed(concurrency: usize) -> usize {
+    (concurrency / 2).max(1)
+}
+
 /// What following an upload came to.
 pub enum Followed {
     /// The upload is complete and its row committed: claim it as any job, going on from what
@@ -113,6 +120,13 @@ pub async fn follow(ctx: &JobContext, entry_id: &str, task_id: Uuid) -> anyhow::
         // Its keys are gone (expired, or Redis lost them): nothing to follow; the row decides.
         return Ok(Followed::Complete(None));
     }
+    let Ok(_following) = ctx.following.clone().try_acquire_owned() else {
+        // Half the job slots follow uploads already: this one is turned down (its next
+        // announcement offers it again, its completion gets an ordinary job).
+        metrics::counter!("md5_follow_turned_down_total").increment(1);
+        tracing::debug!("following enough uploads already; turning this one down");
+        return release_or_complete(ctx, &meta, None).await;
+    };
     let algorithms = follow::parse_algorithms(algorithms.as_deref().unwrap_or(""));
     let (news, mut latest) = watch::channel(Latest::default());
     let reader =

@@ -204,6 +204,7 @@ pub async fn run(
         jobs: jobs.commands(),
         batches,
         hashing: Arc::new(Semaphore::new(hash_threads)),
+        following: Arc::new(Semaphore::new(crate::follow::most_followed(config.concurrency()))),
         lanes,
         running: running::RunningHashes::default(),
         log,

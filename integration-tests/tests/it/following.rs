@@ -228,3 +228,45 @@ async fn a_paused_resumable_upload_is_let_go_and_hashed_when_it_completes() {
     let log = worker_logs(&env, 1);
     assert!(log.contains("letting go"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_still_arriving_hold_at_most_half_the_job_slots_and_a_small_job_is_served() {
+    // Two job slots: one may follow an upload, the other stays for jobs that are ready.
+    let env = FaultEnv::start(|c| c.worker.worker_concurrency = 2).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let large: Vec<Vec<u8>> = (0..2).map(|n| random_bytes(SIZE, 40 + n)).collect();
+    let mut uploads = Vec::new();
+    for bytes in &large {
+        let (feed, answer) = raw_upload(&env, SIZE);
+        send(&feed, &bytes[..SIZE - HELD_BACK]).await;
+        uploads.push((feed, answer));
+    }
+    // Both clients go on sending slowly, 256 KiB every 600 ms for ~19 s: every piece is
+    // announced, so a follower never runs out of news and never lets go.
+    let trickle = async {
+        for piece in (SIZE - HELD_BACK..SIZE).step_by(256 * 1024) {
+            for ((feed, _), bytes) in uploads.iter().zip(&large) {
+                feed.send(Ok(Bytes::copy_from_slice(&bytes[piece..piece + 256 * 1024]))).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+    };
+    let small = async {
+        let bytes = random_bytes(10_000, 42);
+        let id = env.upload("small.bin", bytes.clone()).await.expect("202");
+        eventually(Duration::from_secs(10), "the small job to be done beside the uploads", || async {
+            (env.task(&id).await?.status == shared::TaskStatus::Done).then_some(())
+        })
+        .await
+        .unwrap();
+        (id, md5_hex(&bytes))
+    };
+    let ((small_id, small_md5), ()) = tokio::join!(small, trickle);
+    let mut expected = HashMap::from([(small_id, Expect::Done(small_md5))]);
+    for ((feed, answer), bytes) in uploads.into_iter().zip(&large) {
+        drop(feed);
+        expected.insert(accepted(answer).await, Expect::Done(md5_hex(bytes)));
+    }
+    let report = env.check("followers capped", &expected, SETTLE).await;
+    assert!(report.is_clean(), "{report:?}");
+}
