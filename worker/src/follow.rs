@@ -269,9 +269,9 @@ async fn report(
     if let Err(err) = recorded {
         tracing::debug!(error = %err, "cannot record the hash's progress in the upload's keys");
     }
-    if caught_up || reported.elapsed() >= crate::job::PROGRESS_EVERY {
+    if caught_up || reported.elapsed() >= crate::progress::PROGRESS_EVERY {
         *reported = Instant::now();
-        crate::job::announce_progress(ctx, task_id, hashed).await;
+        crate::progress::announce_progress(ctx, task_id, hashed).await;
     }
 }
 

@@ -17,15 +17,13 @@ use uuid::Uuid;
 
 pub use crate::context::JobContext;
 use crate::follow::{Followed, Following};
+use crate::progress::{PROGRESS_EVERY, announce_progress};
 use crate::results_log::Appended;
 use crate::stream::Delivery;
 
 /// Longest a job keeps retrying Postgres, Redis or the log in place before it leaves its entry
 /// pending for a takeover.
 const RETRY_FOR: Duration = Duration::from_secs(120);
-
-/// How often a running hash announces its progress; a hash shorter than this announces nothing.
-pub(crate) const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 /// What becomes of a delivery's stream entry, decided by the job and carried out in one place,
 /// [`settle`].
@@ -357,21 +355,6 @@ async fn hash_with_heartbeat(
         Ok(Err(err)) => Outcome::Failed { error: format!("the uploaded file cannot be read: {err}") },
         Err(join) => Outcome::Failed { error: format!("hashing failed: {join}") },
     })
-}
-
-/// Tells whoever watches the task (event streams, `GET`) how far its hash has come: one
-/// notification, no row written. Best effort: a notification that cannot be sent within
-/// [`PROGRESS_EVERY`] is skipped (the next one says more).
-pub(crate) async fn announce_progress(ctx: &JobContext, task_id: Uuid, bytes: u64) {
-    let announce = async {
-        let mut conn = connection(&ctx.bookkeeping).await?;
-        anyhow::Ok(queries::announce_progress(&mut conn, task_id, bytes).await?)
-    };
-    match tokio::time::timeout(PROGRESS_EVERY, announce).await {
-        Ok(Ok(())) => metrics::counter!("md5_progress_announced_total").increment(1),
-        Ok(Err(err)) => tracing::debug!(error = format!("{err:#}"), "cannot announce the hash's progress"),
-        Err(_) => tracing::debug!("announcing the hash's progress timed out"),
-    }
 }
 
 /// The outcome of a hash whose client expected `expected`: `done`, or `failed` naming the first

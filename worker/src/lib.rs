@@ -113,6 +113,7 @@ pub mod hash;
 pub mod job;
 pub mod lanes;
 pub mod maintenance;
+pub mod progress;
 pub mod read_loop;
 pub mod results_log;
 pub mod running;

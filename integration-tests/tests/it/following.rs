@@ -37,6 +37,19 @@ fn raw_upload(
     (feed, tokio::spawn(request.send()))
 }
 
+type Answer = tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>;
+
+/// Services with one worker, and a raw upload of [`SIZE`] bytes (from `seed`) whose first `sent`
+/// bytes are sent: the services, the bytes, the rest of the body to feed and the answer to come.
+async fn start_upload(seed: u64, sent: usize) -> (FaultEnv, Vec<u8>, Feed, Answer) {
+    let env = FaultEnv::start(|_| {}).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let bytes = random_bytes(SIZE, seed);
+    let (feed, answer) = raw_upload(&env, SIZE);
+    send(&feed, &bytes[..sent]).await;
+    (env, bytes, feed, answer)
+}
+
 async fn send(feed: &Feed, bytes: &[u8]) {
     for chunk in bytes.chunks(MIB) {
         feed.send(Ok(Bytes::copy_from_slice(chunk))).await.expect("the request reads its body");
@@ -77,6 +90,12 @@ async fn pending(env: &FaultEnv) -> i64 {
     }
 }
 
+/// The task as `GET` answers it, if it answers.
+async fn task_json(env: &FaultEnv, id: &str) -> Option<serde_json::Value> {
+    let url = format!("{}/api/v1/hashes/{id}", env.api_url);
+    env.client.get(url).send().await.ok()?.json().await.ok()
+}
+
 /// Waits until the worker has hashed at least `bytes` of the upload.
 async fn hashed_at_least(env: &FaultEnv, bytes: usize) {
     eventually(SETTLE, "the worker to hash the bytes sent so far", || async {
@@ -86,7 +105,7 @@ async fn hashed_at_least(env: &FaultEnv, bytes: usize) {
     .unwrap();
 }
 
-async fn accepted(answer: tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>) -> String {
+async fn accepted(answer: Answer) -> String {
     let response = answer.await.unwrap().expect("an answer");
     assert_eq!(response.status(), 202);
     let task: serde_json::Value = response.json().await.unwrap();
@@ -99,11 +118,7 @@ fn worker_logs(env: &FaultEnv, count: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_upload_is_hashed_while_it_arrives_and_ends_as_any_task() {
-    let env = FaultEnv::start(|_| {}).await.unwrap();
-    env.spawn_worker(&[]).unwrap();
-    let bytes = random_bytes(SIZE, 35);
-    let (feed, answer) = raw_upload(&env, SIZE);
-    send(&feed, &bytes[..SIZE - HELD_BACK]).await;
+    let (env, bytes, feed, answer) = start_upload(35, SIZE - HELD_BACK).await;
     // Every byte the client has sent is hashed before the upload ends: the api flushed and
     // announced them (at the latest when the body paused), the worker read them.
     hashed_at_least(&env, SIZE - HELD_BACK).await;
@@ -120,11 +135,7 @@ async fn a_large_upload_is_hashed_while_it_arrives_and_ends_as_any_task() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_followed_upload_cut_off_leaves_no_row_no_line_no_file_and_nothing_pending() {
-    let env = FaultEnv::start(|_| {}).await.unwrap();
-    env.spawn_worker(&[]).unwrap();
-    let bytes = random_bytes(SIZE, 36);
-    let (feed, answer) = raw_upload(&env, SIZE);
-    send(&feed, &bytes[..SIZE / 2 + 8 * MIB]).await;
+    let (env, _, feed, answer) = start_upload(36, SIZE / 2 + 8 * MIB).await;
     hashed_at_least(&env, SIZE / 2 - 8 * MIB).await;
     feed.send(Err(std::io::Error::other("the client goes away"))).await.unwrap();
     drop(feed);
@@ -139,11 +150,7 @@ async fn a_followed_upload_cut_off_leaves_no_row_no_line_no_file_and_nothing_pen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_while_following_is_taken_over_and_the_task_logged_once() {
-    let env = FaultEnv::start(|_| {}).await.unwrap();
-    env.spawn_worker(&[]).unwrap();
-    let bytes = random_bytes(SIZE, 37);
-    let (feed, answer) = raw_upload(&env, SIZE);
-    send(&feed, &bytes[..SIZE - HELD_BACK]).await;
+    let (env, bytes, feed, answer) = start_upload(37, SIZE - HELD_BACK).await;
     hashed_at_least(&env, 16 * MIB).await;
     env.kill_worker(0);
     env.spawn_worker(&[]).unwrap();
@@ -186,28 +193,11 @@ async fn a_paused_resumable_upload_is_let_go_and_hashed_when_it_completes() {
     assert_eq!(patch(0, &bytes[..first]).await.unwrap().status(), 204);
     hashed_at_least(&env, first).await;
     // While uploading, the task shows the bytes received and the bytes hashed.
-    let task: serde_json::Value = env
-        .client
-        .get(format!("{}/api/v1/hashes/{id}", env.api_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let task = task_json(&env, &id).await.unwrap();
     assert_eq!(task["status"], "uploading");
     assert_eq!(task["bytes_received"], first as u64);
     eventually(SETTLE, "the task to show the bytes hashed", || async {
-        let task: serde_json::Value = env
-            .client
-            .get(format!("{}/api/v1/hashes/{id}", env.api_url))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (task["progress"]["bytes_hashed"] == first as u64).then_some(())
+        (task_json(&env, &id).await?["progress"]["bytes_hashed"] == first as u64).then_some(())
     })
     .await
     .unwrap();
