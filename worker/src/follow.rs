@@ -264,8 +264,20 @@ async fn report(
     caught_up: bool,
     reported: &mut Instant,
 ) {
-    let recorded: redis::RedisResult<()> =
-        redis::cmd("HSET").arg(meta).arg("hashed").arg(hashed).query_async(&mut ctx.jobs.connection()).await;
+    // With its expiry again: the keys may have been lost meanwhile (Redis restarted), and a key
+    // recreated here must not stay forever.
+    let recorded: redis::RedisResult<()> = redis::pipe()
+        .cmd("HSET")
+        .arg(meta)
+        .arg("hashed")
+        .arg(hashed)
+        .ignore()
+        .cmd("EXPIRE")
+        .arg(meta)
+        .arg(follow::TTL.as_secs())
+        .ignore()
+        .query_async(&mut ctx.jobs.connection())
+        .await;
     if let Err(err) = recorded {
         tracing::debug!(error = %err, "cannot record the hash's progress in the upload's keys");
     }

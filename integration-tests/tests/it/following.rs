@@ -260,3 +260,26 @@ async fn uploads_still_arriving_hold_at_most_half_the_job_slots_and_a_small_job_
     let report = env.check("followers capped", &expected, SETTLE).await;
     assert!(report.is_clean(), "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_killed_mid_upload_leaves_no_task_and_its_follower_lets_go() {
+    // A body idle for 1 s is dead, so the restarted api's janitor removes the partial file
+    // once it is 2 × (1 + 5) s old.
+    let mut env = FaultEnv::start(|c| c.api.body_idle_timeout_seconds = 1).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let bytes = random_bytes(SIZE, 39);
+    let (feed, answer) = raw_upload(&env, SIZE);
+    send(&feed, &bytes[..SIZE - HELD_BACK]).await;
+    hashed_at_least(&env, 16 * MIB).await;
+    let mut api = env.api.take().expect("the api runs");
+    api.kill().unwrap();
+    api.wait().unwrap();
+    drop(feed);
+    assert!(answer.await.unwrap().is_err(), "an upload cut by the api's death got an answer");
+    env.start_api().unwrap();
+    // No row, no line, nothing pending (the follower let go), and no file once the janitor ran.
+    let report = env.check("api killed while followed", &HashMap::new(), SETTLE).await;
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(env.row_count().await, Some(0));
+    assert!(worker_logs(&env, 1).contains("letting go"));
+}
