@@ -24,12 +24,69 @@ static ABORT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ABOR
 /// Bound on one announcement: the upload does not wait longer for Redis.
 const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The announcements of one upload.
-pub struct Announcer {
+/// Where one upload's announcements go: cheap to clone into a flush's task.
+#[derive(Clone)]
+struct Keys {
     connection: ConnectionManager,
     stream: String,
     job: JobMessage,
     algorithms: String,
+}
+
+impl Keys {
+    /// Runs [`ANNOUNCE_SCRIPT`] for `bytes`.
+    async fn announce(&self, bytes: u64) -> Result<(), String> {
+        let mut invocation = ANNOUNCE.prepare_invoke();
+        invocation
+            .key(follow::meta_key(&self.stream, self.job.task_id))
+            .key(follow::bytes_key(&self.stream, self.job.task_id))
+            .key(&self.stream)
+            .arg(bytes)
+            .arg(&self.algorithms)
+            .arg(follow::TTL.as_secs());
+        for (field, value) in self.job.to_fields() {
+            invocation.arg(field).arg(value);
+        }
+        if self.invoke(&invocation).await? == 2 {
+            metrics::counter!("md5_followed_uploads_total").increment(1);
+        }
+        Ok(())
+    }
+
+    /// Runs `script` on the upload's two keys with `args` then the TTL.
+    async fn end(&self, script: &redis::Script, args: &[u64]) -> Result<i64, String> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(follow::meta_key(&self.stream, self.job.task_id))
+            .key(follow::bytes_key(&self.stream, self.job.task_id));
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        invocation.arg(follow::TTL.as_secs());
+        self.invoke(&invocation).await
+    }
+
+    /// One script call, bounded by [`ANNOUNCE_TIMEOUT`].
+    async fn invoke(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<i64, String> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(ANNOUNCE_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+
+    /// Tells a follower the upload ended without completing.
+    async fn abort(&self) {
+        if self.end(&ABORT, &[]).await.is_err() {
+            tracing::debug!(task.id = %self.job.task_id, "cannot announce an upload's end; its follower lets go once idle");
+        }
+    }
+}
+
+/// The announcements of one upload.
+pub struct Announcer {
+    keys: Keys,
     /// The upload's length, if declared.
     declared: Option<u64>,
     /// Announcing starts once the upload is known to be at least this large.
@@ -62,11 +119,13 @@ impl Announcer {
             bytes => bytes,
         };
         Announcer {
+            keys: Keys {
+                connection,
+                stream,
+                job: JobMessage { task_id, request_id, follow: true },
+                algorithms: follow::algorithms_field(algorithms),
+            },
             threshold,
-            connection,
-            stream,
-            job: JobMessage { task_id, request_id, follow: true },
-            algorithms: follow::algorithms_field(algorithms),
             declared,
             started: false,
             broken: false,
@@ -96,10 +155,10 @@ impl Announcer {
             self.announce(0).await;
         }
         if let Some(flush) = writer.checkpoint(follow::ANNOUNCE_EVERY_BYTES) {
-            let (connection, invocation) = (self.connection.clone(), self.invocation());
+            let keys = self.keys.clone();
             tokio::spawn(async move {
                 if let Ok(Ok(durable)) = flush.await {
-                    let _ = run_announce(connection, invocation, durable).await;
+                    let _ = keys.announce(durable).await;
                 }
             });
         }
@@ -126,31 +185,13 @@ impl Announcer {
             return;
         }
         self.started = true;
-        match run_announce(self.connection.clone(), self.invocation(), bytes).await {
-            Ok(()) => {}
-            Err(err) => self.break_off(&err),
+        if let Err(err) = self.keys.announce(bytes).await {
+            self.break_off(&err);
         }
-    }
-
-    /// The announcement's keys and arguments but the byte count (which [`run_announce`] adds
-    /// first).
-    fn invocation(&self) -> Vec<String> {
-        let mut args = vec![
-            follow::meta_key(&self.stream, self.job.task_id),
-            follow::bytes_key(&self.stream, self.job.task_id),
-            self.stream.clone(),
-            self.algorithms.clone(),
-            follow::TTL.as_secs().to_string(),
-        ];
-        for (field, value) in self.job.to_fields() {
-            args.push(field.to_owned());
-            args.push(value);
-        }
-        args
     }
 
     fn break_off(&mut self, err: &dyn std::fmt::Display) {
-        tracing::warn!(task.id = %self.job.task_id, error = %err, "cannot announce the upload's bytes; it will be hashed once stored");
+        tracing::warn!(task.id = %self.keys.job.task_id, error = %err, "cannot announce the upload's bytes; it will be hashed once stored");
         self.broken = true;
     }
 
@@ -164,20 +205,12 @@ impl Announcer {
         if self.broken || !(self.started || large) {
             return false;
         }
-        let mut invocation = COMPLETE.prepare_invoke();
-        invocation
-            .key(follow::meta_key(&self.stream, self.job.task_id))
-            .key(follow::bytes_key(&self.stream, self.job.task_id))
-            .arg(size)
-            .arg(follow::TTL.as_secs());
-        let mut connection = self.connection.clone();
-        match tokio::time::timeout(ANNOUNCE_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await {
-            Ok(Ok(taken)) => taken == 1,
-            Ok(Err(err)) => {
-                tracing::warn!(task.id = %self.job.task_id, error = %err, "cannot announce the upload's completion; enqueueing its job");
+        match self.keys.end(&COMPLETE, &[size]).await {
+            Ok(taken) => taken == 1,
+            Err(err) => {
+                tracing::warn!(task.id = %self.keys.job.task_id, error = %err, "cannot announce the upload's completion; enqueueing its job");
                 false
             }
-            Err(_) => false,
         }
     }
 }
@@ -187,34 +220,10 @@ impl Drop for Announcer {
         if self.ended || !self.started || self.broken || !self.abort_on_drop {
             return;
         }
-        let (connection, stream, task_id) = (self.connection.clone(), self.stream.clone(), self.job.task_id);
+        let keys = self.keys.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { abort_keys(connection, &stream, task_id).await });
+            runtime.spawn(async move { keys.abort().await });
         }
-    }
-}
-
-/// Runs [`ANNOUNCE_SCRIPT`] for `bytes` with `args` (three keys, the algorithms, the TTL, the
-/// follow job's fields).
-async fn run_announce(
-    mut connection: ConnectionManager,
-    args: Vec<String>,
-    bytes: u64,
-) -> Result<(), String> {
-    let mut invocation = ANNOUNCE.prepare_invoke();
-    invocation.key(&args[0]).key(&args[1]).key(&args[2]).arg(bytes);
-    for arg in &args[3..] {
-        invocation.arg(arg);
-    }
-    match tokio::time::timeout(ANNOUNCE_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await {
-        Ok(Ok(added)) => {
-            if added == 2 {
-                metrics::counter!("md5_followed_uploads_total").increment(1);
-            }
-            Ok(())
-        }
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err("timed out".to_owned()),
     }
 }
 
@@ -222,18 +231,6 @@ async fn run_announce(
 /// terminated); nothing happens if it was never followed.
 pub async fn abort(queue: &JobQueue, task_id: Uuid) {
     let (connection, stream) = queue.connection();
-    abort_keys(connection, &stream, task_id).await;
-}
-
-async fn abort_keys(mut connection: ConnectionManager, stream: &str, task_id: Uuid) {
-    let mut invocation = ABORT.prepare_invoke();
-    invocation
-        .key(follow::meta_key(stream, task_id))
-        .key(follow::bytes_key(stream, task_id))
-        .arg(follow::TTL.as_secs());
-    let aborted =
-        tokio::time::timeout(ANNOUNCE_TIMEOUT, invocation.invoke_async::<i64>(&mut connection)).await;
-    if !matches!(aborted, Ok(Ok(_))) {
-        tracing::debug!(task.id = %task_id, "cannot announce an upload's end; its follower lets go once idle");
-    }
+    let job = JobMessage { task_id, request_id: None, follow: true };
+    Keys { connection, stream, job, algorithms: String::new() }.abort().await;
 }
