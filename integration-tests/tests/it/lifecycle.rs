@@ -122,8 +122,21 @@ async fn delete_forgets_a_queued_a_running_and_a_done_task_leaving_only_the_done
     })
     .await
     .unwrap();
-    let deleted = app.client.delete(format!("{base}/api/v1/hashes/{done}")).send().await.unwrap();
-    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    // Its line is on disk, but the worker records that only after acknowledging the job: until
+    // then a DELETE is refused for a moment (409 with Retry-After), as documented.
+    eventually(Duration::from_secs(10), "the DELETE of the done task", || async {
+        let deleted = app.client.delete(format!("{base}/api/v1/hashes/{done}")).send().await.ok()?;
+        match deleted.status() {
+            StatusCode::NO_CONTENT => Some(()),
+            StatusCode::CONFLICT => {
+                assert!(deleted.headers().contains_key("retry-after"), "a 409 says when to retry");
+                None
+            }
+            other => panic!("DELETE of a done task answered {other}"),
+        }
+    })
+    .await
+    .unwrap();
     gone_everywhere(&app, &done, Some(&md5_hex(&bytes))).await;
 
     eventually(Duration::from_secs(20), "the files gone and the entries acknowledged", || async {
