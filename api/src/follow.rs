@@ -122,7 +122,7 @@ impl Announcer {
             keys: Keys {
                 connection,
                 stream,
-                job: JobMessage { task_id, request_id, follow: true },
+                job: JobMessage { follow: true, ..JobMessage::new(task_id, request_id) },
                 algorithms: follow::algorithms_field(algorithms),
             },
             threshold,
@@ -231,6 +231,6 @@ impl Drop for Announcer {
 /// terminated); nothing happens if it was never followed.
 pub async fn abort(queue: &JobQueue, task_id: Uuid) {
     let (connection, stream) = queue.connection();
-    let job = JobMessage { task_id, request_id: None, follow: true };
+    let job = JobMessage { follow: true, ..JobMessage::new(task_id, None) };
     Keys { connection, stream, job, algorithms: String::new() }.abort().await;
 }

@@ -127,6 +127,7 @@ pub struct StoredUpload {
 pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Task, ApiError> {
     let StoredUpload { mut part, task_id, file_name, size, request_id, reservation, digests, owner, follow } =
         upload;
+    let md5_alone = digests.algorithm_names().is_empty() && digests.expected.is_empty();
     state.storage.promote(&mut part).await?;
     let inserted = state
         .commits
@@ -151,7 +152,7 @@ pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Ta
                     if let Some(reservation) = reservation {
                         reservation.completed();
                     }
-                    enqueue(&state, task_id, size, request_id, Some(*follow)).await;
+                    enqueue(&state, task_id, size, md5_alone, request_id, Some(*follow)).await;
                 }
                 // Else `part` and `reservation` go: the file is removed, the key released.
             });
@@ -163,7 +164,7 @@ pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Ta
     if let Some(reservation) = reservation {
         reservation.completed();
     }
-    enqueue(&state, task_id, size, request_id, Some(*follow)).await;
+    enqueue(&state, task_id, size, md5_alone, request_id, Some(*follow)).await;
     Ok(task)
 }
 
@@ -180,9 +181,10 @@ pub async fn complete_resumable(
 ) -> Result<Option<Task>, ApiError> {
     let size_bytes = i64::try_from(size).map_err(ApiError::internal)?;
     let task = state.db.write(async |conn| uploads::complete(conn, task_id, size_bytes).await).await?;
-    if task.is_some() {
+    if let Some(task) = &task {
         metrics::counter!("md5_resumable_uploads_total", "event" => "completed").increment(1);
-        enqueue(state, task_id, size, request_id, Some(follow)).await;
+        let md5_alone = task.algorithms.is_empty() && task.expected.is_none();
+        enqueue(state, task_id, size, md5_alone, request_id, Some(follow)).await;
     }
     Ok(task)
 }
@@ -206,12 +208,14 @@ pub async fn settle(state: &AppState, task_id: Uuid) -> bool {
 }
 
 /// Announces a committed, `queued` task of `size` bytes to the workers: to the worker that
-/// followed its upload if one takes it (`follow`), else with a job. A failed XADD is logged,
+/// followed its upload if one takes it (`follow`), else with a job (quick where it may be:
+/// `md5_alone` when the task computes no other digest and expects none). A failed XADD is logged,
 /// not returned: the row is committed, and the sweeper enqueues it once Redis answers.
 async fn enqueue(
     state: &AppState,
     task_id: Uuid,
     size: u64,
+    md5_alone: bool,
     request_id: Option<String>,
     follow: Option<Announcer>,
 ) {
@@ -223,7 +227,7 @@ async fn enqueue(
     {
         return;
     }
-    let job = JobMessage::new(task_id, request_id);
+    let job = JobMessage::stored(task_id, request_id, size, md5_alone);
     if let Err(err) = state.queue.enqueue(&job).await {
         let err = anyhow::Error::new(err);
         tracing::warn!(task.id = %task_id, error = format!("{err:#}"), "cannot enqueue job; the sweeper will retry");

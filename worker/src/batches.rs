@@ -12,7 +12,7 @@ use diesel_async::AsyncConnection as _;
 use shared::Task;
 use shared::batch::Batcher;
 use shared::db::{Pool, connection};
-use shared::queries::{self, Outcome};
+use shared::queries::{self, Completion};
 use uuid::Uuid;
 
 use crate::stream::JobsHandle;
@@ -22,10 +22,12 @@ const MAX_BATCH: usize = 256;
 
 /// One batcher per step of a job.
 pub struct Batches {
-    /// Claims (bookkeeping pool): the claimed row, or `None` if the task is not claimable.
-    pub claim: Batcher<Uuid, Option<Task>>,
-    /// Results (durable pool): the finished row, or `None` if this worker lost the task.
-    pub complete: Batcher<(Uuid, Outcome), Option<Task>>,
+    /// Claims (bookkeeping pool) of a task and whether its delivery was taken over: the claimed
+    /// row, or `None` if the task is not claimable.
+    pub claim: Batcher<(Uuid, bool), Option<Task>>,
+    /// Results (durable pool): the finished row, or `None` if this worker does not hold the task
+    /// (lost it, or, unclaimed, never had it).
+    pub complete: Batcher<Completion, Option<Task>>,
     /// "Logged" marks (bookkeeping pool).
     pub mark: Batcher<Uuid, ()>,
     /// XACK + XDEL of stream entries.
@@ -37,27 +39,30 @@ impl Batches {
     pub fn spawn(pool: &Pool, bookkeeping: &Pool, jobs: &JobsHandle, worker: &str, lease: Duration) -> Self {
         let claim = {
             let (pool, worker) = (bookkeeping.clone(), worker.to_owned());
-            Batcher::spawn("claim", MAX_BATCH, move |ids: Vec<Uuid>| {
+            Batcher::spawn("claim", MAX_BATCH, move |claims: Vec<(Uuid, bool)>| {
                 let (pool, worker) = (pool.clone(), worker.clone());
                 async move {
                     let mut conn = connection(&pool).await?;
-                    let rows = queries::claim_tasks(&mut conn, &ids, &worker, lease).await?;
+                    let ids: Vec<Uuid> = claims.iter().map(|(id, _)| *id).collect();
+                    let taken_over: Vec<Uuid> =
+                        claims.iter().filter(|(_, taken_over)| *taken_over).map(|(id, _)| *id).collect();
+                    let rows = queries::claim_tasks(&mut conn, &ids, &taken_over, &worker, lease).await?;
                     Ok(answer_each(&ids, rows))
                 }
             })
         };
         let complete = {
             let (pool, worker) = (pool.clone(), worker.to_owned());
-            Batcher::spawn("complete", MAX_BATCH, move |outcomes: Vec<(Uuid, Outcome)>| {
+            Batcher::spawn("complete", MAX_BATCH, move |completions: Vec<Completion>| {
                 let (pool, worker) = (pool.clone(), worker.clone());
                 async move {
                     let mut conn = connection(&pool).await?;
                     // One transaction: the results and their webhook events commit together.
-                    let (worker, outcomes) = (&worker, &outcomes);
+                    let (worker, completions) = (&worker, &completions);
                     let rows = conn
-                        .transaction(async |conn| queries::complete_tasks(conn, worker, outcomes).await)
+                        .transaction(async |conn| queries::complete_tasks(conn, worker, completions).await)
                         .await?;
-                    let ids: Vec<Uuid> = outcomes.iter().map(|(id, _)| *id).collect();
+                    let ids: Vec<Uuid> = completions.iter().map(|completion| completion.task_id).collect();
                     Ok(answer_each(&ids, rows))
                 }
             })

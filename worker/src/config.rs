@@ -93,7 +93,8 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
 
     /// Test builds only: abort the process at this step of a job (`after_claim`, `after_hash`,
-    /// `after_commit`, `after_log`, `before_ack`, `before_mark`), as `kill -9` would.
+    /// `after_commit`, `after_log`, `before_ack`, `before_mark`), as `kill -9` would. A quick
+    /// job's first try, which claims with its result, passes `after_claim` before its hash.
     #[cfg(feature = "fault-injection")]
     #[arg(long, env = "FAULT_CRASH_AT", hide = true)]
     pub fault_crash_at: Option<String>,

@@ -144,6 +144,18 @@ pub fn digest_file(path: &Path) -> io::Result<(Digests, u64)> {
     digest_file_with(path, &[])
 }
 
+/// The MD5 of the file at `path` and its size, or `None` if it holds more than `at_most` bytes
+/// (then it is not read). Blocking: call it from `spawn_blocking`.
+pub fn md5_of_small_file(path: &Path, at_most: u64) -> io::Result<Option<(Digests, u64)>> {
+    let mut file = File::open(path)?;
+    if file.metadata()?.len() > at_most {
+        return Ok(None);
+    }
+    let mut hasher = MultiHasher::new();
+    let total = hash_in_turn(&mut file, &mut hasher, &HashProgress::default())?;
+    Ok(Some((hasher.finish(), total)))
+}
+
 /// [`digest_file`] with `algorithms` besides MD5, all from one read of the file.
 pub fn digest_file_with(path: &Path, algorithms: &[Algorithm]) -> io::Result<(Digests, u64)> {
     digest_file_on(path, algorithms, side_threads(), &HashProgress::default())

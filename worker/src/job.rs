@@ -1,7 +1,8 @@
 //! One delivery, from claim to acknowledgement.
 //!
 //! Order per job: claim the row → hash → commit the result → append the log line → delete the
-//! upload → XACK (+XDEL) → record that it is logged. A crash anywhere leaves either an
+//! upload → XACK (+XDEL) → record that it is logged. (A quick job's first delivery hashes first
+//! and claims with its result: see `crate::quick`.) A crash anywhere leaves either an
 //! unacknowledged entry (taken over by another worker) or a row the sweeper re-enqueues; the
 //! conditional updates and the log search make every retry a no-op where work was already done.
 
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use shared::db::connection;
-use shared::queries::{self, Outcome};
+use shared::queries::{self, Completion, Outcome};
 use shared::{LogLine, Md5Hex, Task};
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -90,7 +91,21 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<Settle
     } else {
         None
     };
-    let claimed = retry(ctx, "claim the task", || ctx.batches.claim.call(job.task_id)).await?;
+    if job.quick && !job.follow && !delivery.taken_over {
+        crate::fault::point(&ctx.config, "after_claim");
+        if let Some(completion) = crate::quick::hash(ctx, job.task_id).await {
+            crate::fault::point(&ctx.config, "after_hash");
+            let finished =
+                retry(ctx, "record the result", || ctx.batches.complete.call(completion.clone())).await?;
+            if let Some(finished) = finished {
+                return recorded(ctx, finished).await;
+            }
+            // Cancelled, claimed by another worker, or not what its job said: the claimed way
+            // finds out which.
+        }
+    }
+    let claimed =
+        retry(ctx, "claim the task", || ctx.batches.claim.call((job.task_id, delivery.taken_over))).await?;
     let Some(task) = claimed else {
         return not_claimable(ctx, delivery, job.task_id).await;
     };
@@ -115,13 +130,17 @@ async fn process(ctx: &JobContext, delivery: &Delivery) -> anyhow::Result<Settle
     };
     crate::fault::point(&ctx.config, "after_hash");
 
-    let finished =
-        retry(ctx, "record the result", || ctx.batches.complete.call((task.task_id, outcome.clone())))
-            .await?;
+    let completion = Completion::claimed(task.task_id, outcome);
+    let finished = retry(ctx, "record the result", || ctx.batches.complete.call(completion.clone())).await?;
     let Some(finished) = finished else {
         // Cancelled meanwhile, or our lease passed and another worker took the task over.
         return stopped(ctx, task.task_id).await;
     };
+    recorded(ctx, finished).await
+}
+
+/// The task's result is committed: counts it, then [`finish`]es it.
+async fn recorded(ctx: &JobContext, finished: Task) -> anyhow::Result<Settle> {
     crate::fault::point(&ctx.config, "after_commit");
     crate::fault::pause_after_commit(&ctx.config).await;
     metrics::counter!("md5_tasks_finished_total", "status" => finished.status.as_str()).increment(1);

@@ -6,8 +6,8 @@
 //!
 //! # Delivery and the exactly-once log
 //!
-//! A row moves `queued → processing → done | failed`; `logged_at` records that its log line is
-//! written.
+//! A row moves `queued → processing → done | failed` (a quick job's `queued → done`, below);
+//! `logged_at` records that its log line is written.
 //!
 //! Two kinds of commit: the row's creation and its result are durable (`synchronous_commit=on`);
 //! the claim, the lease and the "logged" mark go through a second pool with `synchronous_commit=off`
@@ -45,6 +45,12 @@
 //!    deletes the file and acks; a finished task without the mark (a crash before step 7, or the
 //!    mark lost) is re-enqueued by the sweeper and takes the log-search path below.
 //!
+//! A quick job (`quick.rs`: at most 1 MiB, MD5 alone, nothing expected; its first delivery only)
+//! hashes first and does steps 1 and 3 in one statement, `WHERE status='queued'` and the row is
+//! what the job said; anything else (a missing file, a cancel, another worker's claim) sends it
+//! through the steps above. Its worker dying before that statement leaves the row `queued` and
+//! the entry pending: the takeover's claim counts that try as an attempt too.
+//!
 //! Rotation (`LOG_MAX_BYTES`, SIGHUP) renames the locked file to `<LOG_FILE>.<UTC timestamp>` under
 //! both locks; a writer that waited for the lock checks that the file it locked is still the one at
 //! `LOG_FILE` (same inode) and otherwise locks the new one, so no line goes to a rotated file after
@@ -59,7 +65,8 @@
 //! came between steps 3 and 7: the new worker searches the log backwards, under the lock, as far as
 //! the row's `finished_at` (less 5 minutes of clock skew allowance between hosts), and appends only if
 //! the task has no line. Lines are appended under the lock in time order, so the search is short.
-//! A task that is claimed more than `MAX_DELIVERIES` times is marked `failed`, logged once, copied to
+//! A task whose attempts (its claims, and a quick try a takeover found unrecorded) pass
+//! `MAX_DELIVERIES` is marked `failed`, logged once, copied to
 //! `<JOBS_STREAM>:dead` and acknowledged; the copy is made by a script that also sets a marker key
 //! (`<JOBS_STREAM>:dead:lettered:<task id>`, kept 7 days), so a retry or a crash and redelivery
 //! never adds a second copy. A missing or unreadable file ends the task `failed` with a
@@ -93,6 +100,7 @@
 //! | jobs and uploads at the same step share one statement, each answered as if alone (a task listed twice, a task another worker holds) | `batching::a_backlog_is_claimed_recorded_marked_and_acknowledged_in_shared_statements`, `batching::concurrent_uploads_share_the_folder_fsync_the_insert_and_the_xadd`, `batching::a_shared_statement_answers_each_job_as_if_it_ran_alone` |
 //! | one `Idempotency-Key`, one task: repeats (sequential and concurrent) get the original and store nothing; another file is 422; a repeat mid-upload 409; a failed upload frees the key; an expired key is reusable | `idempotency::*` |
 //! | a client whose answers are lost, or whose api is killed and restarted mid-run, makes one task per file | `client::uploads_whose_answers_are_lost_are_retried_under_their_key_and_make_one_task_each`, `client::an_api_killed_and_restarted_mid_run_costs_no_file_a_second_task` |
+//! | a quick job records its claim and result only while its row is `queued` and what the job said (not resized, cancelled, held by another, nor asking other digests); a takeover's claim counts the quick try | `batching::a_quick_job_is_claimed_by_its_result_only_while_its_row_is_what_the_job_said`, `faults::a_job_that_crashes_every_worker_is_failed_after_max_deliveries_and_dead_lettered` |
 //! | a missing file ends `failed` on the first attempt | `v1::a_file_deleted_before_its_job_runs_ends_failed_without_looping` |
 //! | SIGTERM loses nothing and exits 0 (worker and api) | `faults::sigterm_during_a_load_loses_no_job_and_exits_0` |
 //! | all of it at once | `faults::a_soak_under_random_kills_redis_loss_and_postgres_crashes_loses_nothing` (2,000 uploads) |
@@ -114,6 +122,7 @@ pub mod job;
 pub mod lanes;
 pub mod maintenance;
 pub mod progress;
+pub mod quick;
 pub mod read_loop;
 pub mod results_log;
 pub mod running;

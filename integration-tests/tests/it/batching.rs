@@ -12,7 +12,7 @@ use integration_tests::{TestApp, TestOptions, eventually, random_bytes};
 use serde_json::Value;
 use shared::TaskStatus;
 use shared::models::NewTask;
-use shared::queries::{self, Outcome};
+use shared::queries::{self, Completion, Outcome};
 use uuid::Uuid;
 
 const BACKLOG: usize = 400;
@@ -64,7 +64,9 @@ async fn a_backlog_is_claimed_recorded_marked_and_acknowledged_in_shared_stateme
     })
     .await
     .unwrap();
-    for batch in ["claim", "complete", "mark", "ack"] {
+    // Small MD5-only files are quick jobs: each is claimed by its result's statement.
+    assert_eq!(batch_sizes(&metrics, "claim"), (0.0, 0.0), "no claim of its own");
+    for batch in ["complete", "mark", "ack"] {
         let (requests, statements) = batch_sizes(&metrics, batch);
         assert_eq!(requests, BACKLOG as f64, "{batch}: one request per job");
         // 32 jobs in flight: a backlog goes through in statements of several jobs each (about
@@ -144,10 +146,14 @@ async fn a_shared_statement_answers_each_job_as_if_it_ran_alone() {
         queries::insert_tasks(&mut conn, &[new]).await.unwrap();
     }
     let lease = Duration::from_secs(60);
-    let claimed = queries::claim_tasks(&mut conn, &[a, b, a], "w1", lease).await.unwrap();
+    let claimed = queries::claim_tasks(&mut conn, &[a, b, a], &[], "w1", lease).await.unwrap();
     assert_eq!(claimed.len(), 2, "a task listed twice is claimed once");
     assert!(
-        queries::claim_tasks(&mut conn, &[b, c], "w2", lease).await.unwrap().iter().all(|t| t.task_id == c)
+        queries::claim_tasks(&mut conn, &[b, c], &[], "w2", lease)
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.task_id == c)
     );
 
     let done = |md5: &str| Outcome::Done { digests: shared::Digests::md5_only(md5.parse().unwrap()) };
@@ -157,10 +163,10 @@ async fn a_shared_statement_answers_each_job_as_if_it_ran_alone() {
         &mut conn,
         "w1",
         &[
-            (a, done("00000000000000000000000000000001")),
-            (b, failed),
-            (c, done(&"0c".repeat(16))),
-            (a, done(&"ff".repeat(16))),
+            Completion::claimed(a, done("00000000000000000000000000000001")),
+            Completion::claimed(b, failed),
+            Completion::claimed(c, done(&"0c".repeat(16))),
+            Completion::claimed(a, done(&"ff".repeat(16))),
         ],
     )
     .await
@@ -188,17 +194,78 @@ async fn a_shared_statement_answers_each_job_as_if_it_ran_alone() {
 
     // The job's statements were prepared on this connection once each, and used again as such
     // (Postgres neither parses nor plans them again).
-    queries::claim_tasks(&mut conn, &[c], "w1", lease).await.unwrap();
-    queries::complete_tasks(&mut conn, "w2", &[(c, done(&"0c".repeat(16)))]).await.unwrap();
+    queries::claim_tasks(&mut conn, &[c], &[], "w1", lease).await.unwrap();
+    queries::complete_tasks(&mut conn, "w2", &[Completion::claimed(c, done(&"0c".repeat(16)))])
+        .await
+        .unwrap();
     for start in [
         "UPDATE md5_tasks SET status = 'processing'",
-        "WITH updated AS ( UPDATE md5_tasks",
+        "WITH w AS (SELECT",
         "INSERT INTO md5_webhook_deliveries",
         "UPDATE md5_tasks SET logged_at",
     ] {
         assert_eq!(prepared_count(&mut conn, start).await, 1, "statements starting {start:?}");
     }
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_quick_job_is_claimed_by_its_result_only_while_its_row_is_what_the_job_said() {
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let mut conn = AsyncPgConnection::establish(&app.database_url).await.unwrap();
+    let ids: [Uuid; 6] = std::array::from_fn(|_| Uuid::now_v7());
+    let [plain, resized, sha, expecting, cancelled, held] = ids;
+    let expected = serde_json::json!({"md5": "00".repeat(16)});
+    for id in ids {
+        let new = NewTask {
+            task_id: id,
+            file_name: "f",
+            size_bytes: 1,
+            request_id: None,
+            algorithms: if id == sha { vec!["sha-256".to_owned()] } else { vec![] },
+            expected: (id == expecting).then(|| expected.clone()),
+            owner: None,
+        };
+        queries::insert_tasks(&mut conn, &[new]).await.unwrap();
+    }
+    queries::cancel_task(&mut conn, cancelled).await.unwrap().expect("cancelled while queued");
+    let lease = Duration::from_secs(60);
+    assert_eq!(queries::claim_tasks(&mut conn, &[held], &[], "w2", lease).await.unwrap().len(), 1);
+
+    let md5 = |hex: &str| shared::Digests::md5_only(hex.parse().unwrap());
+    let quick = |id, size| Completion::unclaimed(id, md5(&"0a".repeat(16)), size);
+    let finished = queries::complete_tasks(
+        &mut conn,
+        "w1",
+        &[
+            quick(plain, 1),
+            quick(resized, 2),
+            quick(sha, 1),
+            quick(expecting, 1),
+            quick(cancelled, 1),
+            quick(held, 1),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(finished.iter().map(|t| t.task_id).collect::<Vec<_>>(), vec![plain], "only the plain task");
+    let done = row(&mut conn, plain).await;
+    assert_eq!((done.status, done.attempts, done.worker.as_deref()), (TaskStatus::Done, 1, Some("w1")));
+    assert!(done.started_at.is_some() && done.finished_at.is_some() && done.lease_until.is_none());
+    let statuses = [row(&mut conn, resized).await.status, row(&mut conn, sha).await.status];
+    assert_eq!(statuses, [TaskStatus::Queued, TaskStatus::Queued], "a row unlike the job records nothing");
+    assert_eq!(row(&mut conn, cancelled).await.status, TaskStatus::Cancelled);
+    let other = row(&mut conn, held).await;
+    assert_eq!((other.status, other.worker.as_deref()), (TaskStatus::Processing, Some("w2")));
+
+    // The claimed way, after a quick try that recorded nothing: a delivery taken over counts the
+    // worker that received it before as an attempt; one not taken over does not.
+    let claimed = queries::claim_tasks(&mut conn, &[resized, sha], &[resized], "w1", lease).await.unwrap();
+    let mut attempts: Vec<(Uuid, i32)> = claimed.iter().map(|t| (t.task_id, t.attempts)).collect();
+    attempts.sort();
+    let mut want = vec![(resized, 2), (sha, 1)];
+    want.sort();
+    assert_eq!(attempts, want);
 }
 
 /// How many statements starting with `start` are prepared on `conn`'s session.

@@ -45,6 +45,31 @@ impl Outcome {
     }
 }
 
+/// A result to record: for a task the worker claimed, or for a quick job's task it hashed
+/// without claiming (`crate::job::JobMessage::quick`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The task.
+    pub task_id: Uuid,
+    /// Its outcome.
+    pub outcome: Outcome,
+    /// `Some(size)` for a task not claimed: recorded (and counted as an attempt) only while the
+    /// task is still `queued`, of `size` bytes, computing MD5 alone and expecting no digest.
+    pub unclaimed: Option<i64>,
+}
+
+impl Completion {
+    /// The outcome of a task the worker claimed.
+    pub fn claimed(task_id: Uuid, outcome: Outcome) -> Self {
+        Completion { task_id, outcome, unclaimed: None }
+    }
+
+    /// The digests of a quick job's `size` bytes, hashed before any claim.
+    pub fn unclaimed(task_id: Uuid, digests: Digests, size: i64) -> Self {
+        Completion { task_id, outcome: Outcome::Done { digests }, unclaimed: Some(size) }
+    }
+}
+
 /// Inserts new `queued` tasks in one statement (so one commit) and returns the committed rows,
 /// in no order.
 pub async fn insert_tasks(conn: &mut AsyncPgConnection, new: &[NewTask<'_>]) -> QueryResult<Vec<Task>> {
@@ -59,21 +84,26 @@ pub async fn find_task(conn: &mut AsyncPgConnection, task_id: Uuid) -> QueryResu
 /// Claims tasks for `worker` until `lease` from now, in one statement: each `queued` task, and
 /// each `processing` one whose previous holder let its lease pass. Returns the rows it claimed,
 /// in no order; a task not returned is not claimable (finished, held by a live worker, or
-/// unknown), which makes duplicate deliveries no-ops.
+/// unknown), which makes duplicate deliveries no-ops. Each claim counts an attempt; a task still
+/// `queued` whose delivery was `taken_over` counts one more: a worker received it before and
+/// never recorded anything (it died, or crashed on a quick job's hash, which claims nothing).
 pub async fn claim_tasks(
     conn: &mut AsyncPgConnection,
     task_ids: &[Uuid],
+    taken_over: &[Uuid],
     worker: &str,
     lease: Duration,
 ) -> QueryResult<Vec<Task>> {
     use diesel::sql_types::{Array, Interval, Text};
     prepared(
-        "UPDATE md5_tasks SET status = 'processing', attempts = attempts + 1, started_at = now(), \
-             worker = $1, lease_until = now() + $2 \
-         WHERE task_id = ANY($3) \
+        "UPDATE md5_tasks SET status = 'processing', \
+             attempts = attempts + 1 + (status = 'queued' AND task_id = ANY($1))::int, \
+             started_at = now(), worker = $2, lease_until = now() + $3 \
+         WHERE task_id = ANY($4) \
            AND (status = 'queued' OR (status = 'processing' AND lease_until < now())) \
          RETURNING *",
         (
+            bind::<Array<diesel::sql_types::Uuid>, _>(taken_over),
             bind::<Text, _>(worker),
             bind::<Interval, _>(interval(lease)),
             bind::<Array<diesel::sql_types::Uuid>, _>(task_ids),
@@ -105,24 +135,27 @@ pub async fn extend_lease(
     Ok(updated == 1)
 }
 
-/// Records `worker`'s outcomes for tasks it holds, in one statement (so one commit). Returns the
-/// rows it updated, in no order; a task not returned records nothing, because the worker no
-/// longer holds it (its lease passed and another worker took it over). A task listed twice is
+/// Records `worker`'s outcomes, in one statement (so one commit): of tasks it holds, and of quick
+/// jobs' tasks still `queued` ([`Completion::unclaimed`], which this claims in the same update).
+/// Returns the rows it updated, in no order; a task not returned records nothing, because the
+/// worker does not hold it (its lease passed and another worker took it over; or, unclaimed, it
+/// was cancelled, claimed by another, or is not what its job said). A task listed twice is
 /// updated once. A `done` task's digests (MD5 and the others) are indexed for
 /// [`find_by_digest`] by the same statement. Run it in a transaction: the tasks' webhook events
 /// ([`crate::webhooks::write_events`]) are written with it and must commit with it.
 pub async fn complete_tasks(
     conn: &mut AsyncPgConnection,
     worker: &str,
-    outcomes: &[(Uuid, Outcome)],
+    completions: &[Completion],
 ) -> QueryResult<Vec<Task>> {
-    use diesel::sql_types::{Array, Nullable, Text};
-    let mut ids = Vec::with_capacity(outcomes.len());
-    let mut statuses = Vec::with_capacity(outcomes.len());
-    let mut results = Vec::with_capacity(outcomes.len());
-    let mut errors = Vec::with_capacity(outcomes.len());
-    let mut others = Vec::with_capacity(outcomes.len());
-    for (task_id, outcome) in outcomes {
+    use diesel::sql_types::{Array, BigInt, Nullable, Text};
+    let mut ids = Vec::with_capacity(completions.len());
+    let mut statuses = Vec::with_capacity(completions.len());
+    let mut results = Vec::with_capacity(completions.len());
+    let mut errors = Vec::with_capacity(completions.len());
+    let mut others = Vec::with_capacity(completions.len());
+    let mut unclaimed = Vec::with_capacity(completions.len());
+    for Completion { task_id, outcome, unclaimed: size } in completions {
         ids.push(*task_id);
         statuses.push(outcome.status().as_str());
         let (md5, error, digests) = match outcome {
@@ -137,15 +170,24 @@ pub async fn complete_tasks(
         results.push(md5);
         errors.push(error);
         others.push(digests);
+        unclaimed.push(*size);
     }
+    // In SET, `t.status` is the row's status before the update.
     let finished = prepared(
-        "WITH updated AS ( \
+        "WITH w AS (SELECT $1::text AS worker), \
+         updated AS ( \
              UPDATE md5_tasks AS t \
              SET status = v.status::task_status, result = v.result, error = v.error, \
-                 digests = v.digests::jsonb, finished_at = now(), lease_until = NULL \
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-                  AS v(task_id, status, result, error, digests) \
-             WHERE t.task_id = v.task_id AND t.status = 'processing' AND t.worker = $6 \
+                 digests = v.digests::jsonb, finished_at = now(), lease_until = NULL, \
+                 attempts = t.attempts + (t.status = 'queued')::int, \
+                 started_at = CASE WHEN t.status = 'queued' THEN now() ELSE t.started_at END, \
+                 worker = w.worker \
+             FROM w, unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[]) \
+                  AS v(task_id, status, result, error, digests, unclaimed) \
+             WHERE t.task_id = v.task_id \
+               AND CASE WHEN v.unclaimed IS NULL THEN t.status = 'processing' AND t.worker = w.worker \
+                        ELSE t.status = 'queued' AND t.size_bytes = v.unclaimed \
+                             AND t.algorithms = '{}' AND t.expected IS NULL END \
              RETURNING t.*), \
          indexed AS ( \
              INSERT INTO md5_task_digests (algorithm, digest, finished_at, task_id) \
@@ -157,12 +199,13 @@ pub async fn complete_tasks(
              ON CONFLICT DO NOTHING) \
          SELECT * FROM updated",
         (
+            bind::<Text, _>(worker),
             bind::<Array<diesel::sql_types::Uuid>, _>(ids),
             bind::<Array<Text>, _>(statuses),
             bind::<Array<Nullable<Text>>, _>(results),
             bind::<Array<Nullable<Text>>, _>(errors),
             bind::<Array<Nullable<Text>>, _>(others),
-            bind::<Text, _>(worker),
+            bind::<Array<Nullable<BigInt>>, _>(unclaimed),
         ),
     )
     .load::<Task>(conn)
