@@ -1,6 +1,7 @@
-//! The worker's group commits: every job's claim, result, "logged" mark and acknowledgement goes
-//! through a [`Batcher`], so jobs that reach the same step together share one statement, one
-//! commit and one round trip. (The log line's own group commit is in `results_log`.)
+//! The worker's group commits: every job's claim, result and acknowledgement goes through a
+//! [`Batcher`], so jobs that reach the same step together share one statement, one commit and
+//! one round trip. (The log line's own group commit is in `results_log`, the "logged" marks'
+//! in `marks`.)
 //!
 //! The statements are the conditional updates of `shared::queries`, so batching changes no
 //! outcome: a job gets exactly the answer it would have had alone.
@@ -28,8 +29,6 @@ pub struct Batches {
     /// Results (durable pool): the finished row, or `None` if this worker does not hold the task
     /// (lost it, or, unclaimed, never had it).
     pub complete: Batcher<Completion, Option<Task>>,
-    /// "Logged" marks (bookkeeping pool).
-    pub mark: Batcher<Uuid, ()>,
     /// XACK + XDEL of stream entries.
     pub ack: Batcher<String, ()>,
 }
@@ -67,17 +66,6 @@ impl Batches {
                 }
             })
         };
-        let mark = {
-            let pool = bookkeeping.clone();
-            Batcher::spawn("mark", MAX_BATCH, move |ids: Vec<Uuid>| {
-                let pool = pool.clone();
-                async move {
-                    let mut conn = connection(&pool).await?;
-                    queries::mark_all_logged(&mut conn, &ids).await?;
-                    Ok(vec![(); ids.len()])
-                }
-            })
-        };
         let ack = {
             let jobs = jobs.clone();
             Batcher::spawn("ack", MAX_BATCH, move |entries: Vec<String>| {
@@ -88,7 +76,7 @@ impl Batches {
                 }
             })
         };
-        Batches { claim, complete, mark, ack }
+        Batches { claim, complete, ack }
     }
 }
 

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batches::Batches;
 use crate::config::Config;
 use crate::lanes::Lanes;
+use crate::marks::Marks;
 use crate::results_log::ResultsLog;
 use crate::running::RunningHashes;
 use crate::stream::JobsHandle;
@@ -25,8 +26,10 @@ pub struct JobContext {
     pub bookkeeping: Pool,
     /// Redis commands.
     pub jobs: JobsHandle,
-    /// The group commits of claims, results, marks and acknowledgements.
+    /// The group commits of claims, results and acknowledgements.
     pub batches: Batches,
+    /// The "logged" marks, written off the jobs' path.
+    pub marks: Marks,
     /// Hashes running at once (one per CPU), whatever the number of jobs in flight.
     pub hashing: Arc<Semaphore>,
     /// Uploads this process follows at once (`crate::follow::most_followed`), so uploads still

@@ -66,10 +66,11 @@ async fn settle(ctx: &JobContext, delivery: &Delivery, decision: Settle) -> anyh
             crate::fault::point(&ctx.config, "before_ack");
             acknowledge(ctx, delivery).await?;
             crate::fault::point(&ctx.config, "before_mark");
-            // Last, and without waiting for the WAL flush: if this mark is lost, the sweeper
-            // finds the task finished but unmarked, re-enqueues it, and the log search finds
-            // its line.
-            retry(ctx, "record the log line", || ctx.batches.mark.call(task_id)).await
+            // Last, and without waiting for it (`crate::marks`): if this mark is lost, the
+            // sweeper finds the task finished but unmarked, re-enqueues it, and the log search
+            // finds its line.
+            ctx.marks.record(task_id);
+            Ok(())
         }
     }
 }

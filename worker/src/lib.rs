@@ -15,8 +15,9 @@
 //! task down a recovery path below. WAL is sequential, so a later durable commit of the same
 //! worker also makes its earlier asynchronous ones durable.
 //!
-//! A job, per delivery (`worker/src/job.rs`). Steps 1, 3, 6 and 7 go through the worker's batchers
-//! (`worker/src/batches.rs`): the jobs at the same step share one statement (`WHERE task_id =
+//! A job, per delivery (`worker/src/job.rs`). Steps 1, 3 and 6 go through the worker's batchers
+//! (`worker/src/batches.rs`), step 7 through `marks.rs` (the marks of 50 ms, one statement, no job
+//! waiting for it): the jobs at the same step share one statement (`WHERE task_id =
 //! ANY(…)`, an `UPDATE … FROM unnest(…)` for results, one XACK and one XDEL for many ids), one
 //! commit and one round trip. Hashes run one per CPU, whatever `WORKER_CONCURRENCY` is, except
 //! the large MD5-only files, which all share the CPUs' SIMD lanes (`lanes.rs`).
@@ -121,6 +122,7 @@ pub mod hash;
 pub mod job;
 pub mod lanes;
 pub mod maintenance;
+pub mod marks;
 pub mod progress;
 pub mod quick;
 pub mod read_loop;
@@ -185,6 +187,7 @@ pub async fn run(
         log.fail_next_flush();
     }
     let batches = Batches::spawn(&pool, &bookkeeping, &jobs.commands(), &consumer, config.claim_idle());
+    let marks = marks::Marks::spawn(bookkeeping.clone());
     let hash_threads = std::thread::available_parallelism().map_or(2, usize::from);
     let lanes = lanes::Lanes::start(engine, hash_threads).context("cannot start the MD5 threads")?;
     tracing::info!(
@@ -213,6 +216,7 @@ pub async fn run(
         bookkeeping,
         jobs: jobs.commands(),
         batches,
+        marks,
         hashing: Arc::new(Semaphore::new(hash_threads)),
         following: Arc::new(Semaphore::new(crate::follow::most_followed(config.concurrency()))),
         lanes,
@@ -262,6 +266,7 @@ pub async fn run(
         );
         running.abort_all();
     }
+    ctx.marks.close().await;
     maintenance.stop().await;
     tracing::info!("md5-worker stopped");
     Ok(())

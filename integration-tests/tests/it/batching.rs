@@ -46,12 +46,14 @@ async fn a_backlog_is_claimed_recorded_marked_and_acknowledged_in_shared_stateme
         .await;
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     app.start_worker_process_with(32, &[("METRICS_ADDR", metrics_addr.as_str())]).unwrap();
+    let started = std::time::Instant::now();
 
     eventually(Duration::from_secs(60), "every task logged and acknowledged", || async {
         (app.log_lines().len() >= BACKLOG && app.pending_count().await.ok()? == 0).then_some(())
     })
     .await
     .unwrap();
+    let took = started.elapsed();
     let lines = app.log_lines();
     assert_eq!(lines.len(), BACKLOG, "one line per task");
     let logged: HashSet<String> = lines.iter().map(|line| line.task_id.to_string()).collect();
@@ -77,6 +79,11 @@ async fn a_backlog_is_claimed_recorded_marked_and_acknowledged_in_shared_stateme
         );
         println!("{batch}: {BACKLOG} jobs in {statements} statements");
     }
+    // The marks wait 50 ms for each other (`worker/src/marks.rs`): at most one statement per
+    // 50 ms the backlog took (and one for the stragglers).
+    let (_, marks) = batch_sizes(&metrics, "mark");
+    let most = (took.as_secs_f64() / 0.05).floor() + 2.0;
+    assert!(marks <= most, "{marks} mark statements in {took:?}: more than one per 50 ms");
     app.stop().await;
 }
 
