@@ -205,7 +205,7 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
     rows.push(Row {
         scenario: "2. the same, in parts, p50 / p99".into(),
         figure: format!(
-            "upload → 202 {}; row committed → claimed {}; claimed → result committed {}",
+            "upload → 202 {}; row committed → claimed {}; claimed → result committed {} (a quick job is claimed by its result)",
             sorted(timed.iter().map(|(_, accepted, _)| *accepted).collect()),
             sorted(queued),
             sorted(processed)
