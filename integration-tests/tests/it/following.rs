@@ -1,7 +1,8 @@
 //! Hashing while uploading (`shared::follow`), against real processes: a worker hashes a large
 //! upload's bytes while the client still holds its last part back, and the result, the log line
 //! and the clean-up are those of any task; a cut-off upload, a worker killed with `kill -9` while
-//! following, and a resumable upload paused between appends each end as they must.
+//! following, a resumable upload paused between appends or terminated while followed, and an
+//! expected digest that differs each end as they must.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,15 +26,19 @@ type Feed = mpsc::Sender<Result<Bytes, std::io::Error>>;
 fn raw_upload(
     env: &FaultEnv,
     length: usize,
+    headers: &[(&str, &str)],
 ) -> (Feed, tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>) {
     let (feed, mut body) = mpsc::channel(2);
     let stream = futures_util::stream::poll_fn(move |cx| body.poll_recv(cx));
-    let request = env
+    let mut request = env
         .client
         .post(format!("{}/api/v1/hashes", env.api_url))
         .header("Content-Type", "application/octet-stream")
-        .header("Content-Length", length)
-        .body(reqwest::Body::wrap_stream(stream));
+        .header("Content-Length", length);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(reqwest::Body::wrap_stream(stream));
     (feed, tokio::spawn(request.send()))
 }
 
@@ -42,10 +47,19 @@ type Answer = tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>;
 /// Services with one worker, and a raw upload of [`SIZE`] bytes (from `seed`) whose first `sent`
 /// bytes are sent: the services, the bytes, the rest of the body to feed and the answer to come.
 async fn start_upload(seed: u64, sent: usize) -> (FaultEnv, Vec<u8>, Feed, Answer) {
+    start_upload_with(seed, sent, &[]).await
+}
+
+/// [`start_upload`] with these request headers.
+async fn start_upload_with(
+    seed: u64,
+    sent: usize,
+    headers: &[(&str, &str)],
+) -> (FaultEnv, Vec<u8>, Feed, Answer) {
     let env = FaultEnv::start(|_| {}).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     let bytes = random_bytes(SIZE, seed);
-    let (feed, answer) = raw_upload(&env, SIZE);
+    let (feed, answer) = raw_upload(&env, SIZE, headers);
     send(&feed, &bytes[..sent]).await;
     (env, bytes, feed, answer)
 }
@@ -227,7 +241,7 @@ async fn uploads_still_arriving_hold_at_most_half_the_job_slots_and_a_small_job_
     let large: Vec<Vec<u8>> = (0..2).map(|n| random_bytes(SIZE, 40 + n)).collect();
     let mut uploads = Vec::new();
     for bytes in &large {
-        let (feed, answer) = raw_upload(&env, SIZE);
+        let (feed, answer) = raw_upload(&env, SIZE, &[]);
         send(&feed, &bytes[..SIZE - HELD_BACK]).await;
         uploads.push((feed, answer));
     }
@@ -268,7 +282,7 @@ async fn the_api_killed_mid_upload_leaves_no_task_and_its_follower_lets_go() {
     let mut env = FaultEnv::start(|c| c.api.body_idle_timeout_seconds = 1).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     let bytes = random_bytes(SIZE, 39);
-    let (feed, answer) = raw_upload(&env, SIZE);
+    let (feed, answer) = raw_upload(&env, SIZE, &[]);
     send(&feed, &bytes[..SIZE - HELD_BACK]).await;
     hashed_at_least(&env, 16 * MIB).await;
     let mut api = env.api.take().expect("the api runs");
@@ -282,4 +296,75 @@ async fn the_api_killed_mid_upload_leaves_no_task_and_its_follower_lets_go() {
     assert!(report.is_clean(), "{report:?}");
     assert_eq!(env.row_count().await, Some(0));
     assert!(worker_logs(&env, 1).contains("letting go"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expected_digest_is_checked_on_a_followed_upload_and_a_mismatch_fails_it() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    // The client expects the SHA-256 of other bytes: the worker computes SHA-256 beside MD5 while
+    // the upload arrives, and the task fails naming both values, with its one line.
+    let other = random_bytes(1024, 40);
+    let wrong = sha2::Sha256::digest(&other);
+    let header = format!("sha-256=:{}:", base64::engine::general_purpose::STANDARD.encode(wrong));
+    let (env, bytes, feed, answer) =
+        start_upload_with(41, SIZE - HELD_BACK, &[("Repr-Digest", &header)]).await;
+    hashed_at_least(&env, SIZE - HELD_BACK).await;
+    send(&feed, &bytes[SIZE - HELD_BACK..]).await;
+    drop(feed);
+    let id = accepted(answer).await;
+    let computed = hex::encode(sha2::Sha256::digest(&bytes));
+    let error = format!("sha-256 mismatch: expected {}, computed {computed}", hex::encode(wrong));
+    let report =
+        env.check("a followed upload's digest", &HashMap::from([(id, Expect::Failed(error))]), SETTLE).await;
+    assert!(report.is_clean(), "{report:?}");
+    assert!(worker_logs(&env, 1).contains("hash.while_uploading_bytes"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumable_upload_terminated_while_followed_ends_cancelled_and_its_follower_stops() {
+    let env = FaultEnv::start(|_| {}).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let bytes = random_bytes(SIZE, 42);
+    let created = env
+        .client
+        .post(format!("{}/api/v1/uploads", env.api_url))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", SIZE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let url = format!("{}{}", env.api_url, created.headers()["location"].to_str().unwrap());
+    let id = url.rsplit('/').next().unwrap().to_owned();
+    let first = SIZE - HELD_BACK;
+    let appended = env
+        .client
+        .patch(&url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Offset", 0)
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(bytes[..first].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(appended.status(), 204);
+    hashed_at_least(&env, first).await;
+    // The client gives up on it while the worker follows it (before the 5 s it waits for news).
+    let terminated = env.client.delete(&url).header("Tus-Resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(terminated.status(), 204);
+    assert_eq!(env.task(&id).await.unwrap().status, shared::TaskStatus::Cancelled);
+    // Stopped by the cancel (the running-hash registry) or by the upload's end, whichever the
+    // worker sees first; its entry acknowledged either way.
+    eventually(SETTLE, "the follower to stop and nothing to be pending", || async {
+        let log = worker_logs(&env, 1);
+        let stopped = log.contains("stopped its hash") || log.contains("the upload ended without a task");
+        (stopped && pending(&env).await == 0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}: {}", worker_logs(&env, 1)));
+    assert!(!worker_logs(&env, 1).contains("letting go"), "stopped by the end, not by the pause");
+    assert!(integration_tests::read_log(&env.log_file).unwrap().is_empty(), "no log line");
+    assert!(integration_tests::list_files(&env.upload_dir).is_empty(), "no file left");
+    assert_eq!(env.task(&id).await.unwrap().status, shared::TaskStatus::Cancelled);
 }
