@@ -126,6 +126,38 @@ async fn accepted(answer: Answer) -> String {
     task["id"].as_str().unwrap().to_owned()
 }
 
+/// Creates a resumable upload of [`SIZE`] bytes: its URL and its task's id.
+async fn create_resumable(env: &FaultEnv) -> (String, String) {
+    let created = env
+        .client
+        .post(format!("{}/api/v1/uploads", env.api_url))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", SIZE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let url = format!("{}{}", env.api_url, created.headers()["location"].to_str().unwrap());
+    let id = url.rsplit('/').next().unwrap().to_owned();
+    (url, id)
+}
+
+/// Appends `part` at `offset` to the resumable upload at `url`.
+fn append(
+    env: &FaultEnv,
+    url: &str,
+    offset: usize,
+    part: &[u8],
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+    env.client
+        .patch(url)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Offset", offset)
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(part.to_vec())
+        .send()
+}
+
 fn worker_logs(env: &FaultEnv, count: usize) -> String {
     (0..count).map(|index| env.worker_output(index)).collect()
 }
@@ -183,26 +215,8 @@ async fn a_paused_resumable_upload_is_let_go_and_hashed_when_it_completes() {
     let env = FaultEnv::start(|_| {}).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     let bytes = random_bytes(SIZE, 38);
-    let created = env
-        .client
-        .post(format!("{}/api/v1/uploads", env.api_url))
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", SIZE)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let url = format!("{}{}", env.api_url, created.headers()["location"].to_str().unwrap());
-    let id = url.rsplit('/').next().unwrap().to_owned();
-    let patch = |offset: usize, part: &[u8]| {
-        env.client
-            .patch(&url)
-            .header("Tus-Resumable", "1.0.0")
-            .header("Upload-Offset", offset)
-            .header("Content-Type", "application/offset+octet-stream")
-            .body(part.to_vec())
-            .send()
-    };
+    let (url, id) = create_resumable(&env).await;
+    let patch = |offset: usize, part: &[u8]| append(&env, &url, offset, part);
     let first = SIZE - HELD_BACK;
     assert_eq!(patch(0, &bytes[..first]).await.unwrap().status(), 204);
     hashed_at_least(&env, first).await;
@@ -326,29 +340,9 @@ async fn a_resumable_upload_terminated_while_followed_ends_cancelled_and_its_fol
     let env = FaultEnv::start(|_| {}).await.unwrap();
     env.spawn_worker(&[]).unwrap();
     let bytes = random_bytes(SIZE, 42);
-    let created = env
-        .client
-        .post(format!("{}/api/v1/uploads", env.api_url))
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Length", SIZE)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let url = format!("{}{}", env.api_url, created.headers()["location"].to_str().unwrap());
-    let id = url.rsplit('/').next().unwrap().to_owned();
+    let (url, id) = create_resumable(&env).await;
     let first = SIZE - HELD_BACK;
-    let appended = env
-        .client
-        .patch(&url)
-        .header("Tus-Resumable", "1.0.0")
-        .header("Upload-Offset", 0)
-        .header("Content-Type", "application/offset+octet-stream")
-        .body(bytes[..first].to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(appended.status(), 204);
+    assert_eq!(append(&env, &url, 0, &bytes[..first]).await.unwrap().status(), 204);
     hashed_at_least(&env, first).await;
     // The client gives up on it while the worker follows it (before the 5 s it waits for news).
     let terminated = env.client.delete(&url).header("Tus-Resumable", "1.0.0").send().await.unwrap();
