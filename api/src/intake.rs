@@ -127,7 +127,6 @@ pub struct StoredUpload {
 pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Task, ApiError> {
     let StoredUpload { mut part, task_id, file_name, size, request_id, reservation, digests, owner, follow } =
         upload;
-    let md5_alone = digests.algorithm_names().is_empty() && digests.expected.is_empty();
     state.storage.promote(&mut part).await?;
     let inserted = state
         .commits
@@ -152,7 +151,8 @@ pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Ta
                     if let Some(reservation) = reservation {
                         reservation.completed();
                     }
-                    enqueue(&state, task_id, size, md5_alone, request_id, Some(*follow)).await;
+                    // Its row unread: an ordinary job, not a quick one.
+                    enqueue(&state, task_id, size, false, request_id, Some(*follow)).await;
                 }
                 // Else `part` and `reservation` go: the file is removed, the key released.
             });
@@ -164,7 +164,7 @@ pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Ta
     if let Some(reservation) = reservation {
         reservation.completed();
     }
-    enqueue(&state, task_id, size, md5_alone, request_id, Some(*follow)).await;
+    enqueue(&state, task_id, size, task.md5_alone(), request_id, Some(*follow)).await;
     Ok(task)
 }
 
@@ -183,8 +183,7 @@ pub async fn complete_resumable(
     let task = state.db.write(async |conn| uploads::complete(conn, task_id, size_bytes).await).await?;
     if let Some(task) = &task {
         metrics::counter!("md5_resumable_uploads_total", "event" => "completed").increment(1);
-        let md5_alone = task.algorithms.is_empty() && task.expected.is_none();
-        enqueue(state, task_id, size, md5_alone, request_id, Some(follow)).await;
+        enqueue(state, task_id, size, task.md5_alone(), request_id, Some(follow)).await;
     }
     Ok(task)
 }
@@ -209,7 +208,7 @@ pub async fn settle(state: &AppState, task_id: Uuid) -> bool {
 
 /// Announces a committed, `queued` task of `size` bytes to the workers: to the worker that
 /// followed its upload if one takes it (`follow`), else with a job (quick where it may be:
-/// `md5_alone` when the task computes no other digest and expects none). A failed XADD is logged,
+/// `md5_alone` is the row's `Task::md5_alone`). A failed XADD is logged,
 /// not returned: the row is committed, and the sweeper enqueues it once Redis answers.
 async fn enqueue(
     state: &AppState,

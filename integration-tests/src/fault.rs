@@ -292,7 +292,8 @@ impl FaultEnv {
         Ok(report)
     }
 
-    async fn pending(&self) -> anyhow::Result<usize> {
+    /// Stream entries delivered to a worker and not acknowledged (none without a group).
+    pub async fn pending(&self) -> anyhow::Result<usize> {
         let client = redis::Client::open(self.redis.url())?;
         let mut conn = client.get_multiplexed_async_connection().await?;
         let group = &self.config.worker.stream.jobs_group;

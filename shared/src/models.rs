@@ -160,6 +160,12 @@ impl Task {
     pub fn expected(&self) -> std::collections::BTreeMap<crate::Algorithm, String> {
         crate::digest::from_column(self.expected.as_ref())
     }
+
+    /// True when the task computes MD5 alone and expects no digest: what a quick job's row must
+    /// be (`crate::queries::complete_tasks` checks the same columns for an unclaimed result).
+    pub fn md5_alone(&self) -> bool {
+        self.algorithms.is_empty() && self.expected.is_none()
+    }
 }
 
 /// The values the api inserts for a new upload.

@@ -85,25 +85,6 @@ async fn followed(env: &FaultEnv) -> Option<(u64, String)> {
     Some((hashed.unwrap_or(0), requested.unwrap_or_default()))
 }
 
-/// Entries delivered to a worker and not acknowledged.
-async fn pending(env: &FaultEnv) -> i64 {
-    let mut conn = redis(env).await;
-    let stream = &env.config.worker.stream;
-    let reply: redis::Value = redis::cmd("XPENDING")
-        .arg(&stream.jobs_stream)
-        .arg(&stream.jobs_group)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    match reply {
-        redis::Value::Array(items) => match items.first() {
-            Some(redis::Value::Int(n)) => *n,
-            _ => panic!("unexpected XPENDING reply {items:?}"),
-        },
-        other => panic!("unexpected XPENDING reply {other:?}"),
-    }
-}
-
 /// The task as `GET` answers it, if it answers.
 async fn task_json(env: &FaultEnv, id: &str) -> Option<serde_json::Value> {
     let url = format!("{}/api/v1/hashes/{id}", env.api_url);
@@ -235,7 +216,7 @@ async fn a_paused_resumable_upload_is_let_go_and_hashed_when_it_completes() {
     })
     .await
     .unwrap();
-    eventually(SETTLE, "nothing pending", || async { (pending(&env).await == 0).then_some(()) })
+    eventually(SETTLE, "nothing pending", || async { (env.pending().await.ok()? == 0).then_some(()) })
         .await
         .unwrap();
     let answer = patch(first, &bytes[first..]).await.unwrap();
@@ -353,7 +334,7 @@ async fn a_resumable_upload_terminated_while_followed_ends_cancelled_and_its_fol
     eventually(SETTLE, "the follower to stop and nothing to be pending", || async {
         let log = worker_logs(&env, 1);
         let stopped = log.contains("stopped its hash") || log.contains("the upload ended without a task");
-        (stopped && pending(&env).await == 0).then_some(())
+        (stopped && env.pending().await.ok()? == 0).then_some(())
     })
     .await
     .unwrap_or_else(|err| panic!("{err}: {}", worker_logs(&env, 1)));

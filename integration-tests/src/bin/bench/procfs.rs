@@ -30,6 +30,19 @@ impl Cpu {
         (parts, ms(self.machine, before.machine))
     }
 
+    /// CPU seconds between `before` and `self` of the api, the worker, this program and the
+    /// whole machine, as one table cell.
+    pub(crate) fn seconds_since(&self, before: &Cpu) -> String {
+        let s = |after: u64, before: u64| after.saturating_sub(before) as f64 / 100.0;
+        format!(
+            "api {:.2} + worker {:.2} + client (this program) {:.2} s; machine {:.2} s",
+            s(self.api, before.api),
+            s(self.workers, before.workers),
+            s(self.load, before.load),
+            s(self.machine, before.machine),
+        )
+    }
+
     /// Api + workers, in ms per job.
     pub(crate) fn service_per_job_since(&self, before: &Cpu, jobs: usize) -> f64 {
         let ticks = (self.api + self.workers).saturating_sub(before.api + before.workers);

@@ -5,18 +5,6 @@ use crate::prelude::*;
 /// The size of each `PATCH` of the tus upload.
 const TUS_CHUNK: u64 = 64 << 20;
 
-/// CPU seconds between two readings: each component's and the whole machine's.
-fn cpu_seconds(after: &crate::procfs::Cpu, before: &crate::procfs::Cpu) -> String {
-    let s = |after: u64, before: u64| after.saturating_sub(before) as f64 / 100.0;
-    format!(
-        "api {:.2} + worker {:.2} + client (this program) {:.2} s; machine {:.2} s",
-        s(after.api, before.api),
-        s(after.workers, before.workers),
-        s(after.load, before.load),
-        s(after.machine, before.machine),
-    )
-}
-
 /// The pace of the slow client (200 MB/s, slower than MD5 on one core).
 const PACED_BYTES_PER_SECOND: u64 = 200_000_000;
 
@@ -111,7 +99,7 @@ pub(crate) async fn large_file(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) 
             let uploaded = started.elapsed();
             let task = service.wait_done(&id).await?;
             let total = started.elapsed();
-            let cpu = cpu_seconds(&service.cpu(), &before);
+            let cpu = service.cpu().seconds_since(&before);
             anyhow::ensure!(
                 task["md5"] == expected.as_str(),
                 "large file md5 {} != md5sum {expected} ({path:?})",
