@@ -73,7 +73,9 @@ fi
 echo "== cargo test --release --workspace"
 cargo test --release --workspace 2>&1 | tee "$logs/cargo"
 echo "== which MD5 paths the lanes' tests ran on this CPU (AVX-512, AVX2, scalar: those it has)"
-cargo test --release -q -p worker --lib lanes::tests::the_paths_this_cpu_has -- --nocapture 2>&1 \
+# The same selection of packages and features as above (`-p worker` alone would resolve the
+# features anew and rebuild the worker's tests: a minute): only the one test is run again.
+cargo test --release --workspace -q --lib lanes::tests::the_paths_this_cpu_has -- --nocapture 2>&1 \
   | grep "MD5 paths tested"
 echo "== schemathesis fuzz of the API from /openapi.json"
 ./scripts/fuzz.sh 2>&1 | tee "$logs/fuzz"
