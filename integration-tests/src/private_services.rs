@@ -123,7 +123,7 @@ impl PrivatePostgres {
     fn statement_counts(&self) -> &'static str {
         let library = self.bin.parent().map(|version| version.join("lib/pg_stat_statements.so"));
         if self.durable && library.is_some_and(|library| library.exists()) {
-            " -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+            " -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on"
         } else {
             ""
         }

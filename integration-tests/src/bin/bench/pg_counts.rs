@@ -77,7 +77,7 @@ impl PgCounts {
             url,
             &format!(
                 "SELECT round(calls::numeric / {n}, 2), round(mean_exec_time::numeric, 3), \
-                 round((total_exec_time / {n})::numeric, 4), \
+                 round((total_exec_time / {n})::numeric, 4), round((total_plan_time / {n})::numeric, 4), \
                  left(regexp_replace(query, '\\s+', ' ', 'g'), 80) \
                  FROM pg_stat_statements WHERE calls >= {jobs} / 50 ORDER BY total_exec_time DESC LIMIT 20"
             ),
@@ -86,14 +86,15 @@ impl PgCounts {
             text.lines()
                 .filter(|line| !line.is_empty())
                 .map(|line| {
-                    let parts: Vec<&str> = line.splitn(4, '|').collect();
+                    let parts: Vec<&str> = line.splitn(5, '|').collect();
                     let part = |i: usize| parts.get(i).copied().unwrap_or("");
                     format!(
-                        "{:>6} calls/job, {:>7} ms/call, {:>7} ms/job: {}",
+                        "{:>6} calls/job, {:>7} ms/call, {:>7} ms/job, plan {:>7} ms/job: {}",
                         part(0),
                         part(1),
                         part(2),
-                        part(3)
+                        part(3),
+                        part(4)
                     )
                 })
                 .collect()
