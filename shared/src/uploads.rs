@@ -79,6 +79,29 @@ pub async fn find(
         .optional()
 }
 
+/// As [`find`], for showing a task: one lookup of the task alone, and of its upload row only
+/// where it can have one (`uploading`, or ended `expired` or `cancelled` before its row was
+/// forgotten; queueing an upload deletes its row in the same transaction, so a `queued`,
+/// `processing`, `done` or `failed` task has none). Every statement is planned for its values
+/// (`crate::db`), and planning the join took twice the time of the lone lookup (measured:
+/// BENCHMARKS.md, issue 36's step 5); `?wait=` reads a task about twice a job.
+pub async fn find_shown(
+    conn: &mut AsyncPgConnection,
+    task_id: Uuid,
+) -> QueryResult<Option<(Task, Option<UploadRow>)>> {
+    let Some(task) = tasks::md5_tasks.find(task_id).select(Task::as_select()).first(conn).await.optional()?
+    else {
+        return Ok(None);
+    };
+    let upload = match task.status {
+        TaskStatus::Queued | TaskStatus::Processing | TaskStatus::Done | TaskStatus::Failed => None,
+        TaskStatus::Uploading | TaskStatus::Expired | TaskStatus::Cancelled => {
+            uploads::md5_uploads.find(task_id).select(UploadRow::as_select()).first(conn).await.optional()?
+        }
+    };
+    Ok(Some((task, upload)))
+}
+
 /// Records that the upload's file is durable up to `received` bytes, its length (`None` while
 /// still deferred; the caller holds the upload's lock and passes the length it read or was just
 /// told) and renews its expiry (never past its lifetime); `None` if the upload is no longer open

@@ -202,7 +202,7 @@ pub async fn load(
     scope: Scope,
     task_id: Uuid,
 ) -> Result<(Task, Option<UploadRow>), ApiError> {
-    let task = state.db.run(async |conn| uploads::find(conn, task_id).await).await?;
+    let task = state.db.run(async |conn| uploads::find_shown(conn, task_id).await).await?;
     task.filter(|(task, _)| scope.may_see(task.owner)).ok_or_else(|| ApiError::task_not_found(task_id))
 }
 
