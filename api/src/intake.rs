@@ -164,6 +164,8 @@ pub async fn commit_one_shot(state: AppState, upload: StoredUpload) -> Result<Ta
     if let Some(reservation) = reservation {
         reservation.completed();
     }
+    // Before the job exists, so that every change of the task comes after.
+    state.feed.inserted(task_id, task.owner);
     enqueue(&state, task_id, size, task.md5_alone(), request_id, Some(*follow)).await;
     Ok(task)
 }

@@ -10,6 +10,13 @@
 //!
 //! Progress is held in memory only, for at most [`STALE_AFTER`] after its last announcement and
 //! never for a task that left `processing`; at most [`MAX_TRACKED`] tasks.
+//!
+//! The feed also knows the tasks this process inserted whose status has not changed since
+//! ([`TaskFeed::inserted`]): a `?wait=` on one of them waits for its event without reading it
+//! first, as if it had read it when it was inserted. Each is forgotten at its first event, at
+//! every `Resync`, and after [`STALE_AFTER`] (at most [`MAX_TRACKED`] of them). A notification
+//! lost without a `Resync` (a connection silently gone) delays such an answer as it delays any
+//! watcher's: until the waiter's next periodic read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -58,7 +65,10 @@ impl Service for FeedService {
                             self.feed.dispatch(event);
                         }
                         // Events were lost here: every watcher reads its task again.
-                        Err(RecvError::Lagged(_)) => self.feed.dispatch(TaskEvent::Resync),
+                        Err(RecvError::Lagged(_)) => {
+                            self.feed.record(TaskEvent::Resync);
+                            self.feed.dispatch(TaskEvent::Resync);
+                        }
                         Err(RecvError::Closed) => return,
                     },
                 }
@@ -72,11 +82,16 @@ impl Service for FeedService {
     }
 }
 
+/// A task's owner, and when this process inserted it.
+type Inserted = (Option<i64>, Instant);
+
 /// The api's task feed; cheap to clone.
 #[derive(Clone)]
 pub struct TaskFeed {
     events: TaskEvents,
     progress: Arc<Mutex<HashMap<Uuid, (u64, Instant)>>>,
+    /// Tasks this process inserted that no event has changed since: their owner, and when.
+    unchanged: Arc<Mutex<HashMap<Uuid, Inserted>>>,
     /// The tasks being watched, each with the sender its watchers receive from.
     watched: Arc<Mutex<HashMap<Uuid, broadcast::Sender<TaskEvent>>>>,
 }
@@ -111,7 +126,8 @@ impl TaskFeed {
     /// once started (its `LISTEN` connection and the progress it records).
     pub fn listen(database_url: String) -> (Self, FeedService) {
         let (events, listener) = TaskEvents::listen(database_url, Channels::ChangesAndProgress);
-        let feed = TaskFeed { events, progress: Arc::default(), watched: Arc::default() };
+        let feed =
+            TaskFeed { events, progress: Arc::default(), unchanged: Arc::default(), watched: Arc::default() };
         (feed.clone(), FeedService { listener, feed })
     }
 
@@ -151,7 +167,30 @@ impl TaskFeed {
         progress.get(&task_id).filter(|(_, at)| at.elapsed() < STALE_AFTER).map(|(bytes, _)| *bytes)
     }
 
+    /// Notes that this process committed task `task_id` (`queued`, belonging to `owner`); call it
+    /// before its job is enqueued, so that no change of it can come before.
+    pub fn inserted(&self, task_id: Uuid, owner: Option<i64>) {
+        let mut unchanged = self.unchanged.lock().expect("unchanged lock");
+        if unchanged.len() < MAX_TRACKED {
+            unchanged.insert(task_id, (owner, Instant::now()));
+        }
+    }
+
+    /// `Some(owner)` if this process inserted `task_id` and no event has changed it since: it
+    /// is still `queued` but for a change whose event is on its way (a watcher subscribed
+    /// before asking gets it).
+    pub fn unchanged_since_inserted(&self, task_id: Uuid) -> Option<Option<i64>> {
+        self.unchanged.lock().expect("unchanged lock").get(&task_id).map(|(owner, _)| *owner)
+    }
+
     fn record(&self, event: TaskEvent) {
+        match event {
+            TaskEvent::Changed(task_id, _) => {
+                self.unchanged.lock().expect("unchanged lock").remove(&task_id);
+            }
+            TaskEvent::Resync => self.unchanged.lock().expect("unchanged lock").clear(),
+            TaskEvent::Progress(..) => {}
+        }
         let mut progress = self.progress.lock().expect("progress lock");
         match event {
             TaskEvent::Progress(task_id, bytes) => {
@@ -168,6 +207,7 @@ impl TaskFeed {
 
     fn prune(&self) {
         self.progress.lock().expect("progress lock").retain(|_, (_, at)| at.elapsed() < STALE_AFTER);
+        self.unchanged.lock().expect("unchanged lock").retain(|_, (_, at)| at.elapsed() < STALE_AFTER);
     }
 }
 
@@ -181,8 +221,29 @@ mod tests {
         TaskFeed {
             events: TaskEvents::from_sender(sender),
             progress: Arc::default(),
+            unchanged: Arc::default(),
             watched: Arc::default(),
         }
+    }
+
+    #[test]
+    fn an_inserted_task_is_unchanged_until_its_first_event_or_a_resync() {
+        let feed = unlistened();
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(feed.unchanged_since_inserted(a), None, "not inserted here");
+        feed.inserted(a, Some(7));
+        feed.inserted(b, None);
+        feed.record(TaskEvent::Progress(a, 10));
+        assert_eq!(feed.unchanged_since_inserted(a), Some(Some(7)), "progress is no change");
+        feed.record(TaskEvent::Changed(a, TaskStatus::Processing));
+        assert_eq!(feed.unchanged_since_inserted(a), None, "any status change, not only the end");
+        assert_eq!(feed.unchanged_since_inserted(b), Some(None));
+        feed.record(TaskEvent::Resync);
+        assert_eq!(feed.unchanged_since_inserted(b), None, "events may have been missed");
+        feed.inserted(c, None);
+        feed.unchanged.lock().unwrap().insert(c, (None, Instant::now() - STALE_AFTER));
+        feed.prune();
+        assert_eq!(feed.unchanged_since_inserted(c), None, "forgotten after STALE_AFTER");
     }
 
     #[tokio::test]

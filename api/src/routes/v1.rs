@@ -220,10 +220,19 @@ async fn wait_for_finish(
     let deadline = tokio::time::Instant::now() + wait;
     tokio::pin!(closing);
     let mut closed = false;
+    // A task this process inserted and no event has changed since is `queued` as far as a read
+    // could tell: wait for its event without the read (every answer is still a fresh read).
+    let mut read_first = match state.feed.unchanged_since_inserted(task_id) {
+        Some(owner) if !scope.may_see(owner) => return Err(ApiError::task_not_found(task_id)),
+        Some(_) => false,
+        None => true,
+    };
     loop {
-        let task = load(state, scope, task_id).await?;
-        if closed || task.0.status.is_finished() || tokio::time::Instant::now() >= deadline {
-            return Ok(task);
+        if std::mem::replace(&mut read_first, true) {
+            let task = load(state, scope, task_id).await?;
+            if closed || task.0.status.is_finished() || tokio::time::Instant::now() >= deadline {
+                return Ok(task);
+            }
         }
         let recheck_at = deadline.min(tokio::time::Instant::now() + WAIT_RECHECK);
         loop {

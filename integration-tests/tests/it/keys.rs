@@ -495,3 +495,54 @@ async fn behind_a_trusted_proxy_a_client_is_its_forwarded_address_and_an_untrust
     assert_eq!(upload_as(stranger.clone(), "198.51.100.3").await, 202);
     assert_eq!(upload_as(stranger.clone(), "198.51.100.4").await, 429);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_on_a_task_just_inserted_is_answered_from_fresh_reads_and_only_to_its_owner() {
+    // No workers: the task stays `queued`, as the api knows without reading it (it inserted it
+    // and has seen no event of it), so each `?wait=` below starts without a read.
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let base = app.base_url.clone();
+    let key_a = keys(&app.database_url, &["create", "--name", "alice"]);
+    let key_b = keys(&app.database_url, &["create", "--name", "bob"]);
+    let (a, b) = (client_with(&key_a, [127, 0, 0, 1]), client_with(&key_b, [127, 0, 0, 1]));
+    eventually(Duration::from_secs(2), "the keys to be in force", || async {
+        (upload(&app.client, &base, b"anonymous").await.0 == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await
+    .unwrap();
+    let (status, task) = upload(&a, &base, b"waiting").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let url = format!("{base}/api/v1/hashes/{}", task["id"].as_str().unwrap());
+
+    // Bob: the same 404 as for any id he may not see, at once: not after his wait's first
+    // periodic read (1 s), nor after Alice's task changes.
+    let started = Instant::now();
+    let (status, body) = get(&b, &format!("{url}?wait=5")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1), "answered after {:?}", started.elapsed());
+
+    // Alice, past her wait: the task as a read finds it.
+    let started = Instant::now();
+    let (status, body) = get(&a, &format!("{url}?wait=1")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["status"], "queued");
+    assert!(started.elapsed() >= Duration::from_secs(1), "answered after {:?}", started.elapsed());
+
+    // Alice again, and her task is cancelled meanwhile: woken by the change, answered from a read.
+    let waiting = tokio::spawn({
+        let (a, url) = (a.clone(), url.clone());
+        async move {
+            let started = Instant::now();
+            let (status, body) = get(&a, &format!("{url}?wait=20")).await;
+            (status, body, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancel = a.post(format!("{url}/cancel")).send().await.unwrap();
+    assert_eq!(cancel.status(), StatusCode::OK);
+    let (status, body, took) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["status"], "cancelled");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    app.stop().await;
+}
