@@ -14,7 +14,8 @@
 //! The feed also knows the tasks this process inserted whose status has not changed since
 //! ([`TaskFeed::inserted`]): a `?wait=` on one of them waits for its event without reading it
 //! first, as if it had read it when it was inserted. Each is forgotten at its first event, at
-//! every `Resync`, and after [`STALE_AFTER`] (at most [`MAX_TRACKED`] of them). A notification
+//! every `Resync`, and by the prune that runs every [`STALE_AFTER`] once it is that old; at most
+//! [`MAX_TRACKED`] are held (beyond, a `?wait=` reads first, as before). A notification
 //! lost without a `Resync` (a connection silently gone) delays such an answer as it delays any
 //! watcher's: until the waiter's next periodic read.
 
@@ -244,6 +245,11 @@ mod tests {
         feed.unchanged.lock().unwrap().insert(c, (None, Instant::now() - STALE_AFTER));
         feed.prune();
         assert_eq!(feed.unchanged_since_inserted(c), None, "forgotten after STALE_AFTER");
+        // However many uploads a client makes, the feed holds at most MAX_TRACKED of them.
+        for _ in 0..=MAX_TRACKED {
+            feed.inserted(Uuid::now_v7(), None);
+        }
+        assert_eq!(feed.unchanged.lock().unwrap().len(), MAX_TRACKED);
     }
 
     #[tokio::test]
