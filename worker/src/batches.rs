@@ -9,10 +9,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use diesel_async::AsyncConnection as _;
 use shared::Task;
 use shared::batch::Batcher;
-use shared::db::{Pool, connection};
+use shared::db::{Pool, connection, planned_once};
 use shared::queries::{self, Completion};
 use uuid::Uuid;
 
@@ -58,9 +57,10 @@ impl Batches {
                     let mut conn = connection(&pool).await?;
                     // One transaction: the results and their webhook events commit together.
                     let (worker, completions) = (&worker, &completions);
-                    let rows = conn
-                        .transaction(async |conn| queries::complete_tasks(conn, worker, completions).await)
-                        .await?;
+                    let rows = planned_once(&mut conn, async |conn| {
+                        queries::complete_tasks(conn, worker, completions).await
+                    })
+                    .await?;
                     let ids: Vec<Uuid> = completions.iter().map(|completion| completion.task_id).collect();
                     Ok(answer_each(&ids, rows))
                 }

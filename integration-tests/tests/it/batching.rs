@@ -322,3 +322,89 @@ async fn every_pooled_connection_plans_each_statement_for_its_own_values() {
     }
     app.stop().await;
 }
+
+/// A job's result transaction (`shared::db::planned_once`) plans its statements once per
+/// connection, and the plan it keeps, made while `md5_tasks` holds a handful of rows, finds the
+/// rows by primary key: a generic plan made from such a table would otherwise scan it (and
+/// hash-join), on every result ever after. Nor is any of them compiled by JIT (a plan that keeps
+/// a disabled scan is costed far above `jit_above_cost`).
+#[tokio::test]
+async fn the_result_transaction_is_planned_once_by_primary_key_even_on_a_small_table() {
+    use diesel_async::RunQueryDsl as _;
+    use shared::db::planned_once;
+    #[derive(diesel::QueryableByName)]
+    struct Statement {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        generic_plans: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        custom_plans: i64,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let args = shared::config::DatabaseArgs {
+        database_url: app.database_url.clone(),
+        db_pool_size: 1,
+        db_timeout_ms: 5_000,
+    };
+    let pool = shared::db::build_pool(&args, "test").unwrap();
+    let mut conn = shared::db::connection(&pool).await.unwrap();
+    let md5 = shared::Digests::md5_only("0a".repeat(16).parse().unwrap());
+    for _ in 0..8 {
+        let id = Uuid::now_v7();
+        let new = NewTask {
+            task_id: id,
+            file_name: "f",
+            size_bytes: 1,
+            request_id: None,
+            algorithms: vec![],
+            expected: None,
+            owner: None,
+        };
+        queries::insert_tasks(&mut conn, &[new]).await.unwrap();
+        let completion = [Completion::unclaimed(id, md5.clone(), 1)];
+        let finished =
+            planned_once(&mut conn, async |conn| queries::complete_tasks(conn, "w1", &completion).await)
+                .await
+                .unwrap();
+        assert_eq!(finished.len(), 1, "the result is recorded");
+    }
+    let statement = |start: &'static str| {
+        diesel::sql_query(
+            "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements WHERE starts_with(statement, $1)",
+        )
+        .bind::<diesel::sql_types::Text, _>(start)
+    };
+    let result: Statement = statement("WITH w AS (SELECT").get_result(&mut conn).await.unwrap();
+    let events: Statement =
+        statement("INSERT INTO md5_webhook_deliveries").get_result(&mut conn).await.unwrap();
+    for (what, planned) in [("result", &result), ("webhook events", &events)] {
+        assert_eq!(
+            (planned.generic_plans, planned.custom_plans),
+            (8, 0),
+            "{what}: planned once, used 8 times"
+        );
+    }
+    let explain = async |conn: &mut AsyncPgConnection, sql: String| -> String {
+        let lines: Vec<PlanLine> =
+            planned_once(conn, async |conn| diesel::sql_query(sql).load(conn).await).await.unwrap();
+        lines.into_iter().map(|l| l.line).collect::<Vec<_>>().join("\n")
+    };
+    let plan = explain(
+        &mut conn,
+        format!("EXPLAIN EXECUTE {}('w', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}')", result.name),
+    )
+    .await;
+    assert!(plan.contains("Index Scan using md5_tasks_pkey on md5_tasks"), "{plan}");
+    assert!(!plan.contains("Seq Scan on md5_tasks") && !plan.contains("JIT"), "{plan}");
+    let plan =
+        explain(&mut conn, format!("EXPLAIN EXECUTE {}('{{}}', '{{}}', '{{}}', '1 minute')", events.name))
+            .await;
+    assert!(!plan.contains("JIT"), "{plan}");
+    app.stop().await;
+}
