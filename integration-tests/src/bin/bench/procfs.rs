@@ -43,10 +43,10 @@ impl Cpu {
         )
     }
 
-    /// Api + workers, in ms per job.
+    /// Api + workers + Postgres + Redis (what issue 36's CPU target counts), in ms per job.
     pub(crate) fn service_per_job_since(&self, before: &Cpu, jobs: usize) -> f64 {
-        let ticks = (self.api + self.workers).saturating_sub(before.api + before.workers);
-        ticks as f64 * 10.0 / jobs as f64
+        let sum = |cpu: &Cpu| cpu.api + cpu.workers + cpu.postgres + cpu.redis;
+        sum(self).saturating_sub(sum(before)) as f64 * 10.0 / jobs as f64
     }
 }
 
