@@ -79,8 +79,8 @@ fn build_pool_with(
 /// connection (`crate::prepared`), and Postgres would otherwise settle, after five runs, on a
 /// generic plan made from the statistics of that moment; one made while `md5_tasks` was small
 /// or not yet analyzed scans the whole table on every claim ever after (measured: 4.5 ms a
-/// claim instead of 0.1 at 20,000 rows). With `asynchronous_commit`, commits do not wait for
-/// the WAL flush.
+/// claim instead of 0.1 at 20,000 rows). The one exception is [`planned_once`], whose plans
+/// cannot fall into it. With `asynchronous_commit`, commits do not wait for the WAL flush.
 fn session_options(asynchronous_commit: bool) -> String {
     let mut options = "&options=-c%20plan_cache_mode%3Dforce_custom_plan".to_owned();
     if asynchronous_commit {
@@ -95,7 +95,7 @@ const PLANNED_ONCE: &str = "BEGIN; SET LOCAL plan_cache_mode = force_generic_pla
 
 /// Runs `statements` in a transaction whose statements Postgres plans once per connection
 /// (a generic plan, `force_generic_plan`) instead of on every run, with no sequential scan
-/// where an index can serve (`enable_seqscan=off`), both for this transaction only. For the
+/// where an index can serve (`enable_seqscan=off`), all three settings for this transaction only. For the
 /// statements that find their rows by primary key, such as a job's result: planning each run
 /// cost more than executing it, and the generic plan a table still small would give them
 /// otherwise (a scan and a hash join) is the trap [`session_options`] names; with index paths
