@@ -141,16 +141,7 @@ async fn a_shared_statement_answers_each_job_as_if_it_ran_alone() {
     let mut conn = AsyncPgConnection::establish(&app.database_url).await.unwrap();
     let [a, b, c] = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
     for id in [a, b, c] {
-        let new = NewTask {
-            task_id: id,
-            file_name: "f",
-            size_bytes: 1,
-            request_id: None,
-            algorithms: vec![],
-            expected: None,
-            owner: None,
-        };
-        queries::insert_tasks(&mut conn, &[new]).await.unwrap();
+        insert_plain_task(&mut conn, id).await;
     }
     let lease = Duration::from_secs(60);
     let claimed = queries::claim_tasks(&mut conn, &[a, b, a], &[], "w1", lease).await.unwrap();
@@ -275,6 +266,20 @@ async fn a_quick_job_is_claimed_by_its_result_only_while_its_row_is_what_the_job
     assert_eq!(attempts, want);
 }
 
+/// Inserts a queued 1-byte task `id` computing MD5 alone.
+async fn insert_plain_task(conn: &mut AsyncPgConnection, id: Uuid) {
+    let new = NewTask {
+        task_id: id,
+        file_name: "f",
+        size_bytes: 1,
+        request_id: None,
+        algorithms: vec![],
+        expected: None,
+        owner: None,
+    };
+    queries::insert_tasks(conn, &[new]).await.unwrap();
+}
+
 /// How many statements starting with `start` are prepared on `conn`'s session.
 async fn prepared_count(conn: &mut AsyncPgConnection, start: &str) -> i64 {
     use diesel_async::RunQueryDsl as _;
@@ -357,16 +362,7 @@ async fn the_result_transaction_is_planned_once_by_primary_key_even_on_a_small_t
     let md5 = shared::Digests::md5_only("0a".repeat(16).parse().unwrap());
     for _ in 0..8 {
         let id = Uuid::now_v7();
-        let new = NewTask {
-            task_id: id,
-            file_name: "f",
-            size_bytes: 1,
-            request_id: None,
-            algorithms: vec![],
-            expected: None,
-            owner: None,
-        };
-        queries::insert_tasks(&mut conn, &[new]).await.unwrap();
+        insert_plain_task(&mut conn, id).await;
         let completion = [Completion::unclaimed(id, md5.clone(), 1)];
         let finished =
             planned_once(&mut conn, async |conn| queries::complete_tasks(conn, "w1", &completion).await)
