@@ -90,3 +90,51 @@ pub(crate) fn peak_rss(pid: u32) -> anyhow::Result<u64> {
         .parse()?;
     Ok(kb * 1024)
 }
+
+/// Context switches of each part of the system: (voluntary, involuntary), summed over the
+/// threads alive when read (a thread that exits takes its counts with it).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Switches {
+    pub(crate) api: (u64, u64),
+    pub(crate) workers: (u64, u64),
+    pub(crate) postgres: (u64, u64),
+    pub(crate) redis: (u64, u64),
+}
+
+impl Switches {
+    /// Per job between `before` and `self`, as one table cell.
+    pub(crate) fn per_job_since(&self, before: &Switches, jobs: usize) -> String {
+        let part = |after: (u64, u64), before: (u64, u64)| {
+            let per_job = |a: u64, b: u64| a.saturating_sub(b) as f64 / jobs as f64;
+            format!("{:.1} + {:.1}", per_job(after.0, before.0), per_job(after.1, before.1))
+        };
+        format!(
+            "api {}; workers {}; Postgres {}; Redis {} (voluntary + involuntary)",
+            part(self.api, before.api),
+            part(self.workers, before.workers),
+            part(self.postgres, before.postgres),
+            part(self.redis, before.redis),
+        )
+    }
+}
+
+/// (voluntary, involuntary) context switches so far of the live threads of each of `pids`.
+pub(crate) fn switches_of(pids: impl IntoIterator<Item = u32>) -> (u64, u64) {
+    let mut sum = (0, 0);
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { continue };
+        for task in tasks.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let count = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .and_then(|rest| rest.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            sum.0 += count("voluntary_ctxt_switches:");
+            sum.1 += count("nonvoluntary_ctxt_switches:");
+        }
+    }
+    sum
+}

@@ -14,7 +14,7 @@ use integration_tests::{eventually, post_file};
 use serde_json::Value;
 use shared::{Task, TaskStatus};
 
-use crate::procfs::{Cpu, children, machine_busy_ticks, process_ticks};
+use crate::procfs::{Cpu, Switches, children, machine_busy_ticks, process_ticks, switches_of};
 
 /// A running service and a client for it.
 pub(crate) struct Service {
@@ -257,6 +257,22 @@ impl Service {
             redis: self.redis.pid().map_or(0, |pid| process_ticks(pid).0),
             load: process_ticks(std::process::id()).0,
             machine: machine_busy_ticks(),
+        }
+    }
+
+    /// Context switches so far of each part of the system (Postgres: every live process under
+    /// the postmaster, the postmaster included).
+    pub(crate) fn switches(&self) -> Switches {
+        let postgres: Vec<u32> = self
+            .pg
+            .pid()
+            .map(|postmaster| [vec![postmaster], children(postmaster)].concat())
+            .unwrap_or_default();
+        Switches {
+            api: switches_of(self.api.as_ref().map(Child::id)),
+            workers: switches_of(self.workers.iter().map(Child::id)),
+            postgres: switches_of(postgres),
+            redis: switches_of(self.redis.pid()),
         }
     }
 }

@@ -171,9 +171,10 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
     });
     keys_on_and_off(&mut service, sizes, rate, rows).await?;
     let counts = crate::pg_counts::PgCounts::start(&service.pg.url())?;
-    let before = service.cpu();
+    let (before, switched) = (service.cpu(), service.switches());
     let (timed, refused) =
         fixed_load(&service, sizes.fixed_rate, sizes.fixed_seconds, sizes.small_size).await?;
+    let switches = service.switches().per_job_since(&switched, timed.len());
     counts.print_per_job(&service.pg.url(), timed.len(), &format!("at {} uploads/s", sizes.fixed_rate))?;
     let (cpu_parts, machine) = service.cpu().per_job_since(&before, timed.len());
     let sorted = |mut values: Vec<f64>| {
@@ -213,6 +214,13 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
             sorted(processed)
         ),
         baseline: format!("machine CPU {machine:.2} ms per job: {cpu_parts}"),
+        ratio: "—".into(),
+        target: "—".into(),
+    });
+    rows.push(Row {
+        scenario: "2. the same: context switches per job, threads of each part".into(),
+        figure: switches,
+        baseline: "—".into(),
         ratio: "—".into(),
         target: "—".into(),
     });
