@@ -14,6 +14,7 @@ use crate::marks::Marks;
 use crate::results_log::ResultsLog;
 use crate::running::RunningHashes;
 use crate::stream::JobsHandle;
+use crate::volume::Volume;
 
 /// What every job of a worker process shares.
 pub struct JobContext {
@@ -41,6 +42,8 @@ pub struct JobContext {
     pub running: RunningHashes,
     /// The results log.
     pub log: ResultsLog,
+    /// The upload volume, for its small file operations.
+    pub volume: Volume,
     /// This process's consumer name.
     pub consumer: String,
     /// Cancelled when the worker is shutting down: in-place retries stop early.

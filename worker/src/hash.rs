@@ -145,7 +145,8 @@ pub fn digest_file(path: &Path) -> io::Result<(Digests, u64)> {
 }
 
 /// The MD5 of the file at `path` and its size, or `None` if it holds more than `at_most` bytes
-/// (then it is not read). Blocking: call it from `spawn_blocking`.
+/// (then it is not read). Blocking: call it from a blocking thread, or for a small file on a
+/// local volume from any (`crate::volume`).
 pub fn md5_of_small_file(path: &Path, at_most: u64) -> io::Result<Option<(Digests, u64)>> {
     let mut file = File::open(path)?;
     if file.metadata()?.len() > at_most {

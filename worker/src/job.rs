@@ -264,7 +264,10 @@ async fn remove_upload(ctx: &JobContext, task: &Task) {
         return;
     }
     let path = shared::config::upload_path(&ctx.config.storage.upload_dir, task.task_id);
-    match tokio::fs::remove_file(&path).await {
+    let remove = move || std::fs::remove_file(path);
+    let small = u64::try_from(task.size_bytes).is_ok_and(|size| size <= crate::volume::SMALL_FILE_BYTES);
+    let removed = if small { ctx.volume.small(remove).await } else { ctx.volume.blocking(remove).await };
+    match removed {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => tracing::warn!(error = %err, "cannot delete the stored upload"),

@@ -129,6 +129,7 @@ pub mod read_loop;
 pub mod results_log;
 pub mod running;
 pub mod stream;
+pub mod volume;
 pub mod webhooks;
 
 use std::future::Future;
@@ -222,6 +223,7 @@ pub async fn run(
         lanes,
         running: running::RunningHashes::default(),
         log,
+        volume: volume::Volume::new(&config.storage.upload_dir),
         consumer: consumer.clone(),
         shutdown: stop.clone(),
     });
