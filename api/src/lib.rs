@@ -136,7 +136,7 @@ pub async fn run(
     let keys = keys::Keys::new(config.api_key.clone(), config.quotas(storage.volume_bytes()));
     keys.load(&db).await.context("cannot read the API keys")?;
     maintenance.start(keys::KeyRefresh { keys: keys.clone(), db: db.clone() });
-    let state = AppState {
+    let state = AppState::new(state::Shared {
         keys,
         upload_slots: slots::ClientSlots::new("md5_upload_slots_in_use", config.max_concurrent_uploads),
         event_streams: slots::ClientSlots::new("md5_event_streams_open", config.max_event_streams),
@@ -149,7 +149,7 @@ pub async fn run(
         db,
         queue,
         feed,
-    };
+    });
     maintenance.start(resumable::expiry::ExpireUploads { state: state.clone() });
     maintenance.start(readiness::ReadinessGauges { state: state.clone() });
     let app = app(state);

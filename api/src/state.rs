@@ -1,4 +1,5 @@
-//! The state every handler shares: cheap to clone, everything behind `Arc`s.
+//! The state every handler shares: one `Arc`, so that the clones axum makes of it for every
+//! handler and middleware of a request cost one atomic increment each.
 
 use std::sync::Arc;
 
@@ -11,9 +12,27 @@ use crate::storage::Storage;
 use crate::task_counts::TaskCounts;
 use crate::task_feed::TaskFeed;
 
-/// Shared handler state.
+/// Shared handler state; its parts are reached through `Deref` ([`Shared`]).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state holding `shared`.
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     /// Settings, parsed once.
     pub config: Arc<Config>,
     /// Postgres, every use bounded by `DB_TIMEOUT_MS`.

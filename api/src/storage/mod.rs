@@ -318,7 +318,7 @@ impl PartWriter {
     fn new(part: PartFile, grant: BufferGrant) -> Self {
         PartWriter {
             part,
-            buffer: Vec::with_capacity(grant.block),
+            buffer: Vec::new(),
             grant,
             last_write: Instant::now(),
             flushing: Arc::default(),
@@ -357,6 +357,12 @@ impl PartWriter {
     pub async fn write(&mut self, mut chunk: &[u8]) -> Result<(), StorageError> {
         while !chunk.is_empty() {
             let take = chunk.len().min(self.grant.block - self.buffer.len());
+            if self.buffer.capacity() < self.buffer.len() + take {
+                // A buffer grows (doubling) up to its block as bytes come: a small upload
+                // allocates what it holds, not two blocks.
+                let want = (self.buffer.capacity() * 2).max(self.buffer.len() + take).min(self.grant.block);
+                self.buffer.reserve_exact(want - self.buffer.len());
+            }
             self.buffer.extend_from_slice(&chunk[..take]);
             chunk = &chunk[take..];
             if self.buffer.len() == self.grant.block || self.last_write.elapsed() >= PART_TOUCH_INTERVAL {
