@@ -394,3 +394,40 @@ impl PartWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1 KiB upload holds about 1 KiB of buffer, not two blocks; a large one grows its buffer
+    /// to one block and no further; the bytes reach the file either way.
+    #[tokio::test]
+    async fn write_buffers_grow_with_the_bytes_up_to_their_block() {
+        let dir = std::env::temp_dir().join(format!("md5-api-buffers-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let storage = Storage::new(&dir, 0);
+
+        let small_bytes = vec![7u8; 1024];
+        let mut small = storage.create(Uuid::new_v4());
+        small.write(&small_bytes).await.unwrap();
+        assert!(small.buffer.capacity() < 4096, "a 1 KiB upload holds {} bytes", small.buffer.capacity());
+        small.sync().await.unwrap();
+        assert!(small.buffer.capacity() < 4096, "after its flush, {} bytes", small.buffer.capacity());
+        let small = small.finish().await.unwrap();
+        assert_eq!(std::fs::read(&small.partial).unwrap(), small_bytes);
+
+        let mut large = storage.create(Uuid::new_v4());
+        assert_eq!(large.grant.block, LARGE_WRITE_BUFFER_BYTES, "a fresh budget has room");
+        let large_bytes: Vec<u8> =
+            (0..3 * LARGE_WRITE_BUFFER_BYTES + 5000).map(|n| (n % 251) as u8).collect();
+        for chunk in large_bytes.chunks(16 * 1024) {
+            large.write(chunk).await.unwrap();
+            assert!(large.buffer.capacity() <= LARGE_WRITE_BUFFER_BYTES, "{}", large.buffer.capacity());
+        }
+        let large = large.finish().await.unwrap();
+        assert_eq!(std::fs::read(&large.partial).unwrap(), large_bytes);
+
+        drop((small, large));
+        std::fs::remove_dir(&dir).expect("the unkept partial files were removed");
+    }
+}
