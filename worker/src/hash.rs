@@ -149,11 +149,12 @@ pub fn digest_file(path: &Path) -> io::Result<(Digests, u64)> {
 /// local volume from any (`crate::volume`).
 pub fn md5_of_small_file(path: &Path, at_most: u64) -> io::Result<Option<(Digests, u64)>> {
     let mut file = File::open(path)?;
-    if file.metadata()?.len() > at_most {
+    let size = file.metadata()?.len();
+    if size > at_most {
         return Ok(None);
     }
     let mut hasher = MultiHasher::new();
-    let total = hash_in_turn(&mut file, &mut hasher, &HashProgress::default())?;
+    let total = hash_in_turn(&mut file, size, &mut hasher, &HashProgress::default())?;
     Ok(Some((hasher.finish(), total)))
 }
 
@@ -181,8 +182,9 @@ fn digest_file_on(
 ) -> io::Result<(Digests, u64)> {
     let mut file = File::open(path)?;
     let mut hasher = MultiHasher::with(algorithms);
-    let total = if file.metadata()?.len() <= OVERLAP_ABOVE_BYTES {
-        hash_in_turn(&mut file, &mut hasher, progress)?
+    let size = file.metadata()?.len();
+    let total = if size <= OVERLAP_ABOVE_BYTES {
+        hash_in_turn(&mut file, size, &mut hasher, progress)?
     } else {
         hash_overlapped(file, &mut hasher, threads, 0, progress)?
     };
@@ -328,9 +330,16 @@ fn give_back(buffer: Arc<Vec<u8>>, empty: &mpsc::SyncSender<Vec<u8>>) {
     }
 }
 
-/// Reads and hashes in turn on this thread; returns the bytes read.
-fn hash_in_turn(file: &mut File, hasher: &mut MultiHasher, progress: &HashProgress) -> io::Result<u64> {
-    let mut buffer = vec![0u8; READ_BUFFER_BYTES];
+/// Reads and hashes in turn on this thread; returns the bytes read. The buffer is the file's
+/// `size` when that is smaller than [`READ_BUFFER_BYTES`]: a 1 KiB file is read whole in one call
+/// into 1 KiB (a file that grew is still read to its end).
+fn hash_in_turn(
+    file: &mut File,
+    size: u64,
+    hasher: &mut MultiHasher,
+    progress: &HashProgress,
+) -> io::Result<u64> {
+    let mut buffer = vec![0u8; size.clamp(1, READ_BUFFER_BYTES as u64) as usize];
     let mut total = 0u64;
     loop {
         if progress.is_stopped() {
@@ -383,6 +392,27 @@ mod tests {
         std::fs::write(&big, &bytes).unwrap();
         let expected = hex::encode(<md5::Md5 as md5::Digest>::digest(&bytes));
         assert_eq!(md5(&big), (expected.parse().unwrap(), bytes.len() as u64));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A small file is read into a buffer of its own size: every size around the read buffer's
+    /// gives md-5's digest and its length, and a file over `at_most` is not read.
+    #[test]
+    fn a_small_file_is_hashed_whole_at_every_size_around_the_read_buffer() {
+        let dir = std::env::temp_dir().join(format!("md5-small-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for size in [0, 1, 1024, READ_BUFFER_BYTES - 1, READ_BUFFER_BYTES, READ_BUFFER_BYTES + 1, 3 << 20] {
+            let bytes: Vec<u8> = (0..size).map(|i| (i * 13 % 251) as u8).collect();
+            let path = dir.join(format!("f{size}"));
+            std::fs::write(&path, &bytes).unwrap();
+            let expected = hex::encode(<md5::Md5 as md5::Digest>::digest(&bytes));
+            let (digests, read) = md5_of_small_file(&path, 4 << 20).unwrap().expect("under at_most");
+            assert_eq!((digests.md5.as_str(), read), (expected.as_str(), size as u64), "{size} bytes");
+            assert!(md5_of_small_file(&path, size as u64).unwrap().is_some(), "{size}: at most is inclusive");
+            if size > 0 {
+                assert!(md5_of_small_file(&path, size as u64 - 1).unwrap().is_none(), "{size}: over at_most");
+            }
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 
