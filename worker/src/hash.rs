@@ -144,18 +144,40 @@ pub fn digest_file(path: &Path) -> io::Result<(Digests, u64)> {
     digest_file_with(path, &[])
 }
 
+/// A file opened for a hash of its MD5 alone, with its size as `fstat` gave it.
+pub struct SizedFile {
+    file: File,
+    /// Its size in bytes when opened.
+    pub size: u64,
+}
+
+impl SizedFile {
+    /// Opens the file at `path` and reads its size: two small system calls, run wherever a
+    /// small operation on the volume runs (`crate::volume`).
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(SizedFile { file, size })
+    }
+
+    /// Its MD5 and the bytes read, in one pass through a buffer of at most the read buffer's
+    /// size. Blocking: call it from a blocking thread, or for a small file on a local volume
+    /// from any (`crate::volume::Volume::on_file`).
+    pub fn md5(mut self) -> io::Result<(Digests, u64)> {
+        let mut hasher = MultiHasher::new();
+        let total = hash_in_turn(&mut self.file, self.size, &mut hasher, &HashProgress::default())?;
+        Ok((hasher.finish(), total))
+    }
+}
+
 /// The MD5 of the file at `path` and its size, or `None` if it holds more than `at_most` bytes
-/// (then it is not read). Blocking: call it from a blocking thread, or for a small file on a
-/// local volume from any (`crate::volume`).
+/// (then it is not read). Blocking, as [`SizedFile::md5`].
 pub fn md5_of_small_file(path: &Path, at_most: u64) -> io::Result<Option<(Digests, u64)>> {
-    let mut file = File::open(path)?;
-    let size = file.metadata()?.len();
-    if size > at_most {
+    let file = SizedFile::open(path)?;
+    if file.size > at_most {
         return Ok(None);
     }
-    let mut hasher = MultiHasher::new();
-    let total = hash_in_turn(&mut file, size, &mut hasher, &HashProgress::default())?;
-    Ok(Some((hasher.finish(), total)))
+    file.md5().map(Some)
 }
 
 /// [`digest_file`] with `algorithms` besides MD5, all from one read of the file.

@@ -265,8 +265,8 @@ async fn remove_upload(ctx: &JobContext, task: &Task) {
     }
     let path = shared::config::upload_path(&ctx.config.storage.upload_dir, task.task_id);
     let remove = move || std::fs::remove_file(path);
-    let small = u64::try_from(task.size_bytes).is_ok_and(|size| size <= crate::volume::SMALL_FILE_BYTES);
-    let removed = if small { ctx.volume.small(remove).await } else { ctx.volume.blocking(remove).await };
+    let size = u64::try_from(task.size_bytes).unwrap_or(u64::MAX);
+    let removed = ctx.volume.on_file(size, remove).await;
     match removed {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}

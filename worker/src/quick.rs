@@ -16,8 +16,7 @@ use shared::queries::Completion;
 use uuid::Uuid;
 
 use crate::context::JobContext;
-use crate::hash::md5_of_small_file;
-use crate::volume::SMALL_FILE_BYTES;
+use crate::hash::{SizedFile, md5_of_small_file};
 
 /// The result of quick job `task_id` to record, or `None` when it must go the claimed way: its
 /// file is missing, unreadable or larger than a quick job's.
@@ -25,20 +24,22 @@ pub async fn hash(ctx: &JobContext, task_id: Uuid) -> Option<Completion> {
     let path = upload_path(&ctx.config.storage.upload_dir, task_id);
     let _turn = ctx.hashing.acquire().await;
     let started = std::time::Instant::now();
-    // On a local volume a file of a few KiB is read and hashed here, in microseconds; a larger
-    // quick file (it could hold a runtime thread for up to 2 ms) or any other volume's goes to a
-    // blocking thread (`crate::volume`).
-    let inline = if ctx.volume.is_local() { md5_of_small_file(&path, SMALL_FILE_BYTES) } else { Ok(None) };
-    let hashed = match inline {
-        Ok(Some(hashed)) => Ok(Some(hashed)),
-        _ => ctx.volume.blocking(move || md5_of_small_file(&path, QUICK_AT_MOST_BYTES)).await,
-    };
-    match hashed {
-        Ok(Some((digests, size))) => {
-            metrics::histogram!("md5_hash_duration_seconds").record(started.elapsed().as_secs_f64());
-            metrics::counter!("md5_hashed_bytes_total").increment(size);
-            Some(Completion::unclaimed(task_id, digests, i64::try_from(size).ok()?))
+    // On a local volume the file is opened here and its read and hash go where its size says
+    // (`crate::volume`): here for a file of a few KiB, in microseconds; a blocking thread for a
+    // larger quick file, which could hold a runtime thread for up to 2 ms. On any other volume
+    // the open too goes to a blocking thread.
+    let hashed = if ctx.volume.is_local() {
+        match SizedFile::open(&path) {
+            Ok(file) if file.size <= QUICK_AT_MOST_BYTES => {
+                ctx.volume.on_file(file.size, move || file.md5()).await
+            }
+            _ => return None,
         }
-        _ => None,
-    }
+    } else {
+        ctx.volume.blocking(move || md5_of_small_file(&path, QUICK_AT_MOST_BYTES)).await.transpose()?
+    };
+    let (digests, size) = hashed.ok()?;
+    metrics::histogram!("md5_hash_duration_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("md5_hashed_bytes_total").increment(size);
+    Some(Completion::unclaimed(task_id, digests, i64::try_from(size).ok()?))
 }
