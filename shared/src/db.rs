@@ -25,6 +25,11 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// payload (see [`crate::events`]).
 pub const TASK_CHANGED_CHANNEL: &str = "md5_task_changed";
 
+/// The channel the same trigger also notifies when a task ends `cancelled` or `expired` (the
+/// changes that stop a hash), with the same payload: the one workers listen to, so that a task
+/// ending as it should wakes no worker.
+pub const TASK_STOPPED_CHANNEL: &str = "md5_task_stopped";
+
 /// The channel workers notify, about once a second per running hash, with "<task id> <bytes
 /// hashed>": progress travels as notifications only, never as a row update.
 pub const TASK_PROGRESS_CHANNEL: &str = "md5_task_progress";

@@ -1,6 +1,7 @@
 //! Task events from Postgres `LISTEN`: status changes (a trigger notifies every one) and the
 //! progress workers announce. The api fans them out to `?wait=` requests and event streams; a
-//! worker uses them to stop a hash whose task was cancelled.
+//! worker hears only the changes that stop a hash (a task cancelled or expired, which the
+//! trigger also notifies on a channel of their own) and stops it.
 //!
 //! Notifications sent while the listening connection is down are lost; after every
 //! (re)connection a [`TaskEvent::Resync`] tells receivers to re-read what they watch, so a lost
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::TaskStatus;
-use crate::db::{TASK_CHANGED_CHANNEL, TASK_PROGRESS_CHANNEL};
+use crate::db::{TASK_CHANGED_CHANNEL, TASK_PROGRESS_CHANNEL, TASK_STOPPED_CHANNEL};
 
 /// Events a receiver has not taken yet before it lags (and then re-reads, as after a resync).
 const CAPACITY: usize = 4096;
@@ -37,7 +38,9 @@ impl TaskEvent {
         let (id, value) = payload.split_once(' ')?;
         let id = Uuid::parse_str(id).ok()?;
         match channel {
-            TASK_CHANGED_CHANNEL => TaskStatus::parse(value).map(|status| TaskEvent::Changed(id, status)),
+            TASK_CHANGED_CHANNEL | TASK_STOPPED_CHANNEL => {
+                TaskStatus::parse(value).map(|status| TaskEvent::Changed(id, status))
+            }
             TASK_PROGRESS_CHANNEL => value.parse().ok().map(|bytes| TaskEvent::Progress(id, bytes)),
             _ => None,
         }
@@ -52,10 +55,20 @@ impl TaskEvent {
 /// What to listen to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Channels {
-    /// Status changes only (workers).
-    Changes,
-    /// Status changes and progress (the api).
+    /// The changes that stop a hash: a task `cancelled` or `expired` (workers).
+    Stops,
+    /// Every status change, and progress (the api).
     ChangesAndProgress,
+}
+
+impl Channels {
+    /// The Postgres channels to `LISTEN` to.
+    fn names(self) -> &'static [&'static str] {
+        match self {
+            Channels::Stops => &[TASK_STOPPED_CHANNEL],
+            Channels::ChangesAndProgress => &[TASK_CHANGED_CHANNEL, TASK_PROGRESS_CHANNEL],
+        }
+    }
 }
 
 /// Fan-out of task events inside one process; cheap to clone.
@@ -120,9 +133,8 @@ async fn listen_once(
     events: &broadcast::Sender<TaskEvent>,
 ) -> anyhow::Result<()> {
     let mut conn = crate::db::establish(database_url).await?;
-    diesel::sql_query(format!("LISTEN {TASK_CHANGED_CHANNEL}")).execute(&mut conn).await?;
-    if channels == Channels::ChangesAndProgress {
-        diesel::sql_query(format!("LISTEN {TASK_PROGRESS_CHANNEL}")).execute(&mut conn).await?;
+    for channel in channels.names() {
+        diesel::sql_query(format!("LISTEN {channel}")).execute(&mut conn).await?;
     }
     // No receivers is normal: nobody is watching.
     let _ = events.send(TaskEvent::Resync);
@@ -150,6 +162,10 @@ mod tests {
         assert_eq!(
             TaskEvent::parse(TASK_PROGRESS_CHANNEL, &TaskEvent::progress_payload(id, 42)),
             Some(TaskEvent::Progress(id, 42))
+        );
+        assert_eq!(
+            TaskEvent::parse(TASK_STOPPED_CHANNEL, &format!("{id} expired")),
+            Some(TaskEvent::Changed(id, TaskStatus::Expired))
         );
         assert_eq!(TaskEvent::parse(TASK_CHANGED_CHANNEL, &format!("{id} sleeping")), None);
         assert_eq!(TaskEvent::parse(TASK_PROGRESS_CHANNEL, &format!("{id} -1")), None);

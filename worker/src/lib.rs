@@ -233,10 +233,10 @@ pub async fn run(
     };
     tracing::info!(consumer = %consumer, concurrency, stream = %jobs.stream, group = %jobs.group, "md5-worker started");
     let mut maintenance = Maintenance::new(stop.clone());
-    // Status changes from Postgres, so that a cancelled task's hash stops wherever it runs.
+    // Cancellations and expiries from Postgres, so that such a task's hash stops wherever it runs.
     let (events, listener) = shared::events::TaskEvents::listen(
         config.database.database_url.clone(),
-        shared::events::Channels::Changes,
+        shared::events::Channels::Stops,
     );
     maintenance.start(listener);
     maintenance.start(StopCancelled::new(ctx.clone(), &events));

@@ -578,3 +578,68 @@ async fn idle_event_streams_on_other_tasks_do_not_add_to_the_cost_of_an_event() 
     assert_eq!(api.client.get(format!("{}/healthz", api.base_url)).send().await.unwrap().status(), 200);
     drop(streams);
 }
+
+/// Workers listen to the stop channel alone: the trigger announces there a task that ended
+/// `cancelled` or `expired` (the changes that stop a hash) and nothing else, so a task ending
+/// as it should wakes no worker, while every change still reaches the api's channel.
+#[tokio::test]
+async fn only_the_changes_that_stop_a_hash_reach_the_workers_channel() {
+    use diesel_async::RunQueryDsl as _;
+    use shared::db::{TASK_CHANGED_CHANNEL, TASK_STOPPED_CHANNEL};
+    use shared::queries::{self, Completion, Outcome};
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let mut listener = shared::db::establish(&app.database_url).await.unwrap();
+    for channel in [TASK_CHANGED_CHANNEL, TASK_STOPPED_CHANNEL] {
+        diesel::sql_query(format!("LISTEN {channel}")).execute(&mut listener).await.unwrap();
+    }
+    let mut conn = app.db().await;
+    let ids: [uuid::Uuid; 4] = std::array::from_fn(|_| uuid::Uuid::now_v7());
+    let [done, failed, cancelled, expired] = ids;
+    let new: Vec<shared::models::NewTask> = ids
+        .iter()
+        .map(|&task_id| shared::models::NewTask {
+            task_id,
+            file_name: "f",
+            size_bytes: 1,
+            request_id: None,
+            algorithms: vec![],
+            expected: None,
+            owner: None,
+        })
+        .collect();
+    queries::insert_tasks(&mut conn, &new).await.unwrap();
+    let claimed = queries::claim_tasks(&mut conn, &ids, &[], "w1", Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    let md5 = shared::Digests::md5_only("0a".repeat(16).parse().unwrap());
+    let finished = [
+        Completion::claimed(done, Outcome::Done { digests: md5 }),
+        Completion::claimed(failed, Outcome::Failed { error: "unreadable".into() }),
+    ];
+    assert_eq!(queries::complete_tasks(&mut conn, "w1", &finished).await.unwrap().len(), 2);
+    queries::cancel_task(&mut conn, cancelled).await.unwrap().expect("cancelled while processing");
+    diesel::sql_query("UPDATE md5_tasks SET status = 'expired' WHERE task_id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(expired)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    // Notifications arrive in commit order: once a last one sent after all this has come, every
+    // one before it has too.
+    diesel::sql_query(format!("NOTIFY {TASK_STOPPED_CHANNEL}, 'last'")).execute(&mut conn).await.unwrap();
+    let (mut changes, mut stops) = (0, Vec::new());
+    let mut notifications = std::pin::pin!(listener.notifications_stream());
+    while stops.last().is_none_or(|last| last != "last") {
+        let notification = tokio::time::timeout(Duration::from_secs(10), notifications.next())
+            .await
+            .expect("every notification arrives")
+            .unwrap()
+            .unwrap();
+        match notification.channel.as_str() {
+            TASK_CHANGED_CHANNEL => changes += 1,
+            _ => stops.push(notification.payload),
+        }
+    }
+    assert_eq!(changes, 8, "four claims and four ends, each announced to the api");
+    assert_eq!(stops, [format!("{cancelled} cancelled"), format!("{expired} expired"), "last".into()]);
+    app.stop().await;
+}

@@ -1,5 +1,5 @@
-//! Stops the hash of a task cancelled while this worker runs it, the moment Postgres announces
-//! the change (see `shared::events`). After a reconnection or a lag, when announcements may
+//! Stops the hash of a task cancelled (or an upload expired) while this worker runs it, the
+//! moment Postgres announces the change (see `shared::events`: workers hear only those). After a reconnection or a lag, when announcements may
 //! have been missed, it reads the status of every task hashing here. The heartbeat's lease
 //! extension, which fails for a task no longer `processing`, is the slower backstop.
 
@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::Service;
 use crate::context::JobContext;
 use shared::events::TaskEvent;
-use shared::{TaskStatus, queries};
+use shared::queries;
 
 /// The service; subscribe (in [`StopCancelled::new`]) before the first job runs.
 pub struct StopCancelled {
@@ -44,7 +44,7 @@ impl StopCancelled {
     fn stop(&self, task_id: uuid::Uuid) {
         if self.ctx.running.stop(task_id) {
             metrics::counter!("md5_hashes_stopped_total").increment(1);
-            tracing::info!(task.id = %task_id, "task cancelled: stopped its hash");
+            tracing::info!(task.id = %task_id, "task cancelled or expired: stopped its hash");
         }
     }
 }
@@ -61,7 +61,7 @@ impl Service for StopCancelled {
                 () = stop.cancelled() => return,
             };
             match event {
-                Ok(TaskEvent::Changed(task_id, TaskStatus::Cancelled)) => self.stop(task_id),
+                Ok(TaskEvent::Changed(task_id, status)) if status.ends_without_result() => self.stop(task_id),
                 Ok(TaskEvent::Changed(..) | TaskEvent::Progress(..)) => {}
                 Ok(TaskEvent::Resync) | Err(RecvError::Lagged(_)) => self.recheck().await,
                 Err(RecvError::Closed) => return,
