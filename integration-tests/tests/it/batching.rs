@@ -404,3 +404,69 @@ async fn the_result_transaction_is_planned_once_by_primary_key_even_on_a_small_t
     assert!(!plan.contains("JIT"), "{plan}");
     app.stop().await;
 }
+
+/// A job's result transaction (`shared::db::planned_once` around `queries::complete_tasks`, as
+/// the worker runs it): whichever of its statements fails (the results' update, or the webhook
+/// events' insert after it), nothing is committed, the task stays as it was, the statement's
+/// error is returned, and the connection is left outside any transaction, where the next result
+/// commits as usual.
+#[tokio::test]
+async fn a_result_whose_update_or_event_fails_commits_nothing_and_leaves_the_connection_clean() {
+    use diesel_async::RunQueryDsl as _;
+    use shared::db::planned_once;
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let mut conn = AsyncPgConnection::establish(&app.database_url).await.unwrap();
+    // An endpoint seen now, so that each result writes an event.
+    let sql = async |conn: &mut AsyncPgConnection, sql: &str| {
+        diesel::sql_query(sql).execute(conn).await.unwrap();
+    };
+    sql(&mut conn, "INSERT INTO md5_webhook_endpoints (url) VALUES ('http://127.0.0.1:9/hook')").await;
+    // Outside a transaction each statement is one of its own, with an id of its own (and in a
+    // transaction left aborted, either would fail).
+    let xid = async |conn: &mut AsyncPgConnection| -> i64 {
+        diesel::dsl::sql::<diesel::sql_types::BigInt>("SELECT txid_current()").get_result(conn).await.unwrap()
+    };
+    let md5 = shared::Digests::md5_only("0a".repeat(16).parse().unwrap());
+    for (refuse, undo, failing) in [
+        (
+            "ALTER TABLE md5_tasks ADD CONSTRAINT refuse CHECK (status <> 'done') NOT VALID",
+            "ALTER TABLE md5_tasks DROP CONSTRAINT refuse",
+            "the update",
+        ),
+        (
+            "ALTER TABLE md5_webhook_deliveries ADD CONSTRAINT refuse CHECK (false) NOT VALID",
+            "ALTER TABLE md5_webhook_deliveries DROP CONSTRAINT refuse",
+            "the events' insert",
+        ),
+    ] {
+        let (refused, later) = (Uuid::now_v7(), Uuid::now_v7());
+        insert_plain_task(&mut conn, refused).await;
+        insert_plain_task(&mut conn, later).await;
+        sql(&mut conn, refuse).await;
+        let completion = [Completion::unclaimed(refused, md5.clone(), 1)];
+        let err =
+            planned_once(&mut conn, async |conn| queries::complete_tasks(conn, "w1", &completion).await)
+                .await
+                .expect_err(failing);
+        assert!(err.to_string().contains("refuse"), "{failing}: its own error, not {err}");
+        let (first, second) = (xid(&mut conn).await, xid(&mut conn).await);
+        assert_ne!(first, second, "{failing}: the connection is left outside any transaction");
+        assert_eq!(row(&mut conn, refused).await.status, TaskStatus::Queued, "{failing}: nothing committed");
+
+        sql(&mut conn, undo).await;
+        let completion = [Completion::unclaimed(later, md5.clone(), 1)];
+        let finished =
+            planned_once(&mut conn, async |conn| queries::complete_tasks(conn, "w1", &completion).await)
+                .await
+                .unwrap();
+        assert_eq!(finished.len(), 1, "{failing}: the next result");
+        assert_eq!(row(&mut conn, later).await.status, TaskStatus::Done);
+    }
+    let events: i64 =
+        diesel::dsl::sql::<diesel::sql_types::BigInt>("SELECT count(*) FROM md5_webhook_deliveries")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(events, 2, "each result committed with its event, and no other");
+    app.stop().await;
+}
