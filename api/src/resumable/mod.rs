@@ -287,6 +287,10 @@ async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Re
                 _ => {}
             }
             writer.write(&chunk).await?;
+            // Flushed beside the writes, so that the flush ending this append has only its last
+            // bytes left. Not announced: bytes count (for a worker too) only once recorded, as
+            // a failed append is cut back to the recorded length.
+            drop(writer.checkpoint(shared::follow::ANNOUNCE_EVERY_BYTES));
             if let Some(hasher) = &mut hasher {
                 hasher.update(&chunk);
             }
