@@ -169,6 +169,7 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
         ratio: "—".into(),
         target: "—".into(),
     });
+    rate_sweep(&service, sizes).await?;
     keys_on_and_off(&mut service, sizes, rate, rows).await?;
     let counts = crate::pg_counts::PgCounts::start(&service.pg.url())?;
     let (before, switched) = (service.cpu(), service.switches());
@@ -276,5 +277,32 @@ async fn keys_on_and_off(
         ratio: ratio(on, without),
         target: "within the noise of 1.00×".into(),
     });
+    Ok(())
+}
+
+/// `BENCH_RATE_SWEEP=0,100,250,500`: for each rate, 10 s of uploads offered at that rate (as
+/// the 500/s phase), or 10 s with none for `0`, printing the latency and each part's CPU per
+/// job (per second for `0`): how a job's cost depends on how many come together. Prints only.
+async fn rate_sweep(service: &Service, sizes: &Sizes) -> anyhow::Result<()> {
+    let Ok(sweep) = std::env::var("BENCH_RATE_SWEEP") else { return Ok(()) };
+    for rate in sweep.split(',') {
+        let rate: u64 = rate.trim().parse().context("BENCH_RATE_SWEEP: uploads a second, comma-separated")?;
+        let before = service.cpu();
+        if rate == 0 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let (parts, machine) = service.cpu().per_job_since(&before, 10);
+            println!("rate sweep, idle: CPU ms a second: machine {machine:.2}: {parts}");
+            continue;
+        }
+        let (timed, refused) = fixed_load(service, rate, 10, sizes.small_size).await?;
+        let (parts, machine) = service.cpu().per_job_since(&before, timed.len());
+        let mut fixed: Vec<f64> = timed.iter().map(|(total, _, _)| *total).collect();
+        fixed.sort_by(f64::total_cmp);
+        println!(
+            "rate sweep, {rate} uploads/s: upload -> done p50 {:.1} / p99 {:.1} ms ({refused} refused); CPU ms a job: machine {machine:.2}: {parts}",
+            percentile(&fixed, 0.5),
+            percentile(&fixed, 0.99)
+        );
+    }
     Ok(())
 }
