@@ -267,7 +267,7 @@ async fn a_quick_job_is_claimed_by_its_result_only_while_its_row_is_what_the_job
 }
 
 /// Inserts a queued 1-byte task `id` computing MD5 alone.
-async fn insert_plain_task(conn: &mut AsyncPgConnection, id: Uuid) {
+pub(crate) async fn insert_plain_task(conn: &mut AsyncPgConnection, id: Uuid) {
     let new = NewTask {
         task_id: id,
         file_name: "f",

@@ -595,19 +595,9 @@ async fn only_the_changes_that_stop_a_hash_reach_the_workers_channel() {
     let mut conn = app.db().await;
     let ids: [uuid::Uuid; 4] = std::array::from_fn(|_| uuid::Uuid::now_v7());
     let [done, failed, cancelled, expired] = ids;
-    let new: Vec<shared::models::NewTask> = ids
-        .iter()
-        .map(|&task_id| shared::models::NewTask {
-            task_id,
-            file_name: "f",
-            size_bytes: 1,
-            request_id: None,
-            algorithms: vec![],
-            expected: None,
-            owner: None,
-        })
-        .collect();
-    queries::insert_tasks(&mut conn, &new).await.unwrap();
+    for id in ids {
+        crate::batching::insert_plain_task(&mut conn, id).await;
+    }
     let claimed = queries::claim_tasks(&mut conn, &ids, &[], "w1", Duration::from_secs(60)).await.unwrap();
     assert_eq!(claimed.len(), 4);
     let md5 = shared::Digests::md5_only("0a".repeat(16).parse().unwrap());
