@@ -1,11 +1,11 @@
 //! Where the upload volume's file operations run (a quick job's open, read and hash, a finished
-//! task's unlink): [`Volume::on_file`] decides by the file's size and the volume's kind. Those of a
-//! file of at most [`SMALL_FILE_BYTES`] on a local filesystem take
-//! microseconds (the file was just written: it is in the page cache; one read from a disk if it
-//! is no longer there) and run on the calling runtime thread, which saves each job two thread
-//! hand-offs (measured: five context switches and a tenth of a millisecond of CPU a job at 500
-//! uploads/s, BENCHMARKS.md). On any other filesystem (a network one, where an `open` is a round
-//! trip to a server that may hang) they run on a blocking thread, as every large file's do.
+//! task's unlink): [`Volume::on_file`] decides by the file's size and the volume's kind. Those of
+//! a file of at most [`SMALL_FILE_BYTES`] on a local filesystem take microseconds (the file was
+//! just written: it is in the page cache; one read from a disk if it is no longer there) and run
+//! on the calling runtime thread, which saves each job two thread hand-offs (measured: five
+//! context switches and a tenth of a millisecond of CPU a job at 500 uploads/s, BENCHMARKS.md).
+//! On any other filesystem (a network one, where an `open` is a round trip to a server that may
+//! hang) they run on a blocking thread, as every large file's operations do.
 //!
 //! Which one it is is read once from `statfs(2)` on `UPLOAD_DIR`, at the first operation that
 //! finds the folder (the api may create it after the worker starts); until then, and for any

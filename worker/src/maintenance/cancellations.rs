@@ -1,7 +1,8 @@
 //! Stops the hash of a task cancelled (or an upload expired) while this worker runs it, the
-//! moment Postgres announces the change (see `shared::events`: workers hear only those). After a reconnection or a lag, when announcements may
-//! have been missed, it reads the status of every task hashing here. The heartbeat's lease
-//! extension, which fails for a task no longer `processing`, is the slower backstop.
+//! moment Postgres announces the change (see `shared::events`: workers hear only those). After a
+//! reconnection or a lag, when announcements may have been missed, it reads the status of every
+//! task hashing here. The heartbeat's lease extension, which fails for a task no longer
+//! `processing`, is the slower backstop.
 
 use std::sync::Arc;
 
