@@ -26,7 +26,7 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
-    /// Most Postgres connections this process's pools open (the api adds one `LISTEN`
+    /// Most Postgres connections this process's pools open (each process adds one `LISTEN`
     /// connection; a worker splits them between its two pools, at least one each).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_pool_size: u32,
