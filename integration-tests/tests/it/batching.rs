@@ -266,6 +266,17 @@ async fn a_quick_job_is_claimed_by_its_result_only_while_its_row_is_what_the_job
     assert_eq!(attempts, want);
 }
 
+/// Records quick job `id`'s result (`md5` of its 1 byte) as a worker does: in
+/// `shared::db::planned_once`'s transaction.
+async fn record_quick(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    md5: &shared::Digests,
+) -> diesel::QueryResult<Vec<shared::Task>> {
+    let completion = [Completion::unclaimed(id, md5.clone(), 1)];
+    shared::db::planned_once(conn, async |conn| queries::complete_tasks(conn, "w1", &completion).await).await
+}
+
 /// Inserts a queued 1-byte task `id` computing MD5 alone.
 pub(crate) async fn insert_plain_task(conn: &mut AsyncPgConnection, id: Uuid) {
     let new = NewTask {
@@ -363,11 +374,7 @@ async fn the_result_transaction_is_planned_once_by_primary_key_even_on_a_small_t
     for _ in 0..8 {
         let id = Uuid::now_v7();
         insert_plain_task(&mut conn, id).await;
-        let completion = [Completion::unclaimed(id, md5.clone(), 1)];
-        let finished =
-            planned_once(&mut conn, async |conn| queries::complete_tasks(conn, "w1", &completion).await)
-                .await
-                .unwrap();
+        let finished = record_quick(&mut conn, id, &md5).await.unwrap();
         assert_eq!(finished.len(), 1, "the result is recorded");
     }
     let statement = |start: &'static str| {
@@ -413,7 +420,6 @@ async fn the_result_transaction_is_planned_once_by_primary_key_even_on_a_small_t
 #[tokio::test]
 async fn a_result_whose_update_or_event_fails_commits_nothing_and_leaves_the_connection_clean() {
     use diesel_async::RunQueryDsl as _;
-    use shared::db::planned_once;
     let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let mut conn = AsyncPgConnection::establish(&app.database_url).await.unwrap();
     // An endpoint seen now, so that each result writes an event.
@@ -443,22 +449,14 @@ async fn a_result_whose_update_or_event_fails_commits_nothing_and_leaves_the_con
         insert_plain_task(&mut conn, refused).await;
         insert_plain_task(&mut conn, later).await;
         sql(&mut conn, refuse).await;
-        let completion = [Completion::unclaimed(refused, md5.clone(), 1)];
-        let err =
-            planned_once(&mut conn, async |conn| queries::complete_tasks(conn, "w1", &completion).await)
-                .await
-                .expect_err(failing);
+        let err = record_quick(&mut conn, refused, &md5).await.expect_err(failing);
         assert!(err.to_string().contains("refuse"), "{failing}: its own error, not {err}");
         let (first, second) = (xid(&mut conn).await, xid(&mut conn).await);
         assert_ne!(first, second, "{failing}: the connection is left outside any transaction");
         assert_eq!(row(&mut conn, refused).await.status, TaskStatus::Queued, "{failing}: nothing committed");
 
         sql(&mut conn, undo).await;
-        let completion = [Completion::unclaimed(later, md5.clone(), 1)];
-        let finished =
-            planned_once(&mut conn, async |conn| queries::complete_tasks(conn, "w1", &completion).await)
-                .await
-                .unwrap();
+        let finished = record_quick(&mut conn, later, &md5).await.unwrap();
         assert_eq!(finished.len(), 1, "{failing}: the next result");
         assert_eq!(row(&mut conn, later).await.status, TaskStatus::Done);
     }

@@ -54,6 +54,13 @@ pub(crate) async fn many_small(
 /// many were refused with 503 (the api shedding load it cannot keep up with).
 pub(crate) type Timed = (f64, f64, String);
 
+/// The upload → done times of `timed`, sorted for [`percentile`].
+fn sorted_totals(timed: &[Timed]) -> Vec<f64> {
+    let mut totals: Vec<f64> = timed.iter().map(|(total, _, _)| *total).collect();
+    totals.sort_by(f64::total_cmp);
+    totals
+}
+
 pub(crate) async fn fixed_load(
     service: &Service,
     rate: u64,
@@ -182,8 +189,7 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
         values.sort_by(f64::total_cmp);
         format!("{:.1} / {:.1} ms", percentile(&values, 0.5), percentile(&values, 0.99))
     };
-    let mut fixed: Vec<f64> = timed.iter().map(|(total, _, _)| *total).collect();
-    fixed.sort_by(f64::total_cmp);
+    let fixed = sorted_totals(&timed);
     // Where the time goes, from the rows' own timestamps (one clock: Postgres').
     let ids: std::collections::HashSet<&str> = timed.iter().map(|(_, _, id)| id.as_str()).collect();
     let (mut queued, mut processed) = (Vec::new(), Vec::new());
@@ -296,8 +302,7 @@ async fn rate_sweep(service: &Service, sizes: &Sizes) -> anyhow::Result<()> {
         }
         let (timed, refused) = fixed_load(service, rate, 10, sizes.small_size).await?;
         let (parts, machine) = service.cpu().per_job_since(&before, timed.len());
-        let mut fixed: Vec<f64> = timed.iter().map(|(total, _, _)| *total).collect();
-        fixed.sort_by(f64::total_cmp);
+        let fixed = sorted_totals(&timed);
         println!(
             "rate sweep, {rate} uploads/s: upload -> done p50 {:.1} / p99 {:.1} ms ({refused} refused); CPU ms a job: machine {machine:.2}: {parts}",
             percentile(&fixed, 0.5),
