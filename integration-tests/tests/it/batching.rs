@@ -468,3 +468,30 @@ async fn a_result_whose_update_or_event_fails_commits_nothing_and_leaves_the_con
     assert_eq!(events, 2, "each result committed with its event, and no other");
     app.stop().await;
 }
+
+/// A stop writes the marks recorded within the last linger (`worker::marks`): closing right
+/// after recording leaves no finished task unmarked, so the sweeper has nothing to redo.
+#[tokio::test]
+async fn the_marks_recorded_just_before_a_stop_are_written_by_it() {
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let mut conn = AsyncPgConnection::establish(&app.database_url).await.unwrap();
+    let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for &id in &ids {
+        insert_plain_task(&mut conn, id).await;
+    }
+    let args = shared::config::DatabaseArgs {
+        database_url: app.database_url.clone(),
+        db_pool_size: 1,
+        db_timeout_ms: 5_000,
+    };
+    let marks = worker::marks::Marks::spawn(shared::db::build_bookkeeping_pool(&args, "test").unwrap());
+    for &id in &ids {
+        marks.record(id);
+    }
+    // At once: well within the 50 ms a first mark waits for others, so only the stop writes them.
+    marks.close().await;
+    for &id in &ids {
+        assert!(row(&mut conn, id).await.logged_at.is_some(), "task {id} marked by the stop");
+    }
+    marks.record(Uuid::now_v7()); // after the stop: dropped quietly, no panic
+}
