@@ -70,12 +70,8 @@ if grep -qa FAULT_CRASH_AT "$cargo_bin/md5-worker"; then
     echo "error: $cargo_bin/md5-worker was built with the fault-injection hooks" >&2
     exit 1
 fi
-echo "== cargo test --release --workspace (three tests at a time)"
-# Most integration tests wait on processes, timers and sockets: three at a time on 2 cores ran
-# the integration suite in 203 s against 295 s at two (2-core AMD EPYC), with at most 37
-# Postgres connections open at once (sampled every 4 s; the default limit is 100).
-# RUST_TEST_THREADS overrides it.
-RUST_TEST_THREADS="${RUST_TEST_THREADS:-3}" cargo test --release --workspace 2>&1 | tee "$logs/cargo"
+echo "== cargo test --release --workspace"
+cargo test --release --workspace 2>&1 | tee "$logs/cargo"
 echo "== which MD5 paths the lanes' tests ran on this CPU (AVX-512, AVX2, scalar: those it has)"
 # The same selection of packages and features as above (`-p worker` alone would resolve the
 # features anew and rebuild the worker's tests: a minute): only the one test is run again.
