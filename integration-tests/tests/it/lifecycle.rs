@@ -229,8 +229,8 @@ async fn retention_forgets_finished_tasks_on_time_keeps_unfinished_ones_and_keep
     // Kept for 2 s and looked for every second: a few seconds' worth at most, not all, from the
     // first seconds to the last. The rate moves with the machine's load (the suite's other tests
     // start and end meanwhile, and the sweeps run later under load), so each count is weighed
-    // against the uploads of the [`RECENT`] seconds before it: after the first [`RECENT`]
-    // seconds, no table holds more rows than those uploads. A table that kept every row would
+    // against the uploads of the [`RECENT`] seconds before it: from 10 s on, no table holds
+    // more rows than those uploads. A table that kept every row would
     // hold all the uploads so far: 1.25 times as many 10 s in, 2.5 times at 20 s.
     const RECENT: f64 = 8.0;
     let recent = |at: f64, uploaded_then: u64| {
