@@ -277,6 +277,15 @@ async fn record_quick(
     shared::db::planned_once(conn, async |conn| queries::complete_tasks(conn, "w1", &completion).await).await
 }
 
+/// Pool settings for `app`'s database: one connection, as a test that reads one needs.
+fn one_connection(app: &TestApp) -> shared::config::DatabaseArgs {
+    shared::config::DatabaseArgs {
+        database_url: app.database_url.clone(),
+        db_pool_size: 1,
+        db_timeout_ms: 5_000,
+    }
+}
+
 /// Inserts a queued 1-byte task `id` computing MD5 alone.
 pub(crate) async fn insert_plain_task(conn: &mut AsyncPgConnection, id: Uuid) {
     let new = NewTask {
@@ -322,11 +331,7 @@ async fn every_pooled_connection_plans_each_statement_for_its_own_values() {
         value: String,
     }
     let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
-    let args = shared::config::DatabaseArgs {
-        database_url: app.database_url.clone(),
-        db_pool_size: 1,
-        db_timeout_ms: 5_000,
-    };
+    let args = one_connection(&app);
     let durable = shared::db::build_pool(&args, "test").unwrap();
     let bookkeeping = shared::db::build_bookkeeping_pool(&args, "test").unwrap();
     for (pool, synchronous_commit) in [(durable, "on"), (bookkeeping, "off")] {
@@ -363,11 +368,7 @@ async fn the_result_transaction_is_planned_once_by_primary_key_even_on_a_small_t
         line: String,
     }
     let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
-    let args = shared::config::DatabaseArgs {
-        database_url: app.database_url.clone(),
-        db_pool_size: 1,
-        db_timeout_ms: 5_000,
-    };
+    let args = one_connection(&app);
     let pool = shared::db::build_pool(&args, "test").unwrap();
     let mut conn = shared::db::connection(&pool).await.unwrap();
     let md5 = shared::Digests::md5_only("0a".repeat(16).parse().unwrap());
@@ -479,11 +480,7 @@ async fn the_marks_recorded_just_before_a_stop_are_written_by_it() {
     for &id in &ids {
         insert_plain_task(&mut conn, id).await;
     }
-    let args = shared::config::DatabaseArgs {
-        database_url: app.database_url.clone(),
-        db_pool_size: 1,
-        db_timeout_ms: 5_000,
-    };
+    let args = one_connection(&app);
     let marks = worker::marks::Marks::spawn(shared::db::build_bookkeeping_pool(&args, "test").unwrap());
     for &id in &ids {
         marks.record(id);
