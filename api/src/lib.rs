@@ -51,6 +51,7 @@ pub mod idempotency;
 pub mod intake;
 pub mod keys;
 pub mod openapi;
+pub mod orphans;
 pub mod queue;
 pub mod quotas;
 pub mod readiness;
@@ -120,6 +121,7 @@ pub async fn run(
     maintenance.start(feed_service);
     maintenance
         .start(storage::janitor::Janitor::new(config.storage.upload_dir.clone(), config.body_bounds().idle));
+    maintenance.start(orphans::Orphans { upload_dir: config.storage.upload_dir.clone(), db: db.clone() });
     maintenance.start(idempotency::PurgeKeys { db: db.clone(), ttl: config.idempotency_ttl() });
     if config.task_retention_seconds > 0 {
         let keep = Duration::from_secs(config.task_retention_seconds);

@@ -427,3 +427,8 @@ pub async fn settle_insert(conn: &mut AsyncPgConnection, task_id: Uuid) -> Query
 pub async fn count_by_status(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(TaskStatus, i64)>> {
     dsl::md5_tasks.group_by(dsl::status).select((dsl::status, diesel::dsl::count_star())).load(conn).await
 }
+
+/// Which of `ids` are tasks (a row exists, in any status).
+pub async fn existing_tasks(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
+    dsl::md5_tasks.filter(dsl::task_id.eq_any(ids)).select(dsl::task_id).load(conn).await
+}
