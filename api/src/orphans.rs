@@ -6,8 +6,9 @@
 //! killed after forgetting a task but before removing its file. Nothing else would ever remove
 //! such a file, so [`Orphans`] does: a file named like a task id, unmodified for [`ORPHAN_AGE`],
 //! whose task does not exist. A row is committed within `DB_TIMEOUT_MS` of its file's last write
-//! (a commit left unanswered is only read back, never retried), so no row appears for a file
-//! that old. Every file the service removes is one whose task is gone, as `DELETE` would leave it.
+//! or never (a commit left unanswered is settled by `intake::settle`, never retried), so no row
+//! appears for a file that old. The file of a task forgotten by retention goes too (with
+//! `KEEP_UPLOADS`): a forgotten task keeps no file, as after `DELETE`.
 
 use std::collections::HashSet;
 use std::io;
