@@ -85,6 +85,8 @@ pub struct FaultEnv {
     pub workers: std::sync::Mutex<Vec<WorkerProcess>>,
     /// The settings every process is started with.
     pub config: ServiceConfig,
+    /// Uploads answered 202 so far (see [`FaultEnv::accepted`]).
+    accepted: tokio::sync::watch::Sender<usize>,
 }
 
 impl FaultEnv {
@@ -118,6 +120,7 @@ impl FaultEnv {
             workers: std::sync::Mutex::new(Vec::new()),
             config,
             root,
+            accepted: tokio::sync::watch::Sender::new(0),
         };
         env.start_api()?;
         let client = env.client.clone();
@@ -203,12 +206,24 @@ impl FaultEnv {
                 Err(err) => panic!("upload failed without an answer: {err}"),
             };
         match response.status().as_u16() {
-            202 => Some(response.json::<Value>().await.ok()?["id"].as_str()?.to_owned()),
+            202 => {
+                let id = response.json::<Value>().await.ok()?["id"].as_str()?.to_owned();
+                self.accepted.send_modify(|accepted| *accepted += 1);
+                Some(id)
+            }
             503 => None,
             other => {
                 panic!("unexpected upload status {other}: {}", response.text().await.unwrap_or_default())
             }
         }
+    }
+
+    /// Returns once `count` uploads (of this environment's, since it started) were answered 202:
+    /// woken by the answer itself, so a fault set off by it lands while a fast load still runs,
+    /// where polling the table could see the load end first.
+    pub async fn accepted(&self, count: usize) {
+        let mut accepted = self.accepted.subscribe();
+        let _ = accepted.wait_for(|accepted| *accepted >= count).await;
     }
 
     /// The row of a task, if Postgres answers.

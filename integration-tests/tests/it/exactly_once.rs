@@ -180,11 +180,9 @@ async fn rotation_by_size_and_by_sighup_during_kills_keeps_one_line_per_task_acr
     tokio::pin!(uploads);
     let faults = async {
         for (at, fault) in [(60, "kill"), (120, "hup"), (180, "kill"), (240, "hup")] {
-            eventually(Duration::from_secs(60), "rows before the fault", || async {
-                (env.row_count().await? >= at).then_some(())
-            })
-            .await
-            .unwrap();
+            tokio::time::timeout(Duration::from_secs(60), env.accepted(at))
+                .await
+                .expect("uploads before the fault");
             match fault {
                 "kill" => {
                     let workers = env.workers.lock().unwrap().len();

@@ -100,11 +100,11 @@ async fn a_stalled_worker_that_wakes_after_a_takeover_records_nothing() {
     assert_eq!(lines[0].worker, task.worker.unwrap(), "the line is the new owner's");
 }
 
-/// Uploads `count` files in the background while `fault` runs once `trigger_rows` rows exist.
+/// Uploads `count` files in the background while `fault` runs once `trigger` of them were accepted.
 async fn load_with_fault<F, Fut>(
     env: &FaultEnv,
     count: usize,
-    trigger_rows: usize,
+    trigger: usize,
     fault: F,
 ) -> HashMap<String, Expect>
 where
@@ -113,16 +113,10 @@ where
 {
     let uploads = env.upload_many(count, 8, 1);
     tokio::pin!(uploads);
-    let trigger = async {
-        eventually(Duration::from_secs(60), "rows before the fault", || async {
-            (env.row_count().await? >= trigger_rows as i64).then_some(())
-        })
-        .await
-        .unwrap();
-    };
+    let trigger = tokio::time::timeout(Duration::from_secs(60), env.accepted(trigger));
     tokio::select! {
         expected = &mut uploads => panic!("the load ended before the fault ({} accepted)", expected.len()),
-        () = trigger => {}
+        waited = trigger => waited.expect("uploads accepted before the fault"),
     }
     fault().await;
     uploads.await
