@@ -106,7 +106,7 @@ pub async fn run(
     for quota in quotas::Quota::ALL {
         metrics::counter!("md5_quota_refusals_total", "quota" => quota.name()).absolute(0);
     }
-    for counter in ["md5_uploads_total", "md5_upload_bytes_total"] {
+    for counter in ["md5_uploads_total", "md5_upload_bytes_total", "md5_orphan_files_removed_total"] {
         metrics::counter!(counter).absolute(0);
     }
     let db = database::Database::new(

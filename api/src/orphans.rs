@@ -94,7 +94,10 @@ impl Service for Orphans {
         loop {
             match sweep(&self.upload_dir, &self.db, ORPHAN_AGE).await {
                 Ok(0) => {}
-                Ok(removed) => tracing::warn!(files.removed = removed, "removed files that no task owns"),
+                Ok(removed) => {
+                    metrics::counter!("md5_orphan_files_removed_total").increment(removed as u64);
+                    tracing::warn!(files.removed = removed, "removed files that no task owns")
+                }
                 Err(err) => tracing::warn!(error = %err, "cannot sweep UPLOAD_DIR for files no task owns"),
             }
             tokio::select! {

@@ -343,6 +343,9 @@ async fn a_file_no_task_owns_is_removed_once_an_hour_old_and_every_other_file_ke
     assert!(young.exists(), "a file younger than an hour is kept: its row may still be coming");
     assert!(not_an_id.exists(), "a name that is no task id is not the api's to remove");
     assert!(api.stderr().contains("removed files that no task owns"), "{}", api.stderr());
+    let metrics =
+        api.client.get(format!("{}/metrics", api.base_url)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|line| line == "md5_orphan_files_removed_total 1"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
