@@ -13,13 +13,14 @@
 use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use shared::maintenance::Service;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::database::Database;
+use crate::storage::janitor::aged_files;
 
 /// Age (since its last write) from which a file no task owns is removed.
 pub const ORPHAN_AGE: Duration = Duration::from_secs(3600);
@@ -33,22 +34,9 @@ const IDS_PER_QUERY: usize = 1000;
 /// The task ids that name files of `upload_dir` unmodified for `older_than` (a name must be a
 /// task id as the api writes it: a partial file `.<id>.part` or any other name is not one).
 pub fn aged_task_files(upload_dir: &Path, older_than: Duration) -> io::Result<Vec<Uuid>> {
-    let now = SystemTime::now();
-    let mut ids = Vec::new();
-    for entry in std::fs::read_dir(upload_dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(id) =
-            name.to_str().and_then(|name| Uuid::try_parse(name).ok().filter(|id| id.to_string() == name))
-        else {
-            continue;
-        };
-        let Ok(modified) = entry.metadata().and_then(|meta| meta.modified()) else { continue };
-        if now.duration_since(modified).is_ok_and(|age| age > older_than) {
-            ids.push(id);
-        }
-    }
-    Ok(ids)
+    let task_id = |name: &str| Uuid::try_parse(name).ok().filter(|id| id.to_string() == name);
+    let aged = aged_files(upload_dir, older_than, |name| task_id(name).is_some())?;
+    Ok(aged.iter().filter_map(|name| task_id(name)).collect())
 }
 
 /// Removes the files of `upload_dir` unmodified for `older_than` whose task does not exist;

@@ -28,23 +28,31 @@ pub fn stale_part_age(idle: Duration) -> Duration {
 /// killed mid-upload leaves behind. Safe beside other apis' live uploads (see [`stale_part_age`]).
 /// Returns how many it removed.
 pub fn remove_stale_parts(upload_dir: &Path, older_than: Duration) -> io::Result<usize> {
+    let stale = aged_files(upload_dir, older_than, |name| name.starts_with('.') && name.ends_with(".part"))?;
+    Ok(stale.iter().filter(|name| std::fs::remove_file(upload_dir.join(name)).is_ok()).count())
+}
+
+/// The names of `upload_dir`'s files that `wanted` accepts and that were last modified more than
+/// `older_than` ago.
+pub fn aged_files(
+    upload_dir: &Path,
+    older_than: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> io::Result<Vec<String>> {
     let now = SystemTime::now();
-    let mut removed = 0;
+    let mut aged = Vec::new();
     for entry in std::fs::read_dir(upload_dir)? {
         let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !(name.starts_with('.') && name.ends_with(".part")) {
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        if !wanted(&name) {
             continue;
         }
         let Ok(modified) = entry.metadata().and_then(|meta| meta.modified()) else { continue };
-        if now.duration_since(modified).is_ok_and(|age| age > older_than)
-            && std::fs::remove_file(entry.path()).is_ok()
-        {
-            removed += 1;
+        if now.duration_since(modified).is_ok_and(|age| age > older_than) {
+            aged.push(name);
         }
     }
-    Ok(removed)
+    Ok(aged)
 }
 
 /// Runs [`remove_stale_parts`] at start, then every [`stale_part_age`] (at most every
