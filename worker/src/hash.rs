@@ -2,13 +2,14 @@
 //! on a blocking thread.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 use std::sync::{Arc, mpsc};
 
 use md5_many::Md5State;
 use shared::{Algorithm, Digests, Md5Hex};
 
+use crate::direct_read::{Block, BlockReader, DIRECT_BLOCK_BYTES, read_full};
 use crate::running::HashProgress;
 
 /// Read size. Measured on the 2-core machine (1 GiB in page cache, md-5 0.10 asm): 64 KiB reads
@@ -19,6 +20,11 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Files up to this size are read and hashed on one thread; larger ones on two (or, needing MD5
 /// alone, in the lanes of `crate::lanes`).
 pub(crate) const OVERLAP_ABOVE_BYTES: u64 = 4 * READ_BUFFER_BYTES as u64;
+
+/// Files from this size on are read past the page cache (`crate::direct_read`): the api wrote
+/// all but their last bytes past it. A followed upload's ranges are, from one direct
+/// block on: they were written directly.
+const DIRECT_READ_ABOVE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Buffers in circulation between the reading and the hashing thread: few, so that they stay in
 /// the L2 cache.
@@ -208,7 +214,7 @@ fn digest_file_on(
     let total = if size <= OVERLAP_ABOVE_BYTES {
         hash_in_turn(&mut file, size, &mut hasher, progress)?
     } else {
-        hash_overlapped(file, &mut hasher, threads, 0, progress)?
+        hash_overlapped(&file, u64::MAX, size >= DIRECT_READ_ABOVE_BYTES, &mut hasher, threads, 0, progress)?
     };
     Ok((hasher.finish(), total))
 }
@@ -223,7 +229,15 @@ pub fn hash_range(
     start: u64,
     progress: &HashProgress,
 ) -> io::Result<u64> {
-    hash_overlapped(file.take(length), hasher, side_threads(), start, progress)
+    hash_overlapped(
+        file,
+        length,
+        length >= DIRECT_BLOCK_BYTES as u64,
+        hasher,
+        side_threads(),
+        start,
+        progress,
+    )
 }
 
 /// Threads for the other algorithms: the CPUs beside the MD5's, at least one. Asked once per
@@ -240,29 +254,33 @@ fn side_threads() -> usize {
 /// goes back to the reader when every thread is done with it). Costs then do not add up: the
 /// file takes as long as its slowest thread. Returns the bytes read.
 fn hash_overlapped(
-    mut file: impl Read + Send,
+    file: &File,
+    length: u64,
+    direct: bool,
     hasher: &mut MultiHasher,
     threads: usize,
     start: u64,
     progress: &HashProgress,
 ) -> io::Result<u64> {
     let mut total = 0u64;
+    // Read past the page cache where `direct` asks (`crate::direct_read`), in blocks of
+    // that size; else in blocks that stay in the L2 cache.
+    let mut reader = BlockReader::new(file, length, direct)?;
+    let block = if reader.is_direct() { DIRECT_BLOCK_BYTES } else { READ_BUFFER_BYTES };
     let groups = groups(std::mem::take(&mut hasher.others), threads);
     let buffers = if groups.is_empty() { BUFFERS } else { PARALLEL_BUFFERS };
-    let (full_tx, full_rx) = mpsc::sync_channel::<io::Result<Arc<Vec<u8>>>>(buffers);
-    let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(buffers);
+    let (full_tx, full_rx) = mpsc::sync_channel::<io::Result<Arc<Block>>>(buffers);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Block>(buffers);
     for _ in 0..buffers {
-        empty_tx.send(vec![0u8; READ_BUFFER_BYTES]).expect("the channel holds every buffer");
+        empty_tx.send(Block::new(block)).expect("the channel holds every buffer");
     }
     let others = std::thread::scope(|scope| {
         scope.spawn(move || {
             // Ends when the file ends, a read fails, or the hashing side hangs up.
             while let Ok(mut buffer) = empty_rx.recv() {
-                buffer.resize(READ_BUFFER_BYTES, 0);
-                match read_full(&mut file, &mut buffer) {
+                match reader.fill(&mut buffer) {
                     Ok(0) => return,
-                    Ok(read) => {
-                        buffer.truncate(read);
+                    Ok(_) => {
                         if full_tx.send(Ok(Arc::new(buffer))).is_err() {
                             return;
                         }
@@ -278,7 +296,7 @@ fn hash_overlapped(
         // long: at worst until that thread is done with one.
         let mut sides = Vec::with_capacity(groups.len());
         for mut group in groups {
-            let (side_tx, side_rx) = mpsc::sync_channel::<Arc<Vec<u8>>>(buffers);
+            let (side_tx, side_rx) = mpsc::sync_channel::<Arc<Block>>(buffers);
             let empty_tx = empty_tx.clone();
             let thread = scope.spawn(move || {
                 for buffer in side_rx {
@@ -346,7 +364,7 @@ fn groups(others: Vec<Hasher>, threads: usize) -> Vec<Vec<Hasher>> {
 
 /// Returns `buffer` to the reader once nobody else holds it. The reader may have finished and
 /// dropped its receiver: then nothing is needed.
-fn give_back(buffer: Arc<Vec<u8>>, empty: &mpsc::SyncSender<Vec<u8>>) {
+fn give_back(buffer: Arc<Block>, empty: &mpsc::SyncSender<Block>) {
     if let Some(buffer) = Arc::into_inner(buffer) {
         let _ = empty.send(buffer);
     }
@@ -377,20 +395,6 @@ fn hash_in_turn(
         }
     }
     Ok(total)
-}
-
-/// Reads until `buffer` is full or the file ends; returns the bytes read.
-pub(crate) fn read_full(file: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match file.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(read) => filled += read,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use std::sync::{Arc, mpsc};
 use md5_many::{Md5Many, Md5State};
 use tokio::sync::oneshot;
 
-use crate::hash::read_full;
+use crate::direct_read::read_full;
 use crate::running::HashProgress;
 
 /// Bytes read per file per round. 64 KiB reads cost few system calls and, 8–16 at a time, stay in

@@ -116,6 +116,7 @@
 pub mod batches;
 pub mod config;
 pub mod context;
+pub mod direct_read;
 pub mod fault;
 pub mod follow;
 pub mod hash;

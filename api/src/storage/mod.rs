@@ -9,6 +9,7 @@
 //! **This module knows nothing about HTTP, multipart or Postgres**: every upload protocol (one
 //! request, or several that each append a part) stores its bytes through it.
 
+pub mod direct;
 pub mod janitor;
 pub mod resumable;
 
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use direct::{DirectMode, WriteBuffer};
 use shared::batch::{BatchError, Batcher};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -156,6 +158,7 @@ impl Storage {
             kept: false,
             written: 0,
             flush_handle: None,
+            direct: DirectMode::Off,
         };
         PartWriter::new(part, self.buffer_grant())
     }
@@ -197,8 +200,9 @@ fn rename_all_and_sync(upload_dir: &Path, moves: &[(PathBuf, PathBuf)]) -> Vec<R
     done
 }
 
-/// What a blocking write gives back: the file to write to next, and the emptied buffer.
-type WriteDone = (std::fs::File, Vec<u8>);
+/// What a blocking write gives back: the file to write to next, the emptied buffer, and whether
+/// the file was left in direct mode.
+type WriteDone = (std::fs::File, WriteBuffer, DirectMode);
 
 /// The files of one upload in progress, and the blocking write in flight; removed unless
 /// [`PartFile::keep`] was called. This covers errors, panics and a client that disconnects
@@ -214,28 +218,30 @@ pub struct PartFile {
     written: u64,
     /// A second handle on the file, for flushes that run beside the writes.
     flush_handle: Option<Arc<std::fs::File>>,
+    /// Whether whole blocks go past the page cache (see [`direct`]).
+    direct: DirectMode,
 }
 
 impl PartFile {
     /// Waits for the previous write, then starts writing `buffer` (creating the file on the
     /// first call) and gives back the previous write's buffer, emptied, to fill next. With
     /// `last`, also waits for this write and flushes the file to disk.
-    pub async fn write(&mut self, buffer: Vec<u8>, last: bool) -> Result<Vec<u8>, StorageError> {
-        let block = buffer.capacity();
+    /// Every write but the last may go past the page cache, when it is a whole aligned block.
+    pub async fn write(&mut self, buffer: WriteBuffer, last: bool) -> Result<WriteBuffer, StorageError> {
         let spare = self.wait().await?;
         let file = self.file.take();
         let partial = self.partial.clone();
+        let (offset, mode) = (self.written, self.direct);
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
-            use std::io::Write as _;
             let mut file = match file {
                 Some(file) => file,
                 None => std::fs::OpenOptions::new().write(true).create_new(true).open(&partial)?,
             };
-            file.write_all(&buffer)?;
+            let mode = direct::write_block(&mut file, &buffer, offset, !last, mode)?;
             if last {
                 file.sync_data()?;
             }
-            Ok((file, buffer))
+            Ok((file, buffer, mode))
         }));
         if last {
             self.wait().await?;
@@ -245,18 +251,19 @@ impl PartFile {
                 spare.clear();
                 spare
             })
-            .unwrap_or_else(|| Vec::with_capacity(block)))
+            .unwrap_or_default())
     }
 
     /// Waits for the write in flight, if any; returns its buffer.
-    async fn wait(&mut self) -> Result<Option<Vec<u8>>, StorageError> {
+    async fn wait(&mut self) -> Result<Option<WriteBuffer>, StorageError> {
         let Some(in_flight) = self.in_flight.as_mut() else { return Ok(None) };
         let result = in_flight.await;
         self.in_flight = None;
-        let (file, buffer) = result
+        let (file, buffer, mode) = result
             .map_err(|err| StorageError::Task("write", Arc::new(err)))?
             .map_err(|err| StorageError::io("cannot write the upload", err))?;
         self.written += buffer.len() as u64;
+        self.direct = mode;
         if self.flush_handle.is_none() {
             self.flush_handle = file.try_clone().ok().map(Arc::new);
         }
@@ -304,7 +311,7 @@ struct BufferGrant {
 /// durable.
 pub struct PartWriter {
     part: PartFile,
-    buffer: Vec<u8>,
+    buffer: WriteBuffer,
     grant: BufferGrant,
     last_write: Instant,
     /// Whether a flush runs beside the writes.
@@ -318,7 +325,7 @@ impl PartWriter {
     fn new(part: PartFile, grant: BufferGrant) -> Self {
         PartWriter {
             part,
-            buffer: Vec::new(),
+            buffer: WriteBuffer::default(),
             grant,
             last_write: Instant::now(),
             flushing: Arc::default(),
@@ -359,9 +366,14 @@ impl PartWriter {
             let take = chunk.len().min(self.grant.block - self.buffer.len());
             if self.buffer.capacity() < self.buffer.len() + take {
                 // A buffer grows (doubling) up to its block as bytes come: a small upload
-                // allocates what it holds, not two blocks.
+                // allocates what it holds, not two blocks. At its block it is made aligned,
+                // so that it can be written past the page cache (see `direct`).
                 let want = (self.buffer.capacity() * 2).max(self.buffer.len() + take).min(self.grant.block);
-                self.buffer.reserve_exact(want - self.buffer.len());
+                if want == self.grant.block {
+                    self.buffer = WriteBuffer::aligned(want, self.buffer.as_slice());
+                } else {
+                    self.buffer.reserve_exact(want);
+                }
             }
             self.buffer.extend_from_slice(&chunk[..take]);
             chunk = &chunk[take..];
@@ -422,7 +434,11 @@ mod tests {
             (0..3 * LARGE_WRITE_BUFFER_BYTES + 5000).map(|n| (n % 251) as u8).collect();
         for chunk in large_bytes.chunks(16 * 1024) {
             large.write(chunk).await.unwrap();
-            assert!(large.buffer.capacity() <= LARGE_WRITE_BUFFER_BYTES, "{}", large.buffer.capacity());
+            assert!(
+                large.buffer.capacity() <= LARGE_WRITE_BUFFER_BYTES + direct::DIRECT_ALIGN,
+                "{}",
+                large.buffer.capacity()
+            );
         }
         let large = large.finish().await.unwrap();
         assert_eq!(std::fs::read(&large.partial).unwrap(), large_bytes);

@@ -132,6 +132,8 @@ impl UploadLock {
                 file.set_len(offset)?;
             }
             file.seek(io::SeekFrom::Start(offset))?;
+            // An append cut off mid-block may have left the shared file in direct mode.
+            super::direct::clear_direct(&file)?;
             Ok(file)
         })
         .await
@@ -145,6 +147,7 @@ impl UploadLock {
             kept: true,
             written: offset,
             flush_handle: None,
+            direct: super::direct::DirectMode::Off,
         };
         Ok(PartWriter::new(part, storage.buffer_grant()))
     }

@@ -343,3 +343,44 @@ async fn a_resumable_upload_terminated_while_followed_ends_cancelled_and_its_fol
     assert!(integration_tests::list_files(&env.upload_dir).is_empty(), "no file left");
     assert_eq!(env.task(&id).await.unwrap().status, shared::TaskStatus::Cancelled);
 }
+
+/// A large upload's whole blocks pass beside the page cache both ways: the api writes them and
+/// the worker reads them directly (`api::storage::direct`, `worker::direct_read`), so a large
+/// upload neither pays for the copy into the cache nor evicts what the host caches for others
+/// (Postgres' pages). After a followed upload, with the file kept, at most its last blocks are
+/// resident. Needs `fincore` (util-linux: `apt-get install util-linux`). On tmpfs every file is
+/// in the page cache, so there only the result is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_uploads_bytes_pass_beside_the_page_cache_and_hash_right() {
+    let env = FaultEnv::start(|config| config.worker.keep_uploads = true).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let bytes = random_bytes(SIZE, 41);
+    let (feed, answer) = raw_upload(&env, SIZE, &[]);
+    send(&feed, &bytes).await;
+    drop(feed);
+    let id = accepted(answer).await;
+    let task = eventually(SETTLE, "the task to be done", || async {
+        task_json(&env, &id).await.filter(|task| task["status"] == "done")
+    })
+    .await
+    .unwrap();
+    assert_eq!(task["md5"], md5_hex(&bytes).as_str());
+
+    let stored = shared::config::upload_path(&env.upload_dir, id.parse().unwrap());
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    if rustix::fs::statfs(&stored).unwrap().f_type as i64 == TMPFS_MAGIC {
+        return;
+    }
+    let output = std::process::Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(&stored)
+        .output()
+        .expect("fincore runs (util-linux)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let resident: u64 = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
+    assert!(
+        resident <= 4 * MIB as u64,
+        "{resident} bytes of the {SIZE}-byte upload are in the page cache: its blocks were not written or read directly\n{}",
+        worker_logs(&env, 1)
+    );
+}
