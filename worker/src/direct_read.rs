@@ -198,6 +198,15 @@ mod tests {
         }
         assert_eq!(seen.len(), bytes.len());
         assert!(seen == bytes, "the bytes read differ from the file's");
+
+        // The whole file from its start: the last direct read meets its unaligned end.
+        (&mut &file).rewind().unwrap();
+        let mut reader = BlockReader::new(&file, u64::MAX, true).unwrap();
+        let mut whole = Vec::new();
+        while reader.fill(&mut block).unwrap() > 0 {
+            whole.extend_from_slice(&block);
+        }
+        assert!(whole == bytes, "{} bytes read of {}", whole.len(), bytes.len());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
