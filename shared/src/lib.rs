@@ -17,6 +17,8 @@ pub mod digest;
 #[cfg(feature = "service")]
 pub mod events;
 #[cfg(feature = "service")]
+pub mod filesystems;
+#[cfg(feature = "service")]
 pub mod follow;
 #[cfg(feature = "service")]
 pub mod job;

@@ -8,8 +8,10 @@
 //! the hash (small direct reads are slower: 64 KiB ones ran at 0.7 GB/s, hence the block size).
 //!
 //! Only aligned reads go directly: an aligned buffer ([`Block`]), at an aligned offset, of an
-//! aligned length. The rest (the bytes past the last whole block of a range, everything on a
-//! filesystem that refuses the flag) is read as before, the flag cleared first.
+//! aligned length, on a local disk filesystem (`shared::filesystems`: a network one caches
+//! nothing another host wrote anyway). The rest (the bytes past the last whole block of a range,
+//! everything on any other filesystem or one that refuses the flag) is read as before, the flag
+//! cleared first.
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
@@ -97,7 +99,10 @@ impl<'a> BlockReader<'a> {
     /// whatever an earlier reader left.
     pub(crate) fn new(file: &'a File, length: u64, direct: bool) -> io::Result<Self> {
         let position = (&mut &*file).stream_position()?;
-        let direct = direct && position.is_multiple_of(DIRECT_ALIGN as u64) && set_direct(file, true).is_ok();
+        let direct = direct
+            && position.is_multiple_of(DIRECT_ALIGN as u64)
+            && shared::filesystems::on_local_disk(file)
+            && set_direct(file, true).is_ok();
         if !direct {
             set_direct(file, false)?;
         }

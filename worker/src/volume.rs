@@ -18,17 +18,6 @@ use std::sync::OnceLock;
 /// one extent to free. (Unlinking a large file frees its extents, which can take milliseconds.)
 const SMALL_FILE_BYTES: u64 = 64 * 1024;
 
-/// Filesystems whose operations run on the calling thread (`statfs(2)`'s `f_type`, from
-/// `linux/magic.h`): ext2/3/4, XFS, Btrfs, tmpfs, overlayfs (a container's own layer), F2FS,
-/// bcachefs and ZFS.
-const LOCAL: [u64; 8] =
-    [0xEF53, 0x5846_5342, 0x9123_683E, 0x0102_1994, 0x794C_7630, 0xF2F5_2010, 0xCA45_1A4E, 0x2FC1_2FC1];
-
-/// Whether a filesystem of type `f_type` is one whose small operations run inline.
-fn is_local(f_type: u64) -> bool {
-    LOCAL.contains(&f_type)
-}
-
 /// The upload volume, probed once.
 pub struct Volume {
     dir: PathBuf,
@@ -52,7 +41,7 @@ impl Volume {
         };
         #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
         let f_type = stats.f_type as u64;
-        let local = is_local(f_type);
+        let local = shared::filesystems::is_local(f_type);
         if self.local.set(local).is_ok() {
             tracing::info!(
                 upload_dir.local = local,
@@ -88,16 +77,6 @@ impl Volume {
 mod tests {
     use super::*;
 
-    #[test]
-    fn local_filesystems_are_known_and_network_ones_are_not() {
-        assert!(is_local(0xEF53), "ext4");
-        assert!(is_local(0x0102_1994), "tmpfs");
-        assert!(is_local(0x5846_5342), "xfs");
-        for network in [0x6969_u64, 0xFF53_4D42, 0xFE53_4D42, 0x6573_5546, 0x0102_1997, 0x00C3_6400] {
-            assert!(!is_local(network), "{network:#x}: NFS, CIFS, SMB2, FUSE, 9p, Ceph");
-        }
-    }
-
     #[tokio::test]
     async fn a_missing_folder_is_probed_again_once_it_exists_and_only_a_small_file_s_operation_runs_inline() {
         let dir = std::env::temp_dir().join(format!("volume-{}", uuid::Uuid::new_v4()));
@@ -106,10 +85,14 @@ mod tests {
         assert!(volume.local.get().is_none(), "and is not remembered");
         std::fs::create_dir(&dir).unwrap();
         let on_disk = rustix::fs::statfs(&dir).unwrap().f_type as u64;
-        assert_eq!(volume.is_local(), is_local(on_disk));
+        assert_eq!(volume.is_local(), shared::filesystems::is_local(on_disk));
         let here = std::thread::current().id();
         let small = volume.on_file(SMALL_FILE_BYTES, move || std::thread::current().id() == here).await;
-        assert_eq!(small, is_local(on_disk), "a small file's operation runs here when the volume is local");
+        assert_eq!(
+            small,
+            shared::filesystems::is_local(on_disk),
+            "a small file's operation runs here when the volume is local"
+        );
         let large = volume.on_file(SMALL_FILE_BYTES + 1, move || std::thread::current().id() == here).await;
         assert!(!large, "a larger file's always runs on a blocking thread");
         std::fs::remove_dir(&dir).unwrap();

@@ -9,9 +9,11 @@
 //! Only a whole block goes past the cache: from a buffer whose memory is aligned
 //! ([`WriteBuffer::aligned`]), at an aligned offset, of an aligned length, and never the last
 //! write (which is flushed as before). Everything else (a small upload, the tail of a large one,
-//! a partial block written because the client is slow) is written as before. The flag is set on
-//! the file for a direct write and cleared for the next buffered one (`fcntl`), and where the
-//! filesystem refuses it the file is written buffered from then on: the bytes on disk, and the
+//! a partial block written because the client is slow) is written as before, and so is every
+//! byte on a filesystem that is not a local disk (`shared::filesystems`: on a network one each
+//! direct write would wait for the server). The flag is set on the file for a direct write and
+//! cleared for the next buffered one (`fcntl`), and where the filesystem refuses it the file is
+//! written buffered from then on: the bytes on disk, and the
 //! `fdatasync` that makes them durable before the row exists, are the same either way.
 
 use std::io::{self, Write as _};
@@ -113,7 +115,10 @@ pub fn write_block(
         && offset.is_multiple_of(DIRECT_ALIGN as u64)
         && buffer.is_aligned();
     let mode = match (aligned, mode) {
-        (true, DirectMode::Off) => set_direct(file, true).unwrap_or(DirectMode::Refused),
+        (true, DirectMode::Off) if shared::filesystems::on_local_disk(&*file) => {
+            set_direct(file, true).unwrap_or(DirectMode::Refused)
+        }
+        (true, DirectMode::Off) => DirectMode::Refused,
         (false, DirectMode::On) => set_direct(file, false)?,
         (_, mode) => mode,
     };
@@ -178,10 +183,12 @@ mod tests {
             modes.push(mode);
             offset += chunk.len() as u64;
         }
-        // The temporary folder's filesystem may refuse direct writes (then every write is
-        // buffered); where it takes them, the whole blocks went directly and the tail did not.
-        if modes[0] != DirectMode::Refused {
+        // On a local disk the whole blocks went directly and the tail did not; elsewhere (a
+        // temporary folder on tmpfs) every write was buffered.
+        if shared::filesystems::on_local_disk(&file) {
             assert_eq!(modes, [DirectMode::On, DirectMode::On, DirectMode::On, DirectMode::Off]);
+        } else {
+            assert_eq!(modes, [DirectMode::Refused; 4]);
         }
         drop(file);
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
