@@ -1,7 +1,7 @@
 //! What kind of filesystem holds the upload volume, from `statfs(2)`'s `f_type` (the numbers of
 //! `linux/magic.h`): where the worker runs a small file's operations inline (`worker::volume`),
 //! and which files are written and read past the page cache (the api's `storage::direct`, the
-//! worker's `direct_read`).
+//! worker's `direct_read`), and the flag that does the latter.
 
 use std::os::fd::AsFd;
 
@@ -29,6 +29,20 @@ pub fn is_local_disk(f_type: u64) -> bool {
 pub fn on_local_disk(file: impl AsFd) -> bool {
     #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between targets")]
     rustix::fs::fstatfs(file).is_ok_and(|stats| is_local_disk(stats.f_type as u64))
+}
+
+/// The alignment of a direct read's or write's memory, file offset and length: every logical
+/// block size Linux devices use (512 or 4096) divides it.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// Sets or clears `O_DIRECT` on `file` (on its open file description, which its clones share).
+pub fn set_direct(file: impl AsFd, direct: bool) -> std::io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    let wanted = if direct { flags | rustix::fs::OFlags::DIRECT } else { flags - rustix::fs::OFlags::DIRECT };
+    if wanted != flags {
+        rustix::fs::fcntl_setfl(&file, wanted)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

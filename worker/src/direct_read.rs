@@ -15,14 +15,9 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
-use std::os::fd::AsFd;
 use std::sync::Mutex;
 
-use rustix::fs::OFlags;
-
-/// The alignment of a direct read's memory, file offset and length (every logical block size
-/// Linux devices use divides it).
-const DIRECT_ALIGN: usize = 4096;
+use shared::filesystems::{self, DIRECT_ALIGN, set_direct};
 
 /// Bytes of one direct read.
 pub(crate) const DIRECT_BLOCK_BYTES: usize = 1024 * 1024;
@@ -101,7 +96,7 @@ impl<'a> BlockReader<'a> {
         let position = (&mut &*file).stream_position()?;
         let direct = direct
             && position.is_multiple_of(DIRECT_ALIGN as u64)
-            && shared::filesystems::on_local_disk(file)
+            && filesystems::on_local_disk(file)
             && set_direct(file, true).is_ok();
         if !direct {
             set_direct(file, false)?;
@@ -163,16 +158,6 @@ pub(crate) fn read_full(file: &mut impl Read, buffer: &mut [u8]) -> io::Result<u
         }
     }
     Ok(filled)
-}
-
-/// Sets or clears `O_DIRECT` on `file`.
-fn set_direct(file: &File, direct: bool) -> io::Result<()> {
-    let flags = rustix::fs::fcntl_getfl(file.as_fd())?;
-    let wanted = if direct { flags | OFlags::DIRECT } else { flags - OFlags::DIRECT };
-    if wanted != flags {
-        rustix::fs::fcntl_setfl(file.as_fd(), wanted)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -17,13 +17,10 @@
 //! `fdatasync` that makes them durable before the row exists, are the same either way.
 
 use std::io::{self, Write as _};
-use std::os::fd::AsFd;
 
-use rustix::fs::OFlags;
+use shared::filesystems;
 
-/// The alignment of a direct write's memory, file offset and length: 4096 covers every logical
-/// block size Linux devices use (512 or 4096).
-pub const DIRECT_ALIGN: usize = 4096;
+pub use filesystems::DIRECT_ALIGN;
 
 /// An upload's write buffer: a `Vec` whose bytes start at an offset into it, so that a buffer
 /// made with [`WriteBuffer::aligned`] has its first byte aligned for a direct write.
@@ -115,7 +112,7 @@ pub fn write_block(
         && offset.is_multiple_of(DIRECT_ALIGN as u64)
         && buffer.is_aligned();
     let mode = match (aligned, mode) {
-        (true, DirectMode::Off) if shared::filesystems::on_local_disk(&*file) => {
+        (true, DirectMode::Off) if filesystems::on_local_disk(&*file) => {
             set_direct(file, true).unwrap_or(DirectMode::Refused)
         }
         (true, DirectMode::Off) => DirectMode::Refused,
@@ -147,14 +144,12 @@ pub fn write_block(
 /// Clears `O_DIRECT` on a file that an earlier writer may have left it set on (a resumable
 /// upload's file is shared by its appends).
 pub fn clear_direct(file: &std::fs::File) -> io::Result<()> {
-    set_direct(file, false).map(drop)
+    filesystems::set_direct(file, false)
 }
 
 /// Sets or clears `O_DIRECT` on `file`; gives the mode it is then in.
 fn set_direct(file: &std::fs::File, direct: bool) -> io::Result<DirectMode> {
-    let flags = rustix::fs::fcntl_getfl(file.as_fd())?;
-    let flags = if direct { flags | OFlags::DIRECT } else { flags - OFlags::DIRECT };
-    rustix::fs::fcntl_setfl(file.as_fd(), flags)?;
+    filesystems::set_direct(file, direct)?;
     Ok(if direct { DirectMode::On } else { DirectMode::Off })
 }
 
@@ -185,7 +180,7 @@ mod tests {
         }
         // On a local disk the whole blocks went directly and the tail did not; elsewhere (a
         // temporary folder on tmpfs) every write was buffered.
-        if shared::filesystems::on_local_disk(&file) {
+        if filesystems::on_local_disk(&file) {
             assert_eq!(modes, [DirectMode::On, DirectMode::On, DirectMode::On, DirectMode::Off]);
         } else {
             assert_eq!(modes, [DirectMode::Refused; 4]);
