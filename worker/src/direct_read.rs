@@ -8,8 +8,8 @@
 //! the hash (small direct reads are slower: 64 KiB ones ran at 0.7 GB/s, hence the block size).
 //!
 //! Only aligned reads go directly: an aligned buffer ([`Block`]), at an aligned offset, of an
-//! aligned length, on a local disk filesystem (`shared::filesystems`: a network one caches
-//! nothing another host wrote anyway). The rest (the bytes past the last whole block of a range,
+//! aligned length, on a local disk filesystem (`shared::filesystems`: on a network one each
+//! direct read would be a round trip to the server). The rest (the bytes past the last whole block of a range,
 //! everything on any other filesystem or one that refuses the flag) is read as before, the flag
 //! cleared first.
 

@@ -21,9 +21,9 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// alone, in the lanes of `crate::lanes`).
 pub(crate) const OVERLAP_ABOVE_BYTES: u64 = 4 * READ_BUFFER_BYTES as u64;
 
-/// Files from this size on are read past the page cache (`crate::direct_read`): the api wrote
-/// all but their last bytes past it. A followed upload's ranges are, from one direct
-/// block on: they were written directly.
+/// Files from this size on are read past the page cache (`crate::direct_read`), as the api
+/// writes their whole blocks where it can; so are a followed upload's ranges from one direct
+/// block on.
 const DIRECT_READ_ABOVE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Buffers in circulation between the reading and the hashing thread: few, so that they stay in
