@@ -1,9 +1,9 @@
 //! Writing an upload's whole blocks past the page cache (`O_DIRECT`).
 //!
 //! A buffered `write` copies every byte into newly allocated page-cache pages, and on a virtual
-//! machine that copy is most of what a large upload costs the api: 0.65–3 s of CPU a GiB on the
-//! 2-core hosts of BENCHMARKS.md, against 0.1 s for the same bytes written directly, which the
-//! device takes from the write buffer itself. The CPU this frees is the hash's: a worker on the
+//! machine that copy is most of what a large upload costs the api: 0.6–1.4 s of CPU a GiB in the
+//! benchmark on the 2-core hosts of BENCHMARKS.md (2.7 s for `dd` after a pause), against 0.1 s
+//! for the same bytes written directly, which the device takes from the write buffer itself. The CPU this frees is the hash's: a worker on the
 //! same host hashes while the upload arrives.
 //!
 //! Only a whole block goes past the cache: from a buffer whose memory is aligned
