@@ -46,10 +46,11 @@ pub enum Followed {
     /// The upload is complete and its row committed: claim it as any job, going on from what
     /// was hashed here (if anything).
     Complete(Option<Following>),
-    /// The upload ended without a task (cut off, terminated, expired) or stalled and this
-    /// worker let it go: the entry is acknowledged; a completion later gets an ordinary job.
+    /// The upload ended without a task (cut off, terminated, expired), or it stalled or this
+    /// worker is stopping and let it go: the entry is acknowledged; a completion later gets an
+    /// ordinary job.
     Gone,
-    /// The worker is stopping: the entry stays pending for another.
+    /// The worker is stopping and the upload has ended: the entry stays pending for another.
     Stopping,
 }
 
@@ -161,7 +162,7 @@ async fn hash_as_announced(
             }
         }
         if ctx.shutdown.is_cancelled() {
-            return Ok(Followed::Stopping);
+            return Ok(hand_back(ctx, meta, hashed).await);
         }
         if registered.progress.is_stopped() {
             // Its task was cancelled (a terminated resumable upload).
@@ -247,7 +248,7 @@ async fn hash_as_announced(
                     other => return Ok(other),
                 }
             }
-            () = ctx.shutdown.cancelled() => return Ok(Followed::Stopping),
+            () = ctx.shutdown.cancelled() => return Ok(hand_back(ctx, meta, hashed).await),
             () = registered.progress.stopped() => {}
         }
     }
@@ -284,6 +285,28 @@ async fn report(
     if caught_up || reported.elapsed() >= crate::progress::PROGRESS_EVERY {
         *reported = Instant::now();
         crate::progress::announce_progress(ctx, task_id, hashed).await;
+    }
+}
+
+/// The worker is stopping: an upload still arriving is let go (`Gone`: its next announcement
+/// offers it to another worker, its completion gets an ordinary job), so that it does not wait
+/// `CLAIM_IDLE_MS` for a takeover of this entry. One that has ended, or when Redis cannot say,
+/// stays pending for another worker (`Stopping`).
+async fn hand_back(ctx: &JobContext, meta: &str, hashed: u64) -> Followed {
+    match RELEASE.key(meta).invoke_async::<i64>(&mut ctx.jobs.connection()).await {
+        Ok(1) => {
+            metrics::counter!("md5_followed_uploads_released_total").increment(1);
+            tracing::info!(
+                upload.hashed_bytes = hashed,
+                "stopping; the upload still arriving is let go for another worker"
+            );
+            Followed::Gone
+        }
+        Ok(_) => Followed::Stopping,
+        Err(err) => {
+            tracing::warn!(error = %err, "stopping; cannot let go of the upload, it waits for a takeover");
+            Followed::Stopping
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Hashing while uploading (`shared::follow`), against real processes: a worker hashes a large
 //! upload's bytes while the client still holds its last part back, and the result, the log line
-//! and the clean-up are those of any task; a cut-off upload, a worker killed with `kill -9` while
-//! following, a resumable upload paused between appends or terminated while followed, and an
+//! and the clean-up are those of any task; a cut-off upload, a worker killed with `kill -9` or
+//! told to stop while following, a resumable upload paused between appends or terminated while followed, and an
 //! expected digest that differs each end as they must.
 
 use std::collections::HashMap;
@@ -189,6 +189,36 @@ async fn a_worker_killed_while_following_is_taken_over_and_the_task_logged_once(
         .await;
     assert!(report.is_clean(), "{report:?}");
     assert!(worker_logs(&env, 2).contains("took over idle jobs"), "the follow job was taken over");
+}
+
+/// A worker told to stop (`SIGTERM`) while it follows an upload lets the upload go at once
+/// rather than leave its entry to a takeover after `CLAIM_IDLE_MS`: with that set to two
+/// minutes, another worker has the task done, logged once, well within them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_while_following_lets_the_upload_go_for_another_at_once() {
+    let env = FaultEnv::start(|config| config.worker.claim_idle_ms = 120_000).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    let bytes = random_bytes(SIZE, 44);
+    let (feed, answer) = raw_upload(&env, SIZE, &[]);
+    send(&feed, &bytes[..SIZE - HELD_BACK]).await;
+    hashed_at_least(&env, 16 * MIB).await;
+    env.signal_worker(0, rustix::process::Signal::TERM);
+    env.wait_worker_exit(0, Duration::from_secs(30)).await.unwrap();
+    env.spawn_worker(&[]).unwrap();
+    send(&feed, &bytes[SIZE - HELD_BACK..]).await;
+    drop(feed);
+    let id = accepted(answer).await;
+    let report = env
+        .check(
+            "stopped while following",
+            &HashMap::from([(id, Expect::Done(md5_hex(&bytes)))]),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert!(report.is_clean(), "{report:?}");
+    let log = worker_logs(&env, 2);
+    assert!(log.contains("the upload still arriving is let go"), "{log}");
+    assert!(!log.contains("took over idle jobs"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
