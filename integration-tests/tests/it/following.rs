@@ -1,8 +1,8 @@
 //! Hashing while uploading (`shared::follow`), against real processes: a worker hashes a large
 //! upload's bytes while the client still holds its last part back, and the result, the log line
 //! and the clean-up are those of any task; a cut-off upload, a worker killed with `kill -9` or
-//! told to stop while following, a resumable upload paused between appends or terminated while followed, and an
-//! expected digest that differs each end as they must.
+//! told to stop while following, a resumable upload paused between appends or terminated while
+//! followed, and an expected digest that differs each end as they must.
 
 use std::collections::HashMap;
 use std::time::Duration;
