@@ -161,9 +161,6 @@ async fn hash_as_announced(
                 tracing::warn!(error = %err, "heartbeat could not touch the stream entry");
             }
         }
-        if ctx.shutdown.is_cancelled() {
-            return Ok(hand_back(ctx, meta, hashed).await);
-        }
         if registered.progress.is_stopped() {
             // Its task was cancelled (a terminated resumable upload).
             return release_or_complete(ctx, meta, None).await;
@@ -180,6 +177,11 @@ async fn hash_as_announced(
             let path = shared::config::upload_path(&ctx.config.storage.upload_dir, task_id);
             let algorithms = algorithms.to_vec();
             return Ok(Followed::Complete(Some(Following { file, path, hasher, hashed, size, algorithms })));
+        }
+        // Only now: an upload whose completion has been read is finished as any job is, within
+        // the worker's grace period, rather than left pending for a takeover.
+        if ctx.shutdown.is_cancelled() {
+            return Ok(hand_back(ctx, meta, hashed).await);
         }
         if hashed < target {
             let want = (target - hashed).min(CHUNK_BYTES);
