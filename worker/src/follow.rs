@@ -250,7 +250,9 @@ async fn hash_as_announced(
                     other => return Ok(other),
                 }
             }
-            () = ctx.shutdown.cancelled() => return Ok(hand_back(ctx, meta, hashed).await),
+            // Both are acted on at the top of the loop (a stop only after a completion already
+            // read has been taken).
+            () = ctx.shutdown.cancelled() => {}
             () = registered.progress.stopped() => {}
         }
     }
