@@ -162,6 +162,14 @@ fn start_worker(app: &mut TestApp, env: &[(String, String)]) {
     app.start_worker_process_with(8, &env).unwrap();
 }
 
+/// Sends `signal` to each of these processes.
+fn signal_all(pids: &[u32], signal: rustix::process::Signal) {
+    for &pid in pids {
+        let pid = rustix::process::Pid::from_raw(pid as i32).expect("a process id is positive");
+        rustix::process::kill_process(pid, signal).expect("signal a worker");
+    }
+}
+
 /// Waits until `endpoints` webhook endpoints are registered.
 async fn endpoints_registered(app: &TestApp, endpoints: i64) {
     use diesel_async::RunQueryDsl as _;
@@ -274,29 +282,35 @@ async fn every_terminal_event_reaches_a_flaky_receiver_that_goes_down_signed_and
         }
     });
 
-    let ids: Vec<String> = futures_util::stream::iter(0..TASKS)
-        .map(|n| {
-            let app = &app;
-            async move {
-                let url = format!("{}/api/v1/hashes", app.base_url);
-                let mut request = app.client.post(&url).body(random_bytes(1000, n as u64));
-                if n < FAILS {
-                    // An expected MD5 that is not the file's: the task ends failed.
-                    request = request.header("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==");
-                }
-                let response =
-                    request.header("content-type", "application/octet-stream").send().await.unwrap();
-                assert_eq!(response.status(), 202);
-                let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-                if (FAILS..FAILS + CANCELS).contains(&n) {
-                    app.client.post(format!("{url}/{id}/cancel")).send().await.unwrap();
-                }
-                id
-            }
-        })
+    let app_ref = &app;
+    let upload = move |n: usize| async move {
+        let url = format!("{}/api/v1/hashes", app_ref.base_url);
+        let mut request = app_ref.client.post(&url).body(random_bytes(1000, n as u64));
+        if n < FAILS {
+            // An expected MD5 that is not the file's: the task ends failed.
+            request = request.header("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==");
+        }
+        let response = request.header("content-type", "application/octet-stream").send().await.unwrap();
+        assert_eq!(response.status(), 202);
+        let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        if (FAILS..FAILS + CANCELS).contains(&n) {
+            app_ref.client.post(format!("{url}/{id}/cancel")).send().await.unwrap();
+        }
+        id
+    };
+    // The tasks to cancel are sent while the workers are paused (`SIGSTOP`): a worker hashes a
+    // 1 KB task in well under a millisecond, and on a fast host every cancel lost that race.
+    let workers = app.worker_pids();
+    signal_all(&workers, rustix::process::Signal::STOP);
+    let mut ids: Vec<String> =
+        futures_util::stream::iter(FAILS..FAILS + CANCELS).map(upload).buffer_unordered(16).collect().await;
+    signal_all(&workers, rustix::process::Signal::CONT);
+    let others: Vec<String> = futures_util::stream::iter((0..FAILS).chain(FAILS + CANCELS..TASKS))
+        .map(upload)
         .buffer_unordered(16)
         .collect()
         .await;
+    ids.extend(others);
 
     // Every task ends; its one event is expected under `msg_<task>_<status>`.
     let mut expected = HashMap::new();
