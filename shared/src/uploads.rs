@@ -147,7 +147,10 @@ pub async fn complete(conn: &mut AsyncPgConnection, task_id: Uuid, size: i64) ->
 
 /// Ends an `uploading` task as `status` (`expired` or `cancelled`) with `error`; `None` if it was
 /// no longer uploading. With `only_if_expired`, only once its upload's time has passed (the
-/// janitor's check, in the same statement as the change).
+/// janitor's check, in the same statement as the change). Run it in a transaction: a terminated
+/// upload's task ends `cancelled` as a cancelled task does, and its webhook event
+/// ([`crate::webhooks::write_events`]) is written with it and must commit with it (an `expired`
+/// one raises none).
 pub async fn end(
     conn: &mut AsyncPgConnection,
     task_id: Uuid,
@@ -173,7 +176,9 @@ pub async fn end(
     } else {
         diesel::update(target).set(changes).returning(Task::as_returning()).get_result(conn).await
     };
-    query.optional()
+    let ended = query.optional()?;
+    crate::webhooks::write_events(conn, ended.as_slice()).await?;
+    Ok(ended)
 }
 
 /// Deletes the upload row of a task that ended (its file is gone).

@@ -459,7 +459,8 @@ async fn end(
     only_if_expired: bool,
 ) -> Result<bool, UploadError> {
     let task_id = lock.task_id();
-    state.db.run(async |conn| uploads::end(conn, task_id, status, error, only_if_expired).await).await?;
+    // A transaction: a terminated upload's webhook event commits with its end.
+    state.db.write(async |conn| uploads::end(conn, task_id, status, error, only_if_expired).await).await?;
     // Whoever ended it (this call, or an earlier one that died before cleaning up), the file and
     // the row go once the task is no longer uploading.
     let task = state.db.run(async |conn| shared::queries::find_task(conn, task_id).await).await?;

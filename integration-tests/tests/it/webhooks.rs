@@ -453,7 +453,7 @@ async fn a_receiver_that_never_answers_holds_one_delivery_for_15_seconds_and_no_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivered_events_data_is_the_tasks_get_answer_field_for_field_for_done_failed_and_cancelled() {
+async fn a_delivered_events_data_is_the_tasks_get_answer_for_done_failed_cancelled_and_terminated() {
     use diesel_async::RunQueryDsl as _;
     let (receiver, addr, serving) = Receiver::start(Mode::RetryAfterOnce);
     let url = format!("http://{addr}/hook");
@@ -485,11 +485,24 @@ async fn a_delivered_events_data_is_the_tasks_get_answer_field_for_field_for_don
     let cancelled = post(random_bytes(300, 1), None, "").await;
     let answer = app.client.post(format!("{hashes}/{cancelled}/cancel")).send().await.unwrap();
     assert_eq!(answer.status(), 200);
+    // A resumable upload terminated by its client ends `cancelled` too, and says so.
+    let uploads = format!("{}/api/v1/uploads", app.base_url);
+    let tus = crate::resumable::TUS;
+    let created =
+        app.client.post(&uploads).header(tus.0, tus.1).header("Upload-Length", 1000).send().await.unwrap();
+    assert_eq!(created.status(), 201);
+    let upload_url = format!("{}{}", app.base_url, created.headers()["location"].to_str().unwrap());
+    let appended = crate::resumable::patch(&app.client, &upload_url, 0, &random_bytes(500, 4), None).await;
+    assert_eq!(appended.status(), 204);
+    assert_eq!(app.client.delete(&upload_url).header(tus.0, tus.1).send().await.unwrap().status(), 204);
+    let terminated = upload_url.rsplit('/').next().unwrap().to_owned();
     let done = post(random_bytes(300, 2), None, "?digests=sha-256,crc32c").await;
     let failed = post(random_bytes(300, 3), Some(("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==")), "").await;
     start_worker(&mut app, &webhook_env(&url, 5));
 
-    for (id, status) in [(&done, "done"), (&failed, "failed"), (&cancelled, "cancelled")] {
+    for (id, status) in
+        [(&done, "done"), (&failed, "failed"), (&cancelled, "cancelled"), (&terminated, "cancelled")]
+    {
         let answer = eventually(Duration::from_secs(30), "the task to end", || async {
             let answer = app.task(id, 5).await;
             (answer["status"] == status).then_some(answer)
