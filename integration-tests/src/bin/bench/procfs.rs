@@ -11,6 +11,13 @@ pub(crate) struct Cpu {
     pub(crate) redis: u64,
     /// This benchmark process: the load generator.
     pub(crate) load: u64,
+    /// The kernel's own threads (children of `kthreadd`: the filesystem journal, writeback,
+    /// block-layer and `ksoftirqd` workers), those alive at both readings.
+    pub(crate) kernel: u64,
+    /// Interrupt handling (`irq` + `softirq` of `/proc/stat`: loopback TCP and I/O completions).
+    /// Not a part of its own: with tick-based accounting (no `CONFIG_IRQ_TIME_ACCOUNTING`) a tick
+    /// spent on an interrupt is also counted to the thread it interrupted.
+    pub(crate) interrupts: u64,
     /// Every core's busy time (all but idle and iowait), whatever ran.
     pub(crate) machine: u64,
 }
@@ -20,12 +27,14 @@ impl Cpu {
     pub(crate) fn per_job_since(&self, before: &Cpu, jobs: usize) -> (String, f64) {
         let ms = |after: u64, before: u64| (after.saturating_sub(before)) as f64 * 10.0 / jobs as f64;
         let parts = format!(
-            "api {:.2} + workers {:.2} + Postgres {:.2} + Redis {:.2} + load generator {:.2} ms",
+            "api {:.2} + workers {:.2} + Postgres {:.2} + Redis {:.2} + load generator {:.2} + kernel threads {:.2} ms (interrupt handling {:.2} ms of these)",
             ms(self.api, before.api),
             ms(self.workers, before.workers),
             ms(self.postgres, before.postgres),
             ms(self.redis, before.redis),
             ms(self.load, before.load),
+            ms(self.kernel, before.kernel),
+            ms(self.interrupts, before.interrupts),
         );
         (parts, ms(self.machine, before.machine))
     }
@@ -61,8 +70,9 @@ pub(crate) fn children(parent: u32) -> Vec<u32> {
     integration_tests::private_services::children_of(parent)
 }
 
-/// Busy ticks of every core since boot, from `/proc/stat`.
-pub(crate) fn machine_busy_ticks() -> u64 {
+/// (busy, interrupt) ticks of every core since boot, from `/proc/stat`: busy is all but idle
+/// and iowait; interrupts are `irq` + `softirq`, a part of busy.
+pub(crate) fn machine_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<u64> = stat
         .lines()
@@ -72,9 +82,21 @@ pub(crate) fn machine_busy_ticks() -> u64 {
         .skip(1)
         .map(|f| f.parse().unwrap_or(0))
         .collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
     let total: u64 = fields.iter().take(8).sum();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    total - idle
+    (total - field(3) - field(4), field(5) + field(6))
+}
+
+/// CPU ticks of the kernel's own threads (`kthreadd`, pid 2, and its children) alive now.
+pub(crate) fn kernel_thread_ticks() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(integration_tests::procfs::ProcessStat::of)
+        .filter(|stat| stat.parent == 2)
+        .map(|stat| stat.own_ticks)
+        .sum()
 }
 
 /// Peak resident memory (VmHWM) of a process, in bytes.

@@ -14,7 +14,9 @@ use integration_tests::{eventually, post_file};
 use serde_json::Value;
 use shared::{Task, TaskStatus};
 
-use crate::procfs::{Cpu, Switches, children, machine_busy_ticks, process_ticks, switches_of};
+use crate::procfs::{
+    Cpu, Switches, children, kernel_thread_ticks, machine_ticks, process_ticks, switches_of,
+};
 
 /// A running service and a client for it.
 pub(crate) struct Service {
@@ -250,13 +252,16 @@ impl Service {
             let (own, waited) = process_ticks(postmaster);
             own + waited + children(postmaster).into_iter().map(|pid| process_ticks(pid).0).sum::<u64>()
         });
+        let (machine, interrupts) = machine_ticks();
         Cpu {
             api: self.api.as_ref().map_or(0, |api| process_ticks(api.id()).0),
             workers: self.workers.iter().map(|worker| process_ticks(worker.id()).0).sum(),
             postgres,
             redis: self.redis.pid().map_or(0, |pid| process_ticks(pid).0),
             load: process_ticks(std::process::id()).0,
-            machine: machine_busy_ticks(),
+            kernel: kernel_thread_ticks(),
+            interrupts,
+            machine,
         }
     }
 

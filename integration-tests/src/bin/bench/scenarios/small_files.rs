@@ -156,7 +156,7 @@ pub(crate) async fn small_files(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>)
     rows.push(Row {
         scenario: "2. CPU per job (user + system)".into(),
         figure: format!(
-            "api + workers + Postgres + Redis {service_ms:.2} ms (machine {machine:.2} ms: also the load generator and the kernel's own threads)"
+            "api + workers + Postgres + Redis {service_ms:.2} ms (machine {machine:.2} ms: also the load generator and the kernel's threads)"
         ),
         baseline: parts,
         ratio: "—".into(),
