@@ -12,7 +12,8 @@ pub(crate) struct Cpu {
     /// This benchmark process: the load generator.
     pub(crate) load: u64,
     /// The kernel's own threads (children of `kthreadd`: the filesystem journal, writeback,
-    /// block-layer and `ksoftirqd` workers), those alive at both readings.
+    /// block-layer and `ksoftirqd` workers), summed over those alive when read (one that exits
+    /// between two readings takes its time with it, so this is a lower bound).
     pub(crate) kernel: u64,
     /// Interrupt handling (`irq` + `softirq` of `/proc/stat`: loopback TCP and I/O completions).
     /// Not a part of its own: with tick-based accounting (no `CONFIG_IRQ_TIME_ACCOUNTING`) a tick
