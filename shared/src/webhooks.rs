@@ -1,8 +1,8 @@
 //! The webhook outbox (`md5_webhook_deliveries`): what an ended task's event is ([`EventType`],
 //! [`Event`]), written by [`write_events`] in the transaction that ends the task (the worker's
 //! result, the api's cancel, a resumable upload terminated), and the queries of its delivery by
-//! the workers (`worker/src/webhooks/`). Every change is conditional on the row still being due or claimed,
-//! so two workers never both record an outcome for one attempt.
+//! the workers (`worker/src/webhooks/`). Every change is conditional on the row still being due
+//! or claimed, so two workers never both record an outcome for one attempt.
 
 use std::time::Duration;
 

@@ -22,7 +22,7 @@ async fn compat_task(app: &TestApp, id: &str) -> Value {
 }
 
 /// Creates a tus upload of `length` bytes named `name`; its absolute URL.
-async fn create(client: &Client, base: &str, length: u64, name: &str) -> String {
+pub(crate) async fn create(client: &Client, base: &str, length: u64, name: &str) -> String {
     let metadata = format!("filename {}", base64::engine::general_purpose::STANDARD.encode(name));
     let response = client
         .post(format!("{base}/api/v1/uploads"))
@@ -73,7 +73,7 @@ fn sha1_header(bytes: &[u8]) -> String {
     format!("sha1 {}", base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(bytes)))
 }
 
-fn task_id(url: &str) -> &str {
+pub(crate) fn task_id(url: &str) -> &str {
     url.rsplit('/').next().unwrap()
 }
 

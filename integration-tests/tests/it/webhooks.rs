@@ -486,16 +486,12 @@ async fn a_delivered_events_data_is_the_tasks_get_answer_for_done_failed_cancell
     let answer = app.client.post(format!("{hashes}/{cancelled}/cancel")).send().await.unwrap();
     assert_eq!(answer.status(), 200);
     // A resumable upload terminated by its client ends `cancelled` too, and says so.
-    let uploads = format!("{}/api/v1/uploads", app.base_url);
-    let tus = crate::resumable::TUS;
-    let created =
-        app.client.post(&uploads).header(tus.0, tus.1).header("Upload-Length", 1000).send().await.unwrap();
-    assert_eq!(created.status(), 201);
-    let upload_url = format!("{}{}", app.base_url, created.headers()["location"].to_str().unwrap());
+    let upload_url = crate::resumable::create(&app.client, &app.base_url, 1000, "terminated.bin").await;
     let appended = crate::resumable::patch(&app.client, &upload_url, 0, &random_bytes(500, 4), None).await;
     assert_eq!(appended.status(), 204);
+    let tus = crate::resumable::TUS;
     assert_eq!(app.client.delete(&upload_url).header(tus.0, tus.1).send().await.unwrap().status(), 204);
-    let terminated = upload_url.rsplit('/').next().unwrap().to_owned();
+    let terminated = crate::resumable::task_id(&upload_url).to_owned();
     let done = post(random_bytes(300, 2), None, "?digests=sha-256,crc32c").await;
     let failed = post(random_bytes(300, 3), Some(("content-md5", "AAAAAAAAAAAAAAAAAAAAAA==")), "").await;
     start_worker(&mut app, &webhook_env(&url, 5));
