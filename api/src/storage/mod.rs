@@ -30,10 +30,17 @@ pub const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// Size of each of the two write buffers of an upload that got a share of the budget: 16× fewer
 /// hand-offs to a blocking thread than [`WRITE_BUFFER_BYTES`] (one per MiB instead of per 64 KiB).
 pub const LARGE_WRITE_BUFFER_BYTES: usize = 1024 * 1024;
-/// Memory the uploads in flight may hold in large buffers together: the first four uploads at
-/// once write in 1 MiB blocks, the others in 64 KiB ones, so 64 uploads hold at most
-/// 8 MiB + 60 × 128 KiB = 15.5 MiB of buffers. (16 MiB, eight uploads, took the api to 64.5 MiB
-/// under the benchmark's attacks with 64 uploads in flight.)
+/// Size of each of the two write buffers of an upload that finds the whole budget free, no other
+/// upload holding large buffers: a direct write of 2 MiB keeps the device busier than one of
+/// 1 MiB, and a single upload has no other upload's writes beside its own to do that (`dd` of
+/// 1 GiB with direct writes on the benchmark's host: 0.55 s in 2 MiB blocks, 0.75 s in 1 MiB
+/// ones; beside a direct reader 0.74–0.78 s against 1.09–1.12; BENCHMARKS.md, step 17).
+pub const SOLE_WRITE_BUFFER_BYTES: usize = 2 * LARGE_WRITE_BUFFER_BYTES;
+/// Memory the uploads in flight may hold in large buffers together: an upload alone writes in
+/// 2 MiB blocks (half the budget), the next ones in 1 MiB blocks while the budget lasts, the
+/// others in 64 KiB ones, so 64 uploads hold at most 8 MiB + 61 × 128 KiB = 15.6 MiB of
+/// buffers. (16 MiB took the api to 64.5 MiB under the benchmark's attacks with 64 uploads in
+/// flight.)
 pub const LARGE_BUFFER_BUDGET_BYTES: usize = 8 * 1024 * 1024;
 /// A live upload writes to its partial file at least this often (when bytes arrive at all), so
 /// the age of a partial file tells whether its upload is still alive (see [`janitor`]).
@@ -86,7 +93,8 @@ impl StorageError {
 pub struct Storage {
     dir: PathBuf,
     min_free_bytes: u64,
-    /// Permits of [`LARGE_WRITE_BUFFER_BYTES`], two per upload that writes in large blocks.
+    /// Permits of [`LARGE_WRITE_BUFFER_BYTES`]: two per upload that writes in 1 MiB blocks, four
+    /// for one in 2 MiB blocks.
     large_buffers: Arc<Semaphore>,
     /// Resumable uploads locked by this process (see [`resumable`]).
     locked: resumable::Locked,
@@ -163,8 +171,17 @@ impl Storage {
         PartWriter::new(part, self.buffer_grant())
     }
 
-    /// Large write buffers if the budget has room for two more, else small ones.
+    /// Write buffers from the budget: two of [`SOLE_WRITE_BUFFER_BYTES`] when no other upload
+    /// holds any, else two of [`LARGE_WRITE_BUFFER_BYTES`] if it has room for them, else small
+    /// ones.
     fn buffer_grant(&self) -> BufferGrant {
+        const PERMITS: usize = LARGE_BUFFER_BUDGET_BYTES / LARGE_WRITE_BUFFER_BYTES;
+        let sole = 2 * (SOLE_WRITE_BUFFER_BYTES / LARGE_WRITE_BUFFER_BYTES);
+        if self.large_buffers.available_permits() == PERMITS
+            && let Ok(permit) = self.large_buffers.clone().try_acquire_many_owned(sole as u32)
+        {
+            return BufferGrant { block: SOLE_WRITE_BUFFER_BYTES, _permit: Some(permit) };
+        }
         match self.large_buffers.clone().try_acquire_many_owned(2) {
             Ok(permit) => BufferGrant { block: LARGE_WRITE_BUFFER_BYTES, _permit: Some(permit) },
             Err(_) => BufferGrant { block: WRITE_BUFFER_BYTES, _permit: None },
@@ -412,7 +429,8 @@ mod tests {
     use super::*;
 
     /// A 1 KiB upload holds about 1 KiB of buffer, not two blocks; a large one grows its buffer
-    /// to one block and no further; the bytes reach the file either way.
+    /// to one block and no further, a 2 MiB one when it is alone on the budget, 1 MiB or 64 KiB
+    /// beside others; the bytes reach the file either way.
     #[tokio::test]
     async fn write_buffers_grow_with_the_bytes_up_to_their_block() {
         let dir = std::env::temp_dir().join(format!("md5-api-buffers-{}", Uuid::new_v4()));
@@ -429,17 +447,21 @@ mod tests {
         assert_eq!(std::fs::read(&small.partial).unwrap(), small_bytes);
 
         let mut large = storage.create(Uuid::new_v4());
-        assert_eq!(large.grant.block, LARGE_WRITE_BUFFER_BYTES, "a fresh budget has room");
-        let large_bytes: Vec<u8> =
-            (0..3 * LARGE_WRITE_BUFFER_BYTES + 5000).map(|n| (n % 251) as u8).collect();
+        assert_eq!(large.grant.block, SOLE_WRITE_BUFFER_BYTES, "alone on a fresh budget");
+        let large_bytes: Vec<u8> = (0..3 * SOLE_WRITE_BUFFER_BYTES + 5000).map(|n| (n % 251) as u8).collect();
         for chunk in large_bytes.chunks(16 * 1024) {
             large.write(chunk).await.unwrap();
             assert!(
-                large.buffer.capacity() <= LARGE_WRITE_BUFFER_BYTES + direct::DIRECT_ALIGN,
+                large.buffer.capacity() <= SOLE_WRITE_BUFFER_BYTES + direct::DIRECT_ALIGN,
                 "{}",
                 large.buffer.capacity()
             );
         }
+        // Beside it, the budget's other half goes in 1 MiB blocks, then the rest is small.
+        let beside: Vec<PartWriter> = (0..3).map(|_| storage.create(Uuid::new_v4())).collect();
+        let blocks: Vec<usize> = beside.iter().map(|writer| writer.grant.block).collect();
+        assert_eq!(blocks, [LARGE_WRITE_BUFFER_BYTES, LARGE_WRITE_BUFFER_BYTES, WRITE_BUFFER_BYTES]);
+        drop(beside);
         let large = large.finish().await.unwrap();
         assert_eq!(std::fs::read(&large.partial).unwrap(), large_bytes);
 
