@@ -15,7 +15,8 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use shared::filesystems::{self, DIRECT_ALIGN, set_direct};
 
@@ -86,6 +87,66 @@ pub(crate) struct BlockReader<'a> {
     left: u64,
     position: u64,
     direct: bool,
+    /// Where reading must stop for now, when the file is still being written.
+    frontier: Option<Until<'a>>,
+}
+
+/// How far into a file still being written its bytes may be read: those announced as written
+/// and flushed. It only grows; a reader that reaches it waits a little for it to grow again,
+/// unless the upload has ended.
+#[derive(Default)]
+pub(crate) struct Frontier {
+    /// The bytes announced, and whether the upload has ended (none will follow).
+    bytes: Mutex<(u64, bool)>,
+    grew: Condvar,
+}
+
+impl Frontier {
+    /// Moves it to `bytes` if that is further, waking a reader waiting for it.
+    pub(crate) fn advance(&self, bytes: u64) {
+        let mut frontier = self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if bytes > frontier.0 {
+            frontier.0 = bytes;
+            self.grew.notify_all();
+        }
+    }
+
+    /// The upload has ended (at `bytes`, if it completed): a reader that reaches the frontier
+    /// no longer waits there.
+    pub(crate) fn end(&self, bytes: Option<u64>) {
+        let mut frontier = self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        frontier.0 = frontier.0.max(bytes.unwrap_or(0));
+        frontier.1 = true;
+        self.grew.notify_all();
+    }
+
+    /// Where it is now.
+    pub(crate) fn get(&self) -> u64 {
+        self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).0
+    }
+
+    /// Waits until it is past `position`, the upload ends or `deadline` passes; gives where it
+    /// is then.
+    fn wait_past(&self, position: u64, deadline: Instant) -> u64 {
+        let frontier = self.bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let linger = deadline.saturating_duration_since(Instant::now());
+        let (frontier, _) = self
+            .grew
+            .wait_timeout_while(frontier, linger, |(bytes, ended)| *bytes <= position && !*ended)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        frontier.0
+    }
+}
+
+/// A [`Frontier`] that a [`BlockReader`] stops at, and how long it waits there for more.
+#[derive(Clone, Copy)]
+pub(crate) struct Until<'a> {
+    /// The frontier.
+    pub frontier: &'a Frontier,
+    /// How long a reader that has reached it waits for it to move before its range ends.
+    pub linger: Duration,
+    /// When the range ends in any case, so that its caller looks up (a heartbeat, a stop).
+    pub deadline: Instant,
 }
 
 impl<'a> BlockReader<'a> {
@@ -101,7 +162,15 @@ impl<'a> BlockReader<'a> {
         if !direct {
             set_direct(file, false)?;
         }
-        Ok(BlockReader { file, left: length, position, direct })
+        Ok(BlockReader { file, left: length, position, direct, frontier: None })
+    }
+
+    /// The same reader, stopping at `until`'s frontier (as well as after `length` bytes): a
+    /// range that goes on as long as announcements keep coming, ending when none came for
+    /// `until.linger` or at `until.deadline`.
+    pub(crate) fn until(mut self, until: Until<'a>) -> Self {
+        self.frontier = Some(until);
+        self
     }
 
     /// Whether it reads directly (and so wants blocks of [`DIRECT_BLOCK_BYTES`]).
@@ -113,7 +182,23 @@ impl<'a> BlockReader<'a> {
     /// read, 0 at the end.
     pub(crate) fn fill(&mut self, block: &mut Block) -> io::Result<usize> {
         block.len = 0;
-        let want = usize::try_from(self.left).unwrap_or(usize::MAX).min(block.size);
+        let mut want = usize::try_from(self.left).unwrap_or(usize::MAX).min(block.size);
+        if let Some(until) = self.frontier
+            && want > 0
+        {
+            let now = Instant::now();
+            if now >= until.deadline {
+                return Ok(0);
+            }
+            let mut frontier = until.frontier.get();
+            if frontier <= self.position {
+                frontier = until.frontier.wait_past(self.position, (now + until.linger).min(until.deadline));
+            }
+            let ready = usize::try_from(frontier.saturating_sub(self.position)).unwrap_or(usize::MAX);
+            // A direct reader takes whole aligned lengths while it can, so that it stays direct.
+            let aligned = ready - ready % DIRECT_ALIGN;
+            want = want.min(if self.direct && aligned > 0 { aligned } else { ready });
+        }
         if want == 0 {
             return Ok(0);
         }
@@ -197,6 +282,58 @@ mod tests {
             whole.extend_from_slice(&block);
         }
         assert!(whole == bytes, "{} bytes read of {}", whole.len(), bytes.len());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A reader held at a frontier reads only the bytes before it, goes on as it moves, ends
+    /// when it stays put for the linger, and stops waiting at once when the upload ends.
+    #[test]
+    fn a_reader_at_a_frontier_reads_only_announced_bytes_and_follows_them() {
+        let dir = std::env::temp_dir().join(format!("md5-worker-frontier-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("file");
+        let bytes: Vec<u8> = (0..4 * DIRECT_BLOCK_BYTES + 777).map(|n| (n % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let frontier = Frontier::default();
+        frontier.advance(DIRECT_BLOCK_BYTES as u64 + 4096);
+        let until = |linger| Until {
+            frontier: &frontier,
+            linger,
+            deadline: Instant::now() + Duration::from_secs(30),
+        };
+        let mut block = Block::new(DIRECT_BLOCK_BYTES);
+        let mut seen = Vec::new();
+
+        // Up to the frontier, then the linger passes with nothing new: the range ends there.
+        let started = Instant::now();
+        let mut reader =
+            BlockReader::new(&file, u64::MAX, true).unwrap().until(until(Duration::from_millis(50)));
+        while reader.fill(&mut block).unwrap() > 0 {
+            seen.extend_from_slice(&block);
+        }
+        assert_eq!(seen.len(), DIRECT_BLOCK_BYTES + 4096);
+        assert!(started.elapsed() >= Duration::from_millis(50), "it waited for the frontier");
+
+        // The frontier moves while a reader waits at it: the same range goes on.
+        std::thread::scope(|scope| {
+            let mut reader =
+                BlockReader::new(&file, u64::MAX, true).unwrap().until(until(Duration::from_secs(20)));
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                frontier.advance(3 * DIRECT_BLOCK_BYTES as u64);
+                std::thread::sleep(Duration::from_millis(100));
+                // The upload completes: the last bytes are readable, and nobody waits after them.
+                frontier.end(Some(bytes.len() as u64));
+            });
+            let started = Instant::now();
+            while reader.fill(&mut block).unwrap() > 0 {
+                seen.extend_from_slice(&block);
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "the end stopped the wait");
+        });
+        assert_eq!(seen.len(), bytes.len());
+        assert!(seen == bytes, "the bytes read differ from the file's");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,12 +3,13 @@
 //! completes only its last part is left, so the result comes at the last byte. It then goes on
 //! as any job (`crate::job`): claim, result, log line, acknowledgement.
 //!
-//! Only announced bytes are read, from the partial file `.<id>.part` (a one-shot upload) or the
+//! Only announced bytes are read (the announcements move a `Frontier` that the reads stop at,
+//! and a range of reads goes on as it moves, ahead of the hash), from the partial file `.<id>.part` (a one-shot upload) or the
 //! upload's own file (a resumable one, or after the one-shot file's rename): a descriptor stays
 //! valid across the rename. A read that finds fewer bytes than announced (a network filesystem
 //! whose client cached the file's old length) reopens the file, which revalidates it.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::streams::StreamReadReply;
@@ -19,13 +20,23 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::context::JobContext;
+use crate::direct_read::{Frontier, Until};
 use crate::hash::MultiHasher;
 use crate::running::HashProgress;
 
 static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(follow::RELEASE_SCRIPT));
 
-/// Most bytes hashed between two looks at the announcements and the heartbeat.
-const CHUNK_BYTES: u64 = 32 * 1024 * 1024;
+/// Most bytes hashed in one range, between two looks at the heartbeat, a stop and the progress
+/// report; a range also ends after [`RANGE_FOR`].
+const CHUNK_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Longest time one range runs.
+const RANGE_FOR: Duration = Duration::from_millis(500);
+
+/// How long a range that has hashed every announced byte waits for the next announcement before
+/// it ends: announcements come every `ANNOUNCE_EVERY_BYTES` (8 MiB, about 10 ms at the speed
+/// of the device), and a range that goes on keeps its reads ahead of the hash.
+const RANGE_LINGER: Duration = Duration::from_millis(50);
 
 /// How long one blocking read of the announcements waits.
 const READ_BLOCK: Duration = Duration::from_secs(1);
@@ -130,9 +141,14 @@ pub async fn follow(ctx: &JobContext, entry_id: &str, task_id: Uuid) -> anyhow::
     };
     let algorithms = follow::parse_algorithms(algorithms.as_deref().unwrap_or(""));
     let (news, mut latest) = watch::channel(Latest::default());
-    let reader =
-        tokio::spawn(read_announcements(ctx.jobs.clone(), follow::bytes_key(&stream, task_id), news));
-    let followed = hash_as_announced(ctx, entry_id, task_id, &meta, &algorithms, &mut latest).await;
+    let frontier = Arc::new(Frontier::default());
+    let reader = tokio::spawn(read_announcements(
+        ctx.jobs.clone(),
+        follow::bytes_key(&stream, task_id),
+        news,
+        frontier.clone(),
+    ));
+    let followed = hash_as_announced(ctx, entry_id, task_id, &meta, &algorithms, &mut latest, frontier).await;
     reader.abort();
     followed
 }
@@ -144,6 +160,7 @@ async fn hash_as_announced(
     meta: &str,
     algorithms: &[Algorithm],
     latest: &mut watch::Receiver<Latest>,
+    frontier: Arc<Frontier>,
 ) -> anyhow::Result<Followed> {
     let registered = ctx.running.register(task_id);
     let mut hasher = Some(MultiHasher::with(algorithms));
@@ -184,7 +201,7 @@ async fn hash_as_announced(
             return Ok(hand_back(ctx, meta, hashed).await);
         }
         if hashed < target {
-            let want = (target - hashed).min(CHUNK_BYTES);
+            let want = CHUNK_BYTES;
             let opened = match file.take() {
                 Some(open) => Ok(open),
                 None => open_upload(ctx, task_id, hashed).await,
@@ -193,9 +210,15 @@ async fn hash_as_announced(
                 Ok(open) => {
                     let mut state = hasher.take().expect("the hasher is back after every chunk");
                     let _turn = ctx.hashing.acquire().await;
+                    let (frontier, progress) = (frontier.clone(), registered.progress.clone());
                     let (open, state, read) = tokio::task::spawn_blocking(move || {
-                        let progress = HashProgress::default();
-                        let read = crate::hash::hash_range(&open, want, &mut state, 0, &progress);
+                        let until = Until {
+                            frontier: &frontier,
+                            linger: RANGE_LINGER,
+                            deadline: std::time::Instant::now() + RANGE_FOR,
+                        };
+                        let read =
+                            crate::hash::hash_announced(&open, want, &mut state, hashed, &progress, until);
                         (open, state, read)
                     })
                     .await?;
@@ -205,15 +228,21 @@ async fn hash_as_announced(
                 }
                 Err(err) => Err(err),
             };
+            if read.is_err() && registered.progress.is_stopped() {
+                // Its task was cancelled while the range was being hashed: acted on above.
+                continue;
+            }
             match read {
                 Ok(read) if read > 0 => {
                     hashed += read;
                     registered.progress.set(hashed);
-                    let caught_up = hashed >= target;
+                    let announced = frontier.get();
+                    let caught_up = hashed >= announced;
                     report(ctx, meta, task_id, hashed, caught_up, &mut reported).await;
                     unreadable_since = None;
-                    if read < want {
-                        // Fewer bytes than announced: reopen to see the file's new length.
+                    if read < want && hashed < announced {
+                        // Fewer bytes than announced (or announced as the range ended): reopen
+                        // to see the file's new length.
                         file = None;
                     }
                     continue;
@@ -357,7 +386,12 @@ async fn open_upload(ctx: &JobContext, task_id: Uuid, offset: u64) -> std::io::R
 
 /// Reads the announcements into `news` until nobody watches: one blocking read at a time on a
 /// connection of its own, reconnecting after an error.
-async fn read_announcements(jobs: crate::stream::JobsHandle, key: String, news: watch::Sender<Latest>) {
+async fn read_announcements(
+    jobs: crate::stream::JobsHandle,
+    key: String,
+    news: watch::Sender<Latest>,
+    frontier: Arc<Frontier>,
+) {
     let mut last_id = "0".to_owned();
     let mut connection = None;
     loop {
@@ -402,6 +436,11 @@ async fn read_announcements(jobs: crate::stream::JobsHandle, key: String, news: 
                     else {
                         continue;
                     };
+                    match announced {
+                        Announcement::Bytes(bytes) => frontier.advance(bytes),
+                        Announcement::Complete(size) => frontier.end(Some(size)),
+                        Announcement::Aborted => frontier.end(None),
+                    }
                     news.send_modify(|latest| match announced {
                         Announcement::Bytes(bytes) => latest.bytes = latest.bytes.max(bytes),
                         end => {

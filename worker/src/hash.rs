@@ -9,7 +9,7 @@ use std::sync::{Arc, mpsc};
 use md5_many::Md5State;
 use shared::{Algorithm, Digests, Md5Hex};
 
-use crate::direct_read::{Block, BlockReader, DIRECT_BLOCK_BYTES, read_full};
+use crate::direct_read::{Block, BlockReader, DIRECT_BLOCK_BYTES, Until, read_full};
 use crate::running::HashProgress;
 
 /// Read size. Measured on the 2-core machine (1 GiB in page cache, md-5 0.10 asm): 64 KiB reads
@@ -214,7 +214,16 @@ fn digest_file_on(
     let total = if size <= OVERLAP_ABOVE_BYTES {
         hash_in_turn(&mut file, size, &mut hasher, progress)?
     } else {
-        hash_overlapped(&file, u64::MAX, size >= DIRECT_READ_ABOVE_BYTES, &mut hasher, threads, 0, progress)?
+        hash_overlapped(
+            &file,
+            u64::MAX,
+            size >= DIRECT_READ_ABOVE_BYTES,
+            &mut hasher,
+            threads,
+            0,
+            progress,
+            None,
+        )?
     };
     Ok((hasher.finish(), total))
 }
@@ -237,7 +246,24 @@ pub fn hash_range(
         side_threads(),
         start,
         progress,
+        None,
     )
+}
+
+/// [`hash_range`] over the bytes of a file still being written (counting into `progress` from
+/// `start`, and ending within a block of its stop): at most `most` bytes, none past
+/// `until`'s frontier, and the range goes on as the frontier moves (one reader for as long as
+/// announcements keep coming, its reads ahead of the hash) until it stops moving for
+/// `until.linger` or `until.deadline` passes. Returns the bytes read.
+pub(crate) fn hash_announced(
+    file: &File,
+    most: u64,
+    hasher: &mut MultiHasher,
+    start: u64,
+    progress: &HashProgress,
+    until: Until<'_>,
+) -> io::Result<u64> {
+    hash_overlapped(file, most, true, hasher, side_threads(), start, progress, Some(until))
 }
 
 /// Threads for the other algorithms: the CPUs beside the MD5's, at least one. Asked once per
@@ -253,6 +279,7 @@ fn side_threads() -> usize {
 /// algorithms, more threads compute them from the same buffers (shared, never copied: a buffer
 /// goes back to the reader when every thread is done with it). Costs then do not add up: the
 /// file takes as long as its slowest thread. Returns the bytes read.
+#[allow(clippy::too_many_arguments)]
 fn hash_overlapped(
     file: &File,
     length: u64,
@@ -261,11 +288,15 @@ fn hash_overlapped(
     threads: usize,
     start: u64,
     progress: &HashProgress,
+    until: Option<Until<'_>>,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     // Read past the page cache where `direct` asks (`crate::direct_read`), in blocks of
     // that size; else in blocks that stay in the L2 cache.
     let mut reader = BlockReader::new(file, length, direct)?;
+    if let Some(until) = until {
+        reader = reader.until(until);
+    }
     let block = if reader.is_direct() { DIRECT_BLOCK_BYTES } else { READ_BUFFER_BYTES };
     let groups = groups(std::mem::take(&mut hasher.others), threads);
     let buffers = if groups.is_empty() { BUFFERS } else { PARALLEL_BUFFERS };
