@@ -249,16 +249,22 @@ pub(crate) fn read_full(file: &mut impl Read, buffer: &mut [u8]) -> io::Result<u
 mod tests {
     use super::*;
 
+    /// A file of `size` known bytes in a folder of its own (removed by the caller), open.
+    fn file_of(size: usize) -> (std::path::PathBuf, Vec<u8>, File) {
+        let dir = std::env::temp_dir().join(format!("md5-worker-direct-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("file");
+        let bytes: Vec<u8> = (0..size).map(|n| (n % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        (dir, bytes, file)
+    }
+
     /// Ranges read directly, then buffered past their last whole block, give every byte in
     /// order, wherever they start and end.
     #[test]
     fn every_byte_is_read_once_direct_or_not() {
-        let dir = std::env::temp_dir().join(format!("md5-worker-direct-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("file");
-        let bytes: Vec<u8> = (0..3 * DIRECT_BLOCK_BYTES + 12_345).map(|n| (n % 251) as u8).collect();
-        std::fs::write(&path, &bytes).unwrap();
-        let file = File::open(&path).unwrap();
+        let (dir, bytes, file) = file_of(3 * DIRECT_BLOCK_BYTES + 12_345);
         let mut seen = Vec::new();
         let mut block = Block::new(DIRECT_BLOCK_BYTES);
         // An aligned range of two blocks and a bit, an unaligned one, then the rest.
@@ -289,12 +295,7 @@ mod tests {
     /// when it stays put for the linger, and stops waiting at once when the upload ends.
     #[test]
     fn a_reader_at_a_frontier_reads_only_announced_bytes_and_follows_them() {
-        let dir = std::env::temp_dir().join(format!("md5-worker-frontier-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("file");
-        let bytes: Vec<u8> = (0..4 * DIRECT_BLOCK_BYTES + 777).map(|n| (n % 251) as u8).collect();
-        std::fs::write(&path, &bytes).unwrap();
-        let file = File::open(&path).unwrap();
+        let (dir, bytes, file) = file_of(4 * DIRECT_BLOCK_BYTES + 777);
         let frontier = Frontier::default();
         frontier.advance(DIRECT_BLOCK_BYTES as u64 + 4096);
         let until = |linger| Until {
