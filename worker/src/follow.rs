@@ -4,10 +4,11 @@
 //! as any job (`crate::job`): claim, result, log line, acknowledgement.
 //!
 //! Only announced bytes are read (the announcements move a `Frontier` that the reads stop at,
-//! and a range of reads goes on as it moves, ahead of the hash), from the partial file `.<id>.part` (a one-shot upload) or the
-//! upload's own file (a resumable one, or after the one-shot file's rename): a descriptor stays
-//! valid across the rename. A read that finds fewer bytes than announced (a network filesystem
-//! whose client cached the file's old length) reopens the file, which revalidates it.
+//! and a range of reads goes on as it moves, ahead of the hash), from the partial file
+//! `.<id>.part` (a one-shot upload) or the upload's own file (a resumable one, or after the
+//! one-shot file's rename): a descriptor stays valid across the rename. A read that finds fewer
+//! bytes than announced (a network filesystem whose client cached the file's old length)
+//! reopens the file, which revalidates it.
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
