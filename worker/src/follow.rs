@@ -112,10 +112,10 @@ impl Following {
     }
 }
 
-/// The latest announcement seen.
+/// How the upload ended, once an announcement says so (the bytes announced are the
+/// [`Frontier`]'s).
 #[derive(Debug, Clone, Copy, Default)]
 struct Latest {
-    bytes: u64,
     end: Option<Announcement>,
 }
 
@@ -188,7 +188,7 @@ async fn hash_as_announced(
             tracing::info!(upload.hashed_bytes = hashed, "the upload ended without a task; let go");
             return Ok(Followed::Gone);
         }
-        let target = now.bytes;
+        let target = frontier.get();
         if let Some(Announcement::Complete(size)) = now.end {
             metrics::counter!("md5_followed_bytes_total").increment(hashed);
             let hasher = hasher.take().expect("the hasher is back after every chunk");
@@ -202,7 +202,6 @@ async fn hash_as_announced(
             return Ok(hand_back(ctx, meta, hashed).await);
         }
         if hashed < target {
-            let want = CHUNK_BYTES;
             let opened = match file.take() {
                 Some(open) => Ok(open),
                 None => open_upload(ctx, task_id, hashed).await,
@@ -218,8 +217,14 @@ async fn hash_as_announced(
                             linger: RANGE_LINGER,
                             deadline: std::time::Instant::now() + RANGE_FOR,
                         };
-                        let read =
-                            crate::hash::hash_announced(&open, want, &mut state, hashed, &progress, until);
+                        let read = crate::hash::hash_announced(
+                            &open,
+                            CHUNK_BYTES,
+                            &mut state,
+                            hashed,
+                            &progress,
+                            until,
+                        );
                         (open, state, read)
                     })
                     .await?;
@@ -241,7 +246,7 @@ async fn hash_as_announced(
                     let caught_up = hashed >= announced;
                     report(ctx, meta, task_id, hashed, caught_up, &mut reported).await;
                     unreadable_since = None;
-                    if read < want && hashed < announced {
+                    if read < CHUNK_BYTES && hashed < announced {
                         // Fewer bytes than announced (or announced as the range ended): reopen
                         // to see the file's new length.
                         file = None;
@@ -385,8 +390,9 @@ async fn open_upload(ctx: &JobContext, task_id: Uuid, offset: u64) -> std::io::R
     .map_err(std::io::Error::other)?
 }
 
-/// Reads the announcements into `news` until nobody watches: one blocking read at a time on a
-/// connection of its own, reconnecting after an error.
+/// Reads the announcements until nobody watches: their bytes into `frontier`, and into `news` how
+/// the upload ended, each announcement waking its watcher (`send_modify` always does). One
+/// blocking read at a time on a connection of its own, reconnecting after an error.
 async fn read_announcements(
     jobs: crate::stream::JobsHandle,
     key: String,
@@ -437,18 +443,15 @@ async fn read_announcements(
                     else {
                         continue;
                     };
+                    // The frontier first: whoever the news wakes finds the bytes there.
                     match announced {
                         Announcement::Bytes(bytes) => frontier.advance(bytes),
                         Announcement::Complete(size) => frontier.end(Some(size)),
                         Announcement::Aborted => frontier.end(None),
                     }
-                    news.send_modify(|latest| match announced {
-                        Announcement::Bytes(bytes) => latest.bytes = latest.bytes.max(bytes),
-                        end => {
-                            if let Announcement::Complete(size) = end {
-                                latest.bytes = size;
-                            }
-                            latest.end = Some(end);
+                    news.send_modify(|latest| {
+                        if !matches!(announced, Announcement::Bytes(_)) {
+                            latest.end = Some(announced);
                         }
                     });
                 }
