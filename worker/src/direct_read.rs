@@ -292,7 +292,8 @@ mod tests {
     }
 
     /// A reader held at a frontier reads only the bytes before it, goes on as it moves, ends
-    /// when it stays put for the linger, and stops waiting at once when the upload ends.
+    /// when it stays put for the linger or at the range's deadline, and stops waiting at once
+    /// when the upload ends.
     #[test]
     fn a_reader_at_a_frontier_reads_only_announced_bytes_and_follows_them() {
         let (dir, bytes, file) = file_of(4 * DIRECT_BLOCK_BYTES + 777);
@@ -335,6 +336,19 @@ mod tests {
         });
         assert_eq!(seen.len(), bytes.len());
         assert!(seen == bytes, "the bytes read differ from the file's");
+
+        // However long it may linger, a range ends at its deadline.
+        let waiting = Frontier::default();
+        (&mut &file).rewind().unwrap();
+        let started = Instant::now();
+        let until = Until {
+            frontier: &waiting,
+            linger: Duration::from_secs(20),
+            deadline: Instant::now() + Duration::from_millis(100),
+        };
+        let mut reader = BlockReader::new(&file, u64::MAX, true).unwrap().until(until);
+        assert_eq!(reader.fill(&mut block).unwrap(), 0, "nothing announced, nothing read");
+        assert!(started.elapsed() < Duration::from_secs(10), "the deadline ended the wait");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
