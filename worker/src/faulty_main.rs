@@ -3,8 +3,11 @@
 
 use clap::Parser as _;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    worker::runtime()?.block_on(async_main())
+}
+
+async fn async_main() -> anyhow::Result<()> {
     // First: a SIGTERM during start-up then stops the process gracefully instead of killing it,
     // and a SIGHUP (logrotate's) rotates the log once the worker runs instead of killing it.
     let shutdown = shared::telemetry::shutdown_signal();

@@ -152,6 +152,20 @@ use maintenance::sweeper::Sweeper;
 use results_log::ResultsLog;
 use stream::Jobs;
 
+/// The runtime a worker process runs on: one thread for every job's bookkeeping (reads from the
+/// stream, statements, acknowledgements, the log's group commits), while the work that takes a
+/// core goes to threads of its own: hashes of more than a few KiB (`crate::volume`, the lanes'
+/// threads, a follower's reads), the log's appends (`results_log`) and blocking file calls.
+/// A job's bookkeeping is a few round trips, each a wake-up; on one thread they wake no other
+/// thread of the process. With a runtime thread a core (tokio's default), the two threads of
+/// each worker process handed tasks to each other: on 2 cores, at full speed with 1 KiB files,
+/// the workers took 0.20–0.21 ms of CPU a job against 0.16–0.17 ms on one thread, and made 15
+/// voluntary context switches a job against 9 (BENCHMARKS.md, issue 36, step 18). Replicas
+/// are how the service scales past what one such thread carries.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
 /// Runs the worker until `shutdown` completes, then stops reading, lets in-flight jobs finish
 /// for at most `SHUTDOWN_GRACE_SECONDS`, and returns. Jobs still running then stay pending in
 /// the group and are taken over by another worker. Every SIGHUP `hangups` heard rotates the

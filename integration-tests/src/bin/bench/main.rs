@@ -46,6 +46,7 @@ mod prelude {
     };
 }
 
+#[derive(Clone, Copy)]
 struct Sizes {
     hostile_in_flight: usize,
     hostile_upload: usize,
@@ -123,7 +124,13 @@ async fn main() -> anyhow::Result<()> {
     let only: Option<u32> =
         std::env::args().skip_while(|arg| arg != "--only").nth(1).and_then(|n| n.parse().ok());
     let wanted = |n: u32| only.is_none_or(|only| only == n);
-    let sizes = if smoke { &SMOKE } else { &FULL };
+    let mut sizes = if smoke { SMOKE } else { FULL };
+    // `BENCH_SMALL_COUNT=N` sends N small files at full speed in scenario 2 instead of 5,000: a
+    // longer phase, whose jobs/s varies less from run to run, when comparing two builds.
+    if let Some(count) = std::env::var("BENCH_SMALL_COUNT").ok().and_then(|n| n.parse().ok()) {
+        sizes.small_count = count;
+    }
+    let sizes = &sizes;
     let root = std::env::temp_dir().join(format!("md5-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&root)?;
     let started = Instant::now();
