@@ -154,14 +154,14 @@ use stream::Jobs;
 
 /// The runtime a worker process runs on: one thread for every job's bookkeeping (reads from the
 /// stream, statements, acknowledgements, the log's group commits), while the work that takes a
-/// core goes to threads of its own: hashes of more than a few KiB (`crate::volume`, the lanes'
-/// threads, a follower's reads), the log's appends (`results_log`) and blocking file calls.
-/// A job's bookkeeping is a few round trips, each a wake-up; on one thread they wake no other
-/// thread of the process. With a runtime thread a core (tokio's default), the two threads of
-/// each worker process handed tasks to each other: on 2 cores, at full speed with 1 KiB files,
-/// the workers took 0.20–0.21 ms of CPU a job against 0.16–0.20 ms (median 0.18) on one thread,
-/// and made 15 voluntary context switches a job against 9 (BENCHMARKS.md, issue 36, step 18). Replicas
-/// are how the service scales past what one such thread carries.
+/// core has threads of its own: reads and hashes of files over 64 KiB (`crate::volume`, the
+/// lanes' threads, a follower's reads), the log's appends (`results_log`), blocking file calls.
+/// A job's bookkeeping is a few round trips, each a wake-up; on one thread, a task woken by
+/// another runs where it was woken instead of waking a second runtime thread. With a runtime
+/// thread a core (tokio's default), on 2 cores at full speed with 1 KiB files, the workers took
+/// 0.20–0.21 ms of CPU a job against 0.16–0.20 ms (median 0.18) on one thread, and made 15
+/// voluntary context switches a job against 9 (BENCHMARKS.md, issue 36, step 18). Replicas are
+/// how the service scales past what one such thread carries.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
