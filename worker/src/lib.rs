@@ -295,3 +295,27 @@ fn split_pool_size(total: u32) -> (u32, u32) {
     let durable = (total / 2).max(1);
     (durable, total.saturating_sub(durable).max(1))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_worker_runtime_has_one_thread_and_blocking_work_does_not_hold_it() {
+        let runtime = super::runtime().unwrap();
+        assert_eq!(runtime.handle().runtime_flavor(), tokio::runtime::RuntimeFlavor::CurrentThread);
+        let caller = std::thread::current().id();
+        runtime.block_on(async move {
+            let release = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let held = release.clone();
+            let blocking = tokio::task::spawn_blocking(move || {
+                held.wait();
+                std::thread::current().id()
+            });
+            // The runtime's one thread (the caller's) runs other tasks while the blocking call
+            // waits, held until after they ran.
+            let task = tokio::spawn(async { std::thread::current().id() }).await.unwrap();
+            assert_eq!(task, caller);
+            release.wait();
+            assert_ne!(blocking.await.unwrap(), caller);
+        });
+    }
+}
