@@ -117,18 +117,39 @@ const SMOKE: Sizes = Sizes {
     many_size: 2 << 20,
 };
 
+/// The command line (`bench --help`).
+#[derive(clap::Parser)]
+#[command(
+    about = "Measures md5-api and md5-worker against this machine's own limits, each baseline in the same run",
+    long_about = "Measures md5-api and md5-worker against this machine's own limits, each baseline in the \
+                  same run.\n\nStarts a private, durable Postgres and a Redis with AOF, the release binaries \
+                  next to this one (`cargo build --release --bins` first), runs the scenarios, prints one \
+                  table (figure, baseline, ratio, target) and, after a full run, writes it to BENCHMARKS.md \
+                  (keeping its notes). A full run takes 8-10 minutes on 2 cores.",
+    after_help = "Environment:\n  BENCH_UPLOAD_DIR  a folder for the uploads, on another filesystem than the \
+                  run's temporary folder\n                    (BENCHMARKS.md: a journaled ext4 for scenario \
+                  2)"
+)]
+struct Args {
+    /// Tiny sizes, in seconds: checks that every task finished with the right MD5 and writes nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Runs scenario N alone (1-8), for profiling; writes nothing.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
+    only: Option<u32>,
+    /// Small files sent at full speed in scenario 2 (5,000; 100 with --smoke): a longer phase,
+    /// whose jobs/s varies less from run to run, when comparing two builds.
+    #[arg(long, value_name = "N", env = "BENCH_SMALL_COUNT", value_parser = clap::value_parser!(u32).range(1..))]
+    small_count: Option<u32>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let smoke = std::env::args().any(|arg| arg == "--smoke");
-    // `--only N` runs scenario N alone (for profiling); it writes nothing.
-    let only: Option<u32> =
-        std::env::args().skip_while(|arg| arg != "--only").nth(1).and_then(|n| n.parse().ok());
+    let Args { smoke, only, small_count } = clap::Parser::parse();
     let wanted = |n: u32| only.is_none_or(|only| only == n);
     let mut sizes = if smoke { SMOKE } else { FULL };
-    // `BENCH_SMALL_COUNT=N` sends N small files at full speed in scenario 2 instead of 5,000: a
-    // longer phase, whose jobs/s varies less from run to run, when comparing two builds.
-    if let Some(count) = std::env::var("BENCH_SMALL_COUNT").ok().and_then(|n| n.parse().ok()) {
-        sizes.small_count = count;
+    if let Some(count) = small_count {
+        sizes.small_count = count as usize;
     }
     let sizes = &sizes;
     let root = std::env::temp_dir().join(format!("md5-bench-{}", uuid::Uuid::new_v4().simple()));
