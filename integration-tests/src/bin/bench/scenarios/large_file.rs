@@ -191,7 +191,7 @@ pub(crate) async fn large_file(root: &Path, sizes: &Sizes, rows: &mut Vec<Row>) 
         target: "—".into(),
     });
     rows.push(Row {
-        scenario: "1. multipart upload alone (202, fdatasync included)".into(),
+        scenario: "1. multipart upload, to its 202 (fdatasync included; the worker hashing beside it)".into(),
         figure: format!("{:.2} s ({:.0} MB/s)", uploaded.as_secs_f64(), mb_per_s(size, uploaded)),
         baseline: format!("cp {:.2} s ({:.0} MB/s)", cp.as_secs_f64(), mb_per_s(size, cp)),
         ratio: ratio(uploaded.as_secs_f64(), cp.as_secs_f64()),
