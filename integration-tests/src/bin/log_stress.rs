@@ -8,14 +8,31 @@ use std::io::Write as _;
 
 use shared::{LogLine, TaskStatus};
 
+/// Appends many lines to one results log, for the concurrent-writers test
+/// (`integration-tests/tests/it/log_writers.rs`).
+#[derive(clap::Parser)]
+struct Args {
+    /// The results log to append to.
+    log: std::path::PathBuf,
+    /// The `worker` field of every line.
+    writer: String,
+    /// How many lines to append.
+    lines: usize,
+    /// `locked`: through the worker's `ResultsLog`; `unlocked`: the careless control, each line
+    /// in two halves with no lock.
+    #[arg(value_enum)]
+    mode: Mode,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Locked,
+    Unlocked,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, path, writer, lines, mode] = args.as_slice() else {
-        anyhow::bail!("usage: log-stress <log> <writer> <lines> locked|unlocked");
-    };
-    let path = std::path::PathBuf::from(path);
-    let lines: usize = lines.parse()?;
+    let Args { log: path, writer, lines, mode } = clap::Parser::parse();
     let log = worker::results_log::ResultsLog::open(&path)?;
     for _ in 0..lines {
         let line = LogLine {
@@ -27,11 +44,11 @@ async fn main() -> anyhow::Result<()> {
             worker: writer.clone(),
             error: None,
         };
-        match mode.as_str() {
-            "locked" => {
+        match mode {
+            Mode::Locked => {
                 log.append(&line, line.ts, false).await?;
             }
-            "unlocked" => {
+            Mode::Unlocked => {
                 let text = line.to_json_line();
                 let (head, tail) = text.as_bytes().split_at(text.len() / 2);
                 let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
@@ -39,7 +56,6 @@ async fn main() -> anyhow::Result<()> {
                 std::thread::yield_now();
                 file.write_all(tail)?;
             }
-            other => anyhow::bail!("unknown mode {other}"),
         }
     }
     Ok(())
