@@ -125,7 +125,8 @@ const SMOKE: Sizes = Sizes {
                   same run.\n\nStarts a private, durable Postgres and a Redis with AOF, the release binaries \
                   next to this one (`cargo build --release --bins` first), runs the scenarios, prints one \
                   table (figure, baseline, ratio, target) and, after a full run, writes it to BENCHMARKS.md \
-                  (keeping its notes). A full run takes 8-10 minutes on 2 cores.",
+                  (keeping its notes). A full run takes minutes: BENCHMARKS.md's header gives the last \
+                  one's time.",
     after_help = "Environment:\n  BENCH_UPLOAD_DIR  a folder for the uploads, on another filesystem than the \
                   run's temporary folder\n                    (BENCHMARKS.md: a journaled ext4 for scenario \
                   2)"
