@@ -16,6 +16,7 @@ mod errors;
 mod exactly_once;
 mod faults;
 mod following;
+mod helper_clis;
 mod hostile;
 mod idempotency;
 mod keys;
