@@ -115,9 +115,10 @@ pub async fn problem_for_bare_errors(request: Request, next: Next) -> Response {
     }
     let detail = match status {
         StatusCode::NOT_FOUND => "no resource at this path".to_owned(),
+        // axum's method router adds its `Allow` header after this middleware has run, so the
+        // detail points at the header instead of copying a list it cannot see.
         StatusCode::METHOD_NOT_ALLOWED => {
-            let allowed = response.headers().get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
-            format!("method {method} is not allowed here; allowed: {allowed}")
+            format!("method {method} is not allowed here; the Allow header lists the methods that are")
         }
         other => other.canonical_reason().unwrap_or("error").to_lowercase(),
     };

@@ -248,7 +248,15 @@ async fn a_failed_request_is_logged_once_and_a_refused_one_not_above_debug() {
     let id = uuid::Uuid::new_v4();
     assert_eq!(api.client.get(url(&format!("/api/v1/hashes/{id}"))).send().await.unwrap().status(), 404);
     assert_eq!(api.client.get(url("/nowhere")).send().await.unwrap().status(), 404);
-    assert_eq!(api.client.delete(url("/api/v1/hashes")).send().await.unwrap().status(), 405);
+    let response = api.client.delete(url("/api/v1/hashes")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    let allow = response.headers().get("allow").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(allow.as_deref(), Some("POST"), "a 405 names what is allowed");
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["detail"], "method DELETE is not allowed here; the Allow header lists the methods that are",
+        "the detail does not promise a list it leaves empty"
+    );
     // A request that fails inside: its table is gone.
     let mut conn = diesel_async::AsyncPgConnection::establish(api.database_url()).await.unwrap();
     diesel::sql_query("DROP TABLE md5_tasks CASCADE").execute(&mut conn).await.unwrap();
