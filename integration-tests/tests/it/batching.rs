@@ -344,6 +344,62 @@ async fn every_pooled_connection_plans_each_statement_for_its_own_values() {
     app.stop().await;
 }
 
+/// Marking tasks logged finds them by primary key alone, never through the index of unlogged
+/// tasks: every task enters that index when it is created and leaves it as a dead entry when it
+/// is marked, until a vacuum removes the entry, so a plan that reads the index (a bitmap AND with
+/// the primary key, or a scan of the index, which the planner picks once statistics say few
+/// tasks are unlogged) reads every task marked since the last vacuum, and each mark costs more
+/// than the one before.
+#[tokio::test]
+async fn marking_tasks_logged_reads_the_primary_key_alone_however_many_were_marked_before() {
+    use diesel_async::RunQueryDsl as _;
+    #[derive(diesel::QueryableByName)]
+    struct Statement {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+    }
+    #[derive(diesel::QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
+    let mut conn = AsyncPgConnection::establish(&app.database_url).await.unwrap();
+    for sql in [
+        // No vacuum comes to remove the dead entries (nor an analyze to change the statistics).
+        "ALTER TABLE md5_tasks SET (autovacuum_enabled = false)",
+        "INSERT INTO md5_tasks (task_id, file_name, size_bytes) \
+         SELECT gen_random_uuid(), 'marked before', 1 FROM generate_series(1, 20000)",
+        "UPDATE md5_tasks SET logged_at = now()",
+        "ANALYZE md5_tasks",
+    ] {
+        diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+    }
+    let fresh: Vec<Uuid> = (0..14).map(|_| Uuid::now_v7()).collect();
+    for id in &fresh {
+        insert_plain_task(&mut conn, *id).await;
+    }
+    queries::mark_all_logged(&mut conn, &fresh[..1]).await.unwrap();
+    let mark: Statement = diesel::sql_query(
+        "SELECT name FROM pg_prepared_statements WHERE starts_with(statement, 'UPDATE md5_tasks SET logged_at')",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    let ids = fresh.iter().map(Uuid::to_string).collect::<Vec<_>>().join(",");
+    let plan: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN EXECUTE {}('{{{ids}}}')", mark.name))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    let plan = plan.into_iter().map(|l| l.line).collect::<Vec<_>>().join("\n");
+    assert!(plan.contains("md5_tasks_pkey") && !plan.contains("md5_tasks_unlogged"), "{plan}");
+    queries::mark_all_logged(&mut conn, &fresh).await.unwrap();
+    for id in &fresh {
+        assert!(row(&mut conn, *id).await.logged_at.is_some(), "every task is marked");
+    }
+    app.stop().await;
+}
+
 /// A job's result transaction (`shared::db::planned_once`) plans its statements once per
 /// connection, and the plan it keeps, made while `md5_tasks` holds a handful of rows, finds the
 /// rows by primary key: a generic plan made from such a table would otherwise scan it (and

