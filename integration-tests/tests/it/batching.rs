@@ -318,6 +318,41 @@ async fn prepared_count(conn: &mut AsyncPgConnection, start: &str) -> i64 {
     count.n
 }
 
+/// A statement prepared on a session, and how Postgres has planned it so far.
+#[derive(diesel::QueryableByName)]
+struct PreparedStatement {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    generic_plans: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    custom_plans: i64,
+}
+
+/// The statement starting with `start` prepared on `conn`'s session.
+async fn prepared_statement(conn: &mut AsyncPgConnection, start: &str) -> PreparedStatement {
+    use diesel_async::RunQueryDsl as _;
+    diesel::sql_query(
+        "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements WHERE starts_with(statement, $1)",
+    )
+    .bind::<diesel::sql_types::Text, _>(start)
+    .get_result(conn)
+    .await
+    .unwrap()
+}
+
+/// A line of `EXPLAIN`'s answer.
+#[derive(diesel::QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+/// `EXPLAIN`'s lines as one text.
+fn plan_text(lines: Vec<PlanLine>) -> String {
+    lines.into_iter().map(|l| l.line).collect::<Vec<_>>().join("\n")
+}
+
 async fn row(conn: &mut AsyncPgConnection, id: Uuid) -> shared::Task {
     queries::find_task(conn, id).await.unwrap().unwrap()
 }
@@ -353,16 +388,6 @@ async fn every_pooled_connection_plans_each_statement_for_its_own_values() {
 #[tokio::test]
 async fn marking_tasks_logged_reads_the_primary_key_alone_however_many_were_marked_before() {
     use diesel_async::RunQueryDsl as _;
-    #[derive(diesel::QueryableByName)]
-    struct Statement {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        name: String,
-    }
-    #[derive(diesel::QueryableByName)]
-    struct PlanLine {
-        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
-        line: String,
-    }
     let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let mut conn = AsyncPgConnection::establish(&app.database_url).await.unwrap();
     for sql in [
@@ -380,18 +405,14 @@ async fn marking_tasks_logged_reads_the_primary_key_alone_however_many_were_mark
         insert_plain_task(&mut conn, *id).await;
     }
     queries::mark_all_logged(&mut conn, &fresh[..1]).await.unwrap();
-    let mark: Statement = diesel::sql_query(
-        "SELECT name FROM pg_prepared_statements WHERE starts_with(statement, 'UPDATE md5_tasks SET logged_at')",
-    )
-    .get_result(&mut conn)
-    .await
-    .unwrap();
+    let mark = prepared_statement(&mut conn, "UPDATE md5_tasks SET logged_at").await;
     let ids = fresh.iter().map(Uuid::to_string).collect::<Vec<_>>().join(",");
-    let plan: Vec<PlanLine> = diesel::sql_query(format!("EXPLAIN EXECUTE {}('{{{ids}}}')", mark.name))
-        .load(&mut conn)
-        .await
-        .unwrap();
-    let plan = plan.into_iter().map(|l| l.line).collect::<Vec<_>>().join("\n");
+    let plan = plan_text(
+        diesel::sql_query(format!("EXPLAIN EXECUTE {}('{{{ids}}}')", mark.name))
+            .load(&mut conn)
+            .await
+            .unwrap(),
+    );
     assert!(plan.contains("md5_tasks_pkey") && !plan.contains("md5_tasks_unlogged"), "{plan}");
     queries::mark_all_logged(&mut conn, &fresh).await.unwrap();
     for id in &fresh {
@@ -409,20 +430,6 @@ async fn marking_tasks_logged_reads_the_primary_key_alone_however_many_were_mark
 async fn the_result_transaction_is_planned_once_by_primary_key_even_on_a_small_table() {
     use diesel_async::RunQueryDsl as _;
     use shared::db::planned_once;
-    #[derive(diesel::QueryableByName)]
-    struct Statement {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        name: String,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        generic_plans: i64,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        custom_plans: i64,
-    }
-    #[derive(diesel::QueryableByName)]
-    struct PlanLine {
-        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
-        line: String,
-    }
     let app = TestApp::spawn(TestOptions::default().no_workers()).await.unwrap();
     let args = one_connection(&app);
     let pool = shared::db::build_pool(&args, "test").unwrap();
@@ -434,15 +441,8 @@ async fn the_result_transaction_is_planned_once_by_primary_key_even_on_a_small_t
         let finished = record_quick(&mut conn, id, &md5).await.unwrap();
         assert_eq!(finished.len(), 1, "the result is recorded");
     }
-    let statement = |start: &'static str| {
-        diesel::sql_query(
-            "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements WHERE starts_with(statement, $1)",
-        )
-        .bind::<diesel::sql_types::Text, _>(start)
-    };
-    let result: Statement = statement("WITH w AS (SELECT").get_result(&mut conn).await.unwrap();
-    let events: Statement =
-        statement("INSERT INTO md5_webhook_deliveries").get_result(&mut conn).await.unwrap();
+    let result = prepared_statement(&mut conn, "WITH w AS (SELECT").await;
+    let events = prepared_statement(&mut conn, "INSERT INTO md5_webhook_deliveries").await;
     for (what, planned) in [("result", &result), ("webhook events", &events)] {
         assert_eq!(
             (planned.generic_plans, planned.custom_plans),
@@ -451,9 +451,7 @@ async fn the_result_transaction_is_planned_once_by_primary_key_even_on_a_small_t
         );
     }
     let explain = async |conn: &mut AsyncPgConnection, sql: String| -> String {
-        let lines: Vec<PlanLine> =
-            planned_once(conn, async |conn| diesel::sql_query(sql).load(conn).await).await.unwrap();
-        lines.into_iter().map(|l| l.line).collect::<Vec<_>>().join("\n")
+        plan_text(planned_once(conn, async |conn| diesel::sql_query(sql).load(conn).await).await.unwrap())
     };
     let plan = explain(
         &mut conn,
