@@ -156,6 +156,24 @@ where
     .await;
 }
 
+/// Whether the client waits to be told to send its body (`Expect: 100-continue`, which curl
+/// sends with every body over 1 MiB).
+pub fn expects_continue(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|expect| expect.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Refuses a body that was not read yet. A client waiting for `100 Continue` has sent none of
+/// it, and the server sends `100 Continue` only once the body is first read: so its body is
+/// left unread, the refusal is its first answer, and it sends nothing (RFC 9110, 10.1.1; the
+/// connection then closes). Any other client's body is [drained](drain) up to `max` bytes.
+pub async fn refuse(body: axum::body::Body, expects_continue: bool, max: usize) {
+    if !expects_continue {
+        drain(body.into_data_stream(), max).await;
+    }
+}
+
 /// Wraps `body` with the idle, rate and form-head bounds. The stream ends after its first error.
 pub fn guard(
     body: impl Stream<Item = Result<Bytes, axum::Error>> + Send + Unpin + 'static,

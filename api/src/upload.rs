@@ -68,12 +68,13 @@ pub async fn receive(state: &AppState, request: UploadRequest<'_>) -> Result<Upl
         UploadBody::Form(_) => MULTIPART_OVERHEAD_BYTES,
         UploadBody::Raw { .. } => 0,
     };
+    let expects_continue = body::expects_continue(request.headers);
     if form::content_length(request.headers).is_some_and(|length| length > limit.saturating_add(overhead)) {
-        body::drain(request.body.into_data_stream(), REFUSED_DRAIN_BYTES).await;
+        body::refuse(request.body, expects_continue, REFUSED_DRAIN_BYTES).await;
         return Err(ApiError::payload_too_large(limit));
     }
     if let Err(refused) = intake::admit_creation(state, request.client) {
-        body::drain(request.body.into_data_stream(), REFUSED_DRAIN_BYTES).await;
+        body::refuse(request.body, expects_continue, REFUSED_DRAIN_BYTES).await;
         return Err(refused);
     }
     let _slot = intake::admit(state, request.client)?;

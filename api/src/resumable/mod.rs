@@ -85,6 +85,8 @@ pub struct Append {
     pub checksum: Option<Checksum>,
     /// The bytes.
     pub body: Body,
+    /// Whether the client waits for `100 Continue` before sending them (see [`body::refuse`]).
+    pub expects_continue: bool,
     /// The client, for upload slots.
     pub client: Option<ClientId>,
     /// The `x-request-id`.
@@ -232,7 +234,7 @@ pub async fn append(
     let (_slot, lock) = match locked.await {
         Ok(locked) => locked,
         Err(err) => {
-            drain(append.body).await;
+            body::refuse(append.body, append.expects_continue, DRAIN_BYTES).await;
             return Err(err);
         }
     };
@@ -247,16 +249,11 @@ pub async fn append(
 /// is reset).
 const DRAIN_BYTES: usize = 64 * 1024;
 
-/// Reads and drops up to [`DRAIN_BYTES`] of `body`, for at most a second.
-async fn drain(body: Body) {
-    body::drain(body.into_data_stream(), DRAIN_BYTES).await;
-}
-
 async fn append_locked(state: &AppState, lock: UploadLock, append: Append) -> Result<Appended, UploadError> {
     let (length, offset, algorithms) = match check_append(state, &lock, append.offset, append.length).await {
         Ok(checked) => checked,
         Err(err) => {
-            drain(append.body).await;
+            body::refuse(append.body, append.expects_continue, DRAIN_BYTES).await;
             return Err(err);
         }
     };

@@ -167,6 +167,7 @@ async fn try_create(
         length,
         completion: Completion::AtLength,
         checksum,
+        expects_continue: crate::body::expects_continue(headers),
         body,
         client: who.client,
         request_id,
@@ -261,8 +262,17 @@ pub async fn patch(
             .ok_or_else(|| ApiError::bad_request("Upload-Offset is required"))?;
         let length = headers::number(headers, "upload-length")?;
         let checksum = checksum(headers)?;
-        let append =
-            Append { offset, length, completion: Completion::AtLength, checksum, body, client, request_id };
+        let expects_continue = crate::body::expects_continue(headers);
+        let append = Append {
+            offset,
+            length,
+            completion: Completion::AtLength,
+            checksum,
+            body,
+            expects_continue,
+            client,
+            request_id,
+        };
         super::append(state, task_id, None, append).await
     };
     match append.await {

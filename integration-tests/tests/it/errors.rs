@@ -163,6 +163,11 @@ async fn an_upload_larger_than_the_limit_gets_413_early_and_while_streaming_and_
     let head = "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=B\r\n\
                 Content-Length: 10000000000\r\n\r\n";
     assert_eq!(raw_http::send(&app.base_url, head.as_bytes()).await, 413);
+    // A client that waits for `100 Continue` (as curl does for any body over 1 MiB) is refused
+    // before it is told to send: the 413 is its first answer, not a `100 Continue`.
+    let waiting = "POST /api/v1/hashes HTTP/1.1\r\nHost: t\r\nContent-Type: application/octet-stream\r\n\
+                   Expect: 100-continue\r\nContent-Length: 10000000000\r\n\r\n";
+    assert_eq!(raw_http::send(&app.base_url, waiting.as_bytes()).await, 413);
 
     // While streaming: a chunked body gives no length up front.
     let mut body = raw_http::multipart_head("B").into_bytes();

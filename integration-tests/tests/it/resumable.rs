@@ -119,6 +119,16 @@ async fn a_tus_upload_in_checksummed_chunks_becomes_one_task_with_the_right_md5(
     let stale = patch(&app.client, &url, chunk as u64, second, None).await;
     assert_eq!(stale.status(), 409);
     assert_eq!(offset(&stale), 2 * chunk as u64);
+    // A client that waits for `100 Continue` is refused before it is told to send: the 409 is
+    // its first answer.
+    let path = url.strip_prefix(&app.base_url).expect("the upload's URL is on the api");
+    let waiting = format!(
+        "PATCH {path} HTTP/1.1\r\nHost: t\r\nTus-Resumable: 1.0.0\r\n\
+         Content-Type: application/offset+octet-stream\r\nUpload-Offset: {chunk}\r\n\
+         Expect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        second.len()
+    );
+    assert_eq!(crate::raw_http::send(&app.base_url, waiting.as_bytes()).await, 409);
     let rest = &bytes[2 * chunk..];
     let answer = patch(&app.client, &url, 2 * chunk as u64, rest, None).await;
     assert_eq!(answer.status(), 204);
