@@ -262,14 +262,13 @@ pub async fn patch(
             .ok_or_else(|| ApiError::bad_request("Upload-Offset is required"))?;
         let length = headers::number(headers, "upload-length")?;
         let checksum = checksum(headers)?;
-        let expects_continue = crate::body::expects_continue(headers);
         let append = Append {
             offset,
             length,
             completion: Completion::AtLength,
             checksum,
+            expects_continue: crate::body::expects_continue(headers),
             body,
-            expects_continue,
             client,
             request_id,
         };
